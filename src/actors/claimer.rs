@@ -1,0 +1,189 @@
+//! The claimer: entries pending longer than the idle threshold belong to a
+//! consumer that died or stalled; XAUTOCLAIM takes them over and sends them
+//! through the writer like any batch. It also removes consumers that are
+//! long gone and have nothing pending, as replicas come and go with new names.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+
+use super::writer::WriteEntries;
+use super::Shared;
+use crate::metrics as m;
+use crate::redis_stream::{self, StreamError};
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+/// Finish the current pass and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopClaiming;
+
+/// Consumers idle this long with nothing pending are removed from the group.
+const GONE_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
+/// How many claim passes between two sweeps of gone consumers.
+const SWEEP_EVERY: u64 = 60;
+
+pub struct Claimer {
+    shared: Shared,
+    name: String,
+    conn: ConnectionManager,
+    writer: Recipient<WriteEntries>,
+    stopping: Arc<AtomicBool>,
+    passes: u64,
+    /// A tick is in flight: skip interval ticks instead of queueing them.
+    busy: bool,
+}
+
+impl Claimer {
+    pub fn new(
+        shared: Shared,
+        name: String,
+        conn: ConnectionManager,
+        writer: Recipient<WriteEntries>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            shared,
+            name,
+            conn,
+            writer,
+            stopping,
+            passes: 0,
+            busy: false,
+        }
+    }
+}
+
+impl Actor for Claimer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let interval = Duration::from_millis(self.shared.settings.claim_interval_ms);
+        ctx.run_interval(interval, |claimer, ctx| {
+            if !claimer.busy {
+                claimer.busy = true;
+                ctx.notify(Tick);
+            }
+        });
+    }
+}
+
+impl Handler<Tick> for Claimer {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: Tick, _: &mut Context<Self>) -> Self::Result {
+        // A replica that cannot write would only take entries away from one
+        // that can, and count deliveries up towards the dead-letter limit.
+        let readiness = self.shared.health.readiness();
+        if self.stopping.load(Ordering::Relaxed) || !readiness.ready {
+            self.busy = false;
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        self.passes += 1;
+        let sweep = self.passes % SWEEP_EVERY == 0;
+        let pass = claim_pass(self.shared.clone(), self.name.clone(), self.conn.clone(), self.writer.clone(), sweep);
+        AtomicResponse::new(Box::pin(pass.into_actor(self).map(|result, claimer, ctx| {
+            claimer.busy = false;
+            match result {
+                Ok(()) => {}
+                Err(PassError::WriterGone) => ctx.stop(),
+                Err(PassError::Redis(error)) => {
+                    metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim").increment(1);
+                    tracing::warn!(claimer = %claimer.name, %error, "claim pass failed");
+                }
+            }
+        })))
+    }
+}
+
+impl Handler<StopClaiming> for Claimer {
+    type Result = ();
+
+    fn handle(&mut self, _: StopClaiming, ctx: &mut Context<Self>) {
+        self.stopping.store(true, Ordering::Relaxed);
+        ctx.stop();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Redis(#[from] StreamError),
+    #[error("writer gone")]
+    WriterGone,
+}
+
+/// Claims idle entries page by page (one write batch per page), with their
+/// exact delivery counts so that the writer dead-letters poison entries.
+async fn claim_pass(
+    shared: Shared,
+    name: String,
+    mut conn: ConnectionManager,
+    writer: Recipient<WriteEntries>,
+    sweep: bool,
+) -> Result<(), PassError> {
+    let settings = &shared.settings;
+    let min_idle = Duration::from_millis(settings.claim_idle_ms);
+    let page = settings.batch_size as usize;
+    let mut start = "0-0".to_owned();
+    loop {
+        let claimed =
+            redis_stream::autoclaim(&mut conn, &settings.stream, &settings.group, &name, min_idle, &start, page).await?;
+        if !claimed.deleted.is_empty() {
+            metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(claimed.deleted.len() as u64);
+            tracing::warn!(entries = claimed.deleted.len(), "pending entries were trimmed before being stored");
+        }
+        let mut entries = claimed.entries;
+        if let (Some(first), Some(last)) = (entries.first().map(|e| e.id), entries.last().map(|e| e.id)) {
+            let counts = redis_stream::delivery_counts(
+                &mut conn,
+                &settings.stream,
+                &settings.group,
+                &name,
+                first,
+                last,
+                entries.len(),
+            )
+            .await?;
+            for entry in &mut entries {
+                entry.deliveries = counts.get(&entry.id).copied().unwrap_or(entry.deliveries);
+            }
+            metrics::counter!(m::CLAIMED).increment(entries.len() as u64);
+            tracing::info!(claimer = %name, entries = entries.len(), %first, %last, "claimed idle entries");
+            match writer.send(WriteEntries(entries)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "claimed batch not stored; it stays pending"),
+                Err(_) => return Err(PassError::WriterGone),
+            }
+        }
+        if claimed.next == "0-0" || shared.health.is_draining() {
+            break;
+        }
+        start = claimed.next;
+    }
+    if sweep {
+        remove_gone_consumers(&shared, &mut conn).await?;
+    }
+    Ok(())
+}
+
+/// Consumers are named after replicas that Kubernetes replaces with new
+/// names; those idle for long with nothing pending will never come back.
+/// Entries still pending under a gone name are claimed above, never dropped.
+async fn remove_gone_consumers(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), StreamError> {
+    let settings = &shared.settings;
+    for consumer in redis_stream::consumers(conn, &settings.stream, &settings.group).await? {
+        if consumer.pending == 0 && consumer.idle > GONE_CONSUMER_IDLE {
+            redis_stream::delete_consumer(conn, &settings.stream, &settings.group, &consumer.name).await?;
+            metrics::counter!(m::CONSUMERS_REMOVED).increment(1);
+            tracing::info!(consumer = %consumer.name, idle_secs = consumer.idle.as_secs(), "removed gone consumer");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The supervisor: starts the pipeline's actors, restarts any that died (a
+//! panic or a stop) with backoff and a count, and drains them in order.
+//!
+//! actix's own `Supervisor` restarts only after `ctx.stop()`, never after a
+//! panic, and without backoff, so this one watches `Addr::connected()`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+
+use super::claimer::{Claimer, StopClaiming};
+use super::consumer::{Consumer, StopReading};
+use super::lag_monitor::LagMonitor;
+use super::writer::{Flush, Writer};
+use super::Shared;
+use crate::metrics as m;
+use crate::store::Pool;
+
+/// Stop reading, store and ack what is in hand; replies when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
+/// A child that lived this long starts again from the shortest delay.
+const HEALTHY_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A supervised actor and its restart history.
+struct Child<A: Actor> {
+    addr: Addr<A>,
+    label: &'static str,
+    started_at: Instant,
+    /// Restarts in a row without a healthy lifetime between them.
+    consecutive: u32,
+    restart_at: Option<Instant>,
+}
+
+impl<A: Actor<Context = Context<A>>> Child<A> {
+    fn new(label: &'static str, addr: Addr<A>) -> Self {
+        Self {
+            addr,
+            label,
+            started_at: Instant::now(),
+            consecutive: 0,
+            restart_at: None,
+        }
+    }
+
+    /// Restarts the child once its backoff has passed; true if it did.
+    fn revive(&mut self, now: Instant, start: impl FnOnce() -> Addr<A>) -> bool {
+        if self.addr.connected() {
+            return false;
+        }
+        let Some(restart_at) = self.restart_at else {
+            if now.duration_since(self.started_at) > HEALTHY_LIFETIME {
+                self.consecutive = 0;
+            }
+            let delay = (FIRST_RESTART_DELAY * 2u32.saturating_pow(self.consecutive)).min(MAX_RESTART_DELAY);
+            tracing::error!(actor = self.label, restart_in_ms = delay.as_millis() as u64, "actor died");
+            self.restart_at = Some(now + delay);
+            return false;
+        };
+        if now < restart_at {
+            return false;
+        }
+        self.addr = start();
+        self.started_at = now;
+        self.consecutive += 1;
+        self.restart_at = None;
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => self.label).increment(1);
+        tracing::warn!(actor = self.label, "actor restarted");
+        true
+    }
+}
+
+pub struct Supervisor {
+    shared: Shared,
+    pool: Pool,
+    /// Redis connection for commands that never block (acks, claims, info).
+    control: ConnectionManager,
+    prometheus: PrometheusHandle,
+    /// Tells consumers and the claimer to stop before their next step.
+    stopping: Arc<AtomicBool>,
+    writer: Option<Child<Writer>>,
+    consumers: Vec<Child<Consumer>>,
+    claimer: Option<Child<Claimer>>,
+    monitor: Option<Child<LagMonitor>>,
+}
+
+impl Supervisor {
+    pub fn new(shared: Shared, pool: Pool, control: ConnectionManager, prometheus: PrometheusHandle) -> Self {
+        Self {
+            shared,
+            pool,
+            control,
+            prometheus,
+            stopping: Arc::new(AtomicBool::new(false)),
+            writer: None,
+            consumers: Vec::new(),
+            claimer: None,
+            monitor: None,
+        }
+    }
+
+    fn consumer_name(&self, index: usize) -> String {
+        format!("{}-{index}", self.shared.settings.replica_name())
+    }
+
+    fn start_writer(&self) -> Addr<Writer> {
+        Writer::start(self.shared.clone(), self.pool.clone(), self.control.clone())
+    }
+
+    fn start_consumer(&self, index: usize, writer: &Addr<Writer>) -> Addr<Consumer> {
+        Consumer::new(
+            self.shared.clone(),
+            self.consumer_name(index),
+            writer.clone().recipient(),
+            self.stopping.clone(),
+        )
+        .start()
+    }
+
+    fn start_claimer(&self, writer: &Addr<Writer>) -> Addr<Claimer> {
+        let name = format!("{}-claimer", self.shared.settings.replica_name());
+        Claimer::new(self.shared.clone(), name, self.control.clone(), writer.clone().recipient(), self.stopping.clone())
+            .start()
+    }
+
+    fn start_monitor(&self) -> Addr<LagMonitor> {
+        LagMonitor::new(self.shared.clone(), self.control.clone(), self.pool.clone(), self.prometheus.clone()).start()
+    }
+
+    /// Restarts dead children. Consumers and the claimer hold the writer's
+    /// address: when the writer is replaced they find it gone, stop, and are
+    /// restarted here with the new one (re-reading their own pending entries).
+    fn check_children(&mut self) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        let mut writer = self.writer.take().expect("writer started");
+        writer.revive(now, || self.start_writer());
+        let writer_addr = writer.addr.clone();
+        self.writer = Some(writer);
+
+        let mut consumers = std::mem::take(&mut self.consumers);
+        for (index, consumer) in consumers.iter_mut().enumerate() {
+            consumer.revive(now, || self.start_consumer(index, &writer_addr));
+        }
+        self.consumers = consumers;
+
+        let mut claimer = self.claimer.take().expect("claimer started");
+        claimer.revive(now, || self.start_claimer(&writer_addr));
+        self.claimer = Some(claimer);
+
+        let mut monitor = self.monitor.take().expect("monitor started");
+        monitor.revive(now, || self.start_monitor());
+        self.monitor = Some(monitor);
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let writer = self.start_writer();
+        self.consumers = (0..self.shared.settings.consumers as usize)
+            .map(|index| Child::new("consumer", self.start_consumer(index, &writer)))
+            .collect();
+        self.claimer = Some(Child::new("claimer", self.start_claimer(&writer)));
+        self.monitor = Some(Child::new("lag_monitor", self.start_monitor()));
+        self.writer = Some(Child::new("writer", writer));
+        ctx.run_interval(CHECK_EVERY, |supervisor, _| supervisor.check_children());
+        tracing::info!(
+            replica = %self.shared.settings.replica_name(),
+            consumers = self.consumers.len(),
+            stream = %self.shared.settings.stream,
+            group = %self.shared.settings.group,
+            "pipeline started"
+        );
+    }
+}
+
+impl Handler<Drain> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Readiness off, stop reading (each consumer finishes its step, whose
+    /// batch the writer commits and acks), then flush the writer.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.shared.health.start_draining();
+        let stops: Vec<_> = self.consumers.iter().map(|c| c.addr.send(StopReading)).collect();
+        let claimer = self.claimer.as_ref().map(|c| c.addr.clone());
+        let writer = self.writer.as_ref().map(|w| w.addr.clone());
+        Box::pin(
+            async move {
+                join_all(stops).await;
+                if let Some(claimer) = claimer {
+                    let _ = claimer.send(StopClaiming).await;
+                }
+                if let Some(writer) = writer {
+                    let _ = writer.send(Flush).await;
+                }
+                tracing::info!("pipeline drained");
+            }
+            .into_actor(self),
+        )
+    }
+}

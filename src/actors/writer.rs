@@ -1,0 +1,198 @@
+//! The writer: one transaction at a time, batches gathered from every
+//! consumer and the claimer, acked only after COMMIT.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use crate::backoff::Backoff;
+use crate::event::{Parsed, StreamEntry, StreamId};
+use crate::metrics as m;
+use crate::redis_stream;
+use crate::store::Pool;
+use crate::write_path::{self, BatchItem};
+
+/// Store these entries; the reply comes once they are committed and acked.
+#[derive(Message)]
+#[rtype(result = "Result<(), WriteError>")]
+pub struct WriteEntries(pub Vec<StreamEntry>);
+
+/// Write whatever is buffered now; replies when it is committed.
+#[derive(Message)]
+#[rtype(result = "Result<(), WriteError>")]
+pub struct Flush;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("the writer stopped before the batch was committed")]
+    Stopped,
+}
+
+/// Mailbox slots: with consumers awaiting each send, this bounds memory to
+/// (consumers + claimer) batches whatever the backlog.
+const MAILBOX_CAPACITY: usize = 64;
+
+pub struct Writer {
+    shared: Shared,
+    pool: Pool,
+    /// Connection for XACK; reconnects by itself.
+    acker: ConnectionManager,
+    buffer: Vec<StreamEntry>,
+    waiters: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    linger: Option<SpawnHandle>,
+}
+
+impl Writer {
+    pub fn start(shared: Shared, pool: Pool, acker: ConnectionManager) -> Addr<Self> {
+        Self::create(|ctx| {
+            ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+            Self {
+                shared,
+                pool,
+                acker,
+                buffer: Vec::new(),
+                waiters: Vec::new(),
+                linger: None,
+            }
+        })
+    }
+
+    fn enqueue(&mut self, entries: Vec<StreamEntry>, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<(), WriteError>> {
+        let (done, receiver) = oneshot::channel();
+        self.buffer.extend(entries);
+        self.waiters.push(done);
+        if self.buffer.len() >= self.shared.settings.write_batch_size as usize {
+            self.flush(ctx);
+        } else if self.linger.is_none() {
+            let linger = Duration::from_millis(self.shared.settings.write_linger_ms);
+            self.linger = Some(ctx.run_later(linger, |writer, ctx| {
+                writer.linger = None;
+                writer.flush(ctx);
+            }));
+        }
+        receiver
+    }
+
+    /// Commits the buffer; `ctx.wait` holds the mailbox meanwhile, so that
+    /// exactly one transaction is in flight and senders feel backpressure.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(linger) = self.linger.take() {
+            ctx.cancel_future(linger);
+        }
+        if self.waiters.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.buffer);
+        let waiters = std::mem::take(&mut self.waiters);
+        let batch = commit_and_ack(self.shared.clone(), self.pool.clone(), self.acker.clone(), entries);
+        ctx.wait(batch.into_actor(self).map(move |(), _, _| {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+        }));
+    }
+}
+
+impl Actor for Writer {
+    type Context = Context<Self>;
+}
+
+impl Handler<WriteEntries> for Writer {
+    type Result = ResponseFuture<Result<(), WriteError>>;
+
+    fn handle(&mut self, msg: WriteEntries, ctx: &mut Context<Self>) -> Self::Result {
+        let done = self.enqueue(msg.0, ctx);
+        Box::pin(async move { done.await.unwrap_or(Err(WriteError::Stopped)) })
+    }
+}
+
+impl Handler<Flush> for Writer {
+    type Result = ResponseFuture<Result<(), WriteError>>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let done = self.enqueue(Vec::new(), ctx);
+        self.flush(ctx);
+        Box::pin(async move { done.await.unwrap_or(Err(WriteError::Stopped)) })
+    }
+}
+
+/// Commits the batch, retrying for as long as Postgres is unavailable
+/// (nothing is acked meanwhile), then acks every entry of it.
+async fn commit_and_ack(shared: Shared, pool: Pool, mut acker: ConnectionManager, entries: Vec<StreamEntry>) {
+    if entries.is_empty() {
+        return;
+    }
+    let settings = &shared.settings;
+    let started = Instant::now();
+    let mut items = write_path::prepare(entries, &settings.limits(), settings.max_deliveries);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match write_path::commit_isolating(&pool, &settings.stream, &mut items).await {
+            Ok(isolated) => {
+                if isolated > 0 {
+                    metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data").increment(isolated as u64);
+                }
+                break;
+            }
+            Err(error) => {
+                shared.health.set_postgres(false);
+                metrics::counter!(m::POSTGRES_ERRORS, "kind" => "unavailable").increment(1);
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, entries = items.len(), "batch not committed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    shared.health.set_postgres(true);
+    shared.health.committed();
+    record_outcomes(&items, started);
+    let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
+    ack_with_retries(&mut acker, &shared, &ids).await;
+}
+
+/// A failed XACK loses nothing: the entries stay pending, are claimed again
+/// and rewritten (idempotently), then acked.
+async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &[StreamId]) {
+    let settings = &shared.settings;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    for attempt in 1..=5 {
+        match redis_stream::ack(acker, &settings.stream, &settings.group, ids).await {
+            Ok(_) => {
+                metrics::counter!(m::ACKED).increment(ids.len() as u64);
+                return;
+            }
+            Err(error) => {
+                metrics::counter!(m::REDIS_ERRORS, "operation" => "xack").increment(1);
+                tracing::warn!(%error, attempt, entries = ids.len(), "xack failed; entries stay pending");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+fn record_outcomes(items: &[BatchItem], started: Instant) {
+    let now = Utc::now();
+    metrics::histogram!(m::BATCH_SIZE).record(items.len() as f64);
+    metrics::histogram!(m::WRITE_DURATION).record(started.elapsed().as_secs_f64());
+    for item in items {
+        let event_type = item.event_type();
+        let outcome = match &item.parsed {
+            Ok(Parsed::Trace(event)) => {
+                let latency = (now - event.published_at).num_microseconds().unwrap_or(0);
+                metrics::histogram!(m::END_TO_END_LATENCY).record(latency.max(0) as f64 / 1e6);
+                "stored"
+            }
+            Ok(Parsed::Heartbeat(_)) => "heartbeat",
+            Err(rejection) => {
+                metrics::counter!(m::DEAD_LETTERS, "reason" => rejection.reason.as_str()).increment(1);
+                tracing::info!(entry = %item.entry.id, reason = %rejection, "dead letter");
+                "dead_lettered"
+            }
+        };
+        metrics::counter!(m::EVENTS, "event_type" => event_type, "outcome" => outcome).increment(1);
+    }
+}

@@ -1,0 +1,186 @@
+//! The wire contract: one stream entry, parsed into a typed event or rejected
+//! with a precise reason. Pure code, no I/O.
+
+mod lenient;
+mod parse;
+mod payload;
+mod reject;
+mod time;
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+pub use parse::parse_entry;
+pub use payload::{expand_data, Json};
+pub use reject::{Reason, Rejection};
+pub use time::{parse_epoch_seconds, parse_iso_time};
+
+/// A stream entry id, `<milliseconds>-<sequence>`; orders entries of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s
+            .split_once('-')
+            .ok_or_else(|| format!("stream id {s:?} has no '-'"))?;
+        let number = |part: &str| {
+            part.parse::<u64>()
+                .map_err(|_| format!("stream id {s:?} is not <ms>-<seq>"))
+        };
+        Ok(Self {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+/// One entry as Redis delivered it: fields in order, bytes untouched, so that
+/// a dead letter can keep exactly what was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: StreamId,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// How often Redis has delivered it (known exactly for claimed entries).
+    pub deliveries: u32,
+}
+
+impl StreamEntry {
+    /// Size of all field names and values, the measure of the size limit.
+    pub fn byte_size(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// The first value of a field, if present.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Bounds an entry must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entry_bytes: usize,
+    pub max_expanded_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entry_bytes: 4 * 1024 * 1024,
+            max_expanded_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What an entry turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Trace(TraceEvent),
+    Heartbeat(Heartbeat),
+}
+
+/// An event of one trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceEvent {
+    pub entry_id: StreamId,
+    pub trace_id: String,
+    pub project_id: String,
+    /// The producer's `timestamp` field: when the event was published.
+    pub published_at: DateTime<Utc>,
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBody {
+    TraceStart(TraceStart),
+    ObservationStart {
+        observation_id: String,
+        fields: ObservationStart,
+    },
+    /// observation_end and observation_error: both close an observation.
+    ObservationEnd {
+        observation_id: String,
+        fields: ObservationEnd,
+    },
+}
+
+impl TraceEvent {
+    /// The wire event type, as a bounded metric label.
+    pub fn event_type(&self) -> &'static str {
+        match &self.body {
+            EventBody::TraceStart(_) => "trace_start",
+            EventBody::ObservationStart { .. } => "observation_start",
+            EventBody::ObservationEnd { fields, .. } if fields.is_error => "observation_error",
+            EventBody::ObservationEnd { .. } => "observation_end",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TraceStart {
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub run_id: Option<String>,
+    pub meta: Option<Json>,
+    /// data.timestamp, else the publish time.
+    pub timestamp: DateTime<Utc>,
+    /// Keys of data without a column of their own.
+    pub metadata: Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservationStart {
+    pub name: Option<String>,
+    pub observation_type: Option<String>,
+    pub parent_observation_id: Option<String>,
+    pub input: Option<Json>,
+    /// data.start_time, else the publish time.
+    pub start_time: DateTime<Utc>,
+    pub metadata: Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservationEnd {
+    /// True for observation_error.
+    pub is_error: bool,
+    pub observation_type: Option<String>,
+    /// data.level, else DEFAULT (end) or ERROR (error).
+    pub level: String,
+    pub output: Option<Json>,
+    /// data.status_message, else data.error.
+    pub status_message: Option<String>,
+    /// data.end_time, else the publish time.
+    pub end_time: DateTime<Utc>,
+    pub metadata: Json,
+}
+
+/// An SDK liveness event: no trace, just "this application is running".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub entry_id: StreamId,
+    pub project_id: String,
+    pub sdk_version: Option<String>,
+    pub published_at: DateTime<Utc>,
+    /// Keys of data without a column of their own (host, instance...).
+    pub metadata: Json,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! From raw fields to a typed event. Every way an entry can be wrong ends in
+//! a [`Rejection`] that names the field and the problem.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::payload::kind;
+use super::{
+    expand_data, parse_epoch_seconds, parse_iso_time, EventBody, Heartbeat, Json, Limits,
+    ObservationEnd, ObservationStart, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
+    TraceStart,
+};
+
+/// Ids longer than this are refused: they are producer bugs and would bloat
+/// every index that holds them.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Top-level fields of the wire contract; any other is kept in metadata.
+const KNOWN_FIELDS: [&str; 6] = [
+    "event_type",
+    "trace_id",
+    "project_id",
+    "timestamp",
+    "observation_id",
+    "data",
+];
+
+pub fn parse_entry(entry: &StreamEntry, limits: &Limits) -> Result<Parsed, Rejection> {
+    let size = entry.byte_size();
+    if size > limits.max_entry_bytes {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!("entry has {size} bytes, over the limit of {}", limits.max_entry_bytes),
+        ));
+    }
+    let fields = text_fields(entry)?;
+    let event_type = required(&fields, "event_type")?;
+    let data = match fields.get("data") {
+        Some(text) => expand_data(text, limits.max_expanded_bytes)?,
+        None => Map::new(),
+    };
+    let mut event = EventFields { fields, data };
+    match event_type {
+        "heartbeat" => event.heartbeat(entry).map(Parsed::Heartbeat),
+        "trace_start" | "observation_start" | "observation_end" | "observation_error" => {
+            event.trace_event(entry, event_type).map(Parsed::Trace)
+        }
+        other => Err(Rejection::new(
+            Reason::UnknownEventType,
+            format!("event_type {:?} is not one this service stores", truncate(other)),
+        )),
+    }
+}
+
+/// Fields as UTF-8 text, each name once.
+fn text_fields(entry: &StreamEntry) -> Result<BTreeMap<&str, &str>, Rejection> {
+    let mut fields = BTreeMap::new();
+    for (name, value) in &entry.fields {
+        let name = std::str::from_utf8(name).map_err(|e| {
+            Rejection::new(Reason::InvalidUtf8, format!("a field name is not valid UTF-8: {e}"))
+        })?;
+        let value = std::str::from_utf8(value).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidUtf8,
+                format!("field {:?} is not valid UTF-8: {e}", truncate(name)),
+            )
+        })?;
+        if name.contains('\0') || (name != "data" && value.contains('\0')) {
+            return Err(Rejection::new(
+                Reason::NulCharacter,
+                format!("field {:?} contains a NUL byte", truncate(name)),
+            ));
+        }
+        if fields.insert(name, value).is_some() {
+            return Err(Rejection::new(
+                Reason::DuplicateField,
+                format!("field {:?} appears more than once", truncate(name)),
+            ));
+        }
+    }
+    Ok(fields)
+}
+
+fn required<'a>(fields: &BTreeMap<&str, &'a str>, name: &str) -> Result<&'a str, Rejection> {
+    match fields.get(name) {
+        None => Err(Rejection::new(Reason::MissingField, format!("field {name} is missing"))),
+        Some(&"") => Err(Rejection::new(Reason::EmptyField, format!("field {name} is empty"))),
+        Some(v) => Ok(v),
+    }
+}
+
+fn check_id(name: &str, id: &str) -> Result<(), Rejection> {
+    if id.is_empty() {
+        return Err(Rejection::new(Reason::EmptyField, format!("{name} is empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Rejection::new(
+            Reason::IdTooLong,
+            format!("{name} has {} bytes, over the limit of {MAX_ID_BYTES}", id.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// One entry being taken apart: each `take_*` consumes a key of data, and
+/// what remains is kept as metadata.
+struct EventFields<'a> {
+    fields: BTreeMap<&'a str, &'a str>,
+    data: Map<String, Value>,
+}
+
+impl<'a> EventFields<'a> {
+    fn trace_event(&mut self, entry: &StreamEntry, event_type: &str) -> Result<TraceEvent, Rejection> {
+        let trace_id = required(&self.fields, "trace_id")?.to_owned();
+        check_id("trace_id", &trace_id)?;
+        let project_id = self.project_id()?;
+        let published_at = self.published_at()?;
+        let body = match event_type {
+            "trace_start" => EventBody::TraceStart(self.trace_start(published_at)?),
+            "observation_start" => EventBody::ObservationStart {
+                observation_id: self.observation_id()?,
+                fields: self.observation_start(published_at)?,
+            },
+            _ => EventBody::ObservationEnd {
+                observation_id: self.observation_id()?,
+                fields: self.observation_end(published_at, event_type == "observation_error")?,
+            },
+        };
+        Ok(TraceEvent {
+            entry_id: entry.id,
+            trace_id,
+            project_id,
+            published_at,
+            body,
+        })
+    }
+
+    fn heartbeat(&mut self, entry: &StreamEntry) -> Result<Heartbeat, Rejection> {
+        let project_id = self.project_id()?;
+        let published_at = match self.fields.get("timestamp") {
+            Some(_) => self.published_at()?,
+            None => self.take_time("timestamp")?.ok_or_else(|| {
+                Rejection::new(
+                    Reason::MissingField,
+                    "heartbeat has neither a timestamp field nor data.timestamp",
+                )
+            })?,
+        };
+        self.data.remove("timestamp");
+        Ok(Heartbeat {
+            entry_id: entry.id,
+            project_id,
+            sdk_version: self.take_text("sdk_version")?,
+            published_at,
+            metadata: self.metadata(),
+        })
+    }
+
+    fn trace_start(&mut self, published_at: DateTime<Utc>) -> Result<TraceStart, Rejection> {
+        Ok(TraceStart {
+            name: self.take_text("name")?,
+            user_id: self.take_text("user_id")?,
+            session_id: self.take_text("session_id")?,
+            run_id: self.take_text("run_id")?,
+            meta: self.take_json("meta"),
+            timestamp: self.take_time("timestamp")?.unwrap_or(published_at),
+            metadata: self.metadata(),
+        })
+    }
+
+    fn observation_start(&mut self, published_at: DateTime<Utc>) -> Result<ObservationStart, Rejection> {
+        let parent = self
+            .take_text("parent_observation_id")?
+            .filter(|id| !id.is_empty());
+        if let Some(parent) = &parent {
+            check_id("data.parent_observation_id", parent)?;
+        }
+        Ok(ObservationStart {
+            name: self.take_text("name")?,
+            observation_type: self.take_text("type")?,
+            parent_observation_id: parent,
+            input: self.take_json("input"),
+            start_time: self.take_time("start_time")?.unwrap_or(published_at),
+            metadata: self.metadata(),
+        })
+    }
+
+    fn observation_end(&mut self, published_at: DateTime<Utc>, is_error: bool) -> Result<ObservationEnd, Rejection> {
+        let default_level = if is_error { "ERROR" } else { "DEFAULT" };
+        // `error` has no column: it stays in metadata, and is the status
+        // message when none is given.
+        let error = match self.data.get("error") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        Ok(ObservationEnd {
+            is_error,
+            observation_type: self.take_text("type")?,
+            level: self.take_text("level")?.unwrap_or_else(|| default_level.to_owned()),
+            output: self.take_json("output"),
+            status_message: self.take_text("status_message")?.or(error),
+            end_time: self.take_time("end_time")?.unwrap_or(published_at),
+            metadata: self.metadata(),
+        })
+    }
+
+    /// The top-level field wins over data.project_id; both are accepted. The
+    /// SDK sends an empty top-level field when unconfigured: then data's counts.
+    fn project_id(&mut self) -> Result<String, Rejection> {
+        let from_data = self.take_text("project_id")?;
+        let id = match self.fields.get("project_id").filter(|id| !id.is_empty()) {
+            Some(id) => (*id).to_owned(),
+            None => from_data.ok_or_else(|| {
+                Rejection::new(
+                    Reason::MissingField,
+                    "project_id is missing (neither a field nor data.project_id)",
+                )
+            })?,
+        };
+        check_id("project_id", &id)?;
+        Ok(id)
+    }
+
+    fn observation_id(&self) -> Result<String, Rejection> {
+        let id = required(&self.fields, "observation_id")?;
+        check_id("observation_id", id)?;
+        Ok(id.to_owned())
+    }
+
+    fn published_at(&self) -> Result<DateTime<Utc>, Rejection> {
+        let text = required(&self.fields, "timestamp")?;
+        parse_epoch_seconds(text)
+            .map_err(|e| Rejection::new(Reason::InvalidTimestamp, format!("field timestamp: {e}")))
+    }
+
+    /// Text columns take strings; numbers and booleans are kept as their text
+    /// (an integer user id, say); null is no value.
+    fn take_text(&mut self, key: &str) -> Result<Option<String>, Rejection> {
+        match self.data.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
+            Some(other) => Err(Rejection::new(
+                Reason::InvalidField,
+                format!("data.{key} must be text, got a JSON {}", kind(&other)),
+            )),
+        }
+    }
+
+    fn take_json(&mut self, key: &str) -> Option<Json> {
+        match self.data.remove(key) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(Json::from_value(&value)),
+        }
+    }
+
+    /// ISO 8601 text (zone-less is UTC) or epoch seconds as a number.
+    fn take_time(&mut self, key: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
+        let parsed = match self.data.remove(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => parse_iso_time(&s),
+            Some(Value::Number(n)) => parse_epoch_seconds(&n.to_string()),
+            Some(other) => Err(format!("a JSON {} is not a time", kind(&other))),
+        };
+        parsed
+            .map(Some)
+            .map_err(|e| Rejection::new(Reason::InvalidTimestamp, format!("data.{key}: {e}")))
+    }
+
+    /// What no column took: the rest of data, plus unknown top-level fields
+    /// under `_fields` so that nothing a producer sends is thrown away.
+    fn metadata(&mut self) -> Json {
+        let mut rest = std::mem::take(&mut self.data);
+        let extra: Map<String, Value> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| !KNOWN_FIELDS.contains(name))
+            .map(|(name, value)| ((*name).to_owned(), Value::String((*value).to_owned())))
+            .collect();
+        if !extra.is_empty() {
+            rest.insert("_fields".to_owned(), Value::Object(extra));
+        }
+        Json::from_map(rest)
+    }
+}

@@ -1,0 +1,245 @@
+//! The `data` field: JSON text, possibly gzip-compressed by the SDK, checked
+//! for what PostgreSQL's jsonb would refuse.
+
+use std::io::Read;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::{Reason, Rejection};
+
+/// Serialized JSON that jsonb accepts (no NUL anywhere, valid UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json(String);
+
+impl Json {
+    pub fn from_value(value: &Value) -> Self {
+        // Serializing a Value cannot fail: its keys are strings.
+        Self(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+    }
+
+    pub fn from_map(map: Map<String, Value>) -> Self {
+        Self::from_value(&Value::Object(map))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Json {
+    fn default() -> Self {
+        Self("{}".to_owned())
+    }
+}
+
+/// Parses `data` into its object, expanding `{"_compressed": true, "_data":
+/// base64(gzip(json))}` first, and refuses anything jsonb would refuse.
+pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, Value>, Rejection> {
+    let mut object = parse_object(text, "data")?;
+    if object.get("_compressed") == Some(&Value::Bool(true)) {
+        let encoded = match object.remove("_data") {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Err(Rejection::new(
+                    Reason::Decompression,
+                    "data is marked _compressed but has no _data text",
+                ))
+            }
+        };
+        let inflated = inflate(&encoded, max_expanded_bytes)?;
+        let text = String::from_utf8(inflated).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidUtf8,
+                format!("expanded data is not valid UTF-8: {e}"),
+            )
+        })?;
+        object = parse_object(&text, "expanded data")?;
+    }
+    if let Some(path) = find_nul(&object) {
+        return Err(Rejection::new(
+            Reason::NulCharacter,
+            format!("data{path} contains a NUL character (\\u0000), which jsonb cannot store"),
+        ));
+    }
+    Ok(object)
+}
+
+/// Key under which repairs of Python's non-standard JSON are recorded; it
+/// lands in the row's metadata like any key without a column.
+pub const REPAIRS_KEY: &str = "_ingest_repairs";
+
+fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
+    let parsed = serde_json::from_str::<Value>(text).or_else(|error| match super::lenient::repair(text) {
+        Some((repaired, repairs)) => serde_json::from_str::<Value>(&repaired).map(|mut value| {
+            if let Value::Object(map) = &mut value {
+                map.insert(REPAIRS_KEY.to_owned(), repairs.into());
+            }
+            value
+        }),
+        None => Err(error),
+    });
+    match parsed {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Rejection::new(
+            Reason::DataNotObject,
+            format!("{what} is a JSON {}, expected an object", kind(&other)),
+        )),
+        Err(e) => Err(Rejection::new(
+            Reason::InvalidData,
+            format!("{what} is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// base64, then gzip (or zlib, told apart by their magic bytes), stopping at
+/// the limit so that a small bomb cannot expand into memory.
+fn inflate(encoded: &str, limit: usize) -> Result<Vec<u8>, Rejection> {
+    let compressed = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| Rejection::new(Reason::Decompression, format!("_data is not base64: {e}")))?;
+    let reader: Box<dyn Read + '_> = match compressed.as_slice() {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(compressed.as_slice())),
+        [0x78, ..] => Box::new(flate2::read::ZlibDecoder::new(compressed.as_slice())),
+        _ => {
+            return Err(Rejection::new(
+                Reason::Decompression,
+                "_data is neither gzip nor zlib",
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Rejection::new(Reason::Decompression, format!("_data does not inflate: {e}")))?;
+    if out.len() > limit {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!("compressed data expands beyond the limit of {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+pub(super) fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The path of the first key or string holding a NUL, like `.input.messages[2]`.
+fn find_nul(object: &Map<String, Value>) -> Option<String> {
+    fn walk(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(String::new()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v).map(|p| format!("[{i}]{p}"))),
+            Value::Object(map) => in_object(map),
+            _ => None,
+        }
+    }
+    fn in_object(map: &Map<String, Value>) -> Option<String> {
+        map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(format!(".{}", k.escape_debug()));
+            }
+            walk(v).map(|p| format!(".{k}{p}"))
+        })
+    }
+    in_object(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip_base64(text: &str) -> String {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap())
+    }
+
+    #[test]
+    fn plain_object_is_returned() {
+        let map = expand_data(r#"{"name":"n","input":{"a":1}}"#, 1024).unwrap();
+        assert_eq!(map["name"], "n");
+        assert_eq!(map["input"]["a"], 1);
+    }
+
+    #[test]
+    fn compressed_data_is_expanded() {
+        let inner = r#"{"name":"big","input":{"text":"xxxxxxxx"}}"#;
+        let wire = format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64(inner));
+        let map = expand_data(&wire, 1024).unwrap();
+        assert_eq!(map["name"], "big");
+        assert!(!map.contains_key("_compressed"));
+    }
+
+    #[test]
+    fn zlib_is_accepted_too() {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(br#"{"a":1}"#).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap());
+        let map = expand_data(&format!(r#"{{"_compressed":true,"_data":"{b64}"}}"#), 1024).unwrap();
+        assert_eq!(map["a"], 1);
+    }
+
+    #[test]
+    fn expansion_failures_are_rejections() {
+        let cases = [
+            (r#"{"_compressed":true}"#.to_owned(), Reason::Decompression),
+            (r#"{"_compressed":true,"_data":"%%%"}"#.to_owned(), Reason::Decompression),
+            (r#"{"_compressed":true,"_data":"aGVsbG8="}"#.to_owned(), Reason::Decompression),
+            (format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64("[1,2]")), Reason::DataNotObject),
+            (format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64("{not json")), Reason::InvalidData),
+        ];
+        for (wire, reason) in cases {
+            assert_eq!(expand_data(&wire, 1024).unwrap_err().reason, reason, "{wire}");
+        }
+    }
+
+    #[test]
+    fn decompression_bomb_stops_at_the_limit() {
+        let bomb = format!(r#"{{"pad":"{}"}}"#, "a".repeat(10_000_000));
+        let wire = format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64(&bomb));
+        assert!(wire.len() < 100_000, "the bomb should compress well");
+        let err = expand_data(&wire, 1024 * 1024).unwrap_err();
+        assert_eq!(err.reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn python_nan_is_repaired_and_noted() {
+        let map = expand_data(r#"{"output":{"score":NaN}}"#, 1024).unwrap();
+        assert_eq!(map["output"]["score"], Value::Null);
+        assert_eq!(map[REPAIRS_KEY][0], super::super::lenient::NON_FINITE);
+    }
+
+    #[test]
+    fn nul_anywhere_is_refused_with_its_path() {
+        let err = expand_data(r#"{"input":{"messages":["ok","bad\u0000"]}}"#, 1024).unwrap_err();
+        assert_eq!(err.reason, Reason::NulCharacter);
+        assert!(err.detail.contains("data.input.messages[1]"), "{}", err.detail);
+        let key = expand_data(r#"{"k\u0000":1}"#, 1024).unwrap_err();
+        assert_eq!(key.reason, Reason::NulCharacter);
+    }
+
+    #[test]
+    fn non_objects_and_bad_json_are_told_apart() {
+        assert_eq!(expand_data("[1]", 10).unwrap_err().reason, Reason::DataNotObject);
+        assert_eq!(expand_data("42", 10).unwrap_err().reason, Reason::DataNotObject);
+        assert_eq!(expand_data("{", 10).unwrap_err().reason, Reason::InvalidData);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = expand_data(&format!(r#"{{"a":{deep}}}"#), 1 << 20).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidData);
+        assert!(err.detail.contains("recursion limit"), "{}", err.detail);
+    }
+}

@@ -1,0 +1,119 @@
+//! What the pipeline knows about itself, shared by the actors that learn it
+//! and the HTTP handlers that report it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::redis_stream::GroupState;
+
+#[derive(Debug, Default)]
+pub struct Health {
+    redis_ok: AtomicBool,
+    postgres_ok: AtomicBool,
+    group_ok: AtomicBool,
+    draining: AtomicBool,
+    /// Unix ms of the last commit, or of the start (a fresh replica is not stalled).
+    last_progress_ms: AtomicU64,
+    /// Entries waiting for the group: lag plus pending, from the lag monitor.
+    backlog: AtomicU64,
+    /// The lag monitor's last reading, served by the status endpoint.
+    group_state: Mutex<Option<GroupState>>,
+}
+
+/// Why the service is or is not ready, for /readyz.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub redis: bool,
+    pub postgres: bool,
+    pub group: bool,
+    pub draining: bool,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        let health = Self::default();
+        health.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+        Arc::new(health)
+    }
+
+    pub fn set_redis(&self, ok: bool) {
+        self.redis_ok.store(ok, Ordering::Relaxed);
+        self.publish_ready();
+    }
+
+    pub fn set_postgres(&self, ok: bool) {
+        self.postgres_ok.store(ok, Ordering::Relaxed);
+        self.publish_ready();
+    }
+
+    pub fn set_group(&self, ok: bool) {
+        self.group_ok.store(ok, Ordering::Relaxed);
+        self.publish_ready();
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.publish_ready();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn committed(&self) {
+        let now = unix_ms();
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::LAST_COMMIT).set(now as f64 / 1000.0);
+    }
+
+    /// Records the lag monitor's reading; `backlog` is this group's lag
+    /// plus its pending entries.
+    pub fn set_group_state(&self, state: GroupState, backlog: u64) {
+        self.backlog.store(backlog, Ordering::Relaxed);
+        *self.group_state.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+    }
+
+    pub fn group_state(&self) -> Option<GroupState> {
+        self.group_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let redis = self.redis_ok.load(Ordering::Relaxed);
+        let postgres = self.postgres_ok.load(Ordering::Relaxed);
+        let group = self.group_ok.load(Ordering::Relaxed);
+        let draining = self.is_draining();
+        Readiness {
+            ready: redis && postgres && group && !draining,
+            redis,
+            postgres,
+            group,
+            draining,
+        }
+    }
+
+    /// Not live when entries wait, Redis and Postgres answer, and yet nothing
+    /// was committed for `stall_timeout`: a restart may help. While a
+    /// dependency is down, a restart would not, so the replica stays live.
+    pub fn stalled_for(&self, stall_timeout: Duration) -> Option<Duration> {
+        let readiness = self.readiness();
+        if !(readiness.redis && readiness.postgres) || self.backlog.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let idle = Duration::from_millis(unix_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)));
+        (idle > stall_timeout).then_some(idle)
+    }
+
+    fn publish_ready(&self) {
+        let ready = if self.readiness().ready { 1.0 } else { 0.0 };
+        metrics::gauge!(crate::metrics::READY).set(ready);
+    }
+}

@@ -1,0 +1,64 @@
+//! The `swisper-ingest` command: `serve` runs the service, `migrate` applies
+//! the schema and exits.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use swisper_ingest::config::{DatabaseSettings, ServeSettings};
+use swisper_ingest::{app, store};
+
+#[derive(Parser)]
+#[command(name = "swisper-ingest", version, about = "Redis Streams to PostgreSQL ingestion for SwisperStudio observability")]
+struct Cli {
+    /// Log format: text for people, json for log pipelines.
+    #[arg(long, env = "OBSERVABILITY_LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"])]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: consume the stream, store events, serve HTTP.
+    Serve(Box<ServeSettings>),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseSettings),
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = actix_rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,
+            Command::Migrate(database) => {
+                let config = database.pg_config()?;
+                let applied = store::migrate::run(&config).await.context("migrate")?;
+                tracing::info!(?applied, "schema is up to date");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("swisper-ingest: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

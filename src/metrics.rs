@@ -1,0 +1,74 @@
+//! Metric names in one place (`swisper_ingest_<name>_<unit>`, counters end in
+//! `_total`, labels from bounded sets) and the Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS: &str = "swisper_ingest_events_total";
+pub const DEAD_LETTERS: &str = "swisper_ingest_dead_letters_total";
+pub const BATCH_SIZE: &str = "swisper_ingest_batch_size_entries";
+pub const WRITE_DURATION: &str = "swisper_ingest_write_duration_seconds";
+pub const END_TO_END_LATENCY: &str = "swisper_ingest_end_to_end_latency_seconds";
+pub const STREAM_LENGTH: &str = "swisper_ingest_stream_length";
+pub const GROUP_LAG: &str = "swisper_ingest_group_lag";
+pub const PENDING_ENTRIES: &str = "swisper_ingest_pending_entries";
+pub const OLDEST_PENDING_AGE: &str = "swisper_ingest_oldest_pending_age_seconds";
+pub const CLAIMED: &str = "swisper_ingest_claimed_total";
+pub const ACKED: &str = "swisper_ingest_acked_total";
+pub const TRIMMED_BEFORE_ACK: &str = "swisper_ingest_trimmed_before_ack_total";
+pub const REDIS_ERRORS: &str = "swisper_ingest_redis_errors_total";
+pub const POSTGRES_ERRORS: &str = "swisper_ingest_postgres_errors_total";
+pub const ACTOR_RESTARTS: &str = "swisper_ingest_actor_restarts_total";
+pub const CONSUMERS_REMOVED: &str = "swisper_ingest_consumers_removed_total";
+pub const READY: &str = "swisper_ingest_ready";
+pub const LAST_COMMIT: &str = "swisper_ingest_last_commit_timestamp_seconds";
+pub const BUILD_INFO: &str = "swisper_ingest_build_info";
+pub const SDK_HEARTBEAT_AGE: &str = "swisper_ingest_sdk_heartbeat_age_seconds";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// Installs the process-wide recorder once; later calls (tests) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), SIZE_BUCKETS))
+                .expect("bucket lists are not empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process");
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(EVENTS, "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat).");
+    describe_counter!(DEAD_LETTERS, "Entries written to ingest_dead_letters, by reason.");
+    describe_histogram!(BATCH_SIZE, "Entries per committed write batch.");
+    describe_histogram!(WRITE_DURATION, Unit::Seconds, "Time to commit one batch, retries and isolation included.");
+    describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Commit time minus the event's publish timestamp.");
+    describe_gauge!(STREAM_LENGTH, "XLEN of the stream.");
+    describe_gauge!(GROUP_LAG, "Entries not yet delivered to the consumer group.");
+    describe_gauge!(PENDING_ENTRIES, "Entries delivered to the group and not yet acknowledged.");
+    describe_gauge!(OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest unacknowledged entry.");
+    describe_counter!(CLAIMED, "Idle pending entries claimed from other consumers.");
+    describe_counter!(ACKED, "Entries acknowledged after their batch committed.");
+    describe_counter!(TRIMMED_BEFORE_ACK, "Pending entries deleted from the stream (trimmed) before they were stored.");
+    describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation.");
+    describe_counter!(POSTGRES_ERRORS, "Failed Postgres writes, by kind (unavailable, data).");
+    describe_counter!(ACTOR_RESTARTS, "Actors restarted by the supervisor, by actor.");
+    describe_counter!(CONSUMERS_REMOVED, "Idle consumers with nothing pending removed from the group.");
+    describe_gauge!(READY, "1 when Redis and Postgres are reachable and the group exists.");
+    describe_gauge!(LAST_COMMIT, Unit::Seconds, "Unix time of the last committed batch.");
+    describe_gauge!(SDK_HEARTBEAT_AGE, Unit::Seconds, "Age of the newest SDK heartbeat, by project_id (projects heard in the last 7 days).");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
+}

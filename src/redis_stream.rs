@@ -1,0 +1,431 @@
+//! The Redis Streams commands of the pipeline, as plain async functions over
+//! any connection. Replies are parsed by hand from raw values so that field
+//! bytes, order and duplicates reach the parser untouched.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{cmd, ErrorKind, RedisError, Value};
+
+use crate::event::{StreamEntry, StreamId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("unexpected reply to {command}: {detail}")]
+    Reply { command: &'static str, detail: String },
+}
+
+fn bad_reply(command: &'static str, value: &Value) -> StreamError {
+    let mut detail = format!("{value:?}");
+    detail.truncate(200);
+    StreamError::Reply { command, detail }
+}
+
+/// Where a consumer reads from: its own pending entries (after a restart
+/// under the same name) or new entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Entries already delivered to this consumer and not acked, after this id.
+    Pending(StreamId),
+    /// Entries never delivered to the group (`>`).
+    New,
+}
+
+/// Creates the group at id 0 (so a backlog published before the first start
+/// is read) and the stream if missing; an existing group is left as it is.
+pub async fn ensure_group(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<bool, StreamError> {
+    let created: Result<Value, RedisError> = cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when a command failed because the group (or stream) is gone, as after
+/// a Redis restart without persistence.
+pub fn is_missing_group(error: &StreamError) -> bool {
+    matches!(error, StreamError::Redis(e) if e.code() == Some("NOGROUP"))
+}
+
+/// XREADGROUP: up to `count` entries, waiting up to `block` for new ones.
+pub async fn read_group(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    cursor: Cursor,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<StreamEntry>, StreamError> {
+    let mut command = cmd("XREADGROUP");
+    command.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    let id = match cursor {
+        Cursor::New => {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+            ">".to_owned()
+        }
+        Cursor::Pending(after) => after.to_string(),
+    };
+    command.arg("STREAMS").arg(stream).arg(id);
+    let reply: Value = command.query_async(conn).await?;
+    // Exact delivery counts matter only for the claimer, which asks XPENDING.
+    let deliveries = 1;
+    match reply {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut entries = Vec::new();
+            for stream_reply in streams {
+                let Value::Array(mut pair) = stream_reply else {
+                    return Err(bad_reply("XREADGROUP", &stream_reply));
+                };
+                let Some(Value::Array(items)) = pair.pop() else {
+                    return Err(bad_reply("XREADGROUP", &Value::Array(pair)));
+                };
+                entries.extend(parse_entries("XREADGROUP", items, deliveries)?);
+            }
+            Ok(entries)
+        }
+        other => Err(bad_reply("XREADGROUP", &other)),
+    }
+}
+
+/// Entries as `[id, [field, value, ...]]`; a deleted entry still pending comes
+/// back with nil fields and is kept with no fields (its id must be acked).
+fn parse_entries(command: &'static str, items: Vec<Value>, deliveries: u32) -> Result<Vec<StreamEntry>, StreamError> {
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(parts) = item else {
+                return Err(bad_reply(command, &item));
+            };
+            let mut parts = parts.into_iter();
+            let id = parse_id(command, parts.next())?;
+            let fields = match parts.next() {
+                Some(Value::Array(flat)) => pairs(command, flat)?,
+                Some(Value::Nil) | None => Vec::new(),
+                Some(other) => return Err(bad_reply(command, &other)),
+            };
+            Ok(StreamEntry { id, fields, deliveries })
+        })
+        .collect()
+}
+
+fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StreamError> {
+    match value {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        other => Err(bad_reply(command, &other)),
+    }
+}
+
+/// Field name and value bytes, as sent.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn pairs(command: &'static str, flat: Vec<Value>) -> Result<Fields, StreamError> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut iter = flat.into_iter();
+    while let Some(name) = iter.next() {
+        let value = iter.next().ok_or_else(|| StreamError::Reply {
+            command,
+            detail: "odd number of field values".to_owned(),
+        })?;
+        out.push((bytes(command, name)?, bytes(command, value)?));
+    }
+    Ok(out)
+}
+
+fn parse_id(command: &'static str, value: Option<Value>) -> Result<StreamId, StreamError> {
+    let value = value.unwrap_or(Value::Nil);
+    let text = match &value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s.as_str()),
+        _ => None,
+    };
+    text.and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad_reply(command, &value))
+}
+
+/// XACK of many ids in one command; returns how many were pending.
+pub async fn ack(conn: &mut impl ConnectionLike, stream: &str, group: &str, ids: &[StreamId]) -> Result<u64, StreamError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut command = cmd("XACK");
+    command.arg(stream).arg(group);
+    for id in ids {
+        command.arg(id.to_string());
+    }
+    Ok(command.query_async(conn).await?)
+}
+
+/// One XAUTOCLAIM page.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Where the next page starts; `0-0` when the scan is complete.
+    pub next: String,
+    pub entries: Vec<StreamEntry>,
+    /// Pending ids whose entries were deleted (trimmed) before being acked;
+    /// Redis has dropped them from the pending list.
+    pub deleted: Vec<StreamId>,
+}
+
+/// XAUTOCLAIM entries idle longer than `min_idle` into `consumer`.
+pub async fn autoclaim(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    start: &str,
+    count: usize,
+) -> Result<Claimed, StreamError> {
+    let reply: Value = cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg(start)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let Value::Array(parts) = reply else {
+        return Err(bad_reply("XAUTOCLAIM", &reply));
+    };
+    let mut parts = parts.into_iter();
+    let next = String::from_utf8_lossy(&bytes("XAUTOCLAIM", parts.next().unwrap_or(Value::Nil))?).into_owned();
+    let entries = match parts.next() {
+        Some(Value::Array(items)) => parse_entries("XAUTOCLAIM", items, 1)?,
+        other => return Err(bad_reply("XAUTOCLAIM", &other.unwrap_or(Value::Nil))),
+    };
+    let deleted = match parts.next() {
+        Some(Value::Array(ids)) => ids
+            .into_iter()
+            .map(|id| parse_id("XAUTOCLAIM", Some(id)))
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    Ok(Claimed { next, entries, deleted })
+}
+
+/// Delivery counts of a consumer's pending entries in `[first, last]`.
+pub async fn delivery_counts(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    first: StreamId,
+    last: StreamId,
+    count: usize,
+) -> Result<HashMap<StreamId, u32>, StreamError> {
+    let reply: Value = cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(first.to_string())
+        .arg(last.to_string())
+        .arg(count)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let Value::Array(rows) = reply else {
+        return Err(bad_reply("XPENDING", &reply));
+    };
+    rows.into_iter()
+        .map(|row| match row {
+            Value::Array(fields) if fields.len() == 4 => {
+                let mut fields = fields.into_iter();
+                let id = parse_id("XPENDING", fields.next())?;
+                let deliveries = match fields.nth(2) {
+                    Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+                    other => return Err(bad_reply("XPENDING", &other.unwrap_or(Value::Nil))),
+                };
+                Ok((id, deliveries))
+            }
+            other => Err(bad_reply("XPENDING", &other)),
+        })
+        .collect()
+}
+
+/// The group's view of the stream, from XINFO GROUPS, XLEN and XPENDING.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GroupState {
+    pub stream_length: u64,
+    pub groups: Vec<GroupInfo>,
+    /// This group's pending count and oldest pending id.
+    pub pending: u64,
+    pub oldest_pending: Option<StreamIdText>,
+}
+
+/// A stream id as text in JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamIdText(pub String);
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub last_delivered_id: String,
+    /// Entries the group has read (None before Redis 7 or when unknown).
+    pub entries_read: Option<u64>,
+    /// Entries not yet delivered to the group; None when Redis cannot tell
+    /// (after deletions or trimming past the group's position).
+    pub lag: Option<u64>,
+}
+
+impl GroupState {
+    pub fn group(&self, name: &str) -> Option<&GroupInfo> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn oldest_pending_id(&self) -> Option<StreamId> {
+        self.oldest_pending.as_ref().and_then(|t| t.0.parse().ok())
+    }
+}
+
+pub async fn group_state(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<GroupState, StreamError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("XLEN").arg(stream);
+    pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+    pipe.cmd("XPENDING").arg(stream).arg(group);
+    let (stream_length, groups, pending): (u64, Value, Value) = pipe.query_async(conn).await?;
+    let groups = match groups {
+        Value::Array(groups) => groups.into_iter().map(parse_group).collect::<Result<_, _>>()?,
+        other => return Err(bad_reply("XINFO GROUPS", &other)),
+    };
+    let (pending, oldest_pending) = match pending {
+        Value::Array(summary) if !summary.is_empty() => {
+            let mut summary = summary.into_iter();
+            let count = match summary.next() {
+                Some(Value::Int(n)) => n.max(0) as u64,
+                other => return Err(bad_reply("XPENDING", &other.unwrap_or(Value::Nil))),
+            };
+            let oldest = match summary.next() {
+                Some(Value::BulkString(b)) => Some(StreamIdText(String::from_utf8_lossy(&b).into_owned())),
+                _ => None,
+            };
+            (count, oldest)
+        }
+        other => return Err(bad_reply("XPENDING", &other)),
+    };
+    Ok(GroupState {
+        stream_length,
+        groups,
+        pending,
+        oldest_pending,
+    })
+}
+
+fn parse_group(value: Value) -> Result<GroupInfo, StreamError> {
+    let fields = match value {
+        Value::Array(flat) => flat,
+        Value::Map(map) => map.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => return Err(bad_reply("XINFO GROUPS", &other)),
+    };
+    let mut info = GroupInfo::default();
+    let mut iter = fields.into_iter();
+    while let (Some(key), Some(value)) = (iter.next(), iter.next()) {
+        let key = match key {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::SimpleString(s) => s,
+            _ => continue,
+        };
+        let number = |v: &Value| match v {
+            Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        let text = |v: Value| match v {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::SimpleString(s) => s,
+            _ => String::new(),
+        };
+        match key.as_str() {
+            "name" => info.name = text(value),
+            "consumers" => info.consumers = number(&value).unwrap_or(0),
+            "pending" => info.pending = number(&value).unwrap_or(0),
+            "last-delivered-id" => info.last_delivered_id = text(value),
+            "entries-read" => info.entries_read = number(&value),
+            "lag" => info.lag = number(&value),
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// Consumers of the group with their pending count and idle time.
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle: Duration,
+}
+
+pub async fn consumers(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Vec<ConsumerInfo>, StreamError> {
+    let reply: Value = cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await?;
+    let Value::Array(rows) = reply else {
+        return Err(bad_reply("XINFO CONSUMERS", &reply));
+    };
+    let mut consumers = Vec::new();
+    for row in rows {
+        let Value::Array(flat) = row else {
+            return Err(bad_reply("XINFO CONSUMERS", &row));
+        };
+        let mut info = ConsumerInfo {
+            name: String::new(),
+            pending: 0,
+            idle: Duration::ZERO,
+        };
+        let mut iter = flat.into_iter();
+        while let (Some(key), Some(value)) = (iter.next(), iter.next()) {
+            match (key, value) {
+                (Value::BulkString(k), Value::BulkString(v)) if k == b"name" => {
+                    info.name = String::from_utf8_lossy(&v).into_owned()
+                }
+                (Value::BulkString(k), Value::Int(n)) if k == b"pending" => info.pending = n.max(0) as u64,
+                (Value::BulkString(k), Value::Int(n)) if k == b"idle" => {
+                    info.idle = Duration::from_millis(n.max(0) as u64)
+                }
+                _ => {}
+            }
+        }
+        consumers.push(info);
+    }
+    Ok(consumers)
+}
+
+/// Removes a consumer; Redis drops its pending entries with it, so callers
+/// only remove consumers with nothing pending.
+pub async fn delete_consumer(conn: &mut impl ConnectionLike, stream: &str, group: &str, consumer: &str) -> Result<u64, StreamError> {
+    Ok(cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .query_async(conn)
+        .await?)
+}
+
+/// True for errors after which the connection should be replaced.
+pub fn is_connection_error(error: &StreamError) -> bool {
+    match error {
+        StreamError::Redis(e) => {
+            e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.kind() == ErrorKind::Io
+        }
+        StreamError::Reply { .. } => false,
+    }
+}

@@ -1,0 +1,142 @@
+//! The dead-letter table: entries that can never be stored, kept exactly as
+//! they came with the reason, so that nothing is lost silently.
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio_postgres::Transaction;
+
+use super::{JsonbText, StoreError};
+use crate::event::{Rejection, StreamEntry};
+
+/// A value above this is replaced by its size in the fields of an entry that
+/// was refused for its size: keeping 20 MB of it helps nobody.
+const KEPT_VALUE_BYTES: usize = 64 * 1024;
+
+/// One entry and why it is dead.
+pub struct DeadLetter<'a> {
+    pub entry: &'a StreamEntry,
+    pub rejection: &'a Rejection,
+}
+
+const INSERT: &str = "
+INSERT INTO ingest_dead_letters
+    (stream, stream_entry_id, fields, reason_code, reason, delivery_count, event_type, trace_id)
+SELECT $1, * FROM UNNEST($2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[])
+ON CONFLICT (stream, stream_entry_id) DO NOTHING";
+
+/// Inserts dead letters; a redelivered entry that is already dead changes nothing.
+pub async fn insert(tx: &Transaction<'_>, stream: &str, letters: &[DeadLetter<'_>]) -> Result<(), StoreError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = letters.iter().map(|l| l.entry.id.to_string()).collect();
+    let fields: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            let oversized = l.rejection.reason == crate::event::Reason::TooLarge;
+            fields_json(l.entry, oversized.then_some(KEPT_VALUE_BYTES)).to_string()
+        })
+        .collect();
+    let fields: Vec<JsonbText> = fields.iter().map(|f| JsonbText(f)).collect();
+    let codes: Vec<&str> = letters.iter().map(|l| l.rejection.reason.as_str()).collect();
+    let reasons: Vec<&str> = letters.iter().map(|l| l.rejection.detail.as_str()).collect();
+    let deliveries: Vec<i32> = letters
+        .iter()
+        .map(|l| i32::try_from(l.entry.deliveries).unwrap_or(i32::MAX))
+        .collect();
+    let event_types: Vec<Option<&str>> = letters.iter().map(|l| readable(l.entry, "event_type")).collect();
+    let trace_ids: Vec<Option<&str>> = letters.iter().map(|l| readable(l.entry, "trace_id")).collect();
+    tx.execute(
+        INSERT,
+        &[&stream, &ids, &fields, &codes, &reasons, &deliveries, &event_types, &trace_ids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A field's value when it is short text that Postgres can hold.
+fn readable<'a>(entry: &'a StreamEntry, name: &str) -> Option<&'a str> {
+    entry
+        .field(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| v.len() <= 1024 && !v.contains('\0'))
+}
+
+/// The entry's fields as `[[name, value], ...]`, in order and with duplicates,
+/// each name or value a JSON string when it is UTF-8 without NUL, else
+/// `{"base64": ...}`; values over `omit_over` bytes become `{"omitted_bytes": n}`.
+pub fn fields_json(entry: &StreamEntry, omit_over: Option<usize>) -> Value {
+    let encode = |bytes: &[u8]| -> Value {
+        if omit_over.is_some_and(|limit| bytes.len() > limit) {
+            return json!({ "omitted_bytes": bytes.len() });
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => Value::String(text.to_owned()),
+            _ => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        }
+    };
+    Value::Array(
+        entry
+            .fields
+            .iter()
+            .map(|(name, value)| Value::Array(vec![encode(name), encode(value)]))
+            .collect(),
+    )
+}
+
+/// The inverse of [`fields_json`], for replay: `None` when a value was omitted.
+pub fn fields_from_json(fields: &Value) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let decode = |value: &Value| -> Option<Vec<u8>> {
+        match value {
+            Value::String(s) => Some(s.as_bytes().to_vec()),
+            Value::Object(o) => o
+                .get("base64")
+                .and_then(Value::as_str)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()),
+            _ => None,
+        }
+    };
+    fields
+        .as_array()?
+        .iter()
+        .map(|pair| match pair.as_array()?.as_slice() {
+            [name, value] => Some((decode(name)?, decode(value)?)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StreamId;
+
+    #[test]
+    fn fields_round_trip_including_binary_and_duplicates() {
+        let entry = StreamEntry {
+            id: StreamId { ms: 1, seq: 0 },
+            fields: vec![
+                (b"event_type".to_vec(), b"trace_start".to_vec()),
+                (b"data".to_vec(), vec![0xff, 0x00, 0x41]),
+                (b"data".to_vec(), b"{\"a\":\"nul\0\"}".to_vec()),
+            ],
+            deliveries: 1,
+        };
+        let json = fields_json(&entry, None);
+        assert_eq!(json[0], json!(["event_type", "trace_start"]));
+        assert!(json[1][1].get("base64").is_some());
+        assert_eq!(fields_from_json(&json).unwrap(), entry.fields);
+    }
+
+    #[test]
+    fn oversized_values_are_omitted_with_their_size() {
+        let entry = StreamEntry {
+            id: StreamId { ms: 1, seq: 0 },
+            fields: vec![(b"data".to_vec(), vec![b'a'; 100])],
+            deliveries: 1,
+        };
+        let json = fields_json(&entry, Some(10));
+        assert_eq!(json[0][1], json!({ "omitted_bytes": 100 }));
+        assert!(fields_from_json(&json).is_none());
+    }
+}

@@ -1,0 +1,49 @@
+//! The connection pool. Every new connection gets the session's staging
+//! tables, so the write path never creates them on the hot path.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::{ConfigError, DatabaseSettings};
+
+pub type Pool = deadpool_postgres::Pool;
+
+/// How long a caller waits for a connection, or for one to be made, before
+/// the write path treats Postgres as unavailable and backs off.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the pool; connections are made lazily, so this succeeds while
+/// Postgres is down and the writer's retries take over.
+pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, ConfigError> {
+    let mut pg_config = settings.pg_config()?;
+    pg_config.application_name("swisper-ingest");
+    pg_config.connect_timeout(POOL_TIMEOUT);
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.db_pool_size as usize)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(super::rows::STAGING_TABLES)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
+        .build()
+        .map_err(|e| ConfigError {
+            setting: "DATABASE_URL",
+            problem: e.to_string(),
+        })
+}

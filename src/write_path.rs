@@ -1,0 +1,122 @@
+//! One batch of stream entries to one committed transaction: parse, merge,
+//! stage with COPY, merge into the tables, record SDK heartbeats, dead-letter
+//! what cannot be stored,
+//! COMMIT. When Postgres rejects the data, the batch is split in halves until
+//! the entry at fault is alone, and only that entry becomes a dead letter.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::event::{parse_entry, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry};
+use crate::merge;
+use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::{describe, heartbeats, rows, Pool, StoreError};
+
+/// An entry and what it turned out to be.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub entry: StreamEntry,
+    pub parsed: Result<Parsed, Rejection>,
+}
+
+impl BatchItem {
+    /// The wire event type as a bounded label, for metrics.
+    pub fn event_type(&self) -> &'static str {
+        match &self.parsed {
+            Ok(Parsed::Trace(event)) => event.event_type(),
+            Ok(Parsed::Heartbeat(_)) => "heartbeat",
+            Err(_) => match self.entry.field("event_type") {
+                Some(b"trace_start") => "trace_start",
+                Some(b"observation_start") => "observation_start",
+                Some(b"observation_end") => "observation_end",
+                Some(b"observation_error") => "observation_error",
+                Some(b"heartbeat") => "heartbeat",
+                _ => "unknown",
+            },
+        }
+    }
+}
+
+/// Parses every entry; an entry delivered too often is dead whatever it holds.
+pub fn prepare(entries: Vec<StreamEntry>, limits: &Limits, max_deliveries: u32) -> Vec<BatchItem> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let parsed = if entry.deliveries > max_deliveries {
+                Err(Rejection::new(
+                    Reason::TooManyDeliveries,
+                    format!(
+                        "delivered {} times, over the limit of {max_deliveries}",
+                        entry.deliveries
+                    ),
+                ))
+            } else {
+                parse_entry(&entry, limits)
+            };
+            BatchItem { entry, parsed }
+        })
+        .collect()
+}
+
+/// Writes all items in one transaction.
+pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<(), StoreError> {
+    let events = items.iter().filter_map(|item| match &item.parsed {
+        Ok(Parsed::Trace(event)) => Some(event),
+        _ => None,
+    });
+    let rows = merge::merge(events);
+    let letters: Vec<DeadLetter> = items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Err(rejection) => Some(DeadLetter {
+                entry: &item.entry,
+                rejection,
+            }),
+            Ok(_) => None,
+        })
+        .collect();
+
+    let beats: Vec<&Heartbeat> = items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Ok(Parsed::Heartbeat(beat)) => Some(beat),
+            _ => None,
+        })
+        .collect();
+
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    rows::write_rows(&tx, &rows).await?;
+    heartbeats::upsert(&tx, &beats).await?;
+    dead_letters::insert(&tx, stream, &letters).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Like [`commit`], but an entry that Postgres refuses becomes a dead letter
+/// instead of failing its neighbours. Returns how many entries were isolated.
+pub fn commit_isolating<'a>(
+    pool: &'a Pool,
+    stream: &'a str,
+    items: &'a mut [BatchItem],
+) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + 'a>> {
+    Box::pin(async move {
+        match commit(pool, stream, items).await {
+            Ok(()) => Ok(0),
+            Err(StoreError::Data(error)) if items.len() == 1 => {
+                let detail = format!("postgres rejected this entry: {}", describe(&error));
+                tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
+                items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
+                commit(pool, stream, items).await?;
+                Ok(1)
+            }
+            Err(StoreError::Data(error)) => {
+                tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
+                let (left, right) = items.split_at_mut(items.len() / 2);
+                let isolated = commit_isolating(pool, stream, left).await?;
+                Ok(isolated + commit_isolating(pool, stream, right).await?)
+            }
+            Err(unavailable) => Err(unavailable),
+        }
+    })
+}

@@ -1,0 +1,292 @@
+//! Test harness: real Redis and PostgreSQL (started by `scripts/test.sh`,
+//! which exports their URLs), a fresh database and stream per test, and the
+//! real `swisper-ingest` binary as a child process.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_postgres::{Client, NoTls};
+
+/// Where a test runs: its own database and stream on the shared servers.
+pub struct TestEnv {
+    pub name: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub stream: String,
+    pub group: String,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts Redis and Postgres")
+    })
+}
+
+impl TestEnv {
+    pub async fn new(name: &str) -> Self {
+        let redis_url = required_env("OBSERVABILITY_REDIS_URL");
+        let admin_url = required_env("DATABASE_URL");
+        let suffix: u32 = rand::thread_rng().gen();
+        let database = format!("test_{name}_{suffix:08x}");
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("create the test database");
+        let (base, _) = admin_url.rsplit_once('/').expect("DATABASE_URL has a database name");
+        Self {
+            name: name.to_owned(),
+            redis_url,
+            database_url: format!("{base}/{database}"),
+            stream: format!("test:{name}:{suffix:08x}"),
+            group: format!("group-{suffix:08x}"),
+        }
+    }
+
+    pub async fn db(&self) -> Client {
+        connect(&self.database_url).await
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis_url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to redis")
+    }
+
+    /// XADD one entry with fields in the given order.
+    pub fn publish(&self, conn: &mut redis::Connection, fields: &[(&str, &str)]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(conn).expect("xadd")
+    }
+
+    /// XADD raw bytes (invalid UTF-8, duplicated names...).
+    pub fn publish_raw(&self, conn: &mut redis::Connection, fields: &[(&[u8], &[u8])]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(conn).expect("xadd")
+    }
+
+    pub fn migrate(&self) {
+        let status = Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
+            .arg("migrate")
+            .env("DATABASE_URL", &self.database_url)
+            .status()
+            .expect("run migrate");
+        assert!(status.success(), "migrate failed");
+    }
+
+    /// Starts the service with test-friendly timings; `extra` overrides.
+    pub fn spawn(&self, replica: &str, extra: &[(&str, &str)]) -> Service {
+        let port = free_port();
+        let log_path = log_dir().join(format!("{}-{replica}.log", self.name));
+        let log = std::fs::File::create(&log_path).expect("create log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_swisper-ingest"));
+        command
+            .arg("serve")
+            .env("OBSERVABILITY_REDIS_URL", &self.redis_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("OBSERVABILITY_STREAM_NAME", &self.stream)
+            .env("OBSERVABILITY_GROUP_NAME", &self.group)
+            .env("OBSERVABILITY_CONSUMER_NAME", replica)
+            .env("OBSERVABILITY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("OBSERVABILITY_BLOCK_MS", "200")
+            .env("OBSERVABILITY_CLAIM_IDLE_MS", "2000")
+            .env("OBSERVABILITY_CLAIM_INTERVAL_MS", "200")
+            .env("OBSERVABILITY_MONITOR_INTERVAL_MS", "200")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log));
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn swisper-ingest");
+        Service { child, port, log_path }
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to postgres");
+    tokio::spawn(connection);
+    client
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running service process; killed when dropped.
+pub struct Service {
+    pub child: Child,
+    pub port: u16,
+    pub log_path: PathBuf,
+}
+
+impl Service {
+    /// GET a path; None while the server does not answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    pub fn json(&self, path: &str) -> Option<serde_json::Value> {
+        self.get(path).and_then(|(_, body)| serde_json::from_str(&body).ok())
+    }
+
+    /// The value of a metric line such as `name{labels}` (exact text before the value).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics")?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let ok = wait_for(timeout, || matches!(self.get("/readyz"), Some((200, _))));
+        assert!(ok, "service not ready in {timeout:?}; log: {}", self.log());
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("send SIGTERM");
+        self.child.wait().expect("wait for exit")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+/// Async version for database conditions.
+pub async fn wait_for_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    condition().await
+}
+
+pub async fn count(db: &Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.map(|row| row.get(0)).unwrap_or(-1)
+}
+
+/// Epoch seconds as the SDK writes them.
+pub fn now_ts() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("{:.6}", now.as_secs_f64())
+}
+
+/// A trace in the seed's exact wire format: trace_start, then a root, a child
+/// and a grandchild observation (start and end), the grandchild failing.
+pub fn seed_trace(trace_id: &str, project_id: &str) -> Vec<Vec<(String, String)>> {
+    let ts = now_ts();
+    let mut events = vec![vec![
+        ("event_type".to_owned(), "trace_start".to_owned()),
+        ("trace_id".to_owned(), trace_id.to_owned()),
+        ("project_id".to_owned(), project_id.to_owned()),
+        ("timestamp".to_owned(), ts.clone()),
+        (
+            "data".to_owned(),
+            serde_json::json!({"name": "chat", "user_id": "user-1", "session_id": "session-1",
+                               "timestamp": "2025-11-05T10:00:00.000001"})
+            .to_string(),
+        ),
+    ]];
+    let observations = [
+        (format!("{trace_id}-root"), None, "agent", "AGENT"),
+        (format!("{trace_id}-child"), Some(format!("{trace_id}-root")), "planner", "SPAN"),
+        (format!("{trace_id}-grandchild"), Some(format!("{trace_id}-child")), "llm", "GENERATION"),
+    ];
+    for (i, (id, parent, name, kind)) in observations.iter().enumerate() {
+        let header = |event_type: &str| {
+            vec![
+                ("event_type".to_owned(), event_type.to_owned()),
+                ("trace_id".to_owned(), trace_id.to_owned()),
+                ("project_id".to_owned(), project_id.to_owned()),
+                ("timestamp".to_owned(), ts.clone()),
+                ("observation_id".to_owned(), id.clone()),
+            ]
+        };
+        let mut start = header("observation_start");
+        start.push((
+            "data".to_owned(),
+            serde_json::json!({"name": name, "type": kind, "parent_observation_id": parent,
+                               "input": {"messages": [format!("in-{i}")]},
+                               "start_time": format!("2025-11-05T10:00:0{i}.000000")})
+            .to_string(),
+        ));
+        events.push(start);
+        let failing = i == 2;
+        let mut end = header(if failing { "observation_error" } else { "observation_end" });
+        let data = if failing {
+            serde_json::json!({"level": "ERROR", "error": "model timeout", "status_message": "model timeout",
+                               "end_time": "2025-11-05T10:00:09.500000"})
+        } else {
+            serde_json::json!({"output": {"answer": format!("out-{i}")}, "level": "DEFAULT",
+                               "end_time": format!("2025-11-05T10:00:1{i}.250000")})
+        };
+        end.push(("data".to_owned(), data.to_string()));
+        events.push(end);
+    }
+    events
+}
+
+pub fn as_fields(event: &[(String, String)]) -> Vec<(&str, &str)> {
+    event.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
