@@ -61,6 +61,15 @@ CREATE TABLE observations (
     status_message        text,
     end_time              timestamptz,
     end_metadata          jsonb,
+    -- LLM telemetry the SDK puts in a GENERATION's output (_llm_model,
+    -- _llm_tokens, _llm_latency), copied out so usage is one SQL query away.
+    llm_model             text,
+    llm_prompt_tokens     bigint,
+    llm_completion_tokens bigint,
+    llm_total_tokens      bigint,
+    llm_cached_tokens     bigint,
+    llm_thoughts_tokens   bigint,
+    llm_duration_ms       double precision,
     -- The end's type is the final, auto-detected one: it replaces the start's.
     type                  text GENERATED ALWAYS AS (COALESCE(end_type, start_type, 'SPAN')) STORED,
     level                 text GENERATED ALWAYS AS (COALESCE(end_level, 'DEFAULT')) STORED,
@@ -71,6 +80,7 @@ CREATE TABLE observations (
 );
 
 CREATE INDEX observations_trace_idx ON observations (trace_id);
+CREATE INDEX observations_llm_model_idx ON observations (project_id, llm_model) WHERE llm_model IS NOT NULL;
 CREATE INDEX observations_parent_idx ON observations (parent_observation_id) WHERE parent_observation_id IS NOT NULL;
 
 -- Every stream entry that can never be stored, with why.

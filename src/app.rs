@@ -24,7 +24,10 @@ use crate::{metrics as m, redis_stream};
 
 /// Runs the service until `shutdown` resolves, then drains within the
 /// configured budget. Must run inside an actix System.
-pub async fn serve(settings: ServeSettings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: ServeSettings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     settings.validate()?;
     let settings = Arc::new(settings);
     let prometheus = m::install();
@@ -39,7 +42,12 @@ pub async fn serve(settings: ServeSettings, shutdown: impl Future<Output = ()>) 
             lagging_threshold: settings.lagging_threshold,
         },
     )
-    .with_context(|| format!("cannot listen on OBSERVABILITY_HTTP_ADDR {}", settings.http_addr))?;
+    .with_context(|| {
+        format!(
+            "cannot listen on OBSERVABILITY_HTTP_ADDR {}",
+            settings.http_addr
+        )
+    })?;
     let http = server.handle();
     actix_rt::spawn(server);
     tracing::info!(addr = %bound, "http listening");
@@ -54,10 +62,15 @@ pub async fn serve(settings: ServeSettings, shutdown: impl Future<Output = ()>) 
         }
     };
     shutdown.await;
-    tracing::info!(budget_secs = settings.shutdown_timeout_secs, "shutting down: draining");
+    tracing::info!(
+        budget_secs = settings.shutdown_timeout_secs,
+        "shutting down: draining"
+    );
     match tokio::time::timeout(settings.shutdown_timeout(), supervisor.send(Drain)).await {
         Ok(_) => tracing::info!("drained; every entry in hand is stored and acked"),
-        Err(_) => tracing::warn!("drain budget exceeded; unacked entries stay pending for another replica"),
+        Err(_) => tracing::warn!(
+            "drain budget exceeded; unacked entries stay pending for another replica"
+        ),
     }
     http.stop(true).await;
     Ok(())

@@ -11,7 +11,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(first: Duration, max: Duration) -> Self {
-        Self { first, max, next: first }
+        Self {
+            first,
+            max,
+            next: first,
+        }
     }
 
     /// The delay to wait now; each call doubles the next one, up to `max`.

@@ -86,11 +86,19 @@ pub struct ServeSettings {
     pub redis_url: SecretUrl,
 
     /// Stream the applications publish to.
-    #[arg(long = "stream", env = "OBSERVABILITY_STREAM_NAME", default_value = "observability:events")]
+    #[arg(
+        long = "stream",
+        env = "OBSERVABILITY_STREAM_NAME",
+        default_value = "observability:events"
+    )]
     pub stream: String,
 
     /// Consumer group shared by every replica.
-    #[arg(long = "group", env = "OBSERVABILITY_GROUP_NAME", default_value = "swisper_studio_consumers")]
+    #[arg(
+        long = "group",
+        env = "OBSERVABILITY_GROUP_NAME",
+        default_value = "swisper_studio_consumers"
+    )]
     pub group: String,
 
     /// This replica's name (the pod name on Kubernetes); consumers are named
@@ -161,11 +169,19 @@ pub struct ServeSettings {
     pub stall_timeout_secs: u64,
 
     /// The stream length above which the status endpoint says "lagging".
-    #[arg(long, env = "OBSERVABILITY_LAGGING_THRESHOLD", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "OBSERVABILITY_LAGGING_THRESHOLD",
+        default_value_t = 10_000
+    )]
     pub lagging_threshold: u64,
 
     /// Address of the HTTP server (health, readiness, metrics).
-    #[arg(long, env = "OBSERVABILITY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "OBSERVABILITY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub http_addr: SocketAddr,
 
     /// Budget for draining on SIGTERM: stop reading, write and ack, exit.
@@ -207,11 +223,9 @@ impl ServeSettings {
 
     /// The replica's name: the configured one, else the host name.
     pub fn replica_name(&self) -> String {
-        self.consumer_name.clone().unwrap_or_else(|| {
-            gethostname::gethostname()
-                .to_string_lossy()
-                .into_owned()
-        })
+        self.consumer_name
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
     pub fn block(&self) -> Duration {

@@ -83,7 +83,10 @@ impl Health {
     }
 
     pub fn group_state(&self) -> Option<GroupState> {
-        self.group_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.group_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -108,7 +111,9 @@ impl Health {
         if !(readiness.redis && readiness.postgres) || self.backlog.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let idle = Duration::from_millis(unix_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)));
+        let idle = Duration::from_millis(
+            unix_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
+        );
         (idle > stall_timeout).then_some(idle)
     }
 

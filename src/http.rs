@@ -77,7 +77,8 @@ async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
 #[get("/api/v1/observability/metrics")]
 async fn observability_metrics(state: web::Data<HttpState>) -> HttpResponse {
     let Some(group_state) = state.health.group_state() else {
-        return HttpResponse::ServiceUnavailable().json(json!({ "status": "unknown", "reason": "no reading of the stream yet" }));
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unknown", "reason": "no reading of the stream yet" }));
     };
     let ours = group_state.group(&state.group);
     let waiting = ours.map(|g| g.lag.unwrap_or(0) + g.pending).unwrap_or(0);

@@ -9,7 +9,11 @@ use swisper_ingest::config::{DatabaseSettings, ServeSettings};
 use swisper_ingest::{app, store};
 
 #[derive(Parser)]
-#[command(name = "swisper-ingest", version, about = "Redis Streams to PostgreSQL ingestion for SwisperStudio observability")]
+#[command(
+    name = "swisper-ingest",
+    version,
+    about = "Redis Streams to PostgreSQL ingestion for SwisperStudio observability"
+)]
 struct Cli {
     /// Log format: text for people, json for log pipelines.
     #[arg(long, env = "OBSERVABILITY_LOG_FORMAT", default_value = "text", global = true,
@@ -31,7 +35,9 @@ enum Command {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if format == "json" {
         builder.json().init();
     } else {

@@ -121,7 +121,12 @@ pub fn merge<'a>(events: impl IntoIterator<Item = &'a TraceEvent>) -> Rows<'a> {
         let (trace, observation) = rows_of(event, version);
         upsert(&mut traces, trace.id, trace, TraceRow::join);
         if let Some(observation) = observation {
-            upsert(&mut observations, observation.id, observation, ObservationRow::join);
+            upsert(
+                &mut observations,
+                observation.id,
+                observation,
+                ObservationRow::join,
+            );
         }
     }
     Rows {
@@ -141,7 +146,10 @@ fn upsert<'a, R>(rows: &mut BTreeMap<&'a str, R>, id: &'a str, row: R, join: fn(
 
 /// The one-event rows: what this event alone says about its trace and
 /// observation.
-fn rows_of<'a>(event: &'a TraceEvent, version: Version) -> (TraceRow<'a>, Option<ObservationRow<'a>>) {
+fn rows_of<'a>(
+    event: &'a TraceEvent,
+    version: Version,
+) -> (TraceRow<'a>, Option<ObservationRow<'a>>) {
     let at = |value| Versioned { version, value };
     let mut trace = TraceRow {
         id: &event.trace_id,
@@ -163,15 +171,30 @@ fn rows_of<'a>(event: &'a TraceEvent, version: Version) -> (TraceRow<'a>, Option
     };
     let observation = match &event.body {
         EventBody::TraceStart(start) => {
-            trace.start = Some(Versioned { version, value: start });
+            trace.start = Some(Versioned {
+                version,
+                value: start,
+            });
             None
         }
-        EventBody::ObservationStart { observation_id, fields } => Some(ObservationRow {
-            start: Some(Versioned { version, value: fields }),
+        EventBody::ObservationStart {
+            observation_id,
+            fields,
+        } => Some(ObservationRow {
+            start: Some(Versioned {
+                version,
+                value: fields,
+            }),
             ..observation(observation_id)
         }),
-        EventBody::ObservationEnd { observation_id, fields } => Some(ObservationRow {
-            end: Some(Versioned { version, value: fields }),
+        EventBody::ObservationEnd {
+            observation_id,
+            fields,
+        } => Some(ObservationRow {
+            end: Some(Versioned {
+                version,
+                value: fields,
+            }),
             ..observation(observation_id)
         }),
     };

@@ -29,7 +29,9 @@ pub const SDK_HEARTBEAT_AGE: &str = "swisper_ingest_sdk_heartbeat_age_seconds";
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
-const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
 
 /// Installs the process-wide recorder once; later calls (tests) share it.
 pub fn install() -> PrometheusHandle {
@@ -38,7 +40,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), SIZE_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), SIZE_BUCKETS)
+                })
                 .expect("bucket lists are not empty")
                 .install_recorder()
                 .expect("the metrics recorder is installed once per process");
@@ -51,24 +55,74 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(EVENTS, "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat).");
-    describe_counter!(DEAD_LETTERS, "Entries written to ingest_dead_letters, by reason.");
+    describe_counter!(
+        EVENTS,
+        "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat)."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Entries written to ingest_dead_letters, by reason."
+    );
     describe_histogram!(BATCH_SIZE, "Entries per committed write batch.");
-    describe_histogram!(WRITE_DURATION, Unit::Seconds, "Time to commit one batch, retries and isolation included.");
-    describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Commit time minus the event's publish timestamp.");
+    describe_histogram!(
+        WRITE_DURATION,
+        Unit::Seconds,
+        "Time to commit one batch, retries and isolation included."
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Commit time minus the event's publish timestamp."
+    );
     describe_gauge!(STREAM_LENGTH, "XLEN of the stream.");
-    describe_gauge!(GROUP_LAG, "Entries not yet delivered to the consumer group.");
-    describe_gauge!(PENDING_ENTRIES, "Entries delivered to the group and not yet acknowledged.");
-    describe_gauge!(OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest unacknowledged entry.");
-    describe_counter!(CLAIMED, "Idle pending entries claimed from other consumers.");
+    describe_gauge!(
+        GROUP_LAG,
+        "Entries not yet delivered to the consumer group."
+    );
+    describe_gauge!(
+        PENDING_ENTRIES,
+        "Entries delivered to the group and not yet acknowledged."
+    );
+    describe_gauge!(
+        OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest unacknowledged entry."
+    );
+    describe_counter!(
+        CLAIMED,
+        "Idle pending entries claimed from other consumers."
+    );
     describe_counter!(ACKED, "Entries acknowledged after their batch committed.");
-    describe_counter!(TRIMMED_BEFORE_ACK, "Pending entries deleted from the stream (trimmed) before they were stored.");
+    describe_counter!(
+        TRIMMED_BEFORE_ACK,
+        "Pending entries deleted from the stream (trimmed) before they were stored."
+    );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation.");
-    describe_counter!(POSTGRES_ERRORS, "Failed Postgres writes, by kind (unavailable, data).");
-    describe_counter!(ACTOR_RESTARTS, "Actors restarted by the supervisor, by actor.");
-    describe_counter!(CONSUMERS_REMOVED, "Idle consumers with nothing pending removed from the group.");
-    describe_gauge!(READY, "1 when Redis and Postgres are reachable and the group exists.");
-    describe_gauge!(LAST_COMMIT, Unit::Seconds, "Unix time of the last committed batch.");
-    describe_gauge!(SDK_HEARTBEAT_AGE, Unit::Seconds, "Age of the newest SDK heartbeat, by project_id (projects heard in the last 7 days).");
+    describe_counter!(
+        POSTGRES_ERRORS,
+        "Failed Postgres writes, by kind (unavailable, data)."
+    );
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted by the supervisor, by actor."
+    );
+    describe_counter!(
+        CONSUMERS_REMOVED,
+        "Idle consumers with nothing pending removed from the group."
+    );
+    describe_gauge!(
+        READY,
+        "1 when Redis and Postgres are reachable and the group exists."
+    );
+    describe_gauge!(
+        LAST_COMMIT,
+        Unit::Seconds,
+        "Unix time of the last committed batch."
+    );
+    describe_gauge!(
+        SDK_HEARTBEAT_AGE,
+        Unit::Seconds,
+        "Age of the newest SDK heartbeat, by project_id (projects heard in the last 7 days)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
 }

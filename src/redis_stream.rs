@@ -15,7 +15,10 @@ pub enum StreamError {
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
     #[error("unexpected reply to {command}: {detail}")]
-    Reply { command: &'static str, detail: String },
+    Reply {
+        command: &'static str,
+        detail: String,
+    },
 }
 
 fn bad_reply(command: &'static str, value: &Value) -> StreamError {
@@ -36,7 +39,11 @@ pub enum Cursor {
 
 /// Creates the group at id 0 (so a backlog published before the first start
 /// is read) and the stream if missing; an existing group is left as it is.
-pub async fn ensure_group(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<bool, StreamError> {
+pub async fn ensure_group(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<bool, StreamError> {
     let created: Result<Value, RedisError> = cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -69,7 +76,12 @@ pub async fn read_group(
     block: Duration,
 ) -> Result<Vec<StreamEntry>, StreamError> {
     let mut command = cmd("XREADGROUP");
-    command.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    command
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
     let id = match cursor {
         Cursor::New => {
             command.arg("BLOCK").arg(block.as_millis() as u64);
@@ -102,7 +114,11 @@ pub async fn read_group(
 
 /// Entries as `[id, [field, value, ...]]`; a deleted entry still pending comes
 /// back with nil fields and is kept with no fields (its id must be acked).
-fn parse_entries(command: &'static str, items: Vec<Value>, deliveries: u32) -> Result<Vec<StreamEntry>, StreamError> {
+fn parse_entries(
+    command: &'static str,
+    items: Vec<Value>,
+    deliveries: u32,
+) -> Result<Vec<StreamEntry>, StreamError> {
     items
         .into_iter()
         .map(|item| {
@@ -116,7 +132,11 @@ fn parse_entries(command: &'static str, items: Vec<Value>, deliveries: u32) -> R
                 Some(Value::Nil) | None => Vec::new(),
                 Some(other) => return Err(bad_reply(command, &other)),
             };
-            Ok(StreamEntry { id, fields, deliveries })
+            Ok(StreamEntry {
+                id,
+                fields,
+                deliveries,
+            })
         })
         .collect()
 }
@@ -157,7 +177,12 @@ fn parse_id(command: &'static str, value: Option<Value>) -> Result<StreamId, Str
 }
 
 /// XACK of many ids in one command; returns how many were pending.
-pub async fn ack(conn: &mut impl ConnectionLike, stream: &str, group: &str, ids: &[StreamId]) -> Result<u64, StreamError> {
+pub async fn ack(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    ids: &[StreamId],
+) -> Result<u64, StreamError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -204,7 +229,8 @@ pub async fn autoclaim(
         return Err(bad_reply("XAUTOCLAIM", &reply));
     };
     let mut parts = parts.into_iter();
-    let next = String::from_utf8_lossy(&bytes("XAUTOCLAIM", parts.next().unwrap_or(Value::Nil))?).into_owned();
+    let next = String::from_utf8_lossy(&bytes("XAUTOCLAIM", parts.next().unwrap_or(Value::Nil))?)
+        .into_owned();
     let entries = match parts.next() {
         Some(Value::Array(items)) => parse_entries("XAUTOCLAIM", items, 1)?,
         other => return Err(bad_reply("XAUTOCLAIM", &other.unwrap_or(Value::Nil))),
@@ -216,7 +242,11 @@ pub async fn autoclaim(
             .collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
-    Ok(Claimed { next, entries, deleted })
+    Ok(Claimed {
+        next,
+        entries,
+        deleted,
+    })
 }
 
 /// Delivery counts of a consumer's pending entries in `[first, last]`.
@@ -294,14 +324,21 @@ impl GroupState {
     }
 }
 
-pub async fn group_state(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<GroupState, StreamError> {
+pub async fn group_state(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<GroupState, StreamError> {
     let mut pipe = redis::pipe();
     pipe.cmd("XLEN").arg(stream);
     pipe.cmd("XINFO").arg("GROUPS").arg(stream);
     pipe.cmd("XPENDING").arg(stream).arg(group);
     let (stream_length, groups, pending): (u64, Value, Value) = pipe.query_async(conn).await?;
     let groups = match groups {
-        Value::Array(groups) => groups.into_iter().map(parse_group).collect::<Result<_, _>>()?,
+        Value::Array(groups) => groups
+            .into_iter()
+            .map(parse_group)
+            .collect::<Result<_, _>>()?,
         other => return Err(bad_reply("XINFO GROUPS", &other)),
     };
     let (pending, oldest_pending) = match pending {
@@ -312,7 +349,9 @@ pub async fn group_state(conn: &mut impl ConnectionLike, stream: &str, group: &s
                 other => return Err(bad_reply("XPENDING", &other.unwrap_or(Value::Nil))),
             };
             let oldest = match summary.next() {
-                Some(Value::BulkString(b)) => Some(StreamIdText(String::from_utf8_lossy(&b).into_owned())),
+                Some(Value::BulkString(b)) => {
+                    Some(StreamIdText(String::from_utf8_lossy(&b).into_owned()))
+                }
                 _ => None,
             };
             (count, oldest)
@@ -371,8 +410,17 @@ pub struct ConsumerInfo {
     pub idle: Duration,
 }
 
-pub async fn consumers(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<Vec<ConsumerInfo>, StreamError> {
-    let reply: Value = cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await?;
+pub async fn consumers(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerInfo>, StreamError> {
+    let reply: Value = cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await?;
     let Value::Array(rows) = reply else {
         return Err(bad_reply("XINFO CONSUMERS", &reply));
     };
@@ -392,7 +440,9 @@ pub async fn consumers(conn: &mut impl ConnectionLike, stream: &str, group: &str
                 (Value::BulkString(k), Value::BulkString(v)) if k == b"name" => {
                     info.name = String::from_utf8_lossy(&v).into_owned()
                 }
-                (Value::BulkString(k), Value::Int(n)) if k == b"pending" => info.pending = n.max(0) as u64,
+                (Value::BulkString(k), Value::Int(n)) if k == b"pending" => {
+                    info.pending = n.max(0) as u64
+                }
                 (Value::BulkString(k), Value::Int(n)) if k == b"idle" => {
                     info.idle = Duration::from_millis(n.max(0) as u64)
                 }
@@ -406,7 +456,12 @@ pub async fn consumers(conn: &mut impl ConnectionLike, stream: &str, group: &str
 
 /// Removes a consumer; Redis drops its pending entries with it, so callers
 /// only remove consumers with nothing pending.
-pub async fn delete_consumer(conn: &mut impl ConnectionLike, stream: &str, group: &str, consumer: &str) -> Result<u64, StreamError> {
+pub async fn delete_consumer(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<u64, StreamError> {
     Ok(cmd("XGROUP")
         .arg("DELCONSUMER")
         .arg(stream)

@@ -3,7 +3,9 @@
 
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
-use swisper_ingest::event::{EventBody, Json, ObservationEnd, ObservationStart, StreamId, TraceEvent, TraceStart};
+use swisper_ingest::event::{
+    EventBody, Json, ObservationEnd, ObservationStart, StreamId, TraceEvent, TraceStart,
+};
 use swisper_ingest::merge::{join_rows, merge, Rows};
 
 /// A trace's events, some of which disagree with each other (two starts of
@@ -37,7 +39,11 @@ fn events_strategy() -> impl Strategy<Value = Vec<TraceEvent>> {
                         observation_id,
                         fields: ObservationEnd {
                             is_error: kind == 3,
-                            level: if kind == 3 { "ERROR".into() } else { "DEFAULT".into() },
+                            level: if kind == 3 {
+                                "ERROR".into()
+                            } else {
+                                "DEFAULT".into()
+                            },
                             output: Some(Json::from_value(&serde_json::json!({ "out": variant }))),
                             end_time: published_at,
                             ..ObservationEnd::default()
@@ -45,7 +51,10 @@ fn events_strategy() -> impl Strategy<Value = Vec<TraceEvent>> {
                     },
                 };
                 TraceEvent {
-                    entry_id: StreamId { ms: 1_762_336_800_000 + seq as u64, seq: 0 },
+                    entry_id: StreamId {
+                        ms: 1_762_336_800_000 + seq as u64,
+                        seq: 0,
+                    },
                     trace_id: "trace-1".into(),
                     project_id: format!("project-{}", variant % 2),
                     published_at,
@@ -104,13 +113,20 @@ fn the_newest_start_wins_and_the_end_type_replaces_the_start_type() {
         published_at: at(s),
         body: EventBody::ObservationStart {
             observation_id: "o".into(),
-            fields: ObservationStart { name: Some(name.into()), start_time: at(s), ..Default::default() },
+            fields: ObservationStart {
+                name: Some(name.into()),
+                start_time: at(s),
+                ..Default::default()
+            },
         },
     };
     let events = [start(2, "late", 5), start(1, "early", 1)];
     let rows = merge(events.iter());
     assert_eq!(rows.observations.len(), 1);
-    assert_eq!(rows.observations[0].start.unwrap().value.name.as_deref(), Some("late"));
+    assert_eq!(
+        rows.observations[0].start.unwrap().value.name.as_deref(),
+        Some("late")
+    );
     // Any event of a trace makes its trace row, even without trace_start.
     assert_eq!(rows.traces.len(), 1);
     assert!(rows.traces[0].start.is_none());

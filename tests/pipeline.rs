@@ -20,7 +20,12 @@ async fn seed_trace_is_stored_with_every_field() {
     let service = env.spawn("replica-a", &[]);
     let db = env.db().await;
     let stored = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM observations WHERE end_time IS NOT NULL").await == 3
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
+        )
+        .await
+            == 3
     })
     .await;
     assert!(stored, "observations not stored; log: {}", service.log());
@@ -32,7 +37,10 @@ async fn seed_trace_is_stored_with_every_field() {
     assert_eq!(trace.get::<_, String>(0), "project-1");
     assert_eq!(trace.get::<_, Option<String>>(1).as_deref(), Some("chat"));
     assert_eq!(trace.get::<_, Option<String>>(2).as_deref(), Some("user-1"));
-    assert_eq!(trace.get::<_, Option<String>>(3).as_deref(), Some("session-1"));
+    assert_eq!(
+        trace.get::<_, Option<String>>(3).as_deref(),
+        Some("session-1")
+    );
     assert_eq!(trace.get::<_, Option<serde_json::Value>>(4), None);
     let timestamp: chrono::DateTime<chrono::Utc> = trace.get(5);
     assert_eq!(timestamp.to_rfc3339(), "2025-11-05T10:00:00.000001+00:00");
@@ -78,7 +86,12 @@ async fn seed_trace_is_stored_with_every_field() {
         ]
     );
     // Everything stored was acked: nothing pending for the group.
-    let acked = wait_for(WAIT, || service.json("/api/v1/observability/metrics").and_then(|j| j["pending"].as_u64()) == Some(0));
+    let acked = wait_for(WAIT, || {
+        service
+            .json("/api/v1/observability/metrics")
+            .and_then(|j| j["pending"].as_u64())
+            == Some(0)
+    });
     assert!(acked, "entries still pending");
 }
 
@@ -117,16 +130,54 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     };
     let long_id = "x".repeat(2000);
     let bad: Vec<(&str, Vec<(&str, String)>)> = vec![
-        ("missing_field", vec![("event_type", "trace_start".into()), ("project_id", "p".into()), ("timestamp", ts.clone())]),
+        (
+            "missing_field",
+            vec![
+                ("event_type", "trace_start".into()),
+                ("project_id", "p".into()),
+                ("timestamp", ts.clone()),
+            ],
+        ),
         ("unknown_event_type", base("span_started", "{}")),
         ("data_not_object", base("observation_start", "[1,2,3]")),
         ("invalid_data", base("observation_start", "{not json")),
-        ("invalid_timestamp", base("observation_start", r#"{"start_time":"last tuesday"}"#)),
-        ("nul_character", base("observation_start", r#"{"input":"a\u0000b"}"#)),
-        ("id_too_long", vec![("event_type", "trace_start".into()), ("trace_id", long_id), ("project_id", "p".into()), ("timestamp", ts.clone())]),
-        ("empty_field", vec![("event_type", "trace_start".into()), ("trace_id", "".into()), ("project_id", "p".into()), ("timestamp", ts.clone())]),
-        ("too_large", base("observation_start", &json!({"input": "y".repeat(70_000)}).to_string())),
-        ("rejected_by_postgres", base("observation_start", r#"{"name":"poison"}"#)),
+        (
+            "invalid_timestamp",
+            base("observation_start", r#"{"start_time":"last tuesday"}"#),
+        ),
+        (
+            "nul_character",
+            base("observation_start", r#"{"input":"a\u0000b"}"#),
+        ),
+        (
+            "id_too_long",
+            vec![
+                ("event_type", "trace_start".into()),
+                ("trace_id", long_id),
+                ("project_id", "p".into()),
+                ("timestamp", ts.clone()),
+            ],
+        ),
+        (
+            "empty_field",
+            vec![
+                ("event_type", "trace_start".into()),
+                ("trace_id", "".into()),
+                ("project_id", "p".into()),
+                ("timestamp", ts.clone()),
+            ],
+        ),
+        (
+            "too_large",
+            base(
+                "observation_start",
+                &json!({"input": "y".repeat(70_000)}).to_string(),
+            ),
+        ),
+        (
+            "rejected_by_postgres",
+            base("observation_start", r#"{"name":"poison"}"#),
+        ),
     ];
     let mut expected = Vec::new();
     for (i, (reason, fields)) in bad.iter().enumerate() {
@@ -140,48 +191,122 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     }
     let raw_invalid_utf8 = env.publish_raw(
         &mut redis,
-        &[(b"event_type", b"trace_start"), (b"trace_id", &[0xff, 0xfe]), (b"project_id", b"p"), (b"timestamp", ts.as_bytes())],
+        &[
+            (b"event_type", b"trace_start"),
+            (b"trace_id", &[0xff, 0xfe]),
+            (b"project_id", b"p"),
+            (b"timestamp", ts.as_bytes()),
+        ],
     );
     expected.push((raw_invalid_utf8, "invalid_utf8".into()));
     let duplicated = env.publish_raw(
         &mut redis,
-        &[(b"event_type", b"trace_start"), (b"trace_id", b"t1"), (b"trace_id", b"t2"), (b"project_id", b"p"), (b"timestamp", ts.as_bytes())],
+        &[
+            (b"event_type", b"trace_start"),
+            (b"trace_id", b"t1"),
+            (b"trace_id", b"t2"),
+            (b"project_id", b"p"),
+            (b"timestamp", ts.as_bytes()),
+        ],
     );
     expected.push((duplicated, "duplicate_field".into()));
     // SDK heartbeats are not bad input.
     env.publish(&mut redis, &[("event_type", "heartbeat"), ("project_id", "p"), ("timestamp", &ts),
         ("data", r#"{"project_id":"p","sdk_version":"0.14.3","timestamp":"2025-11-05T10:00:00+00:00"}"#)]);
 
-    let service = env.spawn("replica-bad", &[("OBSERVABILITY_MAX_ENTRY_BYTES", "65536"), ("OBSERVABILITY_SKIP_MIGRATIONS", "true")]);
+    let service = env.spawn(
+        "replica-bad",
+        &[
+            ("OBSERVABILITY_MAX_ENTRY_BYTES", "65536"),
+            ("OBSERVABILITY_SKIP_MIGRATIONS", "true"),
+        ],
+    );
     let db = env.db().await;
     let done = wait_for_async(WAIT, || async {
         count(&db, "SELECT count(*) FROM ingest_dead_letters").await == expected.len() as i64
-            && count(&db, "SELECT count(*) FROM observations WHERE trace_id = 'good-trace'").await == 2 * bad.len() as i64
+            && count(
+                &db,
+                "SELECT count(*) FROM observations WHERE trace_id = 'good-trace'",
+            )
+            .await
+                == 2 * bad.len() as i64
     })
     .await;
-    assert!(done, "not all stored or dead-lettered; log: {}", service.log());
+    assert!(
+        done,
+        "not all stored or dead-lettered; log: {}",
+        service.log()
+    );
 
-    let rows = db.query("SELECT stream_entry_id, reason_code, reason, stream FROM ingest_dead_letters", &[]).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT stream_entry_id, reason_code, reason, stream FROM ingest_dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
     for (id, reason) in &expected {
-        let row = rows.iter().find(|r| r.get::<_, String>(0) == *id).unwrap_or_else(|| panic!("no dead letter for {reason}"));
-        assert_eq!(row.get::<_, String>(1), *reason, "entry {id}: {}", row.get::<_, String>(2));
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, String>(0) == *id)
+            .unwrap_or_else(|| panic!("no dead letter for {reason}"));
+        assert_eq!(
+            row.get::<_, String>(1),
+            *reason,
+            "entry {id}: {}",
+            row.get::<_, String>(2)
+        );
         assert!(!row.get::<_, String>(2).is_empty());
         assert_eq!(row.get::<_, String>(3), env.stream);
     }
-    assert_eq!(count(&db, "SELECT count(*) FROM observations WHERE trace_id = 'bad-trace'").await, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM sdk_heartbeats WHERE project_id = 'p' AND sdk_version = '0.14.3'").await, 1);
-    assert_eq!(count(&db, "SELECT count(*) FROM traces WHERE id NOT IN ('good-trace')").await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE trace_id = 'bad-trace'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sdk_heartbeats WHERE project_id = 'p' AND sdk_version = '0.14.3'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM traces WHERE id NOT IN ('good-trace')"
+        )
+        .await,
+        0
+    );
 
     // Each reason is counted, the heartbeat too, and nothing is left pending.
     let counted = wait_for(WAIT, || {
         expected.iter().all(|(_, reason)| {
-            service.metric(&format!("swisper_ingest_dead_letters_total{{reason=\"{reason}\"}}")).is_some_and(|v| v >= 1.0)
+            service
+                .metric(&format!(
+                    "swisper_ingest_dead_letters_total{{reason=\"{reason}\"}}"
+                ))
+                .is_some_and(|v| v >= 1.0)
         }) && service
             .metric("swisper_ingest_events_total{event_type=\"heartbeat\",outcome=\"heartbeat\"}")
             .is_some_and(|v| v >= 1.0)
     });
-    assert!(counted, "metrics: {}", service.get("/metrics").map(|r| r.1).unwrap_or_default());
-    let drained = wait_for(WAIT, || service.json("/api/v1/observability/metrics").and_then(|j| j["pending"].as_u64()) == Some(0));
+    assert!(
+        counted,
+        "metrics: {}",
+        service.get("/metrics").map(|r| r.1).unwrap_or_default()
+    );
+    let drained = wait_for(WAIT, || {
+        service
+            .json("/api/v1/observability/metrics")
+            .and_then(|j| j["pending"].as_u64())
+            == Some(0)
+    });
     assert!(drained);
 }
 
@@ -189,14 +314,27 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
 async fn pending_entries_of_a_dead_consumer_are_claimed() {
     let env = TestEnv::new("claim").await;
     let mut redis = env.redis();
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&env.stream).arg(&env.group).arg("0").arg("MKSTREAM").query(&mut redis).unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&env.stream)
+        .arg(&env.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis)
+        .unwrap();
     for event in seed_trace("trace-claimed", "p") {
         env.publish(&mut redis, &as_fields(&event));
     }
     // A consumer of another replica reads everything and dies without acking.
     let read: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP").arg(&env.group).arg("gone-replica-0")
-        .arg("COUNT").arg(100).arg("STREAMS").arg(&env.stream).arg(">")
+        .arg("GROUP")
+        .arg(&env.group)
+        .arg("gone-replica-0")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(&env.stream)
+        .arg(">")
         .query(&mut redis)
         .unwrap();
     assert!(matches!(read, redis::Value::Array(_)));
@@ -208,9 +346,16 @@ async fn pending_entries_of_a_dead_consumer_are_claimed() {
     })
     .await;
     assert!(stored, "claimed entries not stored; log: {}", service.log());
-    let acked = wait_for(WAIT, || service.json("/api/v1/observability/metrics").and_then(|j| j["pending"].as_u64()) == Some(0));
+    let acked = wait_for(WAIT, || {
+        service
+            .json("/api/v1/observability/metrics")
+            .and_then(|j| j["pending"].as_u64())
+            == Some(0)
+    });
     assert!(acked, "claimed entries not acked");
-    assert!(service.metric("swisper_ingest_claimed_total").is_some_and(|v| v >= 7.0));
+    assert!(service
+        .metric("swisper_ingest_claimed_total")
+        .is_some_and(|v| v >= 7.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,38 +366,65 @@ async fn metrics_show_the_lag_while_a_backlog_drains() {
     let mut pipe = redis::pipe();
     let backlog = 30_000;
     for i in 0..backlog {
-        pipe.cmd("XADD").arg(&env.stream).arg("*")
-            .arg("event_type").arg("observation_start")
-            .arg("trace_id").arg(format!("t{}", i / 10))
-            .arg("project_id").arg("p")
-            .arg("timestamp").arg(&ts)
-            .arg("observation_id").arg(format!("o{i}"))
-            .arg("data").arg(r#"{"name":"n","input":{"k":"v"}}"#)
+        pipe.cmd("XADD")
+            .arg(&env.stream)
+            .arg("*")
+            .arg("event_type")
+            .arg("observation_start")
+            .arg("trace_id")
+            .arg(format!("t{}", i / 10))
+            .arg("project_id")
+            .arg("p")
+            .arg("timestamp")
+            .arg(&ts)
+            .arg("observation_id")
+            .arg(format!("o{i}"))
+            .arg("data")
+            .arg(r#"{"name":"n","input":{"k":"v"}}"#)
             .ignore();
     }
     let _: () = pipe.query(&mut redis).unwrap();
 
     // Small batches so the drain takes a while.
-    let service = env.spawn("lagging", &[("OBSERVABILITY_BATCH_SIZE", "50"), ("OBSERVABILITY_WRITE_BATCH_SIZE", "100"), ("OBSERVABILITY_CONSUMERS", "1")]);
+    let service = env.spawn(
+        "lagging",
+        &[
+            ("OBSERVABILITY_BATCH_SIZE", "50"),
+            ("OBSERVABILITY_WRITE_BATCH_SIZE", "100"),
+            ("OBSERVABILITY_CONSUMERS", "1"),
+        ],
+    );
     let mut saw_lag = false;
     let mut saw_lag_metric = false;
     let drained = wait_for(Duration::from_secs(120), || {
-        let Some(status) = service.json("/api/v1/observability/metrics") else { return false };
+        let Some(status) = service.json("/api/v1/observability/metrics") else {
+            return false;
+        };
         let lag = status["lag"].as_u64().unwrap_or(0);
         if lag > 0 {
             saw_lag = true;
             assert_eq!(status["stream_length"].as_u64(), Some(backlog));
-            saw_lag_metric |= service.metric("swisper_ingest_group_lag").is_some_and(|v| v > 0.0);
+            saw_lag_metric |= service
+                .metric("swisper_ingest_group_lag")
+                .is_some_and(|v| v > 0.0);
         }
         saw_lag && status["lag"].as_u64() == Some(0) && status["pending"].as_u64() == Some(0)
     });
     assert!(saw_lag, "never saw a lag; log: {}", service.log());
     assert!(saw_lag_metric, "the lag gauge never showed the backlog");
     assert!(drained, "backlog did not drain; log: {}", service.log());
-    assert!(wait_for(WAIT, || service.metric("swisper_ingest_group_lag") == Some(0.0)));
+    assert!(wait_for(WAIT, || service
+        .metric("swisper_ingest_group_lag")
+        == Some(0.0)));
     let db = env.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM observations").await, backlog as i64);
-    assert_eq!(count(&db, "SELECT count(*) FROM traces").await, (backlog / 10) as i64);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM observations").await,
+        backlog as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM traces").await,
+        (backlog / 10) as i64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,10 +439,24 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
         }
     }
     let status = service.terminate();
-    assert!(status.success(), "exit status {status:?}; log: {}", service.log());
-    let pending: redis::Value = redis::cmd("XPENDING").arg(&env.stream).arg(&env.group).query(&mut redis).unwrap();
-    let redis::Value::Array(summary) = pending else { panic!("{pending:?}") };
-    assert_eq!(summary.first(), Some(&redis::Value::Int(0)), "entries left pending after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}; log: {}",
+        service.log()
+    );
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&env.stream)
+        .arg(&env.group)
+        .query(&mut redis)
+        .unwrap();
+    let redis::Value::Array(summary) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(
+        summary.first(),
+        Some(&redis::Value::Int(0)),
+        "entries left pending after SIGTERM"
+    );
     let log = service.log();
     assert!(log.contains("drained"), "{log}");
 }

@@ -87,18 +87,27 @@ impl Handler<Tick> for Claimer {
         }
         self.passes += 1;
         let sweep = self.passes % SWEEP_EVERY == 0;
-        let pass = claim_pass(self.shared.clone(), self.name.clone(), self.conn.clone(), self.writer.clone(), sweep);
-        AtomicResponse::new(Box::pin(pass.into_actor(self).map(|result, claimer, ctx| {
-            claimer.busy = false;
-            match result {
-                Ok(()) => {}
-                Err(PassError::WriterGone) => ctx.stop(),
-                Err(PassError::Redis(error)) => {
-                    metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim").increment(1);
-                    tracing::warn!(claimer = %claimer.name, %error, "claim pass failed");
+        let pass = claim_pass(
+            self.shared.clone(),
+            self.name.clone(),
+            self.conn.clone(),
+            self.writer.clone(),
+            sweep,
+        );
+        AtomicResponse::new(Box::pin(pass.into_actor(self).map(
+            |result, claimer, ctx| {
+                claimer.busy = false;
+                match result {
+                    Ok(()) => {}
+                    Err(PassError::WriterGone) => ctx.stop(),
+                    Err(PassError::Redis(error)) => {
+                        metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim")
+                            .increment(1);
+                        tracing::warn!(claimer = %claimer.name, %error, "claim pass failed");
+                    }
                 }
-            }
-        })))
+            },
+        )))
     }
 }
 
@@ -133,14 +142,27 @@ async fn claim_pass(
     let page = settings.batch_size as usize;
     let mut start = "0-0".to_owned();
     loop {
-        let claimed =
-            redis_stream::autoclaim(&mut conn, &settings.stream, &settings.group, &name, min_idle, &start, page).await?;
+        let claimed = redis_stream::autoclaim(
+            &mut conn,
+            &settings.stream,
+            &settings.group,
+            &name,
+            min_idle,
+            &start,
+            page,
+        )
+        .await?;
         if !claimed.deleted.is_empty() {
             metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(claimed.deleted.len() as u64);
-            tracing::warn!(entries = claimed.deleted.len(), "pending entries were trimmed before being stored");
+            tracing::warn!(
+                entries = claimed.deleted.len(),
+                "pending entries were trimmed before being stored"
+            );
         }
         let mut entries = claimed.entries;
-        if let (Some(first), Some(last)) = (entries.first().map(|e| e.id), entries.last().map(|e| e.id)) {
+        if let (Some(first), Some(last)) =
+            (entries.first().map(|e| e.id), entries.last().map(|e| e.id))
+        {
             let counts = redis_stream::delivery_counts(
                 &mut conn,
                 &settings.stream,
@@ -158,7 +180,9 @@ async fn claim_pass(
             tracing::info!(claimer = %name, entries = entries.len(), %first, %last, "claimed idle entries");
             match writer.send(WriteEntries(entries)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "claimed batch not stored; it stays pending"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "claimed batch not stored; it stays pending")
+                }
                 Err(_) => return Err(PassError::WriterGone),
             }
         }
@@ -176,11 +200,15 @@ async fn claim_pass(
 /// Consumers are named after replicas that Kubernetes replaces with new
 /// names; those idle for long with nothing pending will never come back.
 /// Entries still pending under a gone name are claimed above, never dropped.
-async fn remove_gone_consumers(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), StreamError> {
+async fn remove_gone_consumers(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+) -> Result<(), StreamError> {
     let settings = &shared.settings;
     for consumer in redis_stream::consumers(conn, &settings.stream, &settings.group).await? {
         if consumer.pending == 0 && consumer.idle > GONE_CONSUMER_IDLE {
-            redis_stream::delete_consumer(conn, &settings.stream, &settings.group, &consumer.name).await?;
+            redis_stream::delete_consumer(conn, &settings.stream, &settings.group, &consumer.name)
+                .await?;
             metrics::counter!(m::CONSUMERS_REMOVED).increment(1);
             tracing::info!(consumer = %consumer.name, idle_secs = consumer.idle.as_secs(), "removed gone consumer");
         }

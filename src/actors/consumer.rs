@@ -40,7 +40,12 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(shared: Shared, name: String, writer: Recipient<WriteEntries>, stopping: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        shared: Shared,
+        name: String,
+        writer: Recipient<WriteEntries>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             shared,
             name,
@@ -124,7 +129,10 @@ async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> 
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(block + Duration::from_secs(5)));
-    Ok(shared.redis.get_multiplexed_async_connection_with_config(&config).await?)
+    Ok(shared
+        .redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
 }
 
 async fn read_step(
@@ -175,7 +183,10 @@ async fn read_step(
             Cursor::New => (Step::Idle, Some(conn), cursor),
         };
     }
-    let last = entries.last().map(|e| e.id).unwrap_or(StreamId { ms: 0, seq: 0 });
+    let last = entries
+        .last()
+        .map(|e| e.id)
+        .unwrap_or(StreamId { ms: 0, seq: 0 });
     let next_cursor = match cursor {
         Cursor::Pending(_) => Cursor::Pending(last),
         Cursor::New => Cursor::New,
@@ -188,20 +199,36 @@ async fn read_step(
         Ok(Ok(())) => (Step::Progress, Some(conn), next_cursor),
         Ok(Err(error)) => {
             tracing::warn!(consumer = %name, %error, "batch not stored; will re-read own pending entries");
-            (Step::Failed, Some(conn), Cursor::Pending(StreamId { ms: 0, seq: 0 }))
+            (
+                Step::Failed,
+                Some(conn),
+                Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+            )
         }
-        Err(_) => (Step::WriterGone, Some(conn), Cursor::Pending(StreamId { ms: 0, seq: 0 })),
+        Err(_) => (
+            Step::WriterGone,
+            Some(conn),
+            Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+        ),
     }
 }
 
-async fn read_failed(shared: &Shared, name: &str, conn: &mut MultiplexedConnection, error: StreamError) -> Step {
+async fn read_failed(
+    shared: &Shared,
+    name: &str,
+    conn: &mut MultiplexedConnection,
+    error: StreamError,
+) -> Step {
     metrics::counter!(m::REDIS_ERRORS, "operation" => "xreadgroup").increment(1);
     if redis_stream::is_missing_group(&error) {
         // Redis lost the group (restart without persistence, or deleted):
         // recreate it so that the pipeline resumes by itself.
         shared.health.set_group(false);
         tracing::warn!(consumer = %name, "consumer group missing; recreating it");
-        if redis_stream::ensure_group(conn, &shared.settings.stream, &shared.settings.group).await.is_ok() {
+        if redis_stream::ensure_group(conn, &shared.settings.stream, &shared.settings.group)
+            .await
+            .is_ok()
+        {
             shared.health.set_group(true);
             return Step::Progress;
         }
@@ -214,12 +241,20 @@ async fn read_failed(shared: &Shared, name: &str, conn: &mut MultiplexedConnecti
 
 /// Entries deleted from the stream while pending come back without fields:
 /// there is nothing to store, so they are acked here and counted.
-async fn ack_deleted(shared: &Shared, conn: &mut MultiplexedConnection, entries: Vec<StreamEntry>) -> Vec<StreamEntry> {
-    let (deleted, entries): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.fields.is_empty());
+async fn ack_deleted(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    entries: Vec<StreamEntry>,
+) -> Vec<StreamEntry> {
+    let (deleted, entries): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|e| e.fields.is_empty());
     if !deleted.is_empty() {
         let ids: Vec<StreamId> = deleted.iter().map(|e| e.id).collect();
         metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(ids.len() as u64);
-        tracing::warn!(entries = ids.len(), "pending entries were trimmed from the stream before being stored");
+        tracing::warn!(
+            entries = ids.len(),
+            "pending entries were trimmed from the stream before being stored"
+        );
         let settings = &shared.settings;
         if let Err(error) = redis_stream::ack(conn, &settings.stream, &settings.group, &ids).await {
             tracing::warn!(%error, "cannot ack trimmed entries");

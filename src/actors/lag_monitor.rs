@@ -31,8 +31,19 @@ pub struct LagMonitor {
 }
 
 impl LagMonitor {
-    pub fn new(shared: Shared, conn: ConnectionManager, pool: Pool, prometheus: PrometheusHandle) -> Self {
-        Self { shared, conn, pool, prometheus, busy: false }
+    pub fn new(
+        shared: Shared,
+        conn: ConnectionManager,
+        pool: Pool,
+        prometheus: PrometheusHandle,
+    ) -> Self {
+        Self {
+            shared,
+            conn,
+            pool,
+            prometheus,
+            busy: false,
+        }
     }
 }
 
@@ -58,7 +69,10 @@ impl Handler<Tick> for LagMonitor {
     fn handle(&mut self, _: Tick, _: &mut Context<Self>) -> Self::Result {
         self.prometheus.run_upkeep();
         let tick = observe(self.shared.clone(), self.conn.clone(), self.pool.clone());
-        AtomicResponse::new(Box::pin(tick.into_actor(self).map(|(), monitor, _| monitor.busy = false)))
+        AtomicResponse::new(Box::pin(
+            tick.into_actor(self)
+                .map(|(), monitor, _| monitor.busy = false),
+        ))
     }
 }
 
@@ -107,7 +121,10 @@ async fn probe_postgres(pool: &Pool) -> bool {
     }
 }
 
-async fn read_group_state(shared: &Shared, conn: &mut ConnectionManager) -> Result<GroupState, StreamError> {
+async fn read_group_state(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+) -> Result<GroupState, StreamError> {
     let settings = &shared.settings;
     let state = redis_stream::group_state(conn, &settings.stream, &settings.group).await;
     match state {
@@ -141,7 +158,9 @@ fn publish(shared: &Shared, state: GroupState) {
 
 /// JSON `{"timestamp": "<zone-less UTC ISO 8601>"}`, the SDK's format.
 async fn refresh_consumer_heartbeat(conn: &mut ConnectionManager) -> Result<(), redis::RedisError> {
-    let now = chrono::Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f");
+    let now = chrono::Utc::now()
+        .naive_utc()
+        .format("%Y-%m-%dT%H:%M:%S%.6f");
     let value = serde_json::json!({ "timestamp": now.to_string() }).to_string();
     redis::cmd("SET")
         .arg(CONSUMER_HEARTBEAT_KEY)

@@ -62,8 +62,13 @@ impl<A: Actor<Context = Context<A>>> Child<A> {
             if now.duration_since(self.started_at) > HEALTHY_LIFETIME {
                 self.consecutive = 0;
             }
-            let delay = (FIRST_RESTART_DELAY * 2u32.saturating_pow(self.consecutive)).min(MAX_RESTART_DELAY);
-            tracing::error!(actor = self.label, restart_in_ms = delay.as_millis() as u64, "actor died");
+            let delay = (FIRST_RESTART_DELAY * 2u32.saturating_pow(self.consecutive))
+                .min(MAX_RESTART_DELAY);
+            tracing::error!(
+                actor = self.label,
+                restart_in_ms = delay.as_millis() as u64,
+                "actor died"
+            );
             self.restart_at = Some(now + delay);
             return false;
         };
@@ -95,7 +100,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(shared: Shared, pool: Pool, control: ConnectionManager, prometheus: PrometheusHandle) -> Self {
+    pub fn new(
+        shared: Shared,
+        pool: Pool,
+        control: ConnectionManager,
+        prometheus: PrometheusHandle,
+    ) -> Self {
         Self {
             shared,
             pool,
@@ -129,12 +139,24 @@ impl Supervisor {
 
     fn start_claimer(&self, writer: &Addr<Writer>) -> Addr<Claimer> {
         let name = format!("{}-claimer", self.shared.settings.replica_name());
-        Claimer::new(self.shared.clone(), name, self.control.clone(), writer.clone().recipient(), self.stopping.clone())
-            .start()
+        Claimer::new(
+            self.shared.clone(),
+            name,
+            self.control.clone(),
+            writer.clone().recipient(),
+            self.stopping.clone(),
+        )
+        .start()
     }
 
     fn start_monitor(&self) -> Addr<LagMonitor> {
-        LagMonitor::new(self.shared.clone(), self.control.clone(), self.pool.clone(), self.prometheus.clone()).start()
+        LagMonitor::new(
+            self.shared.clone(),
+            self.control.clone(),
+            self.pool.clone(),
+            self.prometheus.clone(),
+        )
+        .start()
     }
 
     /// Restarts dead children. Consumers and the claimer hold the writer's
@@ -196,7 +218,11 @@ impl Handler<Drain> for Supervisor {
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.stopping.store(true, Ordering::Relaxed);
         self.shared.health.start_draining();
-        let stops: Vec<_> = self.consumers.iter().map(|c| c.addr.send(StopReading)).collect();
+        let stops: Vec<_> = self
+            .consumers
+            .iter()
+            .map(|c| c.addr.send(StopReading))
+            .collect();
         let claimer = self.claimer.as_ref().map(|c| c.addr.clone());
         let writer = self.writer.as_ref().map(|w| w.addr.clone());
         Box::pin(

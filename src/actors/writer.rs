@@ -61,7 +61,11 @@ impl Writer {
         })
     }
 
-    fn enqueue(&mut self, entries: Vec<StreamEntry>, ctx: &mut Context<Self>) -> oneshot::Receiver<Result<(), WriteError>> {
+    fn enqueue(
+        &mut self,
+        entries: Vec<StreamEntry>,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (done, receiver) = oneshot::channel();
         self.buffer.extend(entries);
         self.waiters.push(done);
@@ -88,7 +92,12 @@ impl Writer {
         }
         let entries = std::mem::take(&mut self.buffer);
         let waiters = std::mem::take(&mut self.waiters);
-        let batch = commit_and_ack(self.shared.clone(), self.pool.clone(), self.acker.clone(), entries);
+        let batch = commit_and_ack(
+            self.shared.clone(),
+            self.pool.clone(),
+            self.acker.clone(),
+            entries,
+        );
         ctx.wait(batch.into_actor(self).map(move |(), _, _| {
             for waiter in waiters {
                 let _ = waiter.send(Ok(()));
@@ -122,7 +131,12 @@ impl Handler<Flush> for Writer {
 
 /// Commits the batch, retrying for as long as Postgres is unavailable
 /// (nothing is acked meanwhile), then acks every entry of it.
-async fn commit_and_ack(shared: Shared, pool: Pool, mut acker: ConnectionManager, entries: Vec<StreamEntry>) {
+async fn commit_and_ack(
+    shared: Shared,
+    pool: Pool,
+    mut acker: ConnectionManager,
+    entries: Vec<StreamEntry>,
+) {
     if entries.is_empty() {
         return;
     }
@@ -134,7 +148,8 @@ async fn commit_and_ack(shared: Shared, pool: Pool, mut acker: ConnectionManager
         match write_path::commit_isolating(&pool, &settings.stream, &mut items).await {
             Ok(isolated) => {
                 if isolated > 0 {
-                    metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data").increment(isolated as u64);
+                    metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data")
+                        .increment(isolated as u64);
                 }
                 break;
             }
@@ -188,7 +203,8 @@ fn record_outcomes(items: &[BatchItem], started: Instant) {
             }
             Ok(Parsed::Heartbeat(_)) => "heartbeat",
             Err(rejection) => {
-                metrics::counter!(m::DEAD_LETTERS, "reason" => rejection.reason.as_str()).increment(1);
+                metrics::counter!(m::DEAD_LETTERS, "reason" => rejection.reason.as_str())
+                    .increment(1);
                 tracing::info!(entry = %item.entry.id, reason = %rejection, "dead letter");
                 "dead_lettered"
             }

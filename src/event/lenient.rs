@@ -30,9 +30,14 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
                 }
                 b'\\' if rest.starts_with("\\u") => {
                     let unit = hex_unit(rest, 2);
-                    let paired = |unit: Option<u16>| unit.is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+                    let paired =
+                        |unit: Option<u16>| unit.is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
                     match unit {
-                        Some(0xD800..=0xDBFF) if rest[6..].starts_with("\\u") && paired(hex_unit(rest, 8)) => i += 12,
+                        Some(0xD800..=0xDBFF)
+                            if rest[6..].starts_with("\\u") && paired(hex_unit(rest, 8)) =>
+                        {
+                            i += 12
+                        }
                         Some(0xD800..=0xDFFF) => {
                             out.push_str(&text[copied..i]);
                             out.push_str("\\ufffd");
@@ -48,7 +53,9 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
             }
             continue;
         }
-        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t));
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
         match (bytes[i], token) {
             (b'"', _) => {
                 in_string = true;
@@ -73,7 +80,8 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
 
 /// The UTF-16 code unit of `\uXXXX` starting `offset` bytes into `text`.
 fn hex_unit(text: &str, offset: usize) -> Option<u16> {
-    text.get(offset..offset + 4).and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    text.get(offset..offset + 4)
+        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
 }
 
 #[cfg(test)]
@@ -82,15 +90,20 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_become_null_outside_strings_only() {
-        let (fixed, repairs) = repair(r#"{"a":NaN,"b":[Infinity,-Infinity],"c":"NaN Infinity"}"#).unwrap();
+        let (fixed, repairs) =
+            repair(r#"{"a":NaN,"b":[Infinity,-Infinity],"c":"NaN Infinity"}"#).unwrap();
         assert_eq!(fixed, r#"{"a":null,"b":[null,null],"c":"NaN Infinity"}"#);
         assert_eq!(repairs, [NON_FINITE]);
     }
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {
-        let (fixed, repairs) = repair(r#"{"a":"x\ud800y","b":"\udc00","ok":"\ud83d\ude00"}"#).unwrap();
-        assert_eq!(fixed, r#"{"a":"x\ufffdy","b":"\ufffd","ok":"\ud83d\ude00"}"#);
+        let (fixed, repairs) =
+            repair(r#"{"a":"x\ud800y","b":"\udc00","ok":"\ud83d\ude00"}"#).unwrap();
+        assert_eq!(
+            fixed,
+            r#"{"a":"x\ufffdy","b":"\ufffd","ok":"\ud83d\ude00"}"#
+        );
         assert_eq!(repairs, [LONE_SURROGATE]);
         let value: serde_json::Value = serde_json::from_str(&fixed).unwrap();
         assert_eq!(value["ok"], "\u{1F600}");

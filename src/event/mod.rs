@@ -2,6 +2,7 @@
 //! with a precise reason. Pure code, no I/O.
 
 mod lenient;
+mod llm;
 mod parse;
 mod payload;
 mod reject;
@@ -169,6 +170,20 @@ pub struct ObservationEnd {
     /// data.end_time, else the publish time.
     pub end_time: DateTime<Utc>,
     pub metadata: Json,
+    /// Telemetry of an LLM call, when the output carries it.
+    pub llm: Option<LlmUsage>,
+}
+
+/// What the SDK reports of an LLM call inside a GENERATION's output.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LlmUsage {
+    pub model: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub thoughts_tokens: Option<i64>,
+    pub duration_ms: Option<f64>,
 }
 
 /// An SDK liveness event: no trace, just "this application is running".

@@ -32,7 +32,10 @@ pub fn parse_entry(entry: &StreamEntry, limits: &Limits) -> Result<Parsed, Rejec
     if size > limits.max_entry_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!("entry has {size} bytes, over the limit of {}", limits.max_entry_bytes),
+            format!(
+                "entry has {size} bytes, over the limit of {}",
+                limits.max_entry_bytes
+            ),
         ));
     }
     let fields = text_fields(entry)?;
@@ -49,7 +52,10 @@ pub fn parse_entry(entry: &StreamEntry, limits: &Limits) -> Result<Parsed, Rejec
         }
         other => Err(Rejection::new(
             Reason::UnknownEventType,
-            format!("event_type {:?} is not one this service stores", truncate(other)),
+            format!(
+                "event_type {:?} is not one this service stores",
+                truncate(other)
+            ),
         )),
     }
 }
@@ -59,7 +65,10 @@ fn text_fields(entry: &StreamEntry) -> Result<BTreeMap<&str, &str>, Rejection> {
     let mut fields = BTreeMap::new();
     for (name, value) in &entry.fields {
         let name = std::str::from_utf8(name).map_err(|e| {
-            Rejection::new(Reason::InvalidUtf8, format!("a field name is not valid UTF-8: {e}"))
+            Rejection::new(
+                Reason::InvalidUtf8,
+                format!("a field name is not valid UTF-8: {e}"),
+            )
         })?;
         let value = std::str::from_utf8(value).map_err(|e| {
             Rejection::new(
@@ -85,20 +94,32 @@ fn text_fields(entry: &StreamEntry) -> Result<BTreeMap<&str, &str>, Rejection> {
 
 fn required<'a>(fields: &BTreeMap<&str, &'a str>, name: &str) -> Result<&'a str, Rejection> {
     match fields.get(name) {
-        None => Err(Rejection::new(Reason::MissingField, format!("field {name} is missing"))),
-        Some(&"") => Err(Rejection::new(Reason::EmptyField, format!("field {name} is empty"))),
+        None => Err(Rejection::new(
+            Reason::MissingField,
+            format!("field {name} is missing"),
+        )),
+        Some(&"") => Err(Rejection::new(
+            Reason::EmptyField,
+            format!("field {name} is empty"),
+        )),
         Some(v) => Ok(v),
     }
 }
 
 fn check_id(name: &str, id: &str) -> Result<(), Rejection> {
     if id.is_empty() {
-        return Err(Rejection::new(Reason::EmptyField, format!("{name} is empty")));
+        return Err(Rejection::new(
+            Reason::EmptyField,
+            format!("{name} is empty"),
+        ));
     }
     if id.len() > MAX_ID_BYTES {
         return Err(Rejection::new(
             Reason::IdTooLong,
-            format!("{name} has {} bytes, over the limit of {MAX_ID_BYTES}", id.len()),
+            format!(
+                "{name} has {} bytes, over the limit of {MAX_ID_BYTES}",
+                id.len()
+            ),
         ));
     }
     Ok(())
@@ -120,7 +141,11 @@ struct EventFields<'a> {
 }
 
 impl<'a> EventFields<'a> {
-    fn trace_event(&mut self, entry: &StreamEntry, event_type: &str) -> Result<TraceEvent, Rejection> {
+    fn trace_event(
+        &mut self,
+        entry: &StreamEntry,
+        event_type: &str,
+    ) -> Result<TraceEvent, Rejection> {
         let trace_id = required(&self.fields, "trace_id")?.to_owned();
         check_id("trace_id", &trace_id)?;
         let project_id = self.project_id()?;
@@ -178,7 +203,10 @@ impl<'a> EventFields<'a> {
         })
     }
 
-    fn observation_start(&mut self, published_at: DateTime<Utc>) -> Result<ObservationStart, Rejection> {
+    fn observation_start(
+        &mut self,
+        published_at: DateTime<Utc>,
+    ) -> Result<ObservationStart, Rejection> {
         let parent = self
             .take_text("parent_observation_id")?
             .filter(|id| !id.is_empty());
@@ -195,7 +223,11 @@ impl<'a> EventFields<'a> {
         })
     }
 
-    fn observation_end(&mut self, published_at: DateTime<Utc>, is_error: bool) -> Result<ObservationEnd, Rejection> {
+    fn observation_end(
+        &mut self,
+        published_at: DateTime<Utc>,
+        is_error: bool,
+    ) -> Result<ObservationEnd, Rejection> {
         let default_level = if is_error { "ERROR" } else { "DEFAULT" };
         // `error` has no column: it stays in metadata, and is the status
         // message when none is given.
@@ -204,11 +236,15 @@ impl<'a> EventFields<'a> {
             Some(Value::Null) | None => None,
             Some(other) => Some(other.to_string()),
         };
+        let output = self.data.remove("output").filter(|v| !v.is_null());
         Ok(ObservationEnd {
             is_error,
             observation_type: self.take_text("type")?,
-            level: self.take_text("level")?.unwrap_or_else(|| default_level.to_owned()),
-            output: self.take_json("output"),
+            level: self
+                .take_text("level")?
+                .unwrap_or_else(|| default_level.to_owned()),
+            llm: output.as_ref().and_then(super::llm::usage),
+            output: output.as_ref().map(Json::from_value),
             status_message: self.take_text("status_message")?.or(error),
             end_time: self.take_time("end_time")?.unwrap_or(published_at),
             metadata: self.metadata(),

@@ -70,15 +70,18 @@ pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, 
 pub const REPAIRS_KEY: &str = "_ingest_repairs";
 
 fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
-    let parsed = serde_json::from_str::<Value>(text).or_else(|error| match super::lenient::repair(text) {
-        Some((repaired, repairs)) => serde_json::from_str::<Value>(&repaired).map(|mut value| {
-            if let Value::Object(map) = &mut value {
-                map.insert(REPAIRS_KEY.to_owned(), repairs.into());
+    let parsed =
+        serde_json::from_str::<Value>(text).or_else(|error| match super::lenient::repair(text) {
+            Some((repaired, repairs)) => {
+                serde_json::from_str::<Value>(&repaired).map(|mut value| {
+                    if let Value::Object(map) = &mut value {
+                        map.insert(REPAIRS_KEY.to_owned(), repairs.into());
+                    }
+                    value
+                })
             }
-            value
-        }),
-        None => Err(error),
-    });
+            None => Err(error),
+        });
     match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Rejection::new(
@@ -112,7 +115,12 @@ fn inflate(encoded: &str, limit: usize) -> Result<Vec<u8>, Rejection> {
     reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Rejection::new(Reason::Decompression, format!("_data does not inflate: {e}")))?;
+        .map_err(|e| {
+            Rejection::new(
+                Reason::Decompression,
+                format!("_data does not inflate: {e}"),
+            )
+        })?;
     if out.len() > limit {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -186,7 +194,8 @@ mod tests {
 
     #[test]
     fn zlib_is_accepted_too() {
-        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(br#"{"a":1}"#).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap());
         let map = expand_data(&format!(r#"{{"_compressed":true,"_data":"{b64}"}}"#), 1024).unwrap();
@@ -197,13 +206,35 @@ mod tests {
     fn expansion_failures_are_rejections() {
         let cases = [
             (r#"{"_compressed":true}"#.to_owned(), Reason::Decompression),
-            (r#"{"_compressed":true,"_data":"%%%"}"#.to_owned(), Reason::Decompression),
-            (r#"{"_compressed":true,"_data":"aGVsbG8="}"#.to_owned(), Reason::Decompression),
-            (format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64("[1,2]")), Reason::DataNotObject),
-            (format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64("{not json")), Reason::InvalidData),
+            (
+                r#"{"_compressed":true,"_data":"%%%"}"#.to_owned(),
+                Reason::Decompression,
+            ),
+            (
+                r#"{"_compressed":true,"_data":"aGVsbG8="}"#.to_owned(),
+                Reason::Decompression,
+            ),
+            (
+                format!(
+                    r#"{{"_compressed":true,"_data":"{}"}}"#,
+                    gzip_base64("[1,2]")
+                ),
+                Reason::DataNotObject,
+            ),
+            (
+                format!(
+                    r#"{{"_compressed":true,"_data":"{}"}}"#,
+                    gzip_base64("{not json")
+                ),
+                Reason::InvalidData,
+            ),
         ];
         for (wire, reason) in cases {
-            assert_eq!(expand_data(&wire, 1024).unwrap_err().reason, reason, "{wire}");
+            assert_eq!(
+                expand_data(&wire, 1024).unwrap_err().reason,
+                reason,
+                "{wire}"
+            );
         }
     }
 
@@ -227,16 +258,29 @@ mod tests {
     fn nul_anywhere_is_refused_with_its_path() {
         let err = expand_data(r#"{"input":{"messages":["ok","bad\u0000"]}}"#, 1024).unwrap_err();
         assert_eq!(err.reason, Reason::NulCharacter);
-        assert!(err.detail.contains("data.input.messages[1]"), "{}", err.detail);
+        assert!(
+            err.detail.contains("data.input.messages[1]"),
+            "{}",
+            err.detail
+        );
         let key = expand_data(r#"{"k\u0000":1}"#, 1024).unwrap_err();
         assert_eq!(key.reason, Reason::NulCharacter);
     }
 
     #[test]
     fn non_objects_and_bad_json_are_told_apart() {
-        assert_eq!(expand_data("[1]", 10).unwrap_err().reason, Reason::DataNotObject);
-        assert_eq!(expand_data("42", 10).unwrap_err().reason, Reason::DataNotObject);
-        assert_eq!(expand_data("{", 10).unwrap_err().reason, Reason::InvalidData);
+        assert_eq!(
+            expand_data("[1]", 10).unwrap_err().reason,
+            Reason::DataNotObject
+        );
+        assert_eq!(
+            expand_data("42", 10).unwrap_err().reason,
+            Reason::DataNotObject
+        );
+        assert_eq!(
+            expand_data("{", 10).unwrap_err().reason,
+            Reason::InvalidData
+        );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let err = expand_data(&format!(r#"{{"a":{deep}}}"#), 1 << 20).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidData);

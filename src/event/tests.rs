@@ -7,8 +7,14 @@ use super::*;
 
 fn entry(fields: &[(&str, &str)]) -> StreamEntry {
     StreamEntry {
-        id: StreamId { ms: 1_762_336_800_000, seq: 0 },
-        fields: fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+        id: StreamId {
+            ms: 1_762_336_800_000,
+            seq: 0,
+        },
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
         deliveries: 1,
     }
 }
@@ -35,13 +41,18 @@ fn seed_trace_start_fills_every_field() {
     let data = json!({"name": "chat", "user_id": "u1", "session_id": "s1",
                       "timestamp": "2025-11-05T10:00:00.5", "meta": {"k": "v"}, "extra": 7});
     let event = trace_event(&[
-        ("event_type", "trace_start"), ("trace_id", "t1"), ("project_id", "p1"),
-        ("timestamp", TS), ("data", &data.to_string()),
+        ("event_type", "trace_start"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("data", &data.to_string()),
     ]);
     assert_eq!(event.trace_id, "t1");
     assert_eq!(event.project_id, "p1");
     assert_eq!(event.published_at.timestamp_micros(), 1_762_336_800_250_000);
-    let EventBody::TraceStart(start) = event.body else { panic!() };
+    let EventBody::TraceStart(start) = event.body else {
+        panic!()
+    };
     assert_eq!(start.name.as_deref(), Some("chat"));
     assert_eq!(start.user_id.as_deref(), Some("u1"));
     assert_eq!(start.session_id.as_deref(), Some("s1"));
@@ -53,33 +64,62 @@ fn seed_trace_start_fills_every_field() {
 #[test]
 fn seed_observation_events_parse() {
     let start = trace_event(&[
-        ("event_type", "observation_start"), ("trace_id", "t1"), ("project_id", "p1"),
-        ("timestamp", TS), ("observation_id", "o1"),
-        ("data", r#"{"name":"node","type":"GENERATION","parent_observation_id":"o0","input":{"q":1},"start_time":"2025-11-05T10:00:00"}"#),
+        ("event_type", "observation_start"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("observation_id", "o1"),
+        (
+            "data",
+            r#"{"name":"node","type":"GENERATION","parent_observation_id":"o0","input":{"q":1},"start_time":"2025-11-05T10:00:00"}"#,
+        ),
     ]);
-    let EventBody::ObservationStart { observation_id, fields } = start.body else { panic!() };
+    let EventBody::ObservationStart {
+        observation_id,
+        fields,
+    } = start.body
+    else {
+        panic!()
+    };
     assert_eq!(observation_id, "o1");
     assert_eq!(fields.observation_type.as_deref(), Some("GENERATION"));
     assert_eq!(fields.parent_observation_id.as_deref(), Some("o0"));
     assert_eq!(fields.input.unwrap().as_str(), r#"{"q":1}"#);
 
     let end = trace_event(&[
-        ("event_type", "observation_end"), ("trace_id", "t1"), ("project_id", "p1"),
-        ("timestamp", TS), ("observation_id", "o1"),
-        ("data", r#"{"output":{"a":[1]},"level":"WARNING","end_time":"2025-11-05T10:00:01+00:00","type":"AGENT","errors":{"x":"y"}}"#),
+        ("event_type", "observation_end"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("observation_id", "o1"),
+        (
+            "data",
+            r#"{"output":{"a":[1]},"level":"WARNING","end_time":"2025-11-05T10:00:01+00:00","type":"AGENT","errors":{"x":"y"}}"#,
+        ),
     ]);
-    let EventBody::ObservationEnd { fields, .. } = end.body else { panic!() };
+    let EventBody::ObservationEnd { fields, .. } = end.body else {
+        panic!()
+    };
     assert!(!fields.is_error);
     assert_eq!(fields.level, "WARNING");
     assert_eq!(fields.observation_type.as_deref(), Some("AGENT"));
     assert_eq!(metadata(&fields.metadata), json!({"errors": {"x": "y"}}));
 
     let error = trace_event(&[
-        ("event_type", "observation_error"), ("trace_id", "t1"), ("project_id", "p1"),
-        ("timestamp", TS), ("observation_id", "o1"), ("data", r#"{"error":"boom","end_time":"2025-11-05T10:00:01"}"#),
+        ("event_type", "observation_error"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("observation_id", "o1"),
+        (
+            "data",
+            r#"{"error":"boom","end_time":"2025-11-05T10:00:01"}"#,
+        ),
     ]);
     assert_eq!(error.event_type(), "observation_error");
-    let EventBody::ObservationEnd { fields, .. } = error.body else { panic!() };
+    let EventBody::ObservationEnd { fields, .. } = error.body else {
+        panic!()
+    };
     assert_eq!(fields.level, "ERROR");
     assert_eq!(fields.status_message.as_deref(), Some("boom"));
 }
@@ -87,16 +127,25 @@ fn seed_observation_events_parse() {
 #[test]
 fn project_id_comes_from_the_field_or_data() {
     let from_data = trace_event(&[
-        ("event_type", "trace_start"), ("trace_id", "t"), ("timestamp", TS), ("data", r#"{"project_id":"pd"}"#),
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("timestamp", TS),
+        ("data", r#"{"project_id":"pd"}"#),
     ]);
     assert_eq!(from_data.project_id, "pd");
     let both = trace_event(&[
-        ("event_type", "trace_start"), ("trace_id", "t"), ("project_id", "pf"), ("timestamp", TS),
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("project_id", "pf"),
+        ("timestamp", TS),
         ("data", r#"{"project_id":"pd"}"#),
     ]);
     assert_eq!(both.project_id, "pf");
     let empty_field = trace_event(&[
-        ("event_type", "trace_start"), ("trace_id", "t"), ("project_id", ""), ("timestamp", TS),
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("project_id", ""),
+        ("timestamp", TS),
         ("data", r#"{"project_id":"pd"}"#),
     ]);
     assert_eq!(empty_field.project_id, "pd");
@@ -105,30 +154,48 @@ fn project_id_comes_from_the_field_or_data() {
 #[test]
 fn times_default_to_the_publish_time() {
     let event = trace_event(&[
-        ("event_type", "observation_start"), ("trace_id", "t"), ("project_id", "p"), ("timestamp", TS),
+        ("event_type", "observation_start"),
+        ("trace_id", "t"),
+        ("project_id", "p"),
+        ("timestamp", TS),
         ("observation_id", "o"),
     ]);
-    let EventBody::ObservationStart { fields, .. } = event.body else { panic!() };
+    let EventBody::ObservationStart { fields, .. } = event.body else {
+        panic!()
+    };
     assert_eq!(fields.start_time, event.published_at);
 }
 
 #[test]
 fn unknown_top_level_fields_are_kept() {
     let event = trace_event(&[
-        ("event_type", "trace_start"), ("trace_id", "t"), ("project_id", "p"), ("timestamp", TS), ("sdk", "x"),
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("project_id", "p"),
+        ("timestamp", TS),
+        ("sdk", "x"),
     ]);
-    let EventBody::TraceStart(start) = event.body else { panic!() };
+    let EventBody::TraceStart(start) = event.body else {
+        panic!()
+    };
     assert_eq!(metadata(&start.metadata), json!({"_fields": {"sdk": "x"}}));
 }
 
 #[test]
 fn heartbeats_are_not_traces() {
     let parsed = parse(&[
-        ("event_type", "heartbeat"), ("project_id", "p"), ("timestamp", TS),
-        ("data", r#"{"project_id":"p","sdk_version":"0.14.3","timestamp":"2025-11-05T10:00:00+00:00"}"#),
+        ("event_type", "heartbeat"),
+        ("project_id", "p"),
+        ("timestamp", TS),
+        (
+            "data",
+            r#"{"project_id":"p","sdk_version":"0.14.3","timestamp":"2025-11-05T10:00:00+00:00"}"#,
+        ),
     ])
     .unwrap();
-    let Parsed::Heartbeat(beat) = parsed else { panic!() };
+    let Parsed::Heartbeat(beat) = parsed else {
+        panic!()
+    };
     assert_eq!(beat.sdk_version.as_deref(), Some("0.14.3"));
     assert_eq!(metadata(&beat.metadata), json!({}));
 }
@@ -138,7 +205,13 @@ fn heartbeats_are_not_traces() {
 fn bad_inputs_get_precise_reasons() {
     let long_id = "x".repeat(1025);
     let ok = |extra: &[(&'static str, &'static str)]| {
-        let mut fields = vec![("event_type", "observation_start"), ("trace_id", "t"), ("project_id", "p"), ("timestamp", TS), ("observation_id", "o")];
+        let mut fields = vec![
+            ("event_type", "observation_start"),
+            ("trace_id", "t"),
+            ("project_id", "p"),
+            ("timestamp", TS),
+            ("observation_id", "o"),
+        ];
         for (k, v) in extra {
             fields.retain(|(name, _)| name != k);
             fields.push((k, v));
@@ -147,17 +220,32 @@ fn bad_inputs_get_precise_reasons() {
     };
     let cases: Vec<(Vec<(&str, &str)>, Reason)> = vec![
         (vec![("trace_id", "t")], Reason::MissingField),
-        (ok(&[("event_type", "trace_end_of_world")]), Reason::UnknownEventType),
+        (
+            ok(&[("event_type", "trace_end_of_world")]),
+            Reason::UnknownEventType,
+        ),
         (ok(&[("trace_id", "")]), Reason::EmptyField),
         (ok(&[("observation_id", "")]), Reason::EmptyField),
         (ok(&[("timestamp", "yesterday")]), Reason::InvalidTimestamp),
-        (ok(&[("timestamp", "99999999999999")]), Reason::InvalidTimestamp),
+        (
+            ok(&[("timestamp", "99999999999999")]),
+            Reason::InvalidTimestamp,
+        ),
         (ok(&[("data", "not json")]), Reason::InvalidData),
         (ok(&[("data", "[1,2]")]), Reason::DataNotObject),
         (ok(&[("data", "\"text\"")]), Reason::DataNotObject),
-        (ok(&[("data", r#"{"name":{"nested":1}}"#)]), Reason::InvalidField),
-        (ok(&[("data", r#"{"start_time":"not a time"}"#)]), Reason::InvalidTimestamp),
-        (ok(&[("data", r#"{"input":"a\u0000b"}"#)]), Reason::NulCharacter),
+        (
+            ok(&[("data", r#"{"name":{"nested":1}}"#)]),
+            Reason::InvalidField,
+        ),
+        (
+            ok(&[("data", r#"{"start_time":"not a time"}"#)]),
+            Reason::InvalidTimestamp,
+        ),
+        (
+            ok(&[("data", r#"{"input":"a\u0000b"}"#)]),
+            Reason::NulCharacter,
+        ),
         (ok(&[("trace_id", "a\0b")]), Reason::NulCharacter),
     ];
     for (fields, reason) in cases {
@@ -172,20 +260,56 @@ fn bad_inputs_get_precise_reasons() {
 
     let mut missing_obs = ok(&[]);
     missing_obs.retain(|(k, _)| *k != "observation_id");
-    assert_eq!(parse(&missing_obs).unwrap_err().reason, Reason::MissingField);
+    assert_eq!(
+        parse(&missing_obs).unwrap_err().reason,
+        Reason::MissingField
+    );
 }
 
 #[test]
 fn byte_level_problems_are_rejected() {
-    let mut bad_utf8 = entry(&[("event_type", "trace_start"), ("trace_id", "t"), ("project_id", "p"), ("timestamp", TS)]);
+    let mut bad_utf8 = entry(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("project_id", "p"),
+        ("timestamp", TS),
+    ]);
     bad_utf8.fields[1].1 = vec![0xff, 0xfe];
-    assert_eq!(parse_entry(&bad_utf8, &Limits::default()).unwrap_err().reason, Reason::InvalidUtf8);
+    assert_eq!(
+        parse_entry(&bad_utf8, &Limits::default())
+            .unwrap_err()
+            .reason,
+        Reason::InvalidUtf8
+    );
 
-    let duplicated = entry(&[("event_type", "trace_start"), ("trace_id", "t"), ("trace_id", "u"), ("project_id", "p"), ("timestamp", TS)]);
-    assert_eq!(parse_entry(&duplicated, &Limits::default()).unwrap_err().reason, Reason::DuplicateField);
+    let duplicated = entry(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("trace_id", "u"),
+        ("project_id", "p"),
+        ("timestamp", TS),
+    ]);
+    assert_eq!(
+        parse_entry(&duplicated, &Limits::default())
+            .unwrap_err()
+            .reason,
+        Reason::DuplicateField
+    );
 
     let big = "x".repeat(5000);
-    let large = entry(&[("event_type", "trace_start"), ("trace_id", "t"), ("project_id", "p"), ("timestamp", TS), ("data", &big)]);
-    let limits = Limits { max_entry_bytes: 4096, ..Limits::default() };
-    assert_eq!(parse_entry(&large, &limits).unwrap_err().reason, Reason::TooLarge);
+    let large = entry(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t"),
+        ("project_id", "p"),
+        ("timestamp", TS),
+        ("data", &big),
+    ]);
+    let limits = Limits {
+        max_entry_bytes: 4096,
+        ..Limits::default()
+    };
+    assert_eq!(
+        parse_entry(&large, &limits).unwrap_err().reason,
+        Reason::TooLarge
+    );
 }

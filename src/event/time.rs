@@ -82,11 +82,25 @@ mod tests {
 
     #[test]
     fn bad_times_are_rejected_with_the_text() {
-        for bad in ["", "yesterday", "NaN", "inf", "1e300", "-5", "12", "9999999999999"] {
+        for bad in [
+            "",
+            "yesterday",
+            "NaN",
+            "inf",
+            "1e300",
+            "-5",
+            "12",
+            "9999999999999",
+        ] {
             let err = parse_epoch_seconds(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }
-        for bad in ["2025-13-01T00:00:00", "05/11/2025", "1900-01-01T00:00:00", "2025-11-05"] {
+        for bad in [
+            "2025-13-01T00:00:00",
+            "05/11/2025",
+            "1900-01-01T00:00:00",
+            "2025-11-05",
+        ] {
             assert!(parse_iso_time(bad).is_err(), "{bad}");
         }
     }

@@ -25,7 +25,11 @@ SELECT $1, * FROM UNNEST($2::text[], $3::jsonb[], $4::text[], $5::text[], $6::in
 ON CONFLICT (stream, stream_entry_id) DO NOTHING";
 
 /// Inserts dead letters; a redelivered entry that is already dead changes nothing.
-pub async fn insert(tx: &Transaction<'_>, stream: &str, letters: &[DeadLetter<'_>]) -> Result<(), StoreError> {
+pub async fn insert(
+    tx: &Transaction<'_>,
+    stream: &str,
+    letters: &[DeadLetter<'_>],
+) -> Result<(), StoreError> {
     if letters.is_empty() {
         return Ok(());
     }
@@ -38,17 +42,38 @@ pub async fn insert(tx: &Transaction<'_>, stream: &str, letters: &[DeadLetter<'_
         })
         .collect();
     let fields: Vec<JsonbText> = fields.iter().map(|f| JsonbText(f)).collect();
-    let codes: Vec<&str> = letters.iter().map(|l| l.rejection.reason.as_str()).collect();
-    let reasons: Vec<&str> = letters.iter().map(|l| l.rejection.detail.as_str()).collect();
+    let codes: Vec<&str> = letters
+        .iter()
+        .map(|l| l.rejection.reason.as_str())
+        .collect();
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l.rejection.detail.as_str())
+        .collect();
     let deliveries: Vec<i32> = letters
         .iter()
         .map(|l| i32::try_from(l.entry.deliveries).unwrap_or(i32::MAX))
         .collect();
-    let event_types: Vec<Option<&str>> = letters.iter().map(|l| readable(l.entry, "event_type")).collect();
-    let trace_ids: Vec<Option<&str>> = letters.iter().map(|l| readable(l.entry, "trace_id")).collect();
+    let event_types: Vec<Option<&str>> = letters
+        .iter()
+        .map(|l| readable(l.entry, "event_type"))
+        .collect();
+    let trace_ids: Vec<Option<&str>> = letters
+        .iter()
+        .map(|l| readable(l.entry, "trace_id"))
+        .collect();
     tx.execute(
         INSERT,
-        &[&stream, &ids, &fields, &codes, &reasons, &deliveries, &event_types, &trace_ids],
+        &[
+            &stream,
+            &ids,
+            &fields,
+            &codes,
+            &reasons,
+            &deliveries,
+            &event_types,
+            &trace_ids,
+        ],
     )
     .await?;
     Ok(())

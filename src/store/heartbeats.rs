@@ -30,8 +30,14 @@ pub async fn upsert(tx: &Transaction<'_>, heartbeats: &[&Heartbeat]) -> Result<(
     // ON CONFLICT cannot touch a row twice in one statement: merge first.
     let mut seen: BTreeMap<(&str, &str), Seen> = BTreeMap::new();
     for beat in heartbeats {
-        let key = (beat.project_id.as_str(), beat.sdk_version.as_deref().unwrap_or(""));
-        let entry = seen.entry(key).or_insert(Seen { first: beat.published_at, last: beat });
+        let key = (
+            beat.project_id.as_str(),
+            beat.sdk_version.as_deref().unwrap_or(""),
+        );
+        let entry = seen.entry(key).or_insert(Seen {
+            first: beat.published_at,
+            last: beat,
+        });
         entry.first = entry.first.min(beat.published_at);
         if (beat.published_at, beat.entry_id) > (entry.last.published_at, entry.last.entry_id) {
             entry.last = beat;
@@ -41,14 +47,21 @@ pub async fn upsert(tx: &Transaction<'_>, heartbeats: &[&Heartbeat]) -> Result<(
     let versions: Vec<&str> = seen.keys().map(|k| k.1).collect();
     let firsts: Vec<DateTime<Utc>> = seen.values().map(|s| s.first).collect();
     let lasts: Vec<DateTime<Utc>> = seen.values().map(|s| s.last.published_at).collect();
-    let metadata: Vec<JsonbText> = seen.values().map(|s| JsonbText(s.last.metadata.as_str())).collect();
-    tx.execute(UPSERT, &[&projects, &versions, &firsts, &lasts, &metadata]).await?;
+    let metadata: Vec<JsonbText> = seen
+        .values()
+        .map(|s| JsonbText(s.last.metadata.as_str()))
+        .collect();
+    tx.execute(UPSERT, &[&projects, &versions, &firsts, &lasts, &metadata])
+        .await?;
     Ok(())
 }
 
 /// The newest heartbeat per project heard within `window_days`, for the
 /// "Swisper stopped publishing" gauge.
-pub async fn newest_per_project(pool: &Pool, window_days: i32) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+pub async fn newest_per_project(
+    pool: &Pool,
+    window_days: i32,
+) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
     let client = pool.get().await?;
     let rows = client
         .query(

@@ -23,7 +23,10 @@ pub enum MigrateError {
 
 /// Applies pending migrations; returns the names of those applied.
 pub async fn run(pg_config: &tokio_postgres::Config) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = pg_config.connect(NoTls).await.map_err(MigrateError::Connect)?;
+    let (mut client, connection) = pg_config
+        .connect(NoTls)
+        .await
+        .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])

@@ -24,7 +24,10 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
     start_version bytea, name text, start_type text, parent_observation_id text,
     input jsonb, start_time timestamptz, start_metadata jsonb,
     end_version bytea, end_type text, end_level text, output jsonb,
-    status_message text, end_time timestamptz, end_metadata jsonb
+    status_message text, end_time timestamptz, end_metadata jsonb,
+    llm_model text, llm_prompt_tokens bigint, llm_completion_tokens bigint,
+    llm_total_tokens bigint, llm_cached_tokens bigint, llm_thoughts_tokens bigint,
+    llm_duration_ms double precision
 ) ON COMMIT DELETE ROWS;
 ";
 
@@ -99,6 +102,13 @@ const OBSERVATIONS: Table = Table {
                 "status_message",
                 "end_time",
                 "end_metadata",
+                "llm_model",
+                "llm_prompt_tokens",
+                "llm_completion_tokens",
+                "llm_total_tokens",
+                "llm_cached_tokens",
+                "llm_thoughts_tokens",
+                "llm_duration_ms",
             ],
         },
     ],
@@ -132,8 +142,12 @@ impl Table {
         let mut sets = Vec::new();
         let mut changes = Vec::new();
         for (column, function) in self.extremes {
-            sets.push(format!("{column} = {function}(t.{column}, EXCLUDED.{column})"));
-            changes.push(format!("{function}(t.{column}, EXCLUDED.{column}) IS DISTINCT FROM t.{column}"));
+            sets.push(format!(
+                "{column} = {function}(t.{column}, EXCLUDED.{column})"
+            ));
+            changes.push(format!(
+                "{function}(t.{column}, EXCLUDED.{column}) IS DISTINCT FROM t.{column}"
+            ));
         }
         for group in self.groups {
             let wins = newer(group.version);
@@ -187,7 +201,7 @@ const TRACE_TYPES: [Type; 12] = [
     Type::TIMESTAMPTZ,
 ];
 
-const OBSERVATION_TYPES: [Type; 18] = [
+const OBSERVATION_TYPES: [Type; 25] = [
     Type::TEXT,
     Type::BYTEA,
     Type::TEXT,
@@ -206,6 +220,13 @@ const OBSERVATION_TYPES: [Type; 18] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::JSONB,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::FLOAT8,
 ];
 
 /// Stages and merges both tables inside the caller's transaction.
@@ -216,7 +237,8 @@ pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), Sto
     }
     if !rows.observations.is_empty() {
         copy_observations(tx, &rows.observations).await?;
-        tx.execute(STATEMENTS.merge_observations.as_str(), &[]).await?;
+        tx.execute(STATEMENTS.merge_observations.as_str(), &[])
+            .await?;
     }
     Ok(())
 }
@@ -228,7 +250,9 @@ async fn copy_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), 
     for row in rows {
         let start = row.start.map(|s| s.value);
         let start_version = row.start.map(|s| s.version);
-        let meta = start.and_then(|s| s.meta.as_ref()).map(|j| JsonbText(j.as_str()));
+        let meta = start
+            .and_then(|s| s.meta.as_ref())
+            .map(|j| JsonbText(j.as_str()));
         let metadata = start.map(|s| JsonbText(s.metadata.as_str()));
         let values: [&(dyn ToSql + Sync); 12] = [
             &row.id,
@@ -250,7 +274,10 @@ async fn copy_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), 
     Ok(())
 }
 
-async fn copy_observations(tx: &Transaction<'_>, rows: &[ObservationRow<'_>]) -> Result<(), StoreError> {
+async fn copy_observations(
+    tx: &Transaction<'_>,
+    rows: &[ObservationRow<'_>],
+) -> Result<(), StoreError> {
     let sink = tx.copy_in(STATEMENTS.copy_observations.as_str()).await?;
     let writer = BinaryCopyInWriter::new(sink, &OBSERVATION_TYPES);
     pin_mut!(writer);
@@ -266,7 +293,8 @@ async fn copy_observations(tx: &Transaction<'_>, rows: &[ObservationRow<'_>]) ->
         let start_metadata = json(start.map(|s| &s.metadata));
         let output = json(end.and_then(|e| e.output.as_ref()));
         let end_metadata = json(end.map(|e| &e.metadata));
-        let values: [&(dyn ToSql + Sync); 18] = [
+        let llm = end.and_then(|e| e.llm.as_ref());
+        let values: [&(dyn ToSql + Sync); 25] = [
             &row.id,
             &row.seen.version.as_bytes(),
             &row.seen.value.trace_id,
@@ -285,6 +313,13 @@ async fn copy_observations(tx: &Transaction<'_>, rows: &[ObservationRow<'_>]) ->
             &end.and_then(|e| e.status_message.as_deref()),
             &end.map(|e| e.end_time),
             &end_metadata,
+            &llm.and_then(|l| l.model.as_deref()),
+            &llm.and_then(|l| l.prompt_tokens),
+            &llm.and_then(|l| l.completion_tokens),
+            &llm.and_then(|l| l.total_tokens),
+            &llm.and_then(|l| l.cached_tokens),
+            &llm.and_then(|l| l.thoughts_tokens),
+            &llm.and_then(|l| l.duration_ms),
         ];
         writer.as_mut().write(&values).await?;
     }
@@ -303,8 +338,18 @@ mod tests {
         assert_eq!(
             TRACES.columns(),
             [
-                "id", "first_seen_at", "seen_version", "project_id", "start_version", "name",
-                "user_id", "session_id", "run_id", "meta", "metadata", "start_timestamp"
+                "id",
+                "first_seen_at",
+                "seen_version",
+                "project_id",
+                "start_version",
+                "name",
+                "user_id",
+                "session_id",
+                "run_id",
+                "meta",
+                "metadata",
+                "start_timestamp"
             ]
         );
     }

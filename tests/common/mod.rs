@@ -39,7 +39,9 @@ impl TestEnv {
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .expect("create the test database");
-        let (base, _) = admin_url.rsplit_once('/').expect("DATABASE_URL has a database name");
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("DATABASE_URL has a database name");
         Self {
             name: name.to_owned(),
             redis_url,
@@ -113,18 +115,28 @@ impl TestEnv {
             command.env(k, v);
         }
         let child = command.spawn().expect("spawn swisper-ingest");
-        Service { child, port, log_path }
+        Service {
+            child,
+            port,
+            log_path,
+        }
     }
 }
 
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to postgres");
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to postgres");
     tokio::spawn(connection);
     client
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn log_dir() -> PathBuf {
@@ -149,19 +161,28 @@ impl Service {
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((status, body))
     }
 
     pub fn json(&self, path: &str) -> Option<serde_json::Value> {
-        self.get(path).and_then(|(_, body)| serde_json::from_str(&body).ok())
+        self.get(path)
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
     }
 
     /// The value of a metric line such as `name{labels}` (exact text before the value).
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics")?;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     pub fn wait_ready(&self, timeout: Duration) {
@@ -223,12 +244,17 @@ where
 }
 
 pub async fn count(db: &Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).await.map(|row| row.get(0)).unwrap_or(-1)
+    db.query_one(sql, &[])
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(-1)
 }
 
 /// Epoch seconds as the SDK writes them.
 pub fn now_ts() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     format!("{:.6}", now.as_secs_f64())
 }
 
@@ -250,8 +276,18 @@ pub fn seed_trace(trace_id: &str, project_id: &str) -> Vec<Vec<(String, String)>
     ]];
     let observations = [
         (format!("{trace_id}-root"), None, "agent", "AGENT"),
-        (format!("{trace_id}-child"), Some(format!("{trace_id}-root")), "planner", "SPAN"),
-        (format!("{trace_id}-grandchild"), Some(format!("{trace_id}-child")), "llm", "GENERATION"),
+        (
+            format!("{trace_id}-child"),
+            Some(format!("{trace_id}-root")),
+            "planner",
+            "SPAN",
+        ),
+        (
+            format!("{trace_id}-grandchild"),
+            Some(format!("{trace_id}-child")),
+            "llm",
+            "GENERATION",
+        ),
     ];
     for (i, (id, parent, name, kind)) in observations.iter().enumerate() {
         let header = |event_type: &str| {
@@ -273,7 +309,11 @@ pub fn seed_trace(trace_id: &str, project_id: &str) -> Vec<Vec<(String, String)>
         ));
         events.push(start);
         let failing = i == 2;
-        let mut end = header(if failing { "observation_error" } else { "observation_end" });
+        let mut end = header(if failing {
+            "observation_error"
+        } else {
+            "observation_end"
+        });
         let data = if failing {
             serde_json::json!({"level": "ERROR", "error": "model timeout", "status_message": "model timeout",
                                "end_time": "2025-11-05T10:00:09.500000"})
@@ -288,5 +328,8 @@ pub fn seed_trace(trace_id: &str, project_id: &str) -> Vec<Vec<(String, String)>
 }
 
 pub fn as_fields(event: &[(String, String)]) -> Vec<(&str, &str)> {
-    event.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    event
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
