@@ -168,7 +168,8 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_timeout_secs: u64,
 
-    /// The stream length above which the status endpoint says "lagging".
+    /// Entries waiting for the group (lag plus pending) from which the status
+    /// endpoint says "lagging".
     #[arg(
         long,
         env = "OBSERVABILITY_LAGGING_THRESHOLD",

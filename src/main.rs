@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
 use swisper_ingest::{app, store};
 
@@ -45,8 +45,31 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// Clap names the flag of a bad value; operators set environment variables,
+/// so name that too.
+fn parse_cli() -> Cli {
+    Cli::try_parse().unwrap_or_else(|error| {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let bad_value = matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation);
+        if let (true, Some(ContextValue::String(flag))) = (bad_value, error.get(ContextKind::InvalidArg)) {
+            let long = flag.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
+            let command = Cli::command();
+            let env = command
+                .get_subcommands()
+                .flat_map(|sub| sub.get_arguments())
+                .chain(command.get_arguments())
+                .find(|arg| arg.get_long() == Some(long))
+                .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
+            if let Some(env) = env {
+                eprintln!("swisper-ingest: invalid setting {env} (--{long})");
+            }
+        }
+        error.exit()
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_tracing(&cli.log_format);
     let result = actix_rt::System::new().block_on(async move {
         match cli.command {

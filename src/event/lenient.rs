@@ -21,20 +21,22 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
     let mut copied = 0; // bytes of `text` already in `out`
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &text[i..];
+        // Bytes, not &str: `i` may sit inside a multi-byte character; we
+        // only ever cut `text` at ASCII tokens, which are char boundaries.
+        let rest = &bytes[i..];
         if in_string {
             match bytes[i] {
                 b'"' => {
                     in_string = false;
                     i += 1;
                 }
-                b'\\' if rest.starts_with("\\u") => {
+                b'\\' if rest.starts_with(b"\\u") => {
                     let unit = hex_unit(rest, 2);
                     let paired =
                         |unit: Option<u16>| unit.is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
                     match unit {
                         Some(0xD800..=0xDBFF)
-                            if rest[6..].starts_with("\\u") && paired(hex_unit(rest, 8)) =>
+                            if rest[6..].starts_with(b"\\u") && paired(hex_unit(rest, 8)) =>
                         {
                             i += 12
                         }
@@ -55,7 +57,7 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
         }
         let token = ["-Infinity", "Infinity", "NaN"]
             .into_iter()
-            .find(|t| rest.starts_with(t));
+            .find(|t| rest.starts_with(t.as_bytes()));
         match (bytes[i], token) {
             (b'"', _) => {
                 in_string = true;
@@ -78,10 +80,10 @@ pub fn repair(text: &str) -> Option<(String, Vec<&'static str>)> {
     Some((out, repairs))
 }
 
-/// The UTF-16 code unit of `\uXXXX` starting `offset` bytes into `text`.
-fn hex_unit(text: &str, offset: usize) -> Option<u16> {
-    text.get(offset..offset + 4)
-        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+/// The UTF-16 code unit of the four hex digits `offset` bytes into `bytes`.
+fn hex_unit(bytes: &[u8], offset: usize) -> Option<u16> {
+    let hex = std::str::from_utf8(bytes.get(offset..offset + 4)?).ok()?;
+    u16::from_str_radix(hex, 16).ok()
 }
 
 #[cfg(test)]
@@ -114,6 +116,12 @@ mod tests {
         let text = r#"{"a":"say \"NaN\" \\","b":NaN}"#;
         let (fixed, _) = repair(text).unwrap();
         assert_eq!(fixed, r#"{"a":"say \"NaN\" \\","b":null}"#);
+    }
+
+    #[test]
+    fn multi_byte_text_around_escapes_is_safe() {
+        assert!(repair("\"\\\u{11d95}\" NaN").is_some());
+        assert!(repair("\u{11d95}\\u\u{e9}").is_none());
     }
 
     #[test]

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every test of swisper-ingest on this machine: installs and starts Redis
+# and PostgreSQL on loopback (scripts/services.sh, in a temporary folder that
+# is removed at the end), then formatting and lint checks, the Rust unit,
+# property and integration tests, the fault tests, the real-SDK end-to-end
+# tests and the offline deployment checks.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh rust       only the Rust suites (fmt, clippy, cargo test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+only=${1:-all}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+services_dir=$(mktemp -d /tmp/swisper-test.XXXXXX)
+chmod 755 "$services_dir"
+cleanup() { scripts/services.sh purge "$services_dir" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+scripts/services.sh up "$services_dir"
+# shellcheck disable=SC1091
+source "$services_dir/env"
+export SERVICES_DIR="$services_dir"
+
+passed=0
+failed=0
+failures=()
+run_suite() {
+  local name=$1
+  shift
+  echo "==> $name"
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+  fi
+}
+
+run_suite "cargo fmt" cargo fmt --all -- --check
+run_suite "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+run_suite "cargo test" cargo test --workspace --all-targets
+if [[ $only == all ]]; then
+  [[ -x tests/faults/run.sh ]] && run_suite "fault tests" tests/faults/run.sh
+  [[ -x tests/sdk/run.sh ]] && run_suite "sdk end-to-end" tests/sdk/run.sh
+  [[ -x tests/deploy/run.sh ]] && run_suite "deployment checks" tests/deploy/run.sh
+fi
+
+echo
+if ((failed > 0)); then
+  echo "failed suites: ${failures[*]}"
+fi
+echo "suites: $passed passed, $failed failed"
+((failed == 0))
