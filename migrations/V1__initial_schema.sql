@@ -100,6 +100,9 @@ CREATE TABLE ingest_dead_letters (
     event_type      text,
     trace_id        text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Set by `swisper-ingest dead-letters replay`: when, and as which new entry.
+    replayed_at     timestamptz,
+    replayed_entry_id text,
     UNIQUE (stream, stream_entry_id)
 );
 

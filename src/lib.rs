@@ -19,6 +19,7 @@
 //!   thin glue that schedules it, and [`app`] wires everything with HTTP.
 
 pub mod actors;
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod config;

@@ -1,12 +1,13 @@
 //! The `swisper-ingest` command: `serve` runs the service, `migrate` applies
-//! the schema and exits.
+//! the schema and exits, `dead-letters` lists, replays and purges dead letters.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
+use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
-use swisper_ingest::{app, store};
+use swisper_ingest::{admin, app, store};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,13 @@ enum Command {
     Serve(Box<ServeSettings>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseSettings),
+    /// List, replay or purge dead letters.
+    DeadLetters {
+        #[command(flatten)]
+        database: DatabaseSettings,
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -50,9 +58,18 @@ fn init_tracing(format: &str) {
 fn parse_cli() -> Cli {
     Cli::try_parse().unwrap_or_else(|error| {
         use clap::error::{ContextKind, ContextValue, ErrorKind};
-        let bad_value = matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation);
-        if let (true, Some(ContextValue::String(flag))) = (bad_value, error.get(ContextKind::InvalidArg)) {
-            let long = flag.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
+        let bad_value = matches!(
+            error.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        );
+        if let (true, Some(ContextValue::String(flag))) =
+            (bad_value, error.get(ContextKind::InvalidArg))
+        {
+            let long = flag
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("--");
             let command = Cli::command();
             let env = command
                 .get_subcommands()
@@ -80,6 +97,7 @@ fn main() -> ExitCode {
                 tracing::info!(?applied, "schema is up to date");
                 Ok(())
             }
+            Command::DeadLetters { database, command } => admin::run(&database, command).await,
         }
     });
     match result {

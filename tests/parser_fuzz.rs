@@ -5,10 +5,22 @@ use proptest::prelude::*;
 use swisper_ingest::event::{parse_entry, Limits, Parsed, StreamEntry, StreamId};
 
 fn entry(fields: Vec<(Vec<u8>, Vec<u8>)>) -> StreamEntry {
-    StreamEntry { id: StreamId { ms: 1, seq: 0 }, fields, deliveries: 1 }
+    StreamEntry {
+        id: StreamId { ms: 1, seq: 0 },
+        fields,
+        deliveries: 1,
+    }
 }
 
-const NAMES: [&str; 7] = ["event_type", "trace_id", "project_id", "timestamp", "observation_id", "data", "other"];
+const NAMES: [&str; 7] = [
+    "event_type",
+    "trace_id",
+    "project_id",
+    "timestamp",
+    "observation_id",
+    "data",
+    "other",
+];
 
 fn field_name() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -66,5 +78,8 @@ fn a_valid_entry_still_parses() {
         (b"project_id".to_vec(), b"p".to_vec()),
         (b"timestamp".to_vec(), b"1762336800.5".to_vec()),
     ];
-    assert!(matches!(parse_entry(&entry(fields), &Limits::default()), Ok(Parsed::Trace(_))));
+    assert!(matches!(
+        parse_entry(&entry(fields), &Limits::default()),
+        Ok(Parsed::Trace(_))
+    ));
 }

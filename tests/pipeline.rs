@@ -460,3 +460,104 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
     let log = service.log();
     assert!(log.contains("drained"), "{log}");
 }
+
+fn admin(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
+        .arg("dead-letters")
+        .args(args)
+        .env("DATABASE_URL", &env.database_url)
+        .env("OBSERVABILITY_REDIS_URL", &env.redis_url)
+        .output()
+        .expect("run dead-letters")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_after_a_fix_and_purged() {
+    let env = TestEnv::new("replay").await;
+    env.migrate();
+    let db = env.db().await;
+    db.batch_execute(
+        "ALTER TABLE observations ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM 'poison')",
+    )
+    .await
+    .unwrap();
+    let mut redis = env.redis();
+    let ts = now_ts();
+    env.publish(
+        &mut redis,
+        &[
+            ("event_type", "observation_start"),
+            ("trace_id", "t"),
+            ("project_id", "p"),
+            ("timestamp", &ts),
+            ("observation_id", "o-poison"),
+            ("data", r#"{"name":"poison"}"#),
+        ],
+    );
+    let service = env.spawn("replayer", &[("OBSERVABILITY_SKIP_MIGRATIONS", "true")]);
+    assert!(
+        wait_for_async(WAIT, || async {
+            count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 1
+        })
+        .await,
+        "log: {}",
+        service.log()
+    );
+
+    let listed = admin(&env, &["list"]);
+    assert!(listed.status.success());
+    let line: serde_json::Value =
+        serde_json::from_slice(listed.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["reason_code"], "rejected_by_postgres");
+    let id = line["id"].as_i64().unwrap().to_string();
+
+    let refused = admin(&env, &["replay"]);
+    assert!(
+        !refused.status.success(),
+        "replay without a selection must refuse"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("refusing"));
+
+    db.batch_execute("ALTER TABLE observations DROP CONSTRAINT no_poison")
+        .await
+        .unwrap();
+    let replayed = admin(&env, &["replay", "--reason", "rejected_by_postgres"]);
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("1 replayed"));
+    assert!(
+        wait_for_async(WAIT, || async {
+            count(
+                &db,
+                "SELECT count(*) FROM observations WHERE id = 'o-poison' AND name = 'poison'",
+            )
+            .await
+                == 1
+        })
+        .await,
+        "replayed entry not stored; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM ingest_dead_letters WHERE replayed_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    assert!(
+        !admin(&env, &["purge"]).status.success(),
+        "purge without a selection must refuse"
+    );
+    let purged = admin(&env, &["purge", "--id", &id, "--include-replayed"]);
+    assert!(String::from_utf8_lossy(&purged.stdout).contains("1 purged"));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
+}

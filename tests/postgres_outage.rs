@@ -12,14 +12,21 @@ use common::*;
 
 fn services(action: &str) {
     let dir = std::env::var("SERVICES_DIR").expect("SERVICES_DIR is set by scripts/test.sh");
-    let status = Command::new("scripts/services.sh").arg(action).arg(dir).status().expect("run services.sh");
+    let status = Command::new("scripts/services.sh")
+        .arg(action)
+        .arg(dir)
+        .status()
+        .expect("run services.sh");
     assert!(status.success(), "services.sh {action} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_nothing() {
     let outage = Duration::from_secs(
-        std::env::var("SWISPER_TEST_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5),
+        std::env::var("SWISPER_TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
     );
     let env = TestEnv::new("pg_outage").await;
     let service = env.spawn("outage", &[]);
@@ -35,29 +42,69 @@ async fn postgres_outage_loses_nothing() {
     };
     publish(&mut redis, 0..traces / 3);
     let acked = |service: &Service| service.metric("swisper_ingest_acked_total").unwrap_or(0.0);
-    assert!(wait_for(Duration::from_secs(30), || acked(&service) >= (traces / 3 * 7) as f64));
+    assert!(wait_for(Duration::from_secs(30), || acked(&service)
+        >= (traces / 3 * 7) as f64));
 
     services("stop-postgres");
     publish(&mut redis, traces / 3..traces);
-    let unready = wait_for(Duration::from_secs(30), || matches!(service.get("/readyz"), Some((503, body)) if body.contains("\"postgres\":false")));
-    assert!(unready, "readiness did not turn false; log: {}", service.log());
+    let unready = wait_for(
+        Duration::from_secs(30),
+        || matches!(service.get("/readyz"), Some((503, body)) if body.contains("\"postgres\":false")),
+    );
+    assert!(
+        unready,
+        "readiness did not turn false; log: {}",
+        service.log()
+    );
     let acked_when_down = acked(&service);
     std::thread::sleep(outage);
-    assert_eq!(acked(&service), acked_when_down, "entries were acked while postgres was down");
-    let pending: u64 = service.json("/api/v1/observability/metrics").and_then(|j| j["pending"].as_u64()).unwrap_or(0);
-    assert!(pending > 0, "the batch in hand should stay pending while postgres is down");
+    assert_eq!(
+        acked(&service),
+        acked_when_down,
+        "entries were acked while postgres was down"
+    );
+    let pending: u64 = service
+        .json("/api/v1/observability/metrics")
+        .and_then(|j| j["pending"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        pending > 0,
+        "the batch in hand should stay pending while postgres is down"
+    );
     services("start-postgres");
 
     let db = env.db().await;
     let stored = wait_for_async(Duration::from_secs(60), || async {
-        count(&db, "SELECT count(*) FROM observations WHERE end_time IS NOT NULL").await == (traces * 3) as i64
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
+        )
+        .await
+            == (traces * 3) as i64
     })
     .await;
-    assert!(stored, "not everything stored after the outage; log: {}", service.log());
-    assert_eq!(count(&db, "SELECT count(*) FROM traces WHERE name = 'chat'").await, traces as i64);
-    assert_eq!(count(&db, "SELECT count(*) FROM ingest_dead_letters").await, 0, "the outage caused dead letters");
-    assert!(wait_for(Duration::from_secs(30), || matches!(service.get("/readyz"), Some((200, _)))));
+    assert!(
+        stored,
+        "not everything stored after the outage; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM traces WHERE name = 'chat'").await,
+        traces as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0,
+        "the outage caused dead letters"
+    );
+    assert!(wait_for(Duration::from_secs(30), || matches!(
+        service.get("/readyz"),
+        Some((200, _))
+    )));
     assert!(wait_for(Duration::from_secs(30), || {
-        service.json("/api/v1/observability/metrics").and_then(|j| j["pending"].as_u64()) == Some(0)
+        service
+            .json("/api/v1/observability/metrics")
+            .and_then(|j| j["pending"].as_u64())
+            == Some(0)
     }));
 }

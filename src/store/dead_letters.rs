@@ -131,6 +131,126 @@ pub fn fields_from_json(fields: &Value) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         .collect()
 }
 
+/// Which dead letters an operator command acts on. Every criterion given
+/// must match; [`Selection::is_empty`] guards against acting on everything.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub ids: Vec<i64>,
+    pub reason_code: Option<String>,
+    pub stream: Option<String>,
+    pub older_than: Option<chrono::DateTime<chrono::Utc>>,
+    /// Also rows that were replayed already.
+    pub include_replayed: bool,
+}
+
+impl Selection {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.reason_code.is_none()
+            && self.stream.is_none()
+            && self.older_than.is_none()
+    }
+}
+
+const SELECT_WHERE: &str = "
+    (cardinality($1::bigint[]) = 0 OR id = ANY($1))
+    AND ($2::text IS NULL OR reason_code = $2)
+    AND ($3::text IS NULL OR stream = $3)
+    AND ($4::timestamptz IS NULL OR created_at < $4)
+    AND ($5 OR replayed_at IS NULL)";
+
+/// A stored dead letter, as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub stream: String,
+    pub stream_entry_id: String,
+    pub reason_code: String,
+    pub reason: String,
+    pub delivery_count: i32,
+    pub event_type: Option<String>,
+    pub trace_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub replayed_entry_id: Option<String>,
+    pub fields: Value,
+}
+
+pub async fn list(
+    client: &tokio_postgres::Client,
+    selection: &Selection,
+    limit: i64,
+) -> Result<Vec<StoredDeadLetter>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT id, stream, stream_entry_id, reason_code, reason, delivery_count, event_type, trace_id,
+                created_at, replayed_at, replayed_entry_id, fields
+         FROM ingest_dead_letters WHERE {SELECT_WHERE} ORDER BY id LIMIT $6"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &selection.ids,
+                &selection.reason_code,
+                &selection.stream,
+                &selection.older_than,
+                &selection.include_replayed,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredDeadLetter {
+            id: r.get(0),
+            stream: r.get(1),
+            stream_entry_id: r.get(2),
+            reason_code: r.get(3),
+            reason: r.get(4),
+            delivery_count: r.get(5),
+            event_type: r.get(6),
+            trace_id: r.get(7),
+            created_at: r.get(8),
+            replayed_at: r.get(9),
+            replayed_entry_id: r.get(10),
+            fields: r.get(11),
+        })
+        .collect())
+}
+
+pub async fn mark_replayed(
+    client: &tokio_postgres::Client,
+    id: i64,
+    new_entry_id: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE ingest_dead_letters SET replayed_at = now(), replayed_entry_id = $2 WHERE id = $1",
+            &[&id, &new_entry_id],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn purge(
+    client: &tokio_postgres::Client,
+    selection: &Selection,
+) -> Result<u64, tokio_postgres::Error> {
+    let sql = format!("DELETE FROM ingest_dead_letters WHERE {SELECT_WHERE}");
+    client
+        .execute(
+            &sql,
+            &[
+                &selection.ids,
+                &selection.reason_code,
+                &selection.stream,
+                &selection.older_than,
+                &selection.include_replayed,
+            ],
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,153 @@
+//! Operator commands on dead letters: list them, re-publish chosen ones to
+//! the stream after a fix, purge chosen ones. Replay and purge refuse to act
+//! without an explicit selection.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use tokio_postgres::NoTls;
+
+use crate::config::{DatabaseSettings, SecretUrl};
+use crate::store::dead_letters::{self, Selection};
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterCommand {
+    /// Print dead letters as JSON lines (newest last).
+    List {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Re-publish the selected dead letters to their stream (XADD with the
+    /// same fields) and mark them replayed.
+    Replay {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Redis to publish to.
+        #[arg(
+            long = "redis-url",
+            env = "OBSERVABILITY_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
+        redis_url: SecretUrl,
+        /// Print what would be replayed, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete the selected dead letters.
+    Purge {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+}
+
+/// The selection; replay and purge need at least one criterion.
+#[derive(Args, Debug, Clone)]
+pub struct SelectArgs {
+    /// Dead letter ids (the `id` column); repeatable.
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    /// Only this reason_code (e.g. invalid_timestamp).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only entries of this stream.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only dead letters created more than this many days ago.
+    #[arg(long)]
+    older_than_days: Option<u32>,
+    /// Include dead letters that were replayed already.
+    #[arg(long)]
+    include_replayed: bool,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            ids: self.ids.clone(),
+            reason_code: self.reason.clone(),
+            stream: self.stream.clone(),
+            older_than: self
+                .older_than_days
+                .map(|days| chrono::Utc::now() - chrono::Duration::days(i64::from(days))),
+            include_replayed: self.include_replayed,
+        }
+    }
+}
+
+pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> anyhow::Result<()> {
+    let (client, connection) = database
+        .pg_config()?
+        .connect(NoTls)
+        .await
+        .context("cannot connect to postgres (DATABASE_URL)")?;
+    tokio::spawn(connection);
+    let mut out = std::io::stdout().lock();
+    match command {
+        DeadLetterCommand::List { select, limit } => {
+            for letter in dead_letters::list(&client, &select.selection(), limit).await? {
+                writeln!(out, "{}", serde_json::to_string(&letter)?)?;
+            }
+        }
+        DeadLetterCommand::Replay {
+            select,
+            redis_url,
+            dry_run,
+        } => {
+            let selection = explicit(&select)?;
+            let letters = dead_letters::list(&client, &selection, i64::MAX).await?;
+            let mut redis = redis::Client::open(redis_url.expose())
+                .context("invalid OBSERVABILITY_REDIS_URL")?
+                .get_multiplexed_async_connection()
+                .await
+                .context("cannot connect to redis (OBSERVABILITY_REDIS_URL)")?;
+            let (mut replayed, mut skipped) = (0, 0);
+            for letter in letters {
+                let Some(fields) = dead_letters::fields_from_json(&letter.fields) else {
+                    writeln!(
+                        out,
+                        "skipped {}: its fields were too large to keep",
+                        letter.id
+                    )?;
+                    skipped += 1;
+                    continue;
+                };
+                if dry_run {
+                    writeln!(
+                        out,
+                        "would replay {} ({}) to {}",
+                        letter.id, letter.reason_code, letter.stream
+                    )?;
+                    continue;
+                }
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(&letter.stream).arg("*");
+                for (name, value) in &fields {
+                    xadd.arg(name.as_slice()).arg(value.as_slice());
+                }
+                let new_id: String = xadd.query_async(&mut redis).await.context("XADD")?;
+                dead_letters::mark_replayed(&client, letter.id, &new_id).await?;
+                writeln!(out, "replayed {} as {new_id}", letter.id)?;
+                replayed += 1;
+            }
+            writeln!(out, "{replayed} replayed, {skipped} skipped")?;
+        }
+        DeadLetterCommand::Purge { select } => {
+            let selection = explicit(&select)?;
+            let purged = dead_letters::purge(&client, &selection).await?;
+            writeln!(out, "{purged} purged")?;
+        }
+    }
+    Ok(())
+}
+
+fn explicit(select: &SelectArgs) -> anyhow::Result<Selection> {
+    let selection = select.selection();
+    if selection.is_empty() {
+        bail!("refusing to act on every dead letter: select with --id, --reason, --stream or --older-than-days");
+    }
+    Ok(selection)
+}
