@@ -90,6 +90,9 @@ impl Default for Limits {
 }
 
 /// What an entry turned out to be.
+// Nearly every entry is a trace event: boxing it would add an allocation per
+// event to save space on the rare heartbeat.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     Trace(TraceEvent),
