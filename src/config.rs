@@ -157,6 +157,11 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
     pub max_expanded_bytes: u64,
 
+    /// Poison protection: after this many bad entries in a row, stop
+    /// dead-lettering, turn unready and hold consumption (0 disables).
+    #[arg(long, env = "OBSERVABILITY_POISON_RUN", default_value_t = 1000)]
+    pub poison_run: u64,
+
     /// How often the lag monitor reads the group's lag and pending entries.
     #[arg(long, env = "OBSERVABILITY_MONITOR_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]

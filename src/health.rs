@@ -13,6 +13,8 @@ pub struct Health {
     postgres_ok: AtomicBool,
     group_ok: AtomicBool,
     draining: AtomicBool,
+    /// Poison protection tripped: a broken producer, consumption paused.
+    poisoned: AtomicBool,
     /// Unix ms of the last commit, or of the start (a fresh replica is not stalled).
     last_progress_ms: AtomicU64,
     /// Entries waiting for the group: lag plus pending, from the lag monitor.
@@ -29,6 +31,7 @@ pub struct Readiness {
     pub postgres: bool,
     pub group: bool,
     pub draining: bool,
+    pub poisoned: bool,
 }
 
 pub fn unix_ms() -> u64 {
@@ -65,6 +68,13 @@ impl Health {
         self.publish_ready();
     }
 
+    pub fn set_poisoned(&self, poisoned: bool) {
+        if self.poisoned.swap(poisoned, Ordering::Relaxed) != poisoned {
+            metrics::gauge!(crate::metrics::POISONED).set(if poisoned { 1.0 } else { 0.0 });
+            self.publish_ready();
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -94,12 +104,14 @@ impl Health {
         let postgres = self.postgres_ok.load(Ordering::Relaxed);
         let group = self.group_ok.load(Ordering::Relaxed);
         let draining = self.is_draining();
+        let poisoned = self.poisoned.load(Ordering::Relaxed);
         Readiness {
-            ready: redis && postgres && group && !draining,
+            ready: redis && postgres && group && !draining && !poisoned,
             redis,
             postgres,
             group,
             draining,
+            poisoned,
         }
     }
 

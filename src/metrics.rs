@@ -22,6 +22,7 @@ pub const POSTGRES_ERRORS: &str = "swisper_ingest_postgres_errors_total";
 pub const ACTOR_RESTARTS: &str = "swisper_ingest_actor_restarts_total";
 pub const CONSUMERS_REMOVED: &str = "swisper_ingest_consumers_removed_total";
 pub const READY: &str = "swisper_ingest_ready";
+pub const POISONED: &str = "swisper_ingest_poisoned";
 pub const LAST_COMMIT: &str = "swisper_ingest_last_commit_timestamp_seconds";
 pub const BUILD_INFO: &str = "swisper_ingest_build_info";
 pub const SDK_HEARTBEAT_AGE: &str = "swisper_ingest_sdk_heartbeat_age_seconds";
@@ -48,6 +49,7 @@ pub fn install() -> PrometheusHandle {
                 .expect("the metrics recorder is installed once per process");
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!(POISONED).set(0.0);
             handle
         })
         .clone()
@@ -113,6 +115,10 @@ fn describe() {
     describe_gauge!(
         READY,
         "1 when Redis and Postgres are reachable and the group exists."
+    );
+    describe_gauge!(
+        POISONED,
+        "1 while poison protection holds consumption: a run of bad entries past OBSERVABILITY_POISON_RUN."
     );
     describe_gauge!(
         LAST_COMMIT,

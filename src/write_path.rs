@@ -58,6 +58,31 @@ pub fn prepare(entries: Vec<StreamEntry>, limits: &Limits, max_deliveries: u32) 
         .collect()
 }
 
+/// Runs of rejected entries, continuing the run of earlier batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionRun {
+    /// The longest run seen, including the one carried in.
+    pub longest: u64,
+    /// The run still open at the end of the batch, to carry on.
+    pub trailing: u64,
+}
+
+pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
+    let mut run = RejectionRun {
+        longest: carried,
+        trailing: carried,
+    };
+    for item in items {
+        run.trailing = if item.parsed.is_err() {
+            run.trailing + 1
+        } else {
+            0
+        };
+        run.longest = run.longest.max(run.trailing);
+    }
+    run
+}
+
 /// Writes all items in one transaction.
 pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<(), StoreError> {
     let events = items.iter().filter_map(|item| match &item.parsed {
@@ -119,4 +144,56 @@ pub fn commit_isolating<'a>(
             Err(unavailable) => Err(unavailable),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StreamId;
+
+    fn item(ok: bool) -> BatchItem {
+        let entry = StreamEntry {
+            id: StreamId { ms: 1, seq: 0 },
+            fields: Vec::new(),
+            deliveries: 1,
+        };
+        let parsed = if ok {
+            Ok(Parsed::Heartbeat(Heartbeat {
+                entry_id: entry.id,
+                project_id: "p".into(),
+                sdk_version: None,
+                published_at: chrono::Utc::now(),
+                metadata: Default::default(),
+            }))
+        } else {
+            Err(Rejection::new(Reason::InvalidData, "bad"))
+        };
+        BatchItem { entry, parsed }
+    }
+
+    #[test]
+    fn rejection_runs_carry_across_batches_and_reset_on_success() {
+        let batch = [item(false), item(false), item(true), item(false)];
+        assert_eq!(
+            rejection_run(&batch, 5),
+            RejectionRun {
+                longest: 7,
+                trailing: 1
+            }
+        );
+        assert_eq!(
+            rejection_run(&batch, 0),
+            RejectionRun {
+                longest: 2,
+                trailing: 1
+            }
+        );
+        assert_eq!(
+            rejection_run(&[], 3),
+            RejectionRun {
+                longest: 3,
+                trailing: 3
+            }
+        );
+    }
 }

@@ -561,3 +561,55 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_stream() {
+    let env = TestEnv::new("poison").await;
+    let mut redis = env.redis();
+    let ts = now_ts();
+    for i in 0..60 {
+        env.publish(
+            &mut redis,
+            &[
+                ("event_type", "garbage"),
+                ("trace_id", &format!("t{i}")),
+                ("project_id", "p"),
+                ("timestamp", &ts),
+            ],
+        );
+    }
+    let mut service = env.spawn("poisoned", &[("OBSERVABILITY_POISON_RUN", "20")]);
+    let tripped = wait_for(WAIT, || {
+        matches!(service.get("/readyz"), Some((503, body)) if body.contains("\"poisoned\":true"))
+            && service.metric("swisper_ingest_poisoned") == Some(1.0)
+    });
+    assert!(
+        tripped,
+        "poison protection did not trip; log: {}",
+        service.log()
+    );
+    let db = env.db().await;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await < 20,
+        "kept dead-lettering past the limit"
+    );
+    service.terminate();
+
+    // The operator decides the entries are garbage: with protection off they
+    // are dead-lettered, every one of them, and nothing else.
+    let service = env.spawn("poisoned", &[("OBSERVABILITY_POISON_RUN", "0")]);
+    let all = wait_for_async(WAIT, || async {
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 60
+    })
+    .await;
+    assert!(all, "log: {}", service.log());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM ingest_dead_letters WHERE reason_code = 'unknown_event_type'"
+        )
+        .await,
+        60
+    );
+}

@@ -30,6 +30,10 @@ pub struct Flush;
 pub enum WriteError {
     #[error("the writer stopped before the batch was committed")]
     Stopped,
+    #[error(
+        "poison protection: {0} bad entries in a row; nothing dead-lettered, consumption paused"
+    )]
+    Poisoned(u64),
 }
 
 /// Mailbox slots: with consumers awaiting each send, this bounds memory to
@@ -44,6 +48,9 @@ pub struct Writer {
     buffer: Vec<StreamEntry>,
     waiters: Vec<oneshot::Sender<Result<(), WriteError>>>,
     linger: Option<SpawnHandle>,
+    /// Entries rejected in a row, across batches: a broken producer shows as
+    /// a long run, and past the limit nothing more is dead-lettered.
+    rejection_run: u64,
 }
 
 impl Writer {
@@ -57,6 +64,7 @@ impl Writer {
                 buffer: Vec::new(),
                 waiters: Vec::new(),
                 linger: None,
+                rejection_run: 0,
             }
         })
     }
@@ -97,12 +105,18 @@ impl Writer {
             self.pool.clone(),
             self.acker.clone(),
             entries,
+            self.rejection_run,
         );
-        ctx.wait(batch.into_actor(self).map(move |(), _, _| {
-            for waiter in waiters {
-                let _ = waiter.send(Ok(()));
-            }
-        }));
+        ctx.wait(
+            batch
+                .into_actor(self)
+                .map(move |(outcome, run), writer, _| {
+                    writer.rejection_run = run;
+                    for waiter in waiters {
+                        let _ = waiter.send(outcome.clone());
+                    }
+                }),
+        );
     }
 }
 
@@ -130,19 +144,32 @@ impl Handler<Flush> for Writer {
 }
 
 /// Commits the batch, retrying for as long as Postgres is unavailable
-/// (nothing is acked meanwhile), then acks every entry of it.
+/// (nothing is acked meanwhile), then acks every entry of it. Takes and
+/// returns the run of rejected entries for poison protection.
 async fn commit_and_ack(
     shared: Shared,
     pool: Pool,
     mut acker: ConnectionManager,
     entries: Vec<StreamEntry>,
-) {
+    rejection_run: u64,
+) -> (Result<(), WriteError>, u64) {
     if entries.is_empty() {
-        return;
+        return (Ok(()), rejection_run);
     }
     let settings = &shared.settings;
     let started = Instant::now();
     let mut items = write_path::prepare(entries, &settings.limits(), settings.max_deliveries);
+    let run = write_path::rejection_run(&items, rejection_run);
+    if settings.poison_run > 0 && run.longest >= settings.poison_run {
+        shared.health.set_poisoned(true);
+        tracing::error!(
+            run = run.longest,
+            limit = settings.poison_run,
+            "poison protection: most of the stream is bad; not dead-lettering, consumption paused"
+        );
+        return (Err(WriteError::Poisoned(run.longest)), rejection_run);
+    }
+    shared.health.set_poisoned(false);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match write_path::commit_isolating(&pool, &settings.stream, &mut items).await {
@@ -167,6 +194,7 @@ async fn commit_and_ack(
     record_outcomes(&items, started);
     let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
     ack_with_retries(&mut acker, &shared, &ids).await;
+    (Ok(()), run.trailing)
 }
 
 /// A failed XACK loses nothing: the entries stay pending, are claimed again
