@@ -162,6 +162,12 @@ pub struct ServeSettings {
     #[arg(long, env = "OBSERVABILITY_POISON_RUN", default_value_t = 1000)]
     pub poison_run: u64,
 
+    /// Trim the stream below the oldest entry that every group still needs
+    /// (acknowledged by all), so that producers can drop their MAXLEN, which
+    /// deletes entries no consumer has read.
+    #[arg(long = "trim-acked", env = "OBSERVABILITY_TRIM_ACKED")]
+    pub trim_acked: bool,
+
     /// How often the lag monitor reads the group's lag and pending entries.
     #[arg(long, env = "OBSERVABILITY_MONITOR_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]

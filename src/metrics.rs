@@ -23,6 +23,8 @@ pub const ACTOR_RESTARTS: &str = "swisper_ingest_actor_restarts_total";
 pub const CONSUMERS_REMOVED: &str = "swisper_ingest_consumers_removed_total";
 pub const READY: &str = "swisper_ingest_ready";
 pub const POISONED: &str = "swisper_ingest_poisoned";
+pub const TRIMMED: &str = "swisper_ingest_trimmed_total";
+pub const TRIMMED_BEFORE_DELIVERY: &str = "swisper_ingest_trimmed_before_delivery";
 pub const LAST_COMMIT: &str = "swisper_ingest_last_commit_timestamp_seconds";
 pub const BUILD_INFO: &str = "swisper_ingest_build_info";
 pub const SDK_HEARTBEAT_AGE: &str = "swisper_ingest_sdk_heartbeat_age_seconds";
@@ -115,6 +117,14 @@ fn describe() {
     describe_gauge!(
         READY,
         "1 when Redis and Postgres are reachable and the group exists."
+    );
+    describe_counter!(
+        TRIMMED,
+        "Entries this service trimmed from the stream after every group acknowledged them."
+    );
+    describe_gauge!(
+        TRIMMED_BEFORE_DELIVERY,
+        "Entries deleted from the stream (producer MAXLEN) before this group read them, when Redis can tell."
     );
     describe_gauge!(
         POISONED,

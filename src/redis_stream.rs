@@ -484,3 +484,108 @@ pub fn is_connection_error(error: &StreamError) -> bool {
         StreamError::Reply { .. } => false,
     }
 }
+
+/// The stream's own counters, from XINFO STREAM.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    pub length: u64,
+    /// Entries ever added (Redis 7).
+    pub entries_added: Option<u64>,
+    pub first_entry: Option<StreamId>,
+}
+
+pub async fn stream_info(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<StreamInfo, StreamError> {
+    let reply: Value = cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let fields = match reply {
+        Value::Array(flat) => flat,
+        Value::Map(map) => map.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => return Err(bad_reply("XINFO STREAM", &other)),
+    };
+    let mut info = StreamInfo::default();
+    let mut iter = fields.into_iter();
+    while let (Some(Value::BulkString(key)), Some(value)) = (iter.next(), iter.next()) {
+        match (key.as_slice(), value) {
+            (b"length", Value::Int(n)) => info.length = n.max(0) as u64,
+            (b"entries-added", Value::Int(n)) => info.entries_added = u64::try_from(n).ok(),
+            (b"first-entry", Value::Array(entry)) => {
+                info.first_entry = parse_id("XINFO STREAM", entry.into_iter().next()).ok()
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// The oldest entry any group still needs: for each group, its oldest
+/// pending entry or the first entry after its last delivered one. Trimming
+/// below this id loses nothing; None when the stream has no group.
+pub async fn safe_trim_id(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<Option<StreamId>, StreamError> {
+    let groups: Value = cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let Value::Array(groups) = groups else {
+        return Err(bad_reply("XINFO GROUPS", &groups));
+    };
+    let mut needed: Option<StreamId> = None;
+    for group in groups.into_iter().map(parse_group) {
+        let group = group?;
+        let delivered: StreamId =
+            group
+                .last_delivered_id
+                .parse()
+                .map_err(|detail| StreamError::Reply {
+                    command: "XINFO GROUPS",
+                    detail,
+                })?;
+        let mut first_needed = StreamId {
+            ms: delivered.ms,
+            seq: delivered.seq.saturating_add(1),
+        };
+        if group.pending > 0 {
+            let summary: Value = cmd("XPENDING")
+                .arg(stream)
+                .arg(&group.name)
+                .query_async(conn)
+                .await?;
+            if let Value::Array(parts) = summary {
+                if let Some(oldest) = parts
+                    .into_iter()
+                    .nth(1)
+                    .and_then(|id| parse_id("XPENDING", Some(id)).ok())
+                {
+                    first_needed = first_needed.min(oldest);
+                }
+            }
+        }
+        needed = Some(needed.map_or(first_needed, |n| n.min(first_needed)));
+    }
+    Ok(needed)
+}
+
+/// XTRIM MINID ~: Redis trims whole nodes at most up to `below`, never past
+/// it. Returns how many entries were removed.
+pub async fn trim_below(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    below: StreamId,
+) -> Result<u64, StreamError> {
+    Ok(cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg("~")
+        .arg(below.to_string())
+        .query_async(conn)
+        .await?)
+}

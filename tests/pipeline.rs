@@ -613,3 +613,80 @@ async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_strea
         60
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_trimming_keeps_what_any_group_still_needs() {
+    let env = TestEnv::new("trim").await;
+    let mut redis = env.redis();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&env.stream)
+        .arg(&env.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis)
+        .unwrap();
+    // Another group (another tool) that has read nothing yet.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&env.stream)
+        .arg("laggard")
+        .arg("0")
+        .query(&mut redis)
+        .unwrap();
+    let ts = now_ts();
+    for i in 0..300 {
+        env.publish(
+            &mut redis,
+            &[
+                ("event_type", "trace_start"),
+                ("trace_id", &format!("t{i}")),
+                ("project_id", "p"),
+                ("timestamp", &ts),
+            ],
+        );
+    }
+    let service = env.spawn("trimmer", &[("OBSERVABILITY_TRIM_ACKED", "true")]);
+    let db = env.db().await;
+    assert!(
+        wait_for_async(WAIT, || async {
+            count(&db, "SELECT count(*) FROM traces").await == 300
+        })
+        .await
+    );
+    assert!(wait_for(WAIT, || service
+        .json("/api/v1/observability/metrics")
+        .and_then(|j| j["pending"].as_u64())
+        == Some(0)));
+    std::thread::sleep(Duration::from_secs(1));
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&env.stream)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(
+        len, 300,
+        "trimmed entries that the laggard group has not read"
+    );
+
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&env.stream)
+        .arg("laggard")
+        .query(&mut redis)
+        .unwrap();
+    let trimmed = wait_for(WAIT, || {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&env.stream)
+            .query(&mut redis)
+            .unwrap();
+        len < 300
+    });
+    assert!(
+        trimmed,
+        "acked entries were not trimmed; log: {}",
+        service.log()
+    );
+    assert!(service
+        .metric("swisper_ingest_trimmed_total")
+        .is_some_and(|v| v > 0.0));
+}

@@ -9,9 +9,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 
 use super::Shared;
+use crate::event::StreamId;
 use crate::health::unix_ms;
 use crate::metrics as m;
-use crate::redis_stream::{self, GroupState, StreamError};
+use crate::redis_stream::{self, GroupInfo, GroupState, StreamError, StreamInfo};
 use crate::store::{heartbeats, Pool};
 
 #[derive(Message)]
@@ -83,7 +84,14 @@ async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
         publish_sdk_heartbeat_ages(&pool).await;
     }
     match read_group_state(&shared, &mut conn).await {
-        Ok(state) => publish(&shared, state),
+        Ok(state) => {
+            let ours = state.group(&shared.settings.group).cloned();
+            publish(&shared, state);
+            if let Err(error) = watch_trimming(&shared, &mut conn, ours.as_ref()).await {
+                metrics::counter!(m::REDIS_ERRORS, "operation" => "trim").increment(1);
+                tracing::warn!(%error, "cannot check or trim the stream");
+            }
+        }
         Err(error) => {
             shared.health.set_redis(false);
             metrics::counter!(m::REDIS_ERRORS, "operation" => "monitor").increment(1);
@@ -96,6 +104,50 @@ async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
             tracing::warn!(%error, "cannot refresh the consumer heartbeat key");
         }
     }
+}
+
+/// Reports entries trimmed before delivery and, when enabled, trims what
+/// every group has acknowledged.
+async fn watch_trimming(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    ours: Option<&GroupInfo>,
+) -> Result<(), StreamError> {
+    let stream = &shared.settings.stream;
+    let info = redis_stream::stream_info(conn, stream).await?;
+    if let Some(group) = ours {
+        metrics::gauge!(m::TRIMMED_BEFORE_DELIVERY).set(lost_before_delivery(&info, group) as f64);
+    }
+    if shared.settings.trim_acked && shared.health.readiness().ready {
+        if let Some(below) = redis_stream::safe_trim_id(conn, stream).await? {
+            let trimmed = redis_stream::trim_below(conn, stream, below).await?;
+            metrics::counter!(m::TRIMMED).increment(trimmed);
+        }
+    }
+    Ok(())
+}
+
+/// Entries the group never read that are gone from the stream. Redis can
+/// tell when deletions were at the head (a producer's MAXLEN) and the group's
+/// read counter is known: everything ever added, less what is still there,
+/// less what the group read. 0 when the group's next entry still exists.
+pub fn lost_before_delivery(info: &StreamInfo, group: &GroupInfo) -> u64 {
+    let (Some(added), Some(read), Some(first)) =
+        (info.entries_added, group.entries_read, info.first_entry)
+    else {
+        return 0;
+    };
+    let Ok(delivered) = group.last_delivered_id.parse::<StreamId>() else {
+        return 0;
+    };
+    let next = StreamId {
+        ms: delivered.ms,
+        seq: delivered.seq.saturating_add(1),
+    };
+    if first <= next {
+        return 0;
+    }
+    added.saturating_sub(info.length).saturating_sub(read)
 }
 
 /// Projects whose SDK was heard within this many days get an age gauge.
@@ -169,4 +221,44 @@ async fn refresh_consumer_heartbeat(conn: &mut ConnectionManager) -> Result<(), 
         .arg(15)
         .query_async::<()>(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(last_delivered: &str, read: Option<u64>) -> GroupInfo {
+        GroupInfo {
+            last_delivered_id: last_delivered.into(),
+            entries_read: read,
+            ..GroupInfo::default()
+        }
+    }
+
+    #[test]
+    fn entries_trimmed_past_the_group_are_counted() {
+        // 100 added, 10 left (ids 91..100), the group read 50: 40 were lost.
+        let info = StreamInfo {
+            length: 10,
+            entries_added: Some(100),
+            first_entry: Some(StreamId { ms: 91, seq: 0 }),
+        };
+        assert_eq!(lost_before_delivery(&info, &group("50-0", Some(50))), 40);
+    }
+
+    #[test]
+    fn nothing_is_lost_while_the_next_entry_exists_or_redis_cannot_tell() {
+        let info = StreamInfo {
+            length: 60,
+            entries_added: Some(100),
+            first_entry: Some(StreamId { ms: 41, seq: 0 }),
+        };
+        assert_eq!(lost_before_delivery(&info, &group("50-0", Some(50))), 0);
+        let gap = StreamInfo {
+            length: 10,
+            entries_added: Some(100),
+            first_entry: Some(StreamId { ms: 91, seq: 0 }),
+        };
+        assert_eq!(lost_before_delivery(&gap, &group("50-0", None)), 0);
+    }
 }
