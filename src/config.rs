@@ -142,6 +142,12 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub claim_interval_ms: u64,
 
+    /// Consumers idle this long with nothing pending are removed from the
+    /// group: replicas that Kubernetes replaced under new names.
+    #[arg(long, env = "OBSERVABILITY_CONSUMER_GONE_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub consumer_gone_secs: u64,
+
     /// An entry delivered more often than this is dead-lettered.
     #[arg(long, env = "OBSERVABILITY_MAX_DELIVERIES", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -242,6 +248,10 @@ impl ServeSettings {
 
     pub fn block(&self) -> Duration {
         Duration::from_millis(self.block_ms)
+    }
+
+    pub fn consumer_gone_after(&self) -> Duration {
+        Duration::from_secs(self.consumer_gone_secs)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -24,10 +24,8 @@ struct Tick;
 #[rtype(result = "()")]
 pub struct StopClaiming;
 
-/// Consumers idle this long with nothing pending are removed from the group.
-const GONE_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 /// How many claim passes between two sweeps of gone consumers.
-const SWEEP_EVERY: u64 = 60;
+const SWEEP_EVERY: u64 = 10;
 
 pub struct Claimer {
     shared: Shared,
@@ -206,7 +204,7 @@ async fn remove_gone_consumers(
 ) -> Result<(), StreamError> {
     let settings = &shared.settings;
     for consumer in redis_stream::consumers(conn, &settings.stream, &settings.group).await? {
-        if consumer.pending == 0 && consumer.idle > GONE_CONSUMER_IDLE {
+        if consumer.pending == 0 && consumer.idle > settings.consumer_gone_after() {
             redis_stream::delete_consumer(conn, &settings.stream, &settings.group, &consumer.name)
                 .await?;
             metrics::counter!(m::CONSUMERS_REMOVED).increment(1);

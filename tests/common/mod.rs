@@ -333,3 +333,107 @@ pub fn as_fields(event: &[(String, String)]) -> Vec<(&str, &str)> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
+
+/// Ids pending in the group under one consumer.
+pub fn pending_of(
+    conn: &mut redis::Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Vec<String> {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .arg(consumer)
+        .query(conn)
+        .expect("xpending");
+    let redis::Value::Array(rows) = reply else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter_map(|row| match row {
+            redis::Value::Array(mut fields) if !fields.is_empty() => match fields.swap_remove(0) {
+                redis::Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every id pending in the group.
+pub fn pending_all(conn: &mut redis::Connection, stream: &str, group: &str) -> Vec<String> {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1_000_000)
+        .query(conn)
+        .expect("xpending");
+    let redis::Value::Array(rows) = reply else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter_map(|row| match row {
+            redis::Value::Array(mut fields) if !fields.is_empty() => match fields.swap_remove(0) {
+                redis::Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Consumer names of the group.
+pub fn consumer_names(conn: &mut redis::Connection, stream: &str, group: &str) -> Vec<String> {
+    let reply: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query(conn)
+        .expect("xinfo");
+    let redis::Value::Array(rows) = reply else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter_map(|row| match row {
+            redis::Value::Array(fields) => fields.chunks(2).find_map(|pair| match pair {
+                [redis::Value::BulkString(k), redis::Value::BulkString(v)] if k == b"name" => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Peak and current resident memory of a process, in KiB (VmHWM, VmRSS).
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Appends a measured figure to target/fault-figures.txt (the fault runner prints it).
+pub fn report_figure(line: &str) {
+    use std::io::Write as _;
+    eprintln!("FIGURE {line}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-figures.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
