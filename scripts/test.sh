@@ -17,7 +17,7 @@ services_dir=$(mktemp -d /tmp/swisper-test.XXXXXX)
 chmod 755 "$services_dir"
 cleanup() { scripts/services.sh purge "$services_dir" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-scripts/services.sh up "$services_dir"
+REDIS_AOF=1 scripts/services.sh up "$services_dir"
 # shellcheck disable=SC1091
 source "$services_dir/env"
 export SERVICES_DIR="$services_dir"
