@@ -13,7 +13,11 @@ use common::*;
 
 fn services(action: &str) {
     let dir = std::env::var("SERVICES_DIR").expect("SERVICES_DIR is set by scripts/test.sh");
-    let status = Command::new("scripts/services.sh").arg(action).arg(dir).status().expect("run services.sh");
+    let status = Command::new("scripts/services.sh")
+        .arg(action)
+        .arg(dir)
+        .status()
+        .expect("run services.sh");
     assert!(status.success(), "services.sh {action} failed");
 }
 
@@ -24,7 +28,11 @@ async fn redis_restart_with_persistence_loses_nothing() {
     service.wait_ready(Duration::from_secs(30));
     let aof: String = {
         let mut redis = env.redis();
-        let reply: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query(&mut redis).unwrap();
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query(&mut redis)
+            .unwrap();
         reply.get(1).cloned().unwrap_or_default()
     };
     assert_eq!(aof, "yes", "scripts/test.sh starts Redis with REDIS_AOF=1");
@@ -62,10 +70,14 @@ async fn redis_restart_with_persistence_loses_nothing() {
     };
     std::thread::sleep(Duration::from_secs(2));
     services("stop-redis");
-    let unready = wait_for(Duration::from_secs(20), || matches!(service.get("/readyz"), Some((503, _))));
+    let unready = wait_for(Duration::from_secs(20), || {
+        matches!(service.get("/readyz"), Some((503, _)))
+    });
     std::thread::sleep(Duration::from_secs(3));
     services("start-redis");
-    let ready = wait_for(Duration::from_secs(60), || matches!(service.get("/readyz"), Some((200, _))));
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(service.get("/readyz"), Some((200, _)))
+    });
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let traces = producer.join().unwrap();
@@ -74,14 +86,39 @@ async fn redis_restart_with_persistence_loses_nothing() {
 
     let db = env.db().await;
     let stored = wait_for_async(Duration::from_secs(60), || async {
-        count(&db, "SELECT count(*) FROM observations WHERE end_time IS NOT NULL").await == (traces * 3) as i64
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
+        )
+        .await
+            == (traces * 3) as i64
     })
     .await;
-    assert!(stored, "{traces} traces published, not all stored; log: {}", service.log());
-    assert_eq!(count(&db, "SELECT count(*) FROM ingest_dead_letters").await, 0);
+    assert!(
+        stored,
+        "{traces} traces published, not all stored; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
     let mut redis = env.redis();
-    assert!(wait_for(Duration::from_secs(30), || pending_all(&mut redis, &env.stream, &env.group).is_empty()));
-    assert!(service.metric("swisper_ingest_redis_errors_total{operation=\"xreadgroup\"}").is_some_and(|v| v > 0.0)
-        || service.metric("swisper_ingest_redis_errors_total{operation=\"connect\"}").is_some_and(|v| v > 0.0));
-    report_figure(&format!("redis restart (AOF everysec, 3 s down): {traces} traces published, all stored, 0 pending"));
+    assert!(wait_for(Duration::from_secs(30), || pending_all(
+        &mut redis,
+        &env.stream,
+        &env.group
+    )
+    .is_empty()));
+    assert!(
+        service
+            .metric("swisper_ingest_redis_errors_total{operation=\"xreadgroup\"}")
+            .is_some_and(|v| v > 0.0)
+            || service
+                .metric("swisper_ingest_redis_errors_total{operation=\"connect\"}")
+                .is_some_and(|v| v > 0.0)
+    );
+    report_figure(&format!(
+        "redis restart (AOF everysec, 3 s down): {traces} traces published, all stored, 0 pending"
+    ));
 }
