@@ -72,6 +72,7 @@ async fn postgres_outage_loses_nothing() {
         "the batch in hand should stay pending while postgres is down"
     );
     services("start-postgres");
+    let restarted = std::time::Instant::now();
 
     let db = env.db().await;
     let stored = wait_for_async(Duration::from_secs(60), || async {
