@@ -89,6 +89,7 @@ async fn postgres_outage_loses_nothing() {
         "not everything stored after the outage; log: {}",
         service.log()
     );
+    let caught_up = restarted.elapsed();
     assert_eq!(
         count(&db, "SELECT count(*) FROM traces WHERE name = 'chat'").await,
         traces as i64
@@ -108,4 +109,9 @@ async fn postgres_outage_loses_nothing() {
             .and_then(|j| j["pending"].as_u64())
             == Some(0)
     }));
+    report_figure(&format!(
+        "postgres down {} s under load: 0 acked while down, 0 dead letters, all {traces} traces stored {:.1} s after restart",
+        outage.as_secs(),
+        caught_up.as_secs_f64()
+    ));
 }

@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::payload::kind;
+use super::payload::{kind, REPAIRS_KEY};
 use super::{
     expand_data, parse_epoch_seconds, parse_iso_time, EventBody, Heartbeat, Json, Limits,
     ObservationEnd, ObservationStart, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
     TraceStart,
 };
+
+/// Recorded in metadata when a self-referencing parent is dropped.
+pub const SELF_PARENT: &str = "parent_observation_id equal to the observation's own id dropped";
 
 /// Ids longer than this are refused: they are producer bugs and would bloat
 /// every index that holds them.
@@ -152,10 +155,14 @@ impl<'a> EventFields<'a> {
         let published_at = self.published_at()?;
         let body = match event_type {
             "trace_start" => EventBody::TraceStart(self.trace_start(published_at)?),
-            "observation_start" => EventBody::ObservationStart {
-                observation_id: self.observation_id()?,
-                fields: self.observation_start(published_at)?,
-            },
+            "observation_start" => {
+                let observation_id = self.observation_id()?;
+                let fields = self.observation_start(&observation_id, published_at)?;
+                EventBody::ObservationStart {
+                    observation_id,
+                    fields,
+                }
+            }
             _ => EventBody::ObservationEnd {
                 observation_id: self.observation_id()?,
                 fields: self.observation_end(published_at, event_type == "observation_error")?,
@@ -205,13 +212,20 @@ impl<'a> EventFields<'a> {
 
     fn observation_start(
         &mut self,
+        observation_id: &str,
         published_at: DateTime<Utc>,
     ) -> Result<ObservationStart, Rejection> {
-        let parent = self
+        let mut parent = self
             .take_text("parent_observation_id")?
             .filter(|id| !id.is_empty());
-        if let Some(parent) = &parent {
-            check_id("data.parent_observation_id", parent)?;
+        if let Some(id) = &parent {
+            check_id("data.parent_observation_id", id)?;
+        }
+        // An observation cannot be its own parent: the tree would have a
+        // cycle. Store it as a root and say so.
+        if parent.as_deref() == Some(observation_id) {
+            parent = None;
+            self.note_repair(SELF_PARENT);
         }
         Ok(ObservationStart {
             name: self.take_text("name")?,
@@ -312,6 +326,16 @@ impl<'a> EventFields<'a> {
         parsed
             .map(Some)
             .map_err(|e| Rejection::new(Reason::InvalidTimestamp, format!("data.{key}: {e}")))
+    }
+
+    fn note_repair(&mut self, repair: &str) {
+        let repairs = self
+            .data
+            .entry(REPAIRS_KEY)
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = repairs {
+            list.push(Value::String(repair.to_owned()));
+        }
     }
 
     /// What no column took: the rest of data, plus unknown top-level fields
