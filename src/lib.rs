@@ -24,6 +24,8 @@ pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod event;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod merge;

@@ -356,3 +356,26 @@ async fn rolling_replacement_leaves_no_orphans() {
     );
     report_figure(&format!("rolling replacement of 5 pods: {traces} traces stored, 0 pending, consumers left {names:?}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_consumer_is_restarted_and_nothing_is_lost() {
+    let env = TestEnv::new("panic").await;
+    let mut redis = env.redis();
+    for t in 0..30 {
+        for event in seed_trace(&format!("trace-{t}"), "p") {
+            env.publish(&mut redis, &as_fields(&event));
+        }
+    }
+    let service = env.spawn("panicky", &[("SWISPER_INGEST_CRASH_AT", "consumer")]);
+    assert_all_stored(&env, 30, &[&service]).await;
+    let restarted = wait_for(WAIT, || {
+        service.metric("swisper_ingest_actor_restarts_total{actor=\"consumer\"}") == Some(1.0)
+    });
+    assert!(
+        restarted,
+        "the supervisor did not restart the consumer; log: {}",
+        service.log()
+    );
+    assert!(service.log().contains("actor restarted"));
+    report_figure("consumer panic: restarted by the supervisor once, 30 traces stored, 0 pending");
+}

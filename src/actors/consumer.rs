@@ -83,6 +83,8 @@ impl Handler<ReadNext> for Consumer {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, _: ReadNext, _: &mut Context<Self>) -> Self::Result {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::panic_once_at("consumer");
         if self.stopping.load(Ordering::Relaxed) {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }

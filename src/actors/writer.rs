@@ -190,23 +190,13 @@ async fn commit_and_ack(
         }
     }
     #[cfg(feature = "fault-injection")]
-    crash_point("after-commit");
+    crate::fault::abort_at("after-commit");
     shared.health.set_postgres(true);
     shared.health.committed();
     record_outcomes(&items, started);
     let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
     ack_with_retries(&mut acker, &shared, &ids).await;
     (Ok(()), run.trailing)
-}
-
-/// Aborts the process at a named point when `SWISPER_INGEST_CRASH_AT` names
-/// it: the fault tests crash between COMMIT and XACK this way.
-#[cfg(feature = "fault-injection")]
-fn crash_point(point: &str) {
-    if std::env::var("SWISPER_INGEST_CRASH_AT").as_deref() == Ok(point) {
-        tracing::error!(point, "fault injection: aborting");
-        std::process::abort();
-    }
 }
 
 /// A failed XACK loses nothing: the entries stay pending, are claimed again
