@@ -4,22 +4,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-
-fn services(action: &str) {
-    let dir = std::env::var("SERVICES_DIR").expect("SERVICES_DIR is set by scripts/test.sh");
-    let status = Command::new("scripts/services.sh")
-        .arg(action)
-        .arg(dir)
-        .status()
-        .expect("run services.sh");
-    assert!(status.success(), "services.sh {action} failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_persistence_loses_nothing() {

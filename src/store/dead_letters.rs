@@ -144,6 +144,17 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The parameters $1..$5 of `SELECT_WHERE`.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.ids,
+            &self.reason_code,
+            &self.stream,
+            &self.older_than,
+            &self.include_replayed,
+        ]
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
             && self.reason_code.is_none()
@@ -186,19 +197,9 @@ pub async fn list(
                 created_at, replayed_at, replayed_entry_id, fields
          FROM ingest_dead_letters WHERE {SELECT_WHERE} ORDER BY id LIMIT $6"
     );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &selection.ids,
-                &selection.reason_code,
-                &selection.stream,
-                &selection.older_than,
-                &selection.include_replayed,
-                &limit,
-            ],
-        )
-        .await?;
+    let mut params = selection.params().to_vec();
+    params.push(&limit);
+    let rows = client.query(&sql, &params).await?;
     Ok(rows
         .iter()
         .map(|r| StoredDeadLetter {
@@ -237,18 +238,7 @@ pub async fn purge(
     selection: &Selection,
 ) -> Result<u64, tokio_postgres::Error> {
     let sql = format!("DELETE FROM ingest_dead_letters WHERE {SELECT_WHERE}");
-    client
-        .execute(
-            &sql,
-            &[
-                &selection.ids,
-                &selection.reason_code,
-                &selection.stream,
-                &selection.older_than,
-                &selection.include_replayed,
-            ],
-        )
-        .await
+    client.execute(&sql, &selection.params()).await
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, ConfigError> {
         .post_create(Hook::async_fn(|client, _| {
             Box::pin(async move {
                 client
-                    .batch_execute(super::rows::STAGING_TABLES)
+                    .batch_execute(super::rows::staging_tables())
                     .await
                     .map_err(HookError::Backend)
             })

@@ -12,38 +12,25 @@ use tokio_postgres::Transaction;
 use super::{JsonbText, StoreError};
 use crate::merge::{ObservationRow, Rows, TraceRow};
 
-/// Created once per connection (see `pool`); emptied by every commit.
-pub const STAGING_TABLES: &str = "
-CREATE TEMP TABLE IF NOT EXISTS ingest_stage_traces (
-    id text, project_id text, seen_version bytea, first_seen_at timestamptz,
-    start_version bytea, name text, user_id text, session_id text, run_id text,
-    meta jsonb, metadata jsonb, start_timestamp timestamptz
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
-    id text, trace_id text, project_id text, seen_version bytea,
-    start_version bytea, name text, start_type text, parent_observation_id text,
-    input jsonb, start_time timestamptz, start_metadata jsonb,
-    end_version bytea, end_type text, end_level text, output jsonb,
-    status_message text, end_time timestamptz, end_metadata jsonb,
-    llm_model text, llm_prompt_tokens bigint, llm_completion_tokens bigint,
-    llm_total_tokens bigint, llm_cached_tokens bigint, llm_thoughts_tokens bigint,
-    llm_duration_ms double precision
-) ON COMMIT DELETE ROWS;
-";
+/// A column and its Postgres type: binary COPY does no casts, so the type
+/// sent must be the column's.
+type Column = (&'static str, Type);
 
 /// Column groups of a table: the version column that decides the group and
 /// the columns it carries.
 struct Group {
     version: &'static str,
-    columns: &'static [&'static str],
+    columns: &'static [Column],
 }
 
+/// One target table: the single source of its staging table, COPY column
+/// list and types, and merge statement.
 struct Table {
     name: &'static str,
     stage: &'static str,
     id: &'static str,
     /// Merged by GREATEST/LEAST rather than by a version.
-    extremes: &'static [(&'static str, &'static str)],
+    extremes: &'static [(Column, &'static str)],
     groups: &'static [Group],
 }
 
@@ -51,22 +38,22 @@ const TRACES: Table = Table {
     name: "traces",
     stage: "ingest_stage_traces",
     id: "id",
-    extremes: &[("first_seen_at", "LEAST")],
+    extremes: &[(("first_seen_at", Type::TIMESTAMPTZ), "LEAST")],
     groups: &[
         Group {
             version: "seen_version",
-            columns: &["project_id"],
+            columns: &[("project_id", Type::TEXT)],
         },
         Group {
             version: "start_version",
             columns: &[
-                "name",
-                "user_id",
-                "session_id",
-                "run_id",
-                "meta",
-                "metadata",
-                "start_timestamp",
+                ("name", Type::TEXT),
+                ("user_id", Type::TEXT),
+                ("session_id", Type::TEXT),
+                ("run_id", Type::TEXT),
+                ("meta", Type::JSONB),
+                ("metadata", Type::JSONB),
+                ("start_timestamp", Type::TIMESTAMPTZ),
             ],
         },
     ],
@@ -80,35 +67,35 @@ const OBSERVATIONS: Table = Table {
     groups: &[
         Group {
             version: "seen_version",
-            columns: &["trace_id", "project_id"],
+            columns: &[("trace_id", Type::TEXT), ("project_id", Type::TEXT)],
         },
         Group {
             version: "start_version",
             columns: &[
-                "name",
-                "start_type",
-                "parent_observation_id",
-                "input",
-                "start_time",
-                "start_metadata",
+                ("name", Type::TEXT),
+                ("start_type", Type::TEXT),
+                ("parent_observation_id", Type::TEXT),
+                ("input", Type::JSONB),
+                ("start_time", Type::TIMESTAMPTZ),
+                ("start_metadata", Type::JSONB),
             ],
         },
         Group {
             version: "end_version",
             columns: &[
-                "end_type",
-                "end_level",
-                "output",
-                "status_message",
-                "end_time",
-                "end_metadata",
-                "llm_model",
-                "llm_prompt_tokens",
-                "llm_completion_tokens",
-                "llm_total_tokens",
-                "llm_cached_tokens",
-                "llm_thoughts_tokens",
-                "llm_duration_ms",
+                ("end_type", Type::TEXT),
+                ("end_level", Type::TEXT),
+                ("output", Type::JSONB),
+                ("status_message", Type::TEXT),
+                ("end_time", Type::TIMESTAMPTZ),
+                ("end_metadata", Type::JSONB),
+                ("llm_model", Type::TEXT),
+                ("llm_prompt_tokens", Type::INT8),
+                ("llm_completion_tokens", Type::INT8),
+                ("llm_total_tokens", Type::INT8),
+                ("llm_cached_tokens", Type::INT8),
+                ("llm_thoughts_tokens", Type::INT8),
+                ("llm_duration_ms", Type::FLOAT8),
             ],
         },
     ],
@@ -116,32 +103,53 @@ const OBSERVATIONS: Table = Table {
 
 impl Table {
     /// Columns in COPY order: id, extremes, then each group's version and columns.
-    fn columns(&self) -> Vec<&'static str> {
-        let mut columns = vec![self.id];
-        columns.extend(self.extremes.iter().map(|(c, _)| *c));
+    fn columns(&self) -> Vec<Column> {
+        let mut columns = vec![(self.id, Type::TEXT)];
+        columns.extend(self.extremes.iter().map(|(column, _)| column.clone()));
         for group in self.groups {
-            columns.push(group.version);
-            columns.extend(group.columns);
+            columns.push((group.version, Type::BYTEA));
+            columns.extend(group.columns.iter().cloned());
         }
         columns
     }
 
-    fn copy_statement(&self) -> String {
+    fn names(&self) -> String {
+        self.columns()
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn types(&self) -> Vec<Type> {
+        self.columns().into_iter().map(|(_, ty)| ty).collect()
+    }
+
+    fn staging_table(&self) -> String {
+        let columns: Vec<String> = self
+            .columns()
+            .iter()
+            .map(|(name, ty)| format!("{name} {}", ty.name()))
+            .collect();
         format!(
-            "COPY {} ({}) FROM STDIN BINARY",
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
             self.stage,
-            self.columns().join(", ")
+            columns.join(", ")
         )
+    }
+
+    fn copy_statement(&self) -> String {
+        format!("COPY {} ({}) FROM STDIN BINARY", self.stage, self.names())
     }
 
     /// Each group's columns move only when the staged version is newer; the
     /// WHERE clause skips rows that would not change (pure duplicates).
     fn merge_statement(&self) -> String {
-        let columns = self.columns().join(", ");
+        let columns = self.names();
         let newer = |version: &str| format!("ingest_newer(EXCLUDED.{version}, t.{version})");
         let mut sets = Vec::new();
         let mut changes = Vec::new();
-        for (column, function) in self.extremes {
+        for ((column, _), function) in self.extremes {
             sets.push(format!(
                 "{column} = {function}(t.{column}, EXCLUDED.{column})"
             ));
@@ -151,7 +159,8 @@ impl Table {
         }
         for group in self.groups {
             let wins = newer(group.version);
-            for column in group.columns.iter().chain([&group.version]) {
+            let names = group.columns.iter().map(|(name, _)| *name);
+            for column in names.chain([group.version]) {
                 sets.push(format!(
                     "{column} = CASE WHEN {wins} THEN EXCLUDED.{column} ELSE t.{column} END"
                 ));
@@ -172,62 +181,36 @@ impl Table {
     }
 }
 
+/// Everything derived from the table specs, built once.
 struct Statements {
+    staging_tables: String,
     copy_traces: String,
+    trace_types: Vec<Type>,
     merge_traces: String,
     copy_observations: String,
+    observation_types: Vec<Type>,
     merge_observations: String,
 }
 
 static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements {
+    staging_tables: format!(
+        "{}\n{}",
+        TRACES.staging_table(),
+        OBSERVATIONS.staging_table()
+    ),
     copy_traces: TRACES.copy_statement(),
+    trace_types: TRACES.types(),
     merge_traces: TRACES.merge_statement(),
     copy_observations: OBSERVATIONS.copy_statement(),
+    observation_types: OBSERVATIONS.types(),
     merge_observations: OBSERVATIONS.merge_statement(),
 });
 
-const TRACE_TYPES: [Type; 12] = [
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-];
-
-const OBSERVATION_TYPES: [Type; 25] = [
-    Type::TEXT,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::JSONB,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::JSONB,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT8,
-];
+/// Creates this session's staging tables; run once per connection (see
+/// `pool`); every commit empties them.
+pub fn staging_tables() -> &'static str {
+    &STATEMENTS.staging_tables
+}
 
 /// Stages and merges both tables inside the caller's transaction.
 pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError> {
@@ -245,7 +228,7 @@ pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), Sto
 
 async fn copy_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), StoreError> {
     let sink = tx.copy_in(STATEMENTS.copy_traces.as_str()).await?;
-    let writer = BinaryCopyInWriter::new(sink, &TRACE_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &STATEMENTS.trace_types);
     pin_mut!(writer);
     for row in rows {
         let start = row.start.map(|s| s.value);
@@ -279,7 +262,7 @@ async fn copy_observations(
     rows: &[ObservationRow<'_>],
 ) -> Result<(), StoreError> {
     let sink = tx.copy_in(STATEMENTS.copy_observations.as_str()).await?;
-    let writer = BinaryCopyInWriter::new(sink, &OBSERVATION_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &STATEMENTS.observation_types);
     pin_mut!(writer);
     for row in rows {
         let start = row.start.map(|s| s.value);
@@ -332,26 +315,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_types_match_columns() {
-        assert_eq!(TRACES.columns().len(), TRACE_TYPES.len());
-        assert_eq!(OBSERVATIONS.columns().len(), OBSERVATION_TYPES.len());
+    fn copy_order_is_id_extremes_then_groups() {
+        let names: Vec<&str> = TRACES.columns().iter().map(|(name, _)| *name).collect();
         assert_eq!(
-            TRACES.columns(),
+            &names[..5],
             [
                 "id",
                 "first_seen_at",
                 "seen_version",
                 "project_id",
-                "start_version",
-                "name",
-                "user_id",
-                "session_id",
-                "run_id",
-                "meta",
-                "metadata",
-                "start_timestamp"
+                "start_version"
             ]
         );
+        assert_eq!(OBSERVATIONS.columns().len(), 25);
+    }
+
+    #[test]
+    fn staging_tables_have_the_copied_types() {
+        let ddl = staging_tables();
+        assert!(ddl.contains("CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (id text, seen_version bytea"));
+        assert!(ddl.contains("input jsonb"));
+        assert!(ddl.contains("llm_duration_ms float8"));
     }
 
     #[test]

@@ -334,22 +334,19 @@ pub fn as_fields(event: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// Ids pending in the group under one consumer.
-pub fn pending_of(
+/// Ids pending in the group, under one consumer or all of them.
+pub fn pending_ids(
     conn: &mut redis::Connection,
     stream: &str,
     group: &str,
-    consumer: &str,
+    consumer: Option<&str>,
 ) -> Vec<String> {
-    let reply: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(100_000)
-        .arg(consumer)
-        .query(conn)
-        .expect("xpending");
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group).arg("-").arg("+").arg(1_000_000);
+    if let Some(consumer) = consumer {
+        cmd.arg(consumer);
+    }
+    let reply: redis::Value = cmd.query(conn).expect("xpending");
     let redis::Value::Array(rows) = reply else {
         return Vec::new();
     };
@@ -364,28 +361,28 @@ pub fn pending_of(
         .collect()
 }
 
-/// Every id pending in the group.
+pub fn pending_of(
+    conn: &mut redis::Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Vec<String> {
+    pending_ids(conn, stream, group, Some(consumer))
+}
+
 pub fn pending_all(conn: &mut redis::Connection, stream: &str, group: &str) -> Vec<String> {
-    let reply: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(1_000_000)
-        .query(conn)
-        .expect("xpending");
-    let redis::Value::Array(rows) = reply else {
-        return Vec::new();
-    };
-    rows.into_iter()
-        .filter_map(|row| match row {
-            redis::Value::Array(mut fields) if !fields.is_empty() => match fields.swap_remove(0) {
-                redis::Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
+    pending_ids(conn, stream, group, None)
+}
+
+/// Stops or starts the shared servers (`scripts/services.sh ACTION $SERVICES_DIR`).
+pub fn services(action: &str) {
+    let dir = std::env::var("SERVICES_DIR").expect("SERVICES_DIR is set by scripts/test.sh");
+    let status = Command::new("scripts/services.sh")
+        .arg(action)
+        .arg(dir)
+        .status()
+        .expect("run services.sh");
+    assert!(status.success(), "services.sh {action} failed");
 }
 
 /// Consumer names of the group.
