@@ -50,6 +50,8 @@ def check_refs(files):
     problems = []
     for path in files:
         docs = load_docs(path)
+        if not any(d.get("kind") == "Deployment" for d in docs):
+            problems.append(f"{path}: no Deployment rendered")
         by = {}
         for d in docs:
             by.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
@@ -101,7 +103,7 @@ def check_refs(files):
                     problems.append(f"{name}: selector {sel} matches {len(targets)} Deployments, not 1")
                 jobs = [j for j in by.get("Job", {}).values()
                         if matches(sel, j["spec"]["template"]["metadata"].get("labels", {}))]
-                if jobs:
+                if jobs and d["kind"] != "NetworkPolicy":
                     problems.append(f"{name}: selector {sel} also matches the migration Job's pods")
             if d["kind"] == "ServiceMonitor":
                 sel = d["spec"]["selector"].get("matchLabels", {})
@@ -350,7 +352,8 @@ def check_runbooks(root):
             problems.append(f"{name}: no promtool test in which it fires")
         if name not in quiet:
             problems.append(f"{name}: no promtool test in which it must not fire")
-        section = ops.split(f"# {name}", 1)[1].split("\n#", 1)[0] if f"# {name}" in ops else ""
+        heading = f"\n## {name}\n"
+        section = ops.split(heading, 1)[1].split("\n## ", 1)[0] if heading in ops else ""
         if "redis-cli" not in section and "psql" not in section and "kubectl" not in section:
             problems.append(f"{name}: its runbook section has no command to run")
     done(f"{len(alerts)} alerts with runbooks and firing/quiet tests", problems)
