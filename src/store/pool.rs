@@ -14,6 +14,12 @@ pub type Pool = deadpool_postgres::Pool;
 /// the write path treats Postgres as unavailable and backs off.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// lz4 for this session's TOAST (where the server has it): every batch is
+/// staged in temp tables, whose large JSON values would otherwise be
+/// compressed with the slower pglz before being merged (docs/benchmarks.md).
+const SESSION_SETUP: &str = "SELECT set_config('default_toast_compression', 'lz4', false)
+    FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)";
+
 /// Builds the pool; connections are made lazily, so this succeeds while
 /// Postgres is down and the writer's retries take over.
 pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, ConfigError> {
@@ -35,6 +41,10 @@ pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, ConfigError> {
         .recycle_timeout(Some(POOL_TIMEOUT))
         .post_create(Hook::async_fn(|client, _| {
             Box::pin(async move {
+                client
+                    .batch_execute(SESSION_SETUP)
+                    .await
+                    .map_err(HookError::Backend)?;
                 client
                     .batch_execute(super::rows::staging_tables())
                     .await
