@@ -14,6 +14,7 @@ use super::writer::WriteEntries;
 use super::Shared;
 use crate::metrics as m;
 use crate::redis_stream::{self, StreamError};
+use crate::write_path;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -176,7 +177,14 @@ async fn claim_pass(
             }
             metrics::counter!(m::CLAIMED).increment(entries.len() as u64);
             tracing::info!(claimer = %name, entries = entries.len(), %first, %last, "claimed idle entries");
-            match writer.send(WriteEntries(entries)).await {
+            match writer
+                .send(WriteEntries(write_path::prepare(
+                    entries,
+                    &settings.limits(),
+                    settings.max_deliveries,
+                )))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "claimed batch not stored; it stays pending")

@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::event::{StreamEntry, StreamId};
 use crate::metrics as m;
 use crate::redis_stream::{self, Cursor, StreamError};
+use crate::write_path;
 
 /// Read the next batch (sent to itself after each step).
 #[derive(Message)]
@@ -197,7 +198,14 @@ async fn read_step(
     if entries.is_empty() {
         return (Step::Progress, Some(conn), next_cursor);
     }
-    match writer.send(WriteEntries(entries)).await {
+    match writer
+        .send(WriteEntries(write_path::prepare(
+            entries,
+            &settings.limits(),
+            settings.max_deliveries,
+        )))
+        .await
+    {
         Ok(Ok(())) => (Step::Progress, Some(conn), next_cursor),
         Ok(Err(error)) => {
             tracing::warn!(consumer = %name, %error, "batch not stored; will re-read own pending entries");

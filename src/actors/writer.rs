@@ -10,16 +10,18 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use crate::backoff::Backoff;
-use crate::event::{Parsed, StreamEntry, StreamId};
+use crate::event::{Parsed, StreamId};
 use crate::metrics as m;
 use crate::redis_stream;
 use crate::store::Pool;
 use crate::write_path::{self, BatchItem};
 
-/// Store these entries; the reply comes once they are committed and acked.
+/// Store these entries, already parsed by the sender (so that parsing runs
+/// while the writer waits on Postgres); the reply comes once they are
+/// committed and acked.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
-pub struct WriteEntries(pub Vec<StreamEntry>);
+pub struct WriteEntries(pub Vec<BatchItem>);
 
 /// Write whatever is buffered now; replies when it is committed.
 #[derive(Message)]
@@ -45,7 +47,7 @@ pub struct Writer {
     pool: Pool,
     /// Connection for XACK; reconnects by itself.
     acker: ConnectionManager,
-    buffer: Vec<StreamEntry>,
+    buffer: Vec<BatchItem>,
     waiters: Vec<oneshot::Sender<Result<(), WriteError>>>,
     linger: Option<SpawnHandle>,
     /// Entries rejected in a row, across batches: a broken producer shows as
@@ -71,7 +73,7 @@ impl Writer {
 
     fn enqueue(
         &mut self,
-        entries: Vec<StreamEntry>,
+        entries: Vec<BatchItem>,
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (done, receiver) = oneshot::channel();
@@ -150,15 +152,14 @@ async fn commit_and_ack(
     shared: Shared,
     pool: Pool,
     mut acker: ConnectionManager,
-    entries: Vec<StreamEntry>,
+    mut items: Vec<BatchItem>,
     rejection_run: u64,
 ) -> (Result<(), WriteError>, u64) {
-    if entries.is_empty() {
+    if items.is_empty() {
         return (Ok(()), rejection_run);
     }
     let settings = &shared.settings;
     let started = Instant::now();
-    let mut items = write_path::prepare(entries, &settings.limits(), settings.max_deliveries);
     let run = write_path::rejection_run(&items, rejection_run);
     if settings.poison_run > 0 && run.longest >= settings.poison_run {
         shared.health.set_poisoned(true);
