@@ -111,6 +111,13 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub consumers: u32,
 
+    /// Writers in this replica: each commits one transaction at a time, so
+    /// this is how many batches Postgres works on at once (consumer `i`
+    /// feeds writer `i % writers`). More than 1 did not help on 2 cores.
+    #[arg(long, env = "OBSERVABILITY_WRITERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub writers: u32,
+
     /// Entries asked for by one XREADGROUP.
     #[arg(long, env = "OBSERVABILITY_BATCH_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -93,7 +93,9 @@ pub struct Supervisor {
     prometheus: PrometheusHandle,
     /// Tells consumers and the claimer to stop before their next step.
     stopping: Arc<AtomicBool>,
-    writer: Option<Child<Writer>>,
+    /// Each commits one transaction at a time; consumer `i` feeds writer
+    /// `i % writers`, so that Postgres works on several batches at once.
+    writers: Vec<Child<Writer>>,
     consumers: Vec<Child<Consumer>>,
     claimer: Option<Child<Claimer>>,
     monitor: Option<Child<LagMonitor>>,
@@ -112,7 +114,7 @@ impl Supervisor {
             control,
             prometheus,
             stopping: Arc::new(AtomicBool::new(false)),
-            writer: None,
+            writers: Vec::new(),
             consumers: Vec::new(),
             claimer: None,
             monitor: None,
@@ -167,19 +169,22 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let mut writer = self.writer.take().expect("writer started");
-        writer.revive(now, || self.start_writer());
-        let writer_addr = writer.addr.clone();
-        self.writer = Some(writer);
+        let mut writers = std::mem::take(&mut self.writers);
+        for writer in &mut writers {
+            writer.revive(now, || self.start_writer());
+        }
+        let writer_addrs: Vec<Addr<Writer>> = writers.iter().map(|w| w.addr.clone()).collect();
+        self.writers = writers;
 
         let mut consumers = std::mem::take(&mut self.consumers);
         for (index, consumer) in consumers.iter_mut().enumerate() {
-            consumer.revive(now, || self.start_consumer(index, &writer_addr));
+            let writer = &writer_addrs[index % writer_addrs.len()];
+            consumer.revive(now, || self.start_consumer(index, writer));
         }
         self.consumers = consumers;
 
         let mut claimer = self.claimer.take().expect("claimer started");
-        claimer.revive(now, || self.start_claimer(&writer_addr));
+        claimer.revive(now, || self.start_claimer(&writer_addrs[0]));
         self.claimer = Some(claimer);
 
         let mut monitor = self.monitor.take().expect("monitor started");
@@ -192,13 +197,23 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let writer = self.start_writer();
-        self.consumers = (0..self.shared.settings.consumers as usize)
-            .map(|index| Child::new("consumer", self.start_consumer(index, &writer)))
+        let writers: Vec<Addr<Writer>> = (0..self.shared.settings.writers)
+            .map(|_| self.start_writer())
             .collect();
-        self.claimer = Some(Child::new("claimer", self.start_claimer(&writer)));
+        self.consumers = (0..self.shared.settings.consumers as usize)
+            .map(|index| {
+                Child::new(
+                    "consumer",
+                    self.start_consumer(index, &writers[index % writers.len()]),
+                )
+            })
+            .collect();
+        self.claimer = Some(Child::new("claimer", self.start_claimer(&writers[0])));
         self.monitor = Some(Child::new("lag_monitor", self.start_monitor()));
-        self.writer = Some(Child::new("writer", writer));
+        self.writers = writers
+            .into_iter()
+            .map(|w| Child::new("writer", w))
+            .collect();
         ctx.run_interval(CHECK_EVERY, |supervisor, _| supervisor.check_children());
         tracing::info!(
             replica = %self.shared.settings.replica_name(),
@@ -214,7 +229,7 @@ impl Handler<Drain> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     /// Readiness off, stop reading (each consumer finishes its step, whose
-    /// batch the writer commits and acks), then flush the writer.
+    /// batch the writer commits and acks), then flush the writers.
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.stopping.store(true, Ordering::Relaxed);
         self.shared.health.start_draining();
@@ -224,16 +239,14 @@ impl Handler<Drain> for Supervisor {
             .map(|c| c.addr.send(StopReading))
             .collect();
         let claimer = self.claimer.as_ref().map(|c| c.addr.clone());
-        let writer = self.writer.as_ref().map(|w| w.addr.clone());
+        let flushes: Vec<_> = self.writers.iter().map(|w| w.addr.clone()).collect();
         Box::pin(
             async move {
                 join_all(stops).await;
                 if let Some(claimer) = claimer {
                     let _ = claimer.send(StopClaiming).await;
                 }
-                if let Some(writer) = writer {
-                    let _ = writer.send(Flush).await;
-                }
+                join_all(flushes.iter().map(|writer| writer.send(Flush))).await;
                 tracing::info!("pipeline drained");
             }
             .into_actor(self),
