@@ -131,18 +131,25 @@ def build():
 
     L.row("Overview")
     L.add(stat("Ready replicas", "Replicas whose /readyz is 200 (Redis, Postgres and the group reachable).",
-               "short", f"sum(swisper_ingest_ready{{{POD}}})"), 4, 4)
+               "short", f"sum(swisper_ingest_ready{{{POD}}})"), 3, 4)
     L.add(stat("Backlog", "Entries waiting for the group: lag (not yet delivered) plus pending (delivered, not acked). Alert above 10,000.",
-               "short", backlog, [(1000, "yellow"), (10000, "red")]), 4, 4)
+               "short", backlog, [(1000, "yellow"), (10000, "red")]), 3, 4)
     L.add(stat("Stored / s", "Entries stored per second, all replicas.", "ops",
-               f'sum(rate(swisper_ingest_events_total{{{POD}, outcome="stored"}}[$__rate_interval]))'), 4, 4)
+               f'sum(rate(swisper_ingest_events_total{{{POD}, outcome="stored"}}[$__rate_interval]))'), 3, 4)
     L.add(stat("Dead letters (1h)", "Entries written to ingest_dead_letters in the last hour.", "short",
-               f"sum(increase(swisper_ingest_dead_letters_total{{{POD}}}[1h]))", [(1, "red")]), 4, 4)
+               f"sum(increase(swisper_ingest_dead_letters_total{{{POD}}}[1h]))", [(1, "red")]), 3, 4)
     L.add(stat("Oldest pending", "Age of the oldest delivered but unacknowledged entry.", "s",
-               f"max(swisper_ingest_oldest_pending_age_seconds{{{SEL}}})", [(60, "yellow"), (300, "red")]), 4, 4)
+               f"max(swisper_ingest_oldest_pending_age_seconds{{{SEL}}})", [(60, "yellow"), (300, "red")]), 3, 4)
     L.add(stat("End-to-end p95", "Commit time minus publish time, 95th percentile.", "s",
                f"histogram_quantile(0.95, sum by (le) (rate(swisper_ingest_end_to_end_latency_seconds_bucket{{{POD}}}[$__rate_interval])))",
-               [(5, "yellow"), (30, "red")]), 4, 4)
+               [(5, "yellow"), (30, "red")]), 3, 4)
+    # Both metrics are absent from replicas older than them (and the counter
+    # until its first increment): "or vector(0)" shows 0 instead of no data.
+    L.add(stat("Poison protection", "Replicas where poison protection holds consumption: a run of bad entries (a broken producer) past OBSERVABILITY_POISON_RUN. Alert SwisperIngestPoisoned.",
+               "short", f"sum(swisper_ingest_poisoned{{{POD}}}) or vector(0)", [(1, "red")]), 3, 4)
+    L.add(stat("Trimmed unread", "Entries deleted from the stream (a producer's MAXLEN) before they were stored: unread entries the group will never see, while Redis can tell, plus pending entries trimmed in the last hour. Data loss; alert SwisperIngestEntriesTrimmedUnread.",
+               "short", f"(max(swisper_ingest_trimmed_before_delivery{{{SEL}}}) or vector(0)) + (sum(increase(swisper_ingest_trimmed_before_ack_total{{{POD}}}[1h])) or vector(0))",
+               [(1, "red")]), 3, 4)
 
     L.row("Throughput")
     L.add(timeseries("Events by outcome", "Stream entries handled per second: stored, dead_lettered, heartbeat.", "ops",

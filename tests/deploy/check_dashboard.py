@@ -39,11 +39,12 @@ COUNTERS = {
         for o in ("stored", "dead_lettered")
     ]
     + [{"event_type": "heartbeat", "outcome": "heartbeat"}],
-    "swisper_ingest_dead_letters_total": [{"reason": "unparseable"}, {"reason": "too_large"}],
+    "swisper_ingest_dead_letters_total": [{"reason": "invalid_data"}, {"reason": "too_large"}],
     "swisper_ingest_claimed_total": [{}],
     "swisper_ingest_acked_total": [{}],
     "swisper_ingest_redis_errors_total": [{"operation": "xreadgroup"}, {"operation": "xack"}],
-    "swisper_ingest_postgres_errors_total": [{"kind": "transient"}, {"kind": "data"}],
+    "swisper_ingest_postgres_errors_total": [{"kind": "unavailable"}, {"kind": "data"}],
+    "swisper_ingest_trimmed_before_ack_total": [{}],
     "swisper_ingest_actor_restarts_total": [{"actor": "consumer"}, {"actor": "writer"}],
 }
 GAUGES = {
@@ -55,6 +56,8 @@ GAUGES = {
     "swisper_ingest_last_commit_timestamp_seconds": [{}],
     "swisper_ingest_sdk_heartbeat_age_seconds": [{"project_id": "proj-a"}, {"project_id": "proj-b"}],
     "swisper_ingest_build_info": [{"version": "0.1.0"}],
+    "swisper_ingest_poisoned": [{}],
+    "swisper_ingest_trimmed_before_delivery": [{}],
 }
 HISTOGRAMS = {
     "swisper_ingest_batch_size_entries": [1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
