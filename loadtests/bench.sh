@@ -1,0 +1,464 @@
+#!/usr/bin/env bash
+# Benchmark of swisper-ingest against its yardstick, PostgreSQL's own bulk
+# load (COPY) of exactly the rows a run produced. Starts its own Redis and
+# PostgreSQL on loopback (scripts/services.sh, in a temp folder removed at the
+# end), builds the service and `loadgen` in release mode, runs the scenarios
+# and writes the results table to loadtests/results/<date>[-quick].md (and
+# stdout), with the raw measurements beside it (.jsonl).
+#
+#   loadtests/bench.sh            all scenarios, 3 runs each (~15 min)
+#   loadtests/bench.sh --quick    smaller and 1 run each (~3 min)
+#   options: --runs N   --profile (perf record the service and Postgres
+#            during one drain; needs perf)   --keep (keep the services folder)
+#
+# Scenarios (goals, not assertions):
+#   1 drain a backlog of 200,000 realistic events; yardstick: COPY of its rows
+#   2 steady 5,000 events/s for 60 s: end-to-end latency (commit - publish)
+#   3 peak sustained rate with p99 < 1 s (a ladder of rates), and how drain
+#     capacity moves with consumers, batch sizes, TOAST compression and the
+#     number of traces in flight
+#   4 two replicas in one group vs one
+#   5 resident memory (VmHWM) at peak and with a 1,000,000-entry backlog
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+mode=full runs=3 profile=false keep=false
+while (($#)); do
+  case $1 in
+    --quick) mode=quick; runs=1 ;;
+    --runs) runs=$2; shift ;;
+    --profile) profile=true ;;
+    --keep) keep=true ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+  shift
+done
+
+if [[ $mode == full ]]; then
+  BACKLOG=200000 STEADY_RATE=5000 STEADY_SECS=60 STEP_SECS=20 LADDER_MAX=6
+  LEVER_EVENTS=100000 MEM_BACKLOG=1000000 MEM_WATCH_SECS=30 REPLICA_RUNS=$runs
+else
+  BACKLOG=50000 STEADY_RATE=5000 STEADY_SECS=15 STEP_SECS=10 LADDER_MAX=2
+  LEVER_EVENTS=0 MEM_BACKLOG=0 MEM_WATCH_SECS=0 REPLICA_RUNS=1
+fi
+TRACE_SECONDS=2 # a traced request lasts ~2 s: traces in flight = rate × 2 / 11
+
+stamp=$(date +%Y-%m-%d)
+suffix=$([[ $mode == quick ]] && echo "-quick" || true)
+results_dir=loadtests/results
+mkdir -p "$results_dir"
+out_md=$results_dir/$stamp$suffix.md
+out_jsonl=$results_dir/$stamp$suffix.jsonl
+: >"$out_jsonl"
+work=$(mktemp -d /tmp/swisper-bench.XXXXXX)
+chmod 755 "$work"
+svc_dir=$work/services
+cache_dir=${LOADGEN_CACHE_DIR:-target/loadgen-cache}
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if $keep; then
+    scripts/services.sh down "$svc_dir" >/dev/null 2>&1 || true
+    log "services folder kept: $svc_dir"
+  else
+    scripts/services.sh purge "$svc_dir" >/dev/null 2>&1 || true
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+
+rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations Cargo.toml || echo '+local changes')
+log "building swisper-ingest $rev and loadgen (release)"
+cargo build --release --quiet --bin swisper-ingest -p swisper-ingest
+cargo build --release --quiet -p swisper-loadtests
+bin=target/release/swisper-ingest
+loadgen=target/release/loadgen
+
+log "starting redis and postgres in $svc_dir"
+scripts/services.sh up "$svc_dir" >/dev/null
+# shellcheck disable=SC1091
+source "$svc_dir/env"
+base="postgres://postgres@127.0.0.1:$PG_PORT"
+# Commit timestamps give the exact commit time of every row's last write.
+psql "$base/postgres" -qc "ALTER SYSTEM SET track_commit_timestamp = on"
+scripts/services.sh stop-postgres "$svc_dir" && scripts/services.sh start-postgres "$svc_dir"
+redis_pid=$(cat "$svc_dir/redis.pid")
+postmaster_pid=$(head -1 "$svc_dir/pg/postmaster.pid")
+tck=$(getconf CLK_TCK)
+
+# --- helpers ---------------------------------------------------------------
+
+# record SCENARIO FIGURE UNIT VALUE [jq object of extra keys]
+record() {
+  local value=$4 extra=${5:-}
+  [[ -z $value || $value == null ]] && return 0
+  [[ -n $extra ]] || extra='{}'
+  jq -nc --arg s "$1" --arg f "$2" --arg u "$3" --argjson v "$value" --argjson x "$extra" \
+    '{scenario: $s, figure: $f, unit: $u, value: $v} + $x' >>"$out_jsonl"
+}
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cpu_of() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU seconds of the postmaster and every live child (backends, WAL writer...).
+pg_cpu() {
+  local total
+  total=$(cpu_of "$postmaster_pid")
+  for child in $(pgrep -P "$postmaster_pid"); do total=$(echo "$total + $(cpu_of "$child")" | bc); done
+  echo "$total"
+}
+hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+fresh_db() {
+  psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>/dev/null
+  DATABASE_URL=$base/$1 $bin migrate >/dev/null 2>&1
+}
+drop_db() { psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $1" 2>/dev/null; }
+
+# start_service DB STREAM GROUP REPLICA [ENV=VALUE...]: sets svc_pid, svc_url
+start_service() {
+  local db=$1 stream=$2 group=$3 replica=$4
+  shift 4
+  local port
+  port=$(free_port)
+  svc_url=http://127.0.0.1:$port
+  env DATABASE_URL="$base/$db" OBSERVABILITY_STREAM_NAME="$stream" OBSERVABILITY_GROUP_NAME="$group" \
+    OBSERVABILITY_CONSUMER_NAME="$replica" OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
+    OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$@" \
+    $bin serve >>"$work/service-$db.log" 2>&1 &
+  svc_pid=$!
+  pids+=("$svc_pid")
+}
+wait_ready() {
+  for _ in $(seq 1 200); do
+    curl -fs "$1/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  log "service at $1 not ready"; return 1
+}
+stop_service() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+publish() { timeout 900 $loadgen publish --cache-dir "$cache_dir" "$@" 2>>"$work/loadgen.log"; }
+verify() { timeout 900 $loadgen verify --no-fail "$@" 2>>"$work/loadgen.log"; }
+j() { jq -r "$1" "$2"; }
+
+# drain RUN_NAME STREAM SUMMARY [ENV=VALUE...]: drains the stream into a fresh
+# database with a fresh group; leaves $work/RUN_NAME.json and sets drain_* vars.
+drain() {
+  local name=$1 stream=$2 summary=$3
+  shift 3
+  fresh_db "$name"
+  redis-cli -p "$REDIS_PORT" XGROUP DESTROY "$stream" "$name" >/dev/null
+  local pg0 r0 since
+  pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
+  since=$(date +%s.%N)
+  start_service "$name" "$stream" "$name" r1 "$@"
+  if $profile && [[ -z ${profiled:-} ]]; then
+    profiled=1
+    (sleep 2
+     perf record -F 499 -g -p "$svc_pid" -o "$work/service.perf" -- sleep 10 >/dev/null 2>&1 &
+     backends=$(psql "$base/$name" -Atc "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = 'swisper-ingest'")
+     perf record -F 499 -g -p "$backends" -o "$work/postgres.perf" -- sleep 10 >/dev/null 2>&1
+     wait) &
+  fi
+  verify --database-url "$base/$name" --group "$name" --summary "$summary" --since "$since" \
+    --metrics-url "$svc_url" --timeout 600 >"$work/$name.json"
+  drain_cpu_service=$(cpu_of "$svc_pid")
+  drain_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  drain_cpu_redis=$(echo "$(cpu_of "$redis_pid") - $r0" | bc)
+  drain_hwm=$(hwm_mb "$svc_pid")
+  stop_service "$svc_pid"
+}
+
+# Columns COPY can load (not the generated ones), in table order.
+copy_columns() {
+  psql "$base/$1" -Atc "SELECT string_agg(quote_ident(attname), ',' ORDER BY attnum) FROM pg_attribute
+    WHERE attrelid = '$2'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
+}
+
+# --- conditions ---------------------------------------------------------------
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date +%s)
+
+# --- scenario 1: drain a backlog ------------------------------------------------
+log "scenario 1: publishing a backlog of $BACKLOG events"
+publish --stream backlog --events "$BACKLOG" --seed 42 --in-flight 200 --summary "$work/backlog.json" >/dev/null
+record "publish (loadgen)" "XADD rate, pipelined backlog" "events/s" "$(j .publish_rate "$work/backlog.json")" \
+  '{"note": "loadgen in Rust, 200 XADDs a pipeline on 2 connections; the reference Python publisher did ~60,000/s"}'
+record "workload" "entry size on the wire (avg)" "B" "$(j .avg_entry_bytes "$work/backlog.json")"
+record "workload" "data JSON before compression (avg)" "B" "$(j .avg_json_bytes "$work/backlog.json")"
+events=$(j .events "$work/backlog.json")
+
+for run in $(seq 1 "$runs"); do
+  log "scenario 1: drain run $run/$runs"
+  drain "s1_$run" backlog "$work/backlog.json"
+  v=$work/s1_$run.json
+  record "1 drain ${BACKLOG} backlog" "drain time" "s" "$(j .drain_seconds "$v")" \
+    '{"compare": "time", "target": "≤ 1.2× yardstick", "limit": {"op": "<=", "value": 1.2, "of": "ratio"}}'
+  record "1 drain ${BACKLOG} backlog" "drain rate" "events/s" "$(j .drain_events_per_second "$v")" \
+    '{"compare": "rate", "target": "≥ 38,000/s (40× the Python consumer)", "limit": {"op": ">=", "value": 38000}}'
+  record "1 drain ${BACKLOG} backlog" "every event stored, 0 dead letters" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
+  record "1 drain ${BACKLOG} backlog" "entries per transaction" "" "$(j '.service[0].entries_per_transaction' "$v")"
+  record "1 drain ${BACKLOG} backlog" "writer busy (write time / drain time)" "" \
+    "$(jq '.service[0].write_seconds_total / .drain_seconds' "$v")"
+  record "1 drain ${BACKLOG} backlog" "observation rows updated after insert" "%" \
+    "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$v")" \
+    '{"note": "an observation whose start and end are committed in different transactions is written twice (insert, then update)"}'
+  record "1 drain ${BACKLOG} backlog" "CPU: service" "s" "$drain_cpu_service"
+  record "1 drain ${BACKLOG} backlog" "CPU: postgres (all processes)" "s" "$drain_cpu_pg"
+  record "1 drain ${BACKLOG} backlog" "CPU: redis" "s" "$drain_cpu_redis"
+  record "5 memory" "VmHWM draining the ${BACKLOG} backlog" "MB" "$drain_hwm" \
+    '{"target": "< 150 MB", "limit": {"op": "<", "value": 150}}'
+
+  if [[ $run == 1 ]]; then
+    log "yardstick: exporting the rows of run 1"
+    tcols=$(copy_columns s1_1 traces)
+    ocols=$(copy_columns s1_1 observations)
+    mkdir -p "$work/rows" && chmod 777 "$work/rows"
+    psql "$base/s1_1" -q -c "\\copy (SELECT $tcols FROM traces) TO '$work/rows/traces.copy'" \
+      -c "\\copy (SELECT $ocols FROM observations) TO '$work/rows/observations.copy'"
+    rows=$(psql "$base/s1_1" -Atc "SELECT (SELECT count(*) FROM traces) + (SELECT count(*) FROM observations)")
+    obs_rows=$(psql "$base/s1_1" -Atc "SELECT count(*) FROM observations")
+  fi
+  drop_db "s1_$run"
+  log "yardstick: COPY run $run/$runs"
+  fresh_db "yard_$run"
+  t0=$(date +%s.%N)
+  psql "$base/yard_$run" -q -1 -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
+    -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'"
+  t1=$(date +%s.%N)
+  copy_s=$(echo "$t1 - $t0" | bc)
+  record "yardstick" "COPY of the run's final rows ($rows rows), one transaction" "s" "$copy_s" \
+    '{"yardstick": "time", "note": "psql \\copy (text) of every traces and observations row the drain produced into empty tables of the same schema and settings (migrations applied) in a fresh database"}'
+  record "yardstick" "COPY rate in events/s" "events/s" "$(echo "$events / $copy_s" | bc -l)" '{"yardstick": "rate"}'
+  record "yardstick" "COPY rate in observation rows/s" "rows/s" "$(echo "$obs_rows / $copy_s" | bc -l)" \
+    '{"note": "the reference machine measured ~16,800 rows/s (pglz) and ~26,500 rows/s (lz4)"}'
+  drop_db "yard_$run"
+  if [[ $run == 1 ]]; then
+    # The same COPY without lz4 (columns and session back to pglz): what
+    # migrations/V3 buys the database itself.
+    fresh_db yard_pglz
+    psql "$base/yard_pglz" -qc "ALTER DATABASE yard_pglz RESET default_toast_compression" \
+      -c "ALTER TABLE observations ALTER COLUMN input SET COMPRESSION pglz, ALTER COLUMN output SET COMPRESSION pglz,
+          ALTER COLUMN start_metadata SET COMPRESSION pglz, ALTER COLUMN end_metadata SET COMPRESSION pglz,
+          ALTER COLUMN metadata SET COMPRESSION pglz" \
+      -c "ALTER TABLE traces ALTER COLUMN meta SET COMPRESSION pglz, ALTER COLUMN metadata SET COMPRESSION pglz"
+    t0=$(date +%s.%N)
+    psql "$base/yard_pglz" -q -1 -c "SET default_toast_compression = pglz" -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
+      -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'"
+    t1=$(date +%s.%N)
+    record "yardstick variant" "the same COPY with pglz instead of lz4 (without V3)" "s" "$(echo "$t1 - $t0" | bc)" '{"compare": "time"}'
+    drop_db yard_pglz
+  fi
+done
+
+if $profile && [[ -f $work/service.perf ]]; then
+  for what in service postgres; do
+    perf report -i "$work/$what.perf" --no-children --sort symbol -g none 2>/dev/null \
+      | grep -E '^ +[0-9]' | sed -E 's/ +-? +-? *$//; s/ {2,}/ /g' | head -25 >"$results_dir/$stamp$suffix-profile-$what.txt" || true
+  done
+  log "profiles: $results_dir/$stamp$suffix-profile-*.txt"
+fi
+
+# --- scenario 4: two replicas in one group ---------------------------------------
+for run in $(seq 1 "$REPLICA_RUNS"); do
+  log "scenario 4: two replicas, run $run/$REPLICA_RUNS"
+  name=s4_$run
+  fresh_db "$name"
+  redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$name" >/dev/null
+  pg0=$(pg_cpu)
+  since=$(date +%s.%N)
+  start_service "$name" backlog "$name" r1
+  a_pid=$svc_pid a_url=$svc_url
+  start_service "$name" backlog "$name" r2
+  b_pid=$svc_pid b_url=$svc_url
+  verify --database-url "$base/$name" --group "$name" --summary "$work/backlog.json" --since "$since" \
+    --metrics-url "$a_url" --metrics-url "$b_url" --timeout 600 >"$work/$name.json"
+  cpu=$(echo "$(cpu_of "$a_pid") + $(cpu_of "$b_pid")" | bc)
+  pgc=$(echo "$(pg_cpu) - $pg0" | bc)
+  stop_service "$a_pid"
+  stop_service "$b_pid"
+  v=$work/$name.json
+  record "4 two replicas, drain ${BACKLOG}" "drain time" "s" "$(j .drain_seconds "$v")" '{"compare": "time"}'
+  record "4 two replicas, drain ${BACKLOG}" "drain rate" "events/s" "$(j .drain_events_per_second "$v")" '{"compare": "rate"}'
+  record "4 two replicas, drain ${BACKLOG}" "every event stored, 0 dead letters" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
+  record "4 two replicas, drain ${BACKLOG}" "CPU: both services" "s" "$cpu"
+  record "4 two replicas, drain ${BACKLOG}" "CPU: postgres (all processes)" "s" "$pgc"
+  drop_db "$name"
+done
+
+capacity=$(jq -s '[.[] | select(.figure == "drain rate" and (.scenario | startswith("1 ")))] | map(.value) | sort | .[length / 2 | floor]' "$out_jsonl")
+
+# steady RATE SECONDS NAME [ENV=VALUE...]: publishes at RATE for SECONDS into
+# a fresh stream and database; leaves $work/NAME.json and NAME-publish.json.
+steady() {
+  local rate=$1 secs=$2 name=$3
+  shift 3
+  local in_flight
+  in_flight=$(echo "$rate * $TRACE_SECONDS / 11 + 1" | bc)
+  fresh_db "$name"
+  redis-cli -p "$REDIS_PORT" DEL "$name" >/dev/null
+  start_service "$name" "$name" "$name" r1 "$@"
+  wait_ready "$svc_url"
+  local pg0 r0
+  pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
+  local s0
+  s0=$(cpu_of "$svc_pid")
+  publish --stream "$name" --rate "$rate" --duration "$secs" --seed 7 --in-flight "$in_flight" \
+    --summary "$work/$name-publish.json" >/dev/null
+  verify --database-url "$base/$name" --group "$name" --summary "$work/$name-publish.json" \
+    --metrics-url "$svc_url" --timeout 120 >"$work/$name.json"
+  steady_cpu_service=$(echo "$(cpu_of "$svc_pid") - $s0" | bc)
+  steady_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  steady_cpu_redis=$(echo "$(cpu_of "$redis_pid") - $r0" | bc)
+  steady_hwm=$(hwm_mb "$svc_pid")
+  stop_service "$svc_pid"
+  redis-cli -p "$REDIS_PORT" DEL "$name" >/dev/null
+  drop_db "$name"
+}
+
+# --- scenario 2: steady load ---------------------------------------------------------
+for run in $(seq 1 "$runs"); do
+  log "scenario 2: $STEADY_RATE events/s for $STEADY_SECS s, run $run/$runs"
+  steady "$STEADY_RATE" "$STEADY_SECS" "s2_$run"
+  v=$work/s2_$run.json p=$work/s2_$run-publish.json
+  sc="2 steady ${STEADY_RATE}/s × ${STEADY_SECS} s"
+  record "$sc" "end-to-end latency p50" "ms" "$(j .latency_ms.p50 "$v")" '{"target": "< 20 ms", "limit": {"op": "<", "value": 20}}'
+  record "$sc" "end-to-end latency p99" "ms" "$(j .latency_ms.p99 "$v")" '{"target": "< 100 ms", "limit": {"op": "<", "value": 100}}'
+  record "$sc" "end-to-end latency max" "ms" "$(j .latency_ms.max "$v")"
+  record "$sc" "service histogram p50 (bucket-interpolated)" "ms" "$(j '.service[0].latency_p50_ms' "$v")" \
+    '{"note": "swisper_ingest_end_to_end_latency_seconds, every event, interpolated within its buckets (…10, 25, 50, 100 ms…); the exact figures above come from commit timestamps, one sample per row (its newest event)"}'
+  record "$sc" "service histogram p99 (bucket-interpolated)" "ms" "$(j '.service[0].latency_p99_ms' "$v")"
+  record "$sc" "publish rate achieved" "events/s" "$(j .publish_rate "$p")"
+  record "$sc" "XADD round trip p99 (one event)" "ms" "$(j .xadd_ms.p99 "$p")" \
+    '{"note": "the Redis part of the SDK publish cost per event, under this load; 11 events a trace"}'
+  record "$sc" "every event stored, 0 dead letters" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
+  record "$sc" "entries per transaction" "" "$(j '.service[0].entries_per_transaction' "$v")"
+  record "$sc" "CPU: service" "% of one core" "$(echo "100 * $steady_cpu_service / $STEADY_SECS" | bc -l)"
+  record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $steady_cpu_pg / $STEADY_SECS" | bc -l)"
+  record "$sc" "CPU: redis" "% of one core" "$(echo "100 * $steady_cpu_redis / $STEADY_SECS" | bc -l)"
+  record "$sc" "CPU: loadgen (the publisher)" "% of one core" "$(jq '100 * .publish_cpu_seconds / .publish_seconds' "$p")" \
+    '{"note": "the publisher shares the 2 cores here; in production the applications run elsewhere"}'
+  record "5 memory" "VmHWM at ${STEADY_RATE}/s" "MB" "$steady_hwm"
+done
+
+# --- scenario 2: the latency levers that need no code change (one run each) ----
+if [[ $mode == full ]]; then
+  for lever in OBSERVABILITY_WRITE_LINGER_MS=0 "OBSERVABILITY_CONSUMERS=1 OBSERVABILITY_WRITE_LINGER_MS=0" \
+    "OBSERVABILITY_WRITERS=2 OBSERVABILITY_WRITE_LINGER_MS=0"; do
+    log "scenario 2 lever: $lever at $STEADY_RATE events/s for $STEP_SECS s"
+    # shellcheck disable=SC2086 # the lever is a list of settings
+    steady "$STEADY_RATE" "$STEP_SECS" s2_lever $lever
+    sc="2 levers: ${STEADY_RATE}/s × ${STEP_SECS} s"
+    record "$sc" "p50 with ${lever//OBSERVABILITY_/}" "ms" "$(j .latency_ms.p50 "$work/s2_lever.json")"
+    record "$sc" "p99 with ${lever//OBSERVABILITY_/}" "ms" "$(j .latency_ms.p99 "$work/s2_lever.json")"
+  done
+fi
+
+# --- scenario 3: peak sustained rate ----------------------------------------------------
+# A ladder from 60% of the drain capacity up in steps of 10%; the peak is the
+# highest rate whose p99 stays under 1 s (which also means no growing lag).
+if [[ $capacity != null ]]; then
+  step=$(echo "($capacity * 0.1 / 250 + 0.5) / 1" | bc)
+  step=$((step * 250))
+  rate=$(echo "($capacity * 0.6 / 250 + 0.5) / 1" | bc)
+  rate=$((rate * 250))
+  peak=0 peak_run=
+  for i in $(seq 1 "$LADDER_MAX"); do
+    log "scenario 3: ladder step $i at $rate events/s for $STEP_SECS s"
+    steady "$rate" "$STEP_SECS" "s3_$i"
+    p99=$(j .latency_ms.p99 "$work/s3_$i.json")
+    ok=$(j .ok "$work/s3_$i.json")
+    record "3 peak ladder" "p99 at $rate events/s" "ms" "$p99"
+    if [[ $ok == true ]] && (($(echo "$p99 < 1000" | bc))); then
+      peak=$rate peak_run=s3_$i peak_hwm=$steady_hwm
+      rate=$((rate + step))
+    else
+      break
+    fi
+  done
+  record "3 peak sustained (p99 < 1 s)" "peak rate (highest passing step)" "events/s" "$peak" '{"compare": "rate"}'
+  if [[ $peak != 0 ]]; then
+    record "5 memory" "VmHWM at the peak rate" "MB" "$peak_hwm" '{"target": "< 150 MB", "limit": {"op": "<", "value": 150}}'
+    record "3 peak sustained (p99 < 1 s)" "p99 at the peak rate" "ms" "$(j .latency_ms.p99 "$work/$peak_run.json")" \
+      '{"target": "< 1000 ms", "limit": {"op": "<", "value": 1000}}'
+    for run in $(seq 2 "$runs"); do
+      log "scenario 3: confirming $peak events/s, run $run/$runs"
+      steady "$peak" "$STEP_SECS" "s3_confirm_$run"
+      record "3 peak sustained (p99 < 1 s)" "p99 at the peak rate" "ms" "$(j .latency_ms.p99 "$work/s3_confirm_$run.json")"
+    done
+  fi
+fi
+
+# --- scenario 3: levers, on the drain capacity (one run each) -----------------------------
+if ((LEVER_EVENTS > 0)); then
+  publish --stream lever --events "$LEVER_EVENTS" --seed 43 --in-flight 200 --summary "$work/lever-publish.json" >/dev/null
+  lever() {
+    local label=$1 stream=$2 summary=$3
+    shift 3
+    log "scenario 3 lever: $label"
+    drain "lever" "$stream" "$summary" "$@"
+    record "3 levers: drain ${LEVER_EVENTS}" "$label" "events/s" "$(j .drain_events_per_second "$work/lever.json")" '{"compare": "rate"}'
+    drop_db lever
+  }
+  lever "defaults (2 consumers × 500, write batch 5000)" lever "$work/lever-publish.json"
+  lever "1 consumer × 500" lever "$work/lever-publish.json" OBSERVABILITY_CONSUMERS=1
+  lever "4 consumers × 500" lever "$work/lever-publish.json" OBSERVABILITY_CONSUMERS=4
+  lever "2 consumers × 100 (small transactions)" lever "$work/lever-publish.json" OBSERVABILITY_BATCH_SIZE=100
+  lever "2 consumers × 2500, write batch 5000" lever "$work/lever-publish.json" OBSERVABILITY_BATCH_SIZE=2500
+  lever "OBSERVABILITY_WRITERS=2" lever "$work/lever-publish.json" OBSERVABILITY_WRITERS=2
+  lever "OBSERVABILITY_WRITERS=2, 2 consumers × 2500" lever "$work/lever-publish.json" OBSERVABILITY_WRITERS=2 OBSERVABILITY_BATCH_SIZE=2500
+  for flight in 20 2000; do
+    publish --stream "lever_f$flight" --events "$LEVER_EVENTS" --seed 43 --in-flight "$flight" --summary "$work/lever_f$flight-publish.json" >/dev/null
+    lever "defaults, $flight traces in flight (not 200)" "lever_f$flight" "$work/lever_f$flight-publish.json"
+    record "3 levers: drain ${LEVER_EVENTS}" "observation rows updated after insert, $flight in flight" "%" \
+      "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$work/lever.json")"
+    redis-cli -p "$REDIS_PORT" DEL "lever_f$flight" >/dev/null
+  done
+  redis-cli -p "$REDIS_PORT" DEL lever >/dev/null
+fi
+
+# --- scenario 5: memory with a large backlog -----------------------------------------------
+if ((MEM_BACKLOG > 0)); then
+  redis-cli -p "$REDIS_PORT" DEL backlog >/dev/null
+  log "scenario 5: publishing a backlog of $MEM_BACKLOG events"
+  publish --stream big --events "$MEM_BACKLOG" --seed 44 --in-flight 200 --summary "$work/big.json" >/dev/null
+  record "5 memory" "redis used memory with the ${MEM_BACKLOG} backlog" "MB" \
+    "$(redis-cli -p "$REDIS_PORT" INFO memory | awk -F: '/^used_memory:/ {printf "%.0f", $2 / 1048576}')"
+  fresh_db big
+  start_service big big big r1
+  wait_ready "$svc_url" || true
+  max_rss=0
+  for _ in $(seq 1 "$MEM_WATCH_SECS"); do
+    sleep 1
+    r=$(rss_mb "$svc_pid")
+    (($(echo "$r > $max_rss" | bc))) && max_rss=$r
+  done
+  lag=$(curl -fs "$svc_url/api/v1/observability/metrics" | jq -c . 2>/dev/null || echo '{}')
+  record "5 memory" "VmHWM draining a ${MEM_BACKLOG} backlog (first ${MEM_WATCH_SECS} s)" "MB" "$(hwm_mb "$svc_pid")" \
+    "$(jq -nc --arg lag "$lag" '{"target": "< 150 MB", "limit": {"op": "<", "value": 150}, "note": ("memory is bounded by consumers × batch size, not by the backlog; group state after the watch: " + $lag)}')"
+  stop_service "$svc_pid"
+  redis-cli -p "$REDIS_PORT" DEL big >/dev/null
+  drop_db big
+fi
+
+# --- the table ------------------------------------------------------------------------------
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date +%s) - started))
+{
+  echo "# swisper-ingest benchmark, $stamp ($mode)"
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GB RAM,"
+  echo "shared with other jobs and noisy: load average $load_start at the start, $load_end at the end."
+  echo "PostgreSQL $(psql "$base/postgres" -Atc 'SHOW server_version' | cut -d' ' -f1) (scripts/services.sh defaults: shared_buffers 128MB,"
+  echo "fsync on, synchronous_commit on; plus track_commit_timestamp on), Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) without persistence,"
+  echo "all on loopback. swisper-ingest $rev, release build, default settings unless said."
+  echo "Workload: loadgen, seed-repeatable traces of 1 trace_start + 5 observations (start + end, 10% errors),"
+  echo "LangGraph-like states of 1.1–2.2 KB, data gzip+base64 from 1 KB like the SDK. Runs: $runs a figure unless said; total $((elapsed / 60)) min."
+  echo
+  $loadgen report "$out_jsonl"
+} | tee "$out_md"
+log "results: $out_md (raw: $out_jsonl)"
