@@ -379,3 +379,41 @@ async fn a_panicking_consumer_is_restarted_and_nothing_is_lost() {
     assert!(service.log().contains("actor restarted"));
     report_figure("consumer panic: restarted by the supervisor once, 30 traces stored, 0 pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_pipeline_reports_not_live() {
+    let env = TestEnv::new("stall").await;
+    let mut redis = env.redis();
+    for event in seed_trace("trace-stalled", "p") {
+        env.publish(&mut redis, &as_fields(&event));
+    }
+    let service = env.spawn(
+        "stalled",
+        &[
+            ("SWISPER_INGEST_CRASH_AT", "writer"),
+            ("OBSERVABILITY_STALL_TIMEOUT_SECS", "2"),
+        ],
+    );
+    // Redis and Postgres answer, entries wait, nothing commits: not live.
+    let dead = wait_for(
+        WAIT,
+        || matches!(service.get("/healthz"), Some((503, body)) if body.contains("stalled_for_seconds")),
+    );
+    assert!(
+        dead,
+        "liveness did not reflect the stall; log: {}",
+        service.log()
+    );
+    assert!(
+        matches!(service.get("/readyz"), Some((200, _))),
+        "dependencies are fine, readiness stays true"
+    );
+
+    // A healthy replica next to it is live, and stores what the stalled one holds.
+    let healthy = env.spawn("healthy", &[("OBSERVABILITY_STALL_TIMEOUT_SECS", "2")]);
+    healthy.wait_ready(WAIT);
+    assert!(matches!(healthy.get("/healthz"), Some((200, _))));
+    drop(service);
+    assert_all_stored(&env, 1, &[&healthy]).await;
+    report_figure("stalled writer with Redis and Postgres up: /healthz 503 after the 2 s stall timeout; a healthy replica took over");
+}

@@ -158,6 +158,8 @@ async fn commit_and_ack(
     if items.is_empty() {
         return (Ok(()), rejection_run);
     }
+    #[cfg(feature = "fault-injection")]
+    crate::fault::hang_at("writer").await;
     let settings = &shared.settings;
     let started = Instant::now();
     let run = write_path::rejection_run(&items, rejection_run);
