@@ -8,7 +8,8 @@
 #
 #   loadtests/bench.sh            all scenarios, 3 runs each (~15 min)
 #   loadtests/bench.sh --quick    smaller and 1 run each (~3 min)
-#   options: --runs N   --profile (perf record the service and Postgres
+#   options: --runs N   --only 1,2,...  (scenarios to run; 3 without 1 takes
+#            its ladder from --capacity N events/s, default 8000)   --profile (perf record the service and Postgres
 #            during one drain; needs perf)   --keep (keep the services folder)
 #
 # Scenarios (goals, not assertions):
@@ -23,11 +24,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-mode=full runs=3 profile=false keep=false
+mode=full runs=3 profile=false keep=false only=1,2,3,4,5 capacity_arg=8000
 while (($#)); do
   case $1 in
     --quick) mode=quick; runs=1 ;;
     --runs) runs=$2; shift ;;
+    --only) only=$2; shift ;;
+    --capacity) capacity_arg=$2; shift ;;
     --profile) profile=true ;;
     --keep) keep=true ;;
     -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -47,6 +50,7 @@ TRACE_SECONDS=2 # a traced request lasts ~2 s: traces in flight = rate × 2 / 11
 
 stamp=$(date +%Y-%m-%d)
 suffix=$([[ $mode == quick ]] && echo "-quick" || true)
+[[ $only == 1,2,3,4,5 ]] || suffix="$suffix-only-${only//,/-}"
 results_dir=loadtests/results
 mkdir -p "$results_dir"
 out_md=$results_dir/$stamp$suffix.md
@@ -56,6 +60,7 @@ work=$(mktemp -d /tmp/swisper-bench.XXXXXX)
 chmod 755 "$work"
 svc_dir=$work/services
 cache_dir=${LOADGEN_CACHE_DIR:-target/loadgen-cache}
+wanted() { [[ ,$only, == *,$1,* ]]; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 pids=()
@@ -72,7 +77,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations Cargo.toml || echo '+local changes')
+rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations || echo '+local changes')
 log "building swisper-ingest $rev and loadgen (release)"
 cargo build --release --quiet --bin swisper-ingest -p swisper-ingest
 cargo build --release --quiet -p swisper-loadtests
@@ -153,6 +158,7 @@ drain() {
   fresh_db "$name"
   redis-cli -p "$REDIS_PORT" XGROUP DESTROY "$stream" "$name" >/dev/null
   local pg0 r0 since
+  drain_load=$(cut -d' ' -f1 /proc/loadavg)
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
   since=$(date +%s.%N)
   start_service "$name" "$stream" "$name" r1 "$@"
@@ -184,6 +190,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 
 # --- scenario 1: drain a backlog ------------------------------------------------
+if wanted 1 || wanted 4; then
 log "scenario 1: publishing a backlog of $BACKLOG events"
 publish --stream backlog --events "$BACKLOG" --seed 42 --in-flight 200 --summary "$work/backlog.json" >/dev/null
 record "publish (loadgen)" "XADD rate, pipelined backlog" "events/s" "$(j .publish_rate "$work/backlog.json")" \
@@ -191,8 +198,10 @@ record "publish (loadgen)" "XADD rate, pipelined backlog" "events/s" "$(j .publi
 record "workload" "entry size on the wire (avg)" "B" "$(j .avg_entry_bytes "$work/backlog.json")"
 record "workload" "data JSON before compression (avg)" "B" "$(j .avg_json_bytes "$work/backlog.json")"
 events=$(j .events "$work/backlog.json")
+fi
 
 for run in $(seq 1 "$runs"); do
+  wanted 1 || break
   log "scenario 1: drain run $run/$runs"
   drain "s1_$run" backlog "$work/backlog.json"
   v=$work/s1_$run.json
@@ -207,6 +216,7 @@ for run in $(seq 1 "$runs"); do
   record "1 drain ${BACKLOG} backlog" "observation rows updated after insert" "%" \
     "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$v")" \
     '{"note": "an observation whose start and end are committed in different transactions is written twice (insert, then update)"}'
+  record "1 drain ${BACKLOG} backlog" "load average at start (1 min, all jobs)" "" "$drain_load"
   record "1 drain ${BACKLOG} backlog" "CPU: service" "s" "$drain_cpu_service"
   record "1 drain ${BACKLOG} backlog" "CPU: postgres (all processes)" "s" "$drain_cpu_pg"
   record "1 drain ${BACKLOG} backlog" "CPU: redis" "s" "$drain_cpu_redis"
@@ -265,6 +275,7 @@ fi
 
 # --- scenario 4: two replicas in one group ---------------------------------------
 for run in $(seq 1 "$REPLICA_RUNS"); do
+  wanted 4 || break
   log "scenario 4: two replicas, run $run/$REPLICA_RUNS"
   name=s4_$run
   fresh_db "$name"
@@ -291,6 +302,7 @@ for run in $(seq 1 "$REPLICA_RUNS"); do
 done
 
 capacity=$(jq -s '[.[] | select(.figure == "drain rate" and (.scenario | startswith("1 ")))] | map(.value) | sort | .[length / 2 | floor]' "$out_jsonl")
+[[ $capacity == null ]] && capacity=$capacity_arg
 
 # steady RATE SECONDS NAME [ENV=VALUE...]: publishes at RATE for SECONDS into
 # a fresh stream and database; leaves $work/NAME.json and NAME-publish.json.
@@ -304,6 +316,7 @@ steady() {
   start_service "$name" "$name" "$name" r1 "$@"
   wait_ready "$svc_url"
   local pg0 r0
+  steady_load=$(cut -d' ' -f1 /proc/loadavg)
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
   local s0
   s0=$(cpu_of "$svc_pid")
@@ -322,6 +335,7 @@ steady() {
 
 # --- scenario 2: steady load ---------------------------------------------------------
 for run in $(seq 1 "$runs"); do
+  wanted 2 || break
   log "scenario 2: $STEADY_RATE events/s for $STEADY_SECS s, run $run/$runs"
   steady "$STEADY_RATE" "$STEADY_SECS" "s2_$run"
   v=$work/s2_$run.json p=$work/s2_$run-publish.json
@@ -332,6 +346,7 @@ for run in $(seq 1 "$runs"); do
   record "$sc" "service histogram p50 (bucket-interpolated)" "ms" "$(j '.service[0].latency_p50_ms' "$v")" \
     '{"note": "swisper_ingest_end_to_end_latency_seconds, every event, interpolated within its buckets (…10, 25, 50, 100 ms…); the exact figures above come from commit timestamps, one sample per row (its newest event)"}'
   record "$sc" "service histogram p99 (bucket-interpolated)" "ms" "$(j '.service[0].latency_p99_ms' "$v")"
+  record "$sc" "load average at start (1 min, all jobs)" "" "$steady_load"
   record "$sc" "publish rate achieved" "events/s" "$(j .publish_rate "$p")"
   record "$sc" "XADD round trip p99 (one event)" "ms" "$(j .xadd_ms.p99 "$p")" \
     '{"note": "the Redis part of the SDK publish cost per event, under this load; 11 events a trace"}'
@@ -346,7 +361,7 @@ for run in $(seq 1 "$runs"); do
 done
 
 # --- scenario 2: the latency levers that need no code change (one run each) ----
-if [[ $mode == full ]]; then
+if [[ $mode == full ]] && wanted 2; then
   for lever in OBSERVABILITY_WRITE_LINGER_MS=0 "OBSERVABILITY_CONSUMERS=1 OBSERVABILITY_WRITE_LINGER_MS=0" \
     "OBSERVABILITY_WRITERS=2 OBSERVABILITY_WRITE_LINGER_MS=0"; do
     log "scenario 2 lever: $lever at $STEADY_RATE events/s for $STEP_SECS s"
@@ -361,7 +376,7 @@ fi
 # --- scenario 3: peak sustained rate ----------------------------------------------------
 # A ladder from 60% of the drain capacity up in steps of 10%; the peak is the
 # highest rate whose p99 stays under 1 s (which also means no growing lag).
-if [[ $capacity != null ]]; then
+if wanted 3; then
   step=$(echo "($capacity * 0.1 / 250 + 0.5) / 1" | bc)
   step=$((step * 250))
   rate=$(echo "($capacity * 0.6 / 250 + 0.5) / 1" | bc)
@@ -394,7 +409,7 @@ if [[ $capacity != null ]]; then
 fi
 
 # --- scenario 3: levers, on the drain capacity (one run each) -----------------------------
-if ((LEVER_EVENTS > 0)); then
+if ((LEVER_EVENTS > 0)) && wanted 3; then
   publish --stream lever --events "$LEVER_EVENTS" --seed 43 --in-flight 200 --summary "$work/lever-publish.json" >/dev/null
   lever() {
     local label=$1 stream=$2 summary=$3
@@ -422,7 +437,7 @@ if ((LEVER_EVENTS > 0)); then
 fi
 
 # --- scenario 5: memory with a large backlog -----------------------------------------------
-if ((MEM_BACKLOG > 0)); then
+if ((MEM_BACKLOG > 0)) && wanted 5; then
   redis-cli -p "$REDIS_PORT" DEL backlog >/dev/null
   log "scenario 5: publishing a backlog of $MEM_BACKLOG events"
   publish --stream big --events "$MEM_BACKLOG" --seed 44 --in-flight 200 --summary "$work/big.json" >/dev/null

@@ -454,21 +454,26 @@ pub async fn consumers(
     Ok(consumers)
 }
 
-/// Removes a consumer; Redis drops its pending entries with it, so callers
-/// only remove consumers with nothing pending.
-pub async fn delete_consumer(
+/// Removes a consumer only if it has nothing pending, in one atomic script:
+/// Redis drops a consumer's pending entries with it, and a consumer that
+/// looked idle may have just read entries. Returns whether it was removed.
+pub async fn delete_consumer_if_idle(
     conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
     consumer: &str,
-) -> Result<u64, StreamError> {
-    Ok(cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(stream)
+) -> Result<bool, StreamError> {
+    const SCRIPT: &str = "
+        if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+        return 1";
+    let removed: i64 = redis::Script::new(SCRIPT)
+        .key(stream)
         .arg(group)
         .arg(consumer)
-        .query_async(conn)
-        .await?)
+        .invoke_async(conn)
+        .await?;
+    Ok(removed == 1)
 }
 
 /// True for errors after which the connection should be replaced.

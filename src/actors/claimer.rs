@@ -213,10 +213,21 @@ async fn remove_gone_consumers(
     let settings = &shared.settings;
     for consumer in redis_stream::consumers(conn, &settings.stream, &settings.group).await? {
         if consumer.pending == 0 && consumer.idle > settings.consumer_gone_after() {
-            redis_stream::delete_consumer(conn, &settings.stream, &settings.group, &consumer.name)
-                .await?;
-            metrics::counter!(m::CONSUMERS_REMOVED).increment(1);
-            tracing::info!(consumer = %consumer.name, idle_secs = consumer.idle.as_secs(), "removed gone consumer");
+            // Redis 7.0 counts a blocked read that returned nothing as idle
+            // time, so a live consumer of a quiet stream can look gone: the
+            // script removes it only if it still has nothing pending, and a
+            // live consumer is recreated by its next read.
+            let removed = redis_stream::delete_consumer_if_idle(
+                conn,
+                &settings.stream,
+                &settings.group,
+                &consumer.name,
+            )
+            .await?;
+            if removed {
+                metrics::counter!(m::CONSUMERS_REMOVED).increment(1);
+                tracing::info!(consumer = %consumer.name, idle_secs = consumer.idle.as_secs(), "removed gone consumer");
+            }
         }
     }
     Ok(())
