@@ -314,14 +314,7 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
 async fn pending_entries_of_a_dead_consumer_are_claimed() {
     let env = TestEnv::new("claim").await;
     let mut redis = env.redis();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&env.stream)
-        .arg(&env.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut redis)
-        .unwrap();
+    env.create_group(&mut redis);
     for event in seed_trace("trace-claimed", "p") {
         env.publish(&mut redis, &as_fields(&event));
     }
@@ -618,14 +611,7 @@ async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_strea
 async fn safe_trimming_keeps_what_any_group_still_needs() {
     let env = TestEnv::new("trim").await;
     let mut redis = env.redis();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&env.stream)
-        .arg(&env.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut redis)
-        .unwrap();
+    env.create_group(&mut redis);
     // Another group (another tool) that has read nothing yet.
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")

@@ -64,15 +64,7 @@ async fn postgres_outage_loses_nothing() {
     let restarted = std::time::Instant::now();
 
     let db = env.db().await;
-    let stored = wait_for_async(Duration::from_secs(60), || async {
-        count(
-            &db,
-            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
-        )
-        .await
-            == (traces * 3) as i64
-    })
-    .await;
+    let stored = wait_for_ended_observations(&db, traces * 3, Duration::from_secs(60)).await;
     assert!(
         stored,
         "not everything stored after the outage; log: {}",

@@ -74,15 +74,7 @@ async fn redis_restart_with_persistence_loses_nothing() {
     assert!(ready, "the service did not recover; log: {}", service.log());
 
     let db = env.db().await;
-    let stored = wait_for_async(Duration::from_secs(60), || async {
-        count(
-            &db,
-            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
-        )
-        .await
-            == (traces * 3) as i64
-    })
-    .await;
+    let stored = wait_for_ended_observations(&db, traces * 3, Duration::from_secs(60)).await;
     assert!(
         stored,
         "{traces} traces published, not all stored; log: {}",

@@ -81,6 +81,18 @@ impl TestEnv {
         cmd.query(conn).expect("xadd")
     }
 
+    /// Creates the test's group at id 0, as the service would.
+    pub fn create_group(&self, conn: &mut redis::Connection) {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(conn)
+            .expect("create the group");
+    }
+
     pub fn migrate(&self) {
         let status = Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
             .arg("migrate")
@@ -241,6 +253,19 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     condition().await
+}
+
+/// Waits until `expected` observations have their end stored.
+pub async fn wait_for_ended_observations(db: &Client, expected: usize, timeout: Duration) -> bool {
+    wait_for_async(timeout, || async {
+        count(
+            db,
+            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
+        )
+        .await
+            == expected as i64
+    })
+    .await
 }
 
 pub async fn count(db: &Client, sql: &str) -> i64 {
