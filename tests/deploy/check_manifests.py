@@ -7,6 +7,9 @@
   check_manifests.py context ROOT        the Docker build context holds the workspace, nothing more
   check_manifests.py runbooks ROOT       every alert: runbook anchor in docs/operations.md, tests that fire and not
   check_manifests.py values ROOT         every value in values.yaml is commented and in docs/deployment.md
+  check_manifests.py connections FILE CHART_VALUES [VALUES]
+                                         the rendered pods connect as the values say (URLs, Secrets, TLS
+                                         files, KEDA, the helm test pod)
 
 Each prints what it checked and exits 1 with the problems.
 """
@@ -43,6 +46,8 @@ def pod_template(doc):
         return doc["spec"]["template"]
     if doc["kind"] == "Job":
         return doc["spec"]["template"]
+    if doc["kind"] == "Pod":
+        return doc
     return None
 
 
@@ -72,7 +77,7 @@ def check_refs(files):
                 for c in containers:
                     for ef in c.get("envFrom", []):
                         cm = (ef.get("configMapRef") or {}).get("name")
-                        if cm and cm not in by.get("ConfigMap", {}):
+                        if cm and not ef["configMapRef"].get("optional") and cm not in by.get("ConfigMap", {}):
                             problems.append(f"{name}: ConfigMap {cm} is not rendered")
                     for e in c.get("env", []):
                         ref = (e.get("valueFrom") or {}).get("secretKeyRef")
@@ -402,6 +407,307 @@ def check_values(root):
     done(f"values.yaml: {len(values)} values commented and described in docs/deployment.md", problems)
 
 
+# ---------------------------------------------------------------- connections
+def merged_values(paths):
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+        return a
+    out = {}
+    for p in paths:
+        merge(out, yaml.safe_load(Path(p).read_text()) or {})
+    return out
+
+
+def check_connections(path, *value_files):
+    """What each claim of the connection values means in the rendered pods,
+    checked one by one: the URL's parts, the Secret and key of every
+    password, that every TLS path the env or the URL names is a file that a
+    read-only volume really mounts from the named Secret or ConfigMap key,
+    the helm test pod's likeness to the service's, and KEDA's same view."""
+    from urllib.parse import parse_qs, urlsplit
+
+    v = merged_values(value_files)
+    c = v["connection"]
+    docs = load_docs(path)
+    problems = []
+    by = {}
+    for d in docs:
+        by.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    deps = list(by.get("Deployment", {}).values())
+    if len(deps) != 1:
+        done("connections", [f"{len(deps)} Deployments rendered, not 1"])
+    dep = deps[0]
+    pod = dep["spec"]["template"]["spec"]
+    service = next(x for x in pod["containers"] if x["name"] == "swisper-ingest")
+
+    def secret_name(kind):
+        return c[kind].get("passwordSecret") or c.get("existingSecret") or dep["metadata"]["name"]
+
+    url_secrets = {}  # where -> the Secret with the URLs, when not the release's
+
+    def url_secret(where=None):
+        return url_secrets.get(where) or c.get("existingSecret") or dep["metadata"]["name"]
+
+    def env_of(container):
+        return {e["name"]: e for e in container.get("env", [])}
+
+    def secret_ref(entry):
+        return ((entry or {}).get("valueFrom") or {}).get("secretKeyRef")
+
+    def mounted_file(where, podspec, container, file_path):
+        """The (kind, name, key) that file_path comes from, or a problem."""
+        for m in container.get("volumeMounts", []):
+            mdir = m["mountPath"].rstrip("/")
+            if not file_path.startswith(mdir + "/"):
+                continue
+            rel = file_path[len(mdir) + 1:]
+            if m.get("readOnly") is not True:
+                problems.append(f"{where}: {m['mountPath']} is not mounted read-only")
+            vol = next((x for x in podspec.get("volumes", []) if x["name"] == m["name"]), None)
+            if not vol:
+                problems.append(f"{where}: volume {m['name']} is not in the pod")
+                return None
+            proj = vol.get("projected")
+            if not proj:
+                problems.append(f"{where}: volume {m['name']} is not a projected Secret/ConfigMap volume")
+                return None
+            if proj.get("defaultMode") != 0o440:
+                problems.append(f"{where}: volume {m['name']} defaultMode {proj.get('defaultMode')!r}, want 0440")
+            for src in proj["sources"]:
+                for kind in ("secret", "configMap"):
+                    if kind in src:
+                        for item in src[kind].get("items", []):
+                            if item["path"] == rel:
+                                return (kind, src[kind]["name"], item["key"])
+            problems.append(f"{where}: {file_path}: no item of volume {m['name']} has path {rel}")
+            return None
+        problems.append(f"{where}: {file_path} is under no volume mount")
+        return None
+
+    def expect_file(where, podspec, container, file_path, want_kind, want_name, want_key):
+        got = mounted_file(where, podspec, container, file_path)
+        if got and got != (want_kind, want_name, want_key):
+            problems.append(f"{where}: {file_path} comes from {got}, want {(want_kind, want_name, want_key)}")
+
+    def ca_source(tls):
+        ca = tls.get("ca", {})
+        if ca.get("secretName"):
+            return ("secret", ca["secretName"], ca["key"])
+        if ca.get("configMapName"):
+            return ("configMap", ca["configMapName"], ca["key"])
+        return None
+
+    def check_postgres(where, podspec, container):
+        p = c["postgres"]
+        env = env_of(container)
+        db = env.get("DATABASE_URL")
+        if not db:
+            problems.append(f"{where}: no DATABASE_URL")
+            return
+        if not p.get("host"):
+            ref = secret_ref(db)
+            if not ref or (ref["name"], ref["key"]) != (url_secret(where), c["databaseUrlKey"]):
+                problems.append(f"{where}: DATABASE_URL must come from Secret {url_secret(where)} key {c['databaseUrlKey']}, got {db}")
+            if "PGPASSWORD" in env:
+                problems.append(f"{where}: PGPASSWORD set although the URL comes whole from the Secret")
+            files = {"sslrootcert": ca_source(p["tls"])}
+            cert = p["tls"].get("clientCert", {})
+            if cert.get("secretName"):
+                files["sslcert"] = ("secret", cert["secretName"], cert["certKey"])
+                files["sslkey"] = ("secret", cert["secretName"], cert["keyKey"])
+            # Way A: the files are mounted where docs tell the URL to name them.
+            names = {"sslrootcert": "ca.crt", "sslcert": "tls.crt", "sslkey": "tls.key"}
+            for param, src in files.items():
+                if src:
+                    expect_file(where, podspec, container, f"/etc/swisper-ingest/tls/postgres/{names[param]}", *src)
+            return
+        url = urlsplit(db.get("value", ""))
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.scheme not in ("postgres", "postgresql"):
+            problems.append(f"{where}: DATABASE_URL scheme {url.scheme!r}")
+        if url.password:
+            problems.append(f"{where}: DATABASE_URL carries a password; it belongs in PGPASSWORD")
+        if (url.hostname, url.port, url.path.lstrip("/"), url.username) != (
+                p["host"].lower(), p["port"], p["database"], p["username"]):
+            problems.append(f"{where}: DATABASE_URL {db['value']} does not match host/port/database/username of the values")
+        if q.get("sslmode") != p["sslmode"]:
+            problems.append(f"{where}: sslmode {q.get('sslmode')!r}, want {p['sslmode']!r}")
+        want_pw = (secret_name("postgres"), p["passwordKey"]) if p.get("passwordKey") else None
+        ref = secret_ref(env.get("PGPASSWORD"))
+        got_pw = (ref["name"], ref["key"]) if ref else None
+        if got_pw != want_pw:
+            problems.append(f"{where}: PGPASSWORD from {got_pw}, want Secret/key {want_pw}")
+        ca = ca_source(p["tls"])
+        if bool(ca) != ("sslrootcert" in q):
+            problems.append(f"{where}: sslrootcert {q.get('sslrootcert')!r} but CA source {ca}")
+        if ca and "sslrootcert" in q:
+            expect_file(where, podspec, container, q["sslrootcert"], *ca)
+        cert = p["tls"].get("clientCert", {})
+        if bool(cert.get("secretName")) != ("sslcert" in q and "sslkey" in q):
+            problems.append(f"{where}: sslcert/sslkey {q.get('sslcert')!r}/{q.get('sslkey')!r} but client Secret {cert.get('secretName')!r}")
+        if cert.get("secretName") and "sslcert" in q and "sslkey" in q:
+            expect_file(where, podspec, container, q["sslcert"], "secret", cert["secretName"], cert["certKey"])
+            expect_file(where, podspec, container, q["sslkey"], "secret", cert["secretName"], cert["keyKey"])
+
+    def check_redis(where, podspec, container):
+        r = c["redis"]
+        t = r["tls"]
+        env = env_of(container)
+        u = env.get("OBSERVABILITY_REDIS_URL")
+        if not u:
+            problems.append(f"{where}: no OBSERVABILITY_REDIS_URL")
+            return
+        if r.get("host"):
+            url = urlsplit(u.get("value", ""))
+            want_scheme = "rediss" if t.get("enabled") else "redis"
+            if url.scheme != want_scheme:
+                problems.append(f"{where}: Redis URL scheme {url.scheme!r}, want {want_scheme!r}")
+            if url.username or url.password:
+                problems.append(f"{where}: Redis URL carries credentials; they belong in the env")
+            if (url.hostname, url.port, url.path) != (r["host"].lower(), r["port"], f"/{r['database']}"):
+                problems.append(f"{where}: Redis URL {u.get('value')} does not match host/port/database of the values")
+            user = (env.get("OBSERVABILITY_REDIS_USERNAME") or {}).get("value")
+            if (user or "") != (r.get("username") or ""):
+                problems.append(f"{where}: OBSERVABILITY_REDIS_USERNAME {user!r}, want {r.get('username')!r}")
+            want_pw = (secret_name("redis"), r["passwordKey"]) if r.get("passwordKey") else None
+            ref = secret_ref(env.get("OBSERVABILITY_REDIS_PASSWORD"))
+            got_pw = (ref["name"], ref["key"]) if ref else None
+            if got_pw != want_pw:
+                problems.append(f"{where}: OBSERVABILITY_REDIS_PASSWORD from {got_pw}, want Secret/key {want_pw}")
+        else:
+            ref = secret_ref(u)
+            if not ref or (ref["name"], ref["key"]) != (url_secret(), c["redisUrlKey"]):
+                problems.append(f"{where}: OBSERVABILITY_REDIS_URL must come from Secret {url_secret()} key {c['redisUrlKey']}")
+        ca = ca_source(t)
+        ca_file = (env.get("OBSERVABILITY_REDIS_CA_FILE") or {}).get("value")
+        if bool(ca) != bool(ca_file):
+            problems.append(f"{where}: OBSERVABILITY_REDIS_CA_FILE {ca_file!r} but CA source {ca}")
+        elif ca:
+            expect_file(where, podspec, container, ca_file, *ca)
+        cert = t.get("clientCert", {})
+        cf = (env.get("OBSERVABILITY_REDIS_CLIENT_CERT_FILE") or {}).get("value")
+        kf = (env.get("OBSERVABILITY_REDIS_CLIENT_KEY_FILE") or {}).get("value")
+        if bool(cert.get("secretName")) != bool(cf and kf) or bool(cf) != bool(kf):
+            problems.append(f"{where}: client cert/key files {cf!r}/{kf!r} but client Secret {cert.get('secretName')!r}")
+        elif cert.get("secretName"):
+            expect_file(where, podspec, container, cf, "secret", cert["secretName"], cert["certKey"])
+            expect_file(where, podspec, container, kf, "secret", cert["secretName"], cert["keyKey"])
+        insecure = (env.get("OBSERVABILITY_REDIS_TLS_INSECURE") or {}).get("value")
+        if (insecure == "true") != bool(t.get("insecureSkipVerify")):
+            problems.append(f"{where}: OBSERVABILITY_REDIS_TLS_INSECURE {insecure!r}, insecureSkipVerify {t.get('insecureSkipVerify')}")
+
+    def check_env_from(where, container):
+        got = container.get("envFrom", [])
+        for want in v.get("extraEnvFrom") or []:
+            if want not in got:
+                problems.append(f"{where}: extraEnvFrom entry {want} missing from envFrom")
+
+    # The service container, and the migration where it runs.
+    check_redis("Deployment swisper-ingest", pod, service)
+    check_postgres("Deployment swisper-ingest", pod, service)
+    check_env_from("Deployment swisper-ingest", service)
+    inits = pod.get("initContainers", [])
+    names = [x["name"] for x in inits]
+    want_inits = [x["name"] for x in v.get("initContainers") or []]
+    if v["migrations"]["mode"] == "initContainer":
+        want_inits.append("migrate")
+    if names != want_inits:
+        problems.append(f"init containers {names}, want {want_inits} (yours before the migration)")
+    migrations = [("init container migrate", pod, x) for x in inits if x["name"] == "migrate"]
+    for job in by.get("Job", {}).values():
+        jpod = job["spec"]["template"]["spec"]
+        where = f"Job {job['metadata']['name']}"
+        if c.get("createSecret") and not c.get("existingSecret"):
+            # A pre-install hook runs before the release's Secret exists: it reads its own copy.
+            url_secrets[where] = f"{dep['metadata']['name']}-migrate"
+            if url_secrets[where] not in by.get("Secret", {}):
+                problems.append(f"{where}: its Secret copy {url_secrets[where]} is not rendered")
+        migrations += [(where, jpod, x) for x in jpod["containers"]]
+    if v["migrations"]["mode"] != "external" and not migrations:
+        problems.append("no migration container rendered")
+    for where, podspec, x in migrations:
+        check_postgres(where, podspec, x)
+        check_env_from(where, x)
+        leaked = [n for n in env_of(x) if n.startswith("OBSERVABILITY_REDIS_")]
+        if leaked:
+            problems.append(f"{where}: the migration needs no Redis, but gets {leaked}")
+
+    # The helm test pod: the same connection as the service, running check.
+    tests = [d for d in by.get("Pod", {}).values()
+             if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    if v["helmTest"]["enabled"]:
+        if len(tests) != 1:
+            problems.append(f"{len(tests)} helm test pods rendered, not 1")
+        for t in tests:
+            tspec = t["spec"]
+            tc = tspec["containers"][0]
+            where = f"test Pod {t['metadata']['name']}"
+            want_args = ["check", "--json"] if v["helmTest"]["json"] else ["check"]
+            if tc.get("args") != want_args or tc.get("command"):
+                problems.append(f"{where}: runs {tc.get('command')} {tc.get('args')}, want the image's binary with {want_args}")
+            if tc["image"] != service["image"]:
+                problems.append(f"{where}: image {tc['image']} is not the service's {service['image']}")
+            if tspec.get("restartPolicy") != "Never":
+                problems.append(f"{where}: restartPolicy must be Never, or a failing check restarts forever")
+            for key in ("env", "envFrom", "volumeMounts"):
+                if tc.get(key) != service.get(key):
+                    problems.append(f"{where}: {key} differs from the service container's")
+            if tspec.get("volumes") != pod.get("volumes"):
+                problems.append(f"{where}: volumes differ from the Deployment's")
+            for key in ("securityContext",):
+                if tspec.get(key) != pod.get(key) or tc.get(key) != service.get(key):
+                    problems.append(f"{where}: {key} differs from the service's")
+            check_redis(where, tspec, tc)
+            check_postgres(where, tspec, tc)
+    elif tests:
+        problems.append("helmTest.enabled is false but a test pod is rendered")
+
+    # KEDA connects to the same Redis, with the same password and TLS.
+    if v["keda"]["enabled"]:
+        r = c["redis"]
+        so = next(iter(by.get("ScaledObject", {}).values()), None)
+        if not so:
+            problems.append("keda.enabled but no ScaledObject")
+        else:
+            trig = next(t for t in so["spec"]["triggers"] if t["type"] == "redis-streams")
+            md = trig["metadata"]
+            ta_name = (trig.get("authenticationRef") or {}).get("name")
+            ta = by.get("TriggerAuthentication", {}).get(ta_name, {"spec": {}})
+            refs = {x["parameter"]: ("secret", x["name"], x["key"]) for x in ta["spec"].get("secretTargetRef") or []}
+            refs.update({x["parameter"]: ("configMap", x["name"], x["key"]) for x in ta["spec"].get("configMapTargetRef") or []})
+            want_tls = bool(r["tls"].get("enabled") or v["keda"]["redis"].get("enableTLS")
+                            or (c.get("createSecret") and str(c.get("redisUrl", "")).startswith("rediss://")))
+            if md.get("enableTLS") != str(want_tls).lower():
+                problems.append(f"KEDA enableTLS {md.get('enableTLS')!r}, want {want_tls}")
+            if (md.get("unsafeSsl") == "true") != bool(r["tls"].get("insecureSkipVerify")):
+                problems.append(f"KEDA unsafeSsl {md.get('unsafeSsl')!r}, insecureSkipVerify {r['tls'].get('insecureSkipVerify')}")
+            if "tls" in refs:
+                problems.append("KEDA refuses tls in the TriggerAuthentication together with enableTLS in the trigger")
+            if refs.get("ca") != ca_source(r["tls"]):
+                problems.append(f"KEDA ca from {refs.get('ca')}, want {ca_source(r['tls'])}")
+            cert = r["tls"].get("clientCert", {})
+            want_cert = ("secret", cert["secretName"], cert["certKey"]) if cert.get("secretName") else None
+            want_key = ("secret", cert["secretName"], cert["keyKey"]) if cert.get("secretName") else None
+            if (refs.get("cert"), refs.get("key")) != (want_cert, want_key):
+                problems.append(f"KEDA cert/key from {refs.get('cert')}/{refs.get('key')}, want {want_cert}/{want_key}")
+            if r.get("host"):
+                if md.get("address") != f"{r['host']}:{r['port']}":
+                    problems.append(f"KEDA address {md.get('address')!r}, want {r['host']}:{r['port']}")
+                if md.get("databaseIndex") != str(r["database"]):
+                    problems.append(f"KEDA databaseIndex {md.get('databaseIndex')!r}, want {r['database']}")
+                if (md.get("username") or "") != (r.get("username") or ""):
+                    problems.append(f"KEDA username {md.get('username')!r}, want {r.get('username')!r}")
+                svc_pw = secret_ref(env_of(service).get("OBSERVABILITY_REDIS_PASSWORD"))
+                want_pw = ("secret", svc_pw["name"], svc_pw["key"]) if svc_pw else None
+                if refs.get("password") != want_pw:
+                    problems.append(f"KEDA password from {refs.get('password')}, the service's from {want_pw}")
+    done(f"connections in {Path(path).name} as the values say", problems)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -411,6 +717,7 @@ def main():
         "context": lambda: check_context(*args),
         "runbooks": lambda: check_runbooks(*args),
         "values": lambda: check_values(*args),
+        "connections": lambda: check_connections(*args),
     }[cmd]()
 
 

@@ -103,20 +103,230 @@ REDIS_USERNAME: {{ include "swisper-ingest.percentDecode" $parts._0 | b64enc | q
 {{- if contains ":" ($u.userinfo | default "") }}true{{ end }}
 {{- end }}
 
-{{/* The migration container, for the Job and for the init container.
-     Takes (dict "root" $ "secretName" NAME): the hook Job reads its own Secret copy. */}}
+{{/* ------------------------------------------------------------------
+     Connections: the env entries, volumes and mounts that every container
+     running the binary shares (service, migration, helm test), written once.
+     Way A: the URL whole from a Secret key. Way B (connection.<x>.host set):
+     the URL assembled from values, the password alone from a Secret key.
+     ------------------------------------------------------------------ */}}
+
+{{/* Where the TLS files of "redis" or "postgres" are mounted. */}}
+{{- define "swisper-ingest.tlsDir" -}}
+/etc/swisper-ingest/tls/{{ . }}
+{{- end }}
+
+{{/* "true" when connection.<name>.tls (dict "tls" T) has files to mount. */}}
+{{- define "swisper-ingest.hasTlsFiles" -}}
+{{- if or .tls.ca.secretName .tls.ca.configMapName .tls.clientCert.secretName }}true{{ end }}
+{{- end }}
+
+{{/* The Secret with the password of connection.redis or .postgres in way B.
+     Takes (dict "root" $ "c" connection.<name>). */}}
+{{- define "swisper-ingest.passwordSecret" -}}
+{{- .c.passwordSecret | default .root.Values.connection.existingSecret }}
+{{- end }}
+
+{{/* A host for a URL: IPv6 addresses in brackets. */}}
+{{- define "swisper-ingest.urlHost" -}}
+{{- if and (contains ":" .) (not (hasPrefix "[" .)) }}[{{ . }}]{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/* Percent-encoding of a URL user name or path segment (url.QueryEscape,
+     with spaces as %20 rather than "+"). */}}
+{{- define "swisper-ingest.urlEscape" -}}
+{{- urlquery . | replace "+" "%20" }}
+{{- end }}
+
+{{/* The assembled OBSERVABILITY_REDIS_URL (way B): no credentials in it, they
+     come as OBSERVABILITY_REDIS_USERNAME and _PASSWORD. */}}
+{{- define "swisper-ingest.redisUrl" -}}
+{{- $r := .Values.connection.redis -}}
+{{ ternary "rediss" "redis" $r.tls.enabled }}://{{ include "swisper-ingest.urlHost" $r.host }}:{{ int $r.port }}/{{ int $r.database }}
+{{- end }}
+
+{{/* The assembled DATABASE_URL (way B), libpq style: sslmode and the paths of
+     the mounted TLS files; the password comes as PGPASSWORD. */}}
+{{- define "swisper-ingest.databaseUrl" -}}
+{{- $p := .Values.connection.postgres -}}
+{{- $dir := include "swisper-ingest.tlsDir" "postgres" -}}
+{{- $params := list (printf "sslmode=%s" $p.sslmode) -}}
+{{- if or $p.tls.ca.secretName $p.tls.ca.configMapName }}
+{{- $params = append $params (printf "sslrootcert=%s/ca.crt" $dir) }}
+{{- end }}
+{{- if $p.tls.clientCert.secretName }}
+{{- $params = append $params (printf "sslcert=%s/tls.crt" $dir) }}
+{{- $params = append $params (printf "sslkey=%s/tls.key" $dir) }}
+{{- end -}}
+postgres://{{ include "swisper-ingest.urlEscape" $p.username }}@{{ include "swisper-ingest.urlHost" $p.host }}:{{ int $p.port }}/{{ include "swisper-ingest.urlEscape" $p.database }}?{{ join "&" $params }}
+{{- end }}
+
+{{/* Env entries of the Redis connection. Takes (dict "root" $ "secretName" NAME),
+     NAME being the Secret with the URL in way A. */}}
+{{- define "swisper-ingest.redisEnv" -}}
+{{- $root := .root }}
+{{- $r := $root.Values.connection.redis }}
+{{- $dir := include "swisper-ingest.tlsDir" "redis" }}
+{{- if $r.host }}
+- name: OBSERVABILITY_REDIS_URL
+  value: {{ include "swisper-ingest.redisUrl" $root | quote }}
+{{- with $r.username }}
+- name: OBSERVABILITY_REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $r.passwordKey }}
+- name: OBSERVABILITY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "swisper-ingest.passwordSecret" (dict "root" $root "c" $r) }}
+      key: {{ $r.passwordKey }}
+{{- end }}
+{{- else }}
+- name: OBSERVABILITY_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $root.Values.connection.redisUrlKey }}
+{{- end }}
+{{- if or $r.tls.ca.secretName $r.tls.ca.configMapName }}
+- name: OBSERVABILITY_REDIS_CA_FILE
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- if $r.tls.clientCert.secretName }}
+- name: OBSERVABILITY_REDIS_CLIENT_CERT_FILE
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: OBSERVABILITY_REDIS_CLIENT_KEY_FILE
+  value: {{ printf "%s/tls.key" $dir | quote }}
+{{- end }}
+{{- if $r.tls.insecureSkipVerify }}
+# DANGEROUS: no verification of the Redis server's certificate.
+- name: OBSERVABILITY_REDIS_TLS_INSECURE
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{/* Env entries of the PostgreSQL connection. Takes (dict "root" $ "secretName" NAME). */}}
+{{- define "swisper-ingest.postgresEnv" -}}
+{{- $root := .root }}
+{{- $p := $root.Values.connection.postgres }}
+{{- if $p.host }}
+- name: DATABASE_URL
+  value: {{ include "swisper-ingest.databaseUrl" $root | quote }}
+{{- if $p.passwordKey }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "swisper-ingest.passwordSecret" (dict "root" $root "c" $p) }}
+      key: {{ $p.passwordKey }}
+{{- end }}
+{{- else }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ $root.Values.connection.databaseUrlKey }}
+{{- end }}
+{{- end }}
+
+{{/* The env of a container that runs the binary: connections (both, or only
+     PostgreSQL for the migration), then extraEnv. Takes (dict "root" $
+     "secretName" NAME "redis" BOOL). */}}
+{{- define "swisper-ingest.connectionEnv" -}}
+{{- if .redis }}
+{{- include "swisper-ingest.redisEnv" . }}
+{{- end }}
+{{- include "swisper-ingest.postgresEnv" . }}
+{{- end }}
+
+{{/* envFrom of a container that runs the binary: the settings ConfigMap
+     (optional) and extraEnvFrom. Takes (dict "root" $ "configMap" BOOL). */}}
+{{- define "swisper-ingest.envFrom" -}}
+{{- if .configMap }}
+- configMapRef:
+    name: {{ include "swisper-ingest.fullname" .root }}
+{{- end }}
+{{- with .root.Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* One projected volume per connection with TLS files: the CA as ca.crt,
+     the client certificate as tls.crt and tls.key, read-only, readable by
+     the owner and the pod's fsGroup only; then extraVolumes. Takes (dict
+     "root" $ "redis" BOOL): the migration Job needs PostgreSQL's only. */}}
+{{- define "swisper-ingest.tlsVolumes" -}}
+{{- $root := .root }}
+{{- $names := ternary (list "redis" "postgres") (list "postgres") (.redis | default false) }}
+{{- range $name := $names }}
+{{- $t := (index $root.Values.connection $name).tls }}
+{{- if include "swisper-ingest.hasTlsFiles" (dict "tls" $t) }}
+- name: {{ $name }}-tls
+  projected:
+    # 0440: owner and the pod's fsGroup (the service's group 65532) read.
+    defaultMode: 0440
+    sources:
+      {{- if $t.ca.secretName }}
+      - secret:
+          name: {{ $t.ca.secretName }}
+          items:
+            - key: {{ $t.ca.key }}
+              path: ca.crt
+      {{- else if $t.ca.configMapName }}
+      - configMap:
+          name: {{ $t.ca.configMapName }}
+          items:
+            - key: {{ $t.ca.key }}
+              path: ca.crt
+      {{- end }}
+      {{- with $t.clientCert.secretName }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ $t.clientCert.certKey }}
+              path: tls.crt
+            - key: {{ $t.clientCert.keyKey }}
+              path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The mounts of those volumes, and extraVolumeMounts. Takes (dict "root" $
+     "redis" BOOL): the migration mounts only PostgreSQL's. */}}
+{{- define "swisper-ingest.tlsVolumeMounts" -}}
+{{- $root := .root }}
+{{- $names := ternary (list "redis" "postgres") (list "postgres") (.redis | default false) }}
+{{- range $name := $names }}
+{{- if include "swisper-ingest.hasTlsFiles" (dict "tls" (index $root.Values.connection $name).tls) }}
+- name: {{ $name }}-tls
+  mountPath: {{ include "swisper-ingest.tlsDir" $name }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- with $root.Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The migration container, for the Job and for the init container. It
+     needs PostgreSQL only. Takes (dict "root" $ "secretName" NAME): the hook
+     Job reads its own Secret copy. */}}
 {{- define "swisper-ingest.migrateContainer" -}}
 {{- $root := .root }}
+{{- $mounts := include "swisper-ingest.tlsVolumeMounts" (dict "root" $root "redis" false) | trim }}
+{{- $envFrom := include "swisper-ingest.envFrom" (dict "root" $root "configMap" false) | trim }}
 name: migrate
 image: {{ include "swisper-ingest.image" $root }}
 imagePullPolicy: {{ $root.Values.image.pullPolicy }}
 args: ["migrate"]
+{{- with $envFrom }}
+envFrom:
+  {{- . | nindent 2 }}
+{{- end }}
 env:
-  - name: DATABASE_URL
-    valueFrom:
-      secretKeyRef:
-        name: {{ .secretName }}
-        key: {{ $root.Values.connection.databaseUrlKey }}
+  {{- include "swisper-ingest.connectionEnv" (dict "root" $root "secretName" .secretName "redis" false) | trim | nindent 2 }}
   - name: OBSERVABILITY_LOG_FORMAT
     value: {{ $root.Values.config.logFormat | quote }}
   - name: RUST_LOG
@@ -128,9 +338,9 @@ securityContext:
   {{- toYaml $root.Values.securityContext | nindent 2 }}
 resources:
   {{- toYaml $root.Values.migrations.job.resources | nindent 2 }}
-{{- with $root.Values.extraVolumeMounts }}
+{{- with $mounts }}
 volumeMounts:
-  {{- toYaml . | nindent 2 }}
+  {{- . | nindent 2 }}
 {{- end }}
 {{- end }}
 
@@ -167,6 +377,18 @@ volumeMounts:
 {{- end }}
 {{- if and $v.connection.createSecret $v.connection.existingSecret }}
 {{- fail "connection.createSecret and connection.existingSecret are exclusive: name your Secret, or let the chart create one" }}
+{{- end }}
+{{- range $name := list "redis" "postgres" }}
+{{- $c := index $v.connection $name }}
+{{- if and $c.host $c.passwordKey (not (include "swisper-ingest.passwordSecret" (dict "root" $ "c" $c))) }}
+{{- fail (printf "connection.%s.passwordKey (%s) names no Secret: set connection.%s.passwordSecret or connection.existingSecret to the Secret that holds the password, or passwordKey: \"\" when the server needs none" $name $c.passwordKey $name) }}
+{{- end }}
+{{- end }}
+{{- if and $v.connection.createSecret $v.connection.redis.tls.enabled (hasPrefix "redis://" $v.connection.redisUrl) }}
+{{- fail "connection.redis.tls.enabled is true but connection.redisUrl is redis:// (plaintext): use rediss://, or turn tls.enabled off" }}
+{{- end }}
+{{- if and $v.keda.enabled $v.connection.redis.host $v.keda.redis.address }}
+{{- fail "keda.redis.address and connection.redis.host are exclusive: with host set, KEDA connects to connection.redis.host:port, as the service does" }}
 {{- end }}
 {{- if and $v.podDisruptionBudget.enabled (not $v.autoscaling.enabled) (not $v.keda.enabled) (not (kindIs "string" $v.podDisruptionBudget.minAvailable)) }}
 {{- if ge (int $v.podDisruptionBudget.minAvailable) (int $v.replicaCount) }}
