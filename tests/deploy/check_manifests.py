@@ -7,6 +7,8 @@
   check_manifests.py context ROOT        the Docker build context holds the workspace, nothing more
   check_manifests.py runbooks ROOT       every alert: runbook anchor in docs/operations.md, tests that fire and not
   check_manifests.py values ROOT         every value in values.yaml is commented and in docs/deployment.md
+  check_manifests.py package ROOT        the chart's README has no links that break once packaged;
+                                         Chart.yaml names home, sources and maintainers
   check_manifests.py connections FILE CHART_VALUES [VALUES]
                                          the rendered pods connect as the values say (URLs, Secrets, TLS
                                          files, KEDA, the helm test pod)
@@ -172,14 +174,25 @@ def check_parity(helm_file, kustomize_file):
     hdep, hcm, hspec = pieces(helm_file)
     kdep, kcm, kspec = pieces(kustomize_file)
 
+    def by_name(items):
+        # Order of env entries, mounts and volumes means nothing here (no
+        # $(VAR) references); kustomize's patches put theirs first.
+        return sorted(items or [], key=lambda x: x["name"])
+
     def strip_container(c):
         c = dict(c)
         c.pop("image", None)
         c.pop("envFrom", None)
+        for key in ("env", "volumeMounts"):
+            if key in c:
+                c[key] = by_name(c[key])
         return c
 
     for field in ("securityContext", "terminationGracePeriodSeconds", "automountServiceAccountToken", "volumes"):
-        if hspec.get(field) != kspec.get(field):
+        h, k = hspec.get(field), kspec.get(field)
+        if field == "volumes":
+            h, k = by_name(h), by_name(k)
+        if h != k:
             problems.append(f"pod {field}: chart {hspec.get(field)!r} != kustomize {kspec.get(field)!r}")
     for kind in ("containers", "initContainers"):
         hc = [strip_container(c) for c in hspec.get(kind, [])]
@@ -195,6 +208,22 @@ def check_parity(helm_file, kustomize_file):
     ks = [{k: v for k, v in t.items() if k != "labelSelector"} for t in kspec.get("topologySpreadConstraints", [])]
     if hs != ks:
         problems.append(f"topologySpreadConstraints: chart {hs} != kustomize {ks}")
+    # KEDA's connection, where both have one: the same trigger metadata and
+    # the same Secret and ConfigMap references.
+    def keda(path):
+        docs = load_docs(path)
+        so = next((d for d in docs if d["kind"] == "ScaledObject"), None)
+        ta = next((d for d in docs if d["kind"] == "TriggerAuthentication"), None)
+        if not so:
+            return None
+        refs = sorted((x["parameter"], x["name"], x["key"])
+                      for x in (ta or {}).get("spec", {}).get("secretTargetRef") or [])
+        return so["spec"]["triggers"][0]["metadata"], refs
+    hk, kk = keda(helm_file), keda(kustomize_file)
+    if (hk is None) != (kk is None):
+        problems.append(f"KEDA: chart {'has' if hk else 'has no'} ScaledObject, kustomize {'has' if kk else 'has no'}")
+    elif hk and hk != kk:
+        problems.append(f"KEDA connection: chart {hk} != kustomize {kk}")
     if hdep["spec"].get("strategy") != kdep["spec"].get("strategy"):
         problems.append("Deployment strategy differs")
     if hcm["data"] != kcm["data"]:
@@ -405,6 +434,32 @@ def check_values(root):
         if f"`{path}`" not in docs:
             problems.append(f"docs/deployment.md does not describe `{path}`")
     done(f"values.yaml: {len(values)} values commented and described in docs/deployment.md", problems)
+
+
+# ---------------------------------------------------------------- the packaged chart
+def check_package(root):
+    """A packaged chart carries its README alone: a relative link (to
+    ../../docs/...) points nowhere on Artifact Hub or after helm pull."""
+    root = Path(root)
+    problems = []
+    chart_dir = root / "helm/swisper-ingest"
+    readme = (chart_dir / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme) + re.findall(r"^\[[^\]]+\]:\s*(\S+)", readme, re.M)
+    links += re.findall(r'(?:href|src)="([^"]+)"', readme)
+    for link in links:
+        if not re.match(r"^(https?://|#|mailto:)", link):
+            problems.append(f"README.md: link {link!r} is relative and breaks once the chart is packaged")
+    ignored = (chart_dir / ".helmignore").read_text().split()
+    if "README.md" in ignored:
+        problems.append("README.md is in .helmignore")
+    chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+    if not str(chart.get("home", "")).startswith("https://"):
+        problems.append("Chart.yaml: no https home")
+    if not chart.get("sources") or not all(str(x).startswith("https://") for x in chart["sources"]):
+        problems.append("Chart.yaml: sources missing or not https URLs")
+    if not chart.get("maintainers") or not all(m.get("name") for m in chart["maintainers"]):
+        problems.append("Chart.yaml: maintainers missing or without a name")
+    done(f"packaged chart: README ({len(links)} links, all absolute), Chart.yaml home/sources/maintainers", problems)
 
 
 # ---------------------------------------------------------------- connections
@@ -718,6 +773,7 @@ def main():
         "runbooks": lambda: check_runbooks(*args),
         "values": lambda: check_values(*args),
         "connections": lambda: check_connections(*args),
+        "package": lambda: check_package(*args),
     }[cmd]()
 
 

@@ -286,6 +286,33 @@ notes_tell_lag() { # VALUES: NOTES.txt renders (helm 4 client-side dry run) and 
   grep -q 'XINFO GROUPS' "$work/notes.txt" && grep -q 'swisper_ingest_group_lag' "$work/notes.txt"
 }
 
+connections_as_values() { # NAME VALUES: check_manifests.py connections on the helm 4 render
+  local values=("$chart/values.yaml")
+  [[ $2 != - ]] && values+=("$2")
+  "$PY" "$here/check_manifests.py" connections "$work/render/$1.h4.yaml" "${values[@]}"
+}
+
+notes_warn_servicemonitor_labels() {
+  local out="$work/notes-sm.txt"
+  KUBECONFIG=/dev/null "$HELM" install swisper-ingest "$chart" --namespace observability --dry-run=client >"$out" || return 1
+  grep -q 'WARNING: the ServiceMonitor has no labels' "$out" || {
+    echo "no warning with serviceMonitor.labels empty"
+    return 1
+  }
+  KUBECONFIG=/dev/null "$HELM" install swisper-ingest "$chart" --namespace observability --dry-run=client \
+    --set serviceMonitor.labels.release=kube-prometheus-stack >"$out" || return 1
+  if grep -q 'WARNING: the ServiceMonitor has no labels' "$out"; then
+    echo "warning although serviceMonitor.labels has release=kube-prometheus-stack"
+    return 1
+  fi
+  KUBECONFIG=/dev/null "$HELM" install swisper-ingest "$chart" --namespace observability --dry-run=client \
+    --set serviceMonitor.enabled=false >"$out" || return 1
+  if grep -q 'WARNING: the ServiceMonitor has no labels' "$out"; then
+    echo "warning although serviceMonitor.enabled is false"
+    return 1
+  fi
+}
+
 capability_gate() {
   render gate-off "$HELM" "$KUBE_CURRENT" - || return 1
   render gate-on "$HELM" "$KUBE_CURRENT" - --api-versions monitoring.coreos.com/v1 || return 1
@@ -357,7 +384,7 @@ check "image: build context holds the workspace and nothing else" "$PY" "$here/c
 check "shellcheck of the deployment scripts" shellcheck "$here/run.sh" "$repo/deploy/generate.sh"
 
 echo "== helm chart"
-value_sets=(default all-features hpa-lag external-migrations)
+value_sets=(default all-features hpa-lag external-migrations tls-existing-secret redis-mtls)
 values_file() { if [[ $1 == default ]]; then echo -; else echo "$here/values/$1.yaml"; fi; }
 lint() { # HELM VALUES
   local args=(lint --strict "$chart" --kube-version "$KUBE_CURRENT")
@@ -375,8 +402,13 @@ for set in "${value_sets[@]}"; do
   check "references, probes, drain budget, consumer name: $set" "$PY" "$here/check_manifests.py" refs "$work/render/$set.h4.yaml"
   check "kubernetes-validate --strict $KUBE_OLDEST (oldest supported): $set" old_cluster "$set" "$vf"
   check "NOTES.txt renders and tells how to check lag: $set" notes_tell_lag "$vf"
+  check "connections as the values say (URLs, password Secrets, TLS files, helm test pod, KEDA): $set" \
+    connections_as_values "$set" "$vf"
 done
+check "NOTES.txt warns about a ServiceMonitor without labels, and only then" notes_warn_servicemonitor_labels
 check "ServiceMonitor and PrometheusRule only where monitoring.coreos.com/v1 is served" capability_gate
+check "chart README self-contained once packaged; Chart.yaml home, sources, maintainers" \
+  "$PY" "$here/check_manifests.py" package "$repo"
 
 echo "== values the schema and templates must reject"
 for bad in "$here"/bad-values/*.yaml; do
@@ -392,7 +424,9 @@ echo "== kustomize"
 check "kustomize build k8s/base" kustomize_build kustomize-base "$repo/k8s/base"
 check "kustomize build k8s/overlays/production" kustomize_build kustomize-production "$repo/k8s/overlays/production"
 check "kustomize build base + hpa component" kustomize_hpa_variant
-for k in kustomize-base kustomize-production kustomize-hpa; do
+check "kustomize build k8s/overlays/managed (TLS, passwords from existing Secrets)" \
+  kustomize_build kustomize-managed "$repo/k8s/overlays/managed"
+for k in kustomize-base kustomize-production kustomize-hpa kustomize-managed; do
   check "kubernetes-validate --strict $KUBE_KUSTOMIZE_OLDEST and $KUBE_CURRENT: $k" \
     kube_validate "$work/render/$k.yaml" "$KUBE_KUSTOMIZE_OLDEST" "$KUBE_CURRENT"
   check "CRD models: $k" crds_valid "$work/render/$k.yaml"
@@ -403,6 +437,12 @@ render parity "$HELM" "$KUBE_CURRENT" - --set migrations.mode=initContainer \
   --set connection.existingSecret=swisper-ingest-connection || true
 check "kustomize base runs the same pod as the chart's defaults" \
   "$PY" "$here/check_manifests.py" parity "$work/render/parity.yaml" "$work/render/kustomize-base.yaml"
+render parity-managed "$HELM" "$KUBE_CURRENT" "$here/values/kustomize-managed.yaml" "${CRD_APIS[@]}" || true
+check "chart renders values/kustomize-managed.yaml with the connections it claims" \
+  "$PY" "$here/check_manifests.py" connections "$work/render/parity-managed.yaml" \
+  "$chart/values.yaml" "$here/values/kustomize-managed.yaml"
+check "kustomize overlays/managed runs the same pod and KEDA connection as the chart with those values" \
+  "$PY" "$here/check_manifests.py" parity "$work/render/parity-managed.yaml" "$work/render/kustomize-managed.yaml"
 
 echo "== prometheus rules"
 check "promtool check rules deploy/prometheus/swisper-ingest.rules.yaml" \
