@@ -387,6 +387,13 @@ volumeMounts:
 {{- if and $v.connection.createSecret $v.connection.redis.tls.enabled (hasPrefix "redis://" $v.connection.redisUrl) }}
 {{- fail "connection.redis.tls.enabled is true but connection.redisUrl is redis:// (plaintext): use rediss://, or turn tls.enabled off" }}
 {{- end }}
+{{- range $name := list "redis" "postgres" }}
+{{- $c := index $v.connection $name }}
+{{- $np := index $v.networkPolicy $name }}
+{{- if and $v.networkPolicy.enabled $c.host (ne (int $c.port) (int $np.port)) }}
+{{- fail (printf "networkPolicy.%s.port (%d) differs from connection.%s.port (%d): the NetworkPolicy would block the pods' own connection" $name (int $np.port) $name (int $c.port)) }}
+{{- end }}
+{{- end }}
 {{- if and $v.keda.enabled $v.connection.redis.host $v.keda.redis.address }}
 {{- fail "keda.redis.address and connection.redis.host are exclusive: with host set, KEDA connects to connection.redis.host:port, as the service does" }}
 {{- end }}
