@@ -682,6 +682,9 @@ def check_connections(path, *value_files):
             if url_secrets[where] not in by.get("Secret", {}):
                 problems.append(f"{where}: its Secret copy {url_secrets[where]} is not rendered")
         migrations += [(where, jpod, x) for x in jpod["containers"]]
+        job_inits = [x["name"] for x in jpod.get("initContainers", [])]
+        if job_inits != [x["name"] for x in v.get("initContainers") or []]:
+            problems.append(f"{where}: init containers {job_inits}, want initContainers {v.get('initContainers')}")
     if v["migrations"]["mode"] != "external" and not migrations:
         problems.append("no migration container rendered")
     for where, podspec, x in migrations:
@@ -711,6 +714,8 @@ def check_connections(path, *value_files):
             for key in ("env", "envFrom", "volumeMounts"):
                 if tc.get(key) != service.get(key):
                     problems.append(f"{where}: {key} differs from the service container's")
+            if [x["name"] for x in tspec.get("initContainers", [])] != [x["name"] for x in v.get("initContainers") or []]:
+                problems.append(f"{where}: init containers differ from initContainers")
             if tspec.get("volumes") != pod.get("volumes"):
                 problems.append(f"{where}: volumes differ from the Deployment's")
             for key in ("securityContext",):
