@@ -33,19 +33,19 @@ pub async fn serve(
     let prometheus = m::install();
     let health = Health::new();
     let (server, bound) = http::server(
-        settings.http_addr,
+        settings.http.addr,
         HttpState {
             health: health.clone(),
             prometheus: prometheus.clone(),
-            group: settings.group.clone(),
-            stall_timeout: Duration::from_secs(settings.stall_timeout_secs),
-            lagging_threshold: settings.lagging_threshold,
+            group: settings.pipeline.group.clone(),
+            stall_timeout: settings.http.stall_timeout(),
+            lagging_threshold: settings.http.lagging_threshold,
         },
     )
     .with_context(|| {
         format!(
             "cannot listen on OBSERVABILITY_HTTP_ADDR {}",
-            settings.http_addr
+            settings.http.addr
         )
     })?;
     let http = server.handle();
@@ -63,10 +63,10 @@ pub async fn serve(
     };
     shutdown.await;
     tracing::info!(
-        budget_secs = settings.shutdown_timeout_secs,
+        budget_secs = settings.pipeline.shutdown_timeout().as_secs(),
         "shutting down: draining"
     );
-    match tokio::time::timeout(settings.shutdown_timeout(), supervisor.send(Drain)).await {
+    match tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await {
         Ok(_) => tracing::info!("drained; every entry in hand is stored and acked"),
         Err(_) => tracing::warn!(
             "drain budget exceeded; unacked entries stay pending for another replica"
@@ -98,7 +98,7 @@ async fn start_pipeline(
         .context("migrations failed")?;
     }
     let pool = store::connect_pool(&settings.database)?;
-    let redis = redis::Client::open(settings.redis_url.expose())?;
+    let redis = redis::Client::open(settings.redis.url.expose())?;
     let control = retry("connect to redis", || async {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -112,10 +112,14 @@ async fn start_pipeline(
     .await?;
     retry("create the consumer group", || async {
         let mut conn = control.clone();
-        redis_stream::ensure_group(&mut conn, &settings.stream, &settings.group)
-            .await
-            .map(Ok::<_, std::convert::Infallible>)
-            .map_err(|e| e.to_string())
+        redis_stream::ensure_group(
+            &mut conn,
+            &settings.pipeline.stream,
+            &settings.pipeline.group,
+        )
+        .await
+        .map(Ok::<_, std::convert::Infallible>)
+        .map_err(|e| e.to_string())
     })
     .await?;
     health.set_redis(true);
