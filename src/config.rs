@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -75,6 +76,29 @@ impl FromStr for SecretUrl {
     }
 }
 
+/// A password: it never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 /// A setting that failed validation, named as the operator wrote it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]
@@ -83,7 +107,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         problem: problem.into(),
@@ -103,13 +127,53 @@ pub struct RedisSettings {
         hide_env_values = true
     )]
     pub url: SecretUrl,
+
+    /// ACL user; replaces the user of the URL.
+    #[arg(long = "redis-username", env = "OBSERVABILITY_REDIS_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password; replaces the password of the URL (so that it can come from a
+    /// Secret without URL-encoding).
+    #[arg(
+        long = "redis-password",
+        env = "OBSERVABILITY_REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<Secret>,
+
+    /// PEM bundle of the CA that signed the server's certificate (a private
+    /// CA); without it `rediss://` verifies against the system's roots.
+    #[arg(long = "redis-ca-file", env = "OBSERVABILITY_REDIS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM, with any intermediates) for mutual TLS;
+    /// needs OBSERVABILITY_REDIS_CLIENT_KEY_FILE.
+    #[arg(
+        long = "redis-client-cert-file",
+        env = "OBSERVABILITY_REDIS_CLIENT_CERT_FILE"
+    )]
+    pub client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate.
+    #[arg(
+        long = "redis-client-key-file",
+        env = "OBSERVABILITY_REDIS_CLIENT_KEY_FILE"
+    )]
+    pub client_key_file: Option<PathBuf>,
+
+    /// DANGEROUS: accept any server certificate (no CA or host name check).
+    /// Encrypts but does not authenticate the server; logged loudly at start.
+    #[arg(long = "redis-tls-insecure", env = "OBSERVABILITY_REDIS_TLS_INSECURE")]
+    pub tls_insecure: bool,
 }
 
 /// Where PostgreSQL is.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseSettings {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL, libpq style: `sslmode` (disable, prefer,
+    /// require, verify-ca, verify-full), `sslrootcert`, `sslcert`, `sslkey`;
+    /// PGPASSWORD when it has no password.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
@@ -123,13 +187,6 @@ pub struct DatabaseSettings {
     #[arg(long, env = "OBSERVABILITY_DB_POOL_SIZE", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub db_pool_size: u32,
-}
-
-impl DatabaseSettings {
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        tokio_postgres::Config::from_str(self.database_url.expose())
-            .map_err(|e| invalid("DATABASE_URL", e.to_string()))
-    }
 }
 
 /// The stream, the group and how this replica reads and writes.
@@ -377,9 +434,8 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// Checks what clap cannot check value by value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database.pg_config()?;
-        redis::Client::open(self.redis.url.expose())
-            .map_err(|e| invalid("OBSERVABILITY_REDIS_URL", e.to_string()))?;
+        self.database.target()?;
+        self.redis.target()?;
         if self.pipeline.stream.is_empty() {
             return Err(invalid("OBSERVABILITY_STREAM_NAME", "must not be empty"));
         }
