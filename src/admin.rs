@@ -4,12 +4,11 @@
 
 use std::io::Write;
 
+use crate::config::{DatabaseSettings, RedisSettings};
+use crate::connect::problem;
+use crate::store::dead_letters::{self, Selection};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use tokio_postgres::NoTls;
-
-use crate::config::{DatabaseSettings, SecretUrl};
-use crate::store::dead_letters::{self, Selection};
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLetterCommand {
@@ -26,13 +25,9 @@ pub enum DeadLetterCommand {
     Replay {
         #[command(flatten)]
         select: SelectArgs,
-        /// Redis to publish to.
-        #[arg(
-            long = "redis-url",
-            env = "OBSERVABILITY_REDIS_URL",
-            default_value = "redis://127.0.0.1:6379"
-        )]
-        redis_url: SecretUrl,
+        /// Redis to publish to (the same settings as `serve`).
+        #[command(flatten)]
+        redis: Box<RedisSettings>,
         /// Print what would be replayed, publish nothing.
         #[arg(long)]
         dry_run: bool,
@@ -79,12 +74,11 @@ impl SelectArgs {
 }
 
 pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> anyhow::Result<()> {
-    let (client, connection) = database
-        .pg_config()?
-        .connect(NoTls)
+    let target = database.target()?;
+    let client = target
+        .connect()
         .await
-        .context("cannot connect to postgres (DATABASE_URL)")?;
-    tokio::spawn(connection);
+        .map_err(|e| anyhow::anyhow!("cannot connect: {}", problem::postgres(&e, &target)))?;
     let mut out = std::io::stdout().lock();
     match command {
         DeadLetterCommand::List { select, limit } => {
@@ -94,16 +88,23 @@ pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> any
         }
         DeadLetterCommand::Replay {
             select,
-            redis_url,
+            redis,
             dry_run,
         } => {
             let selection = explicit(&select)?;
             let letters = dead_letters::list(&client, &selection, i64::MAX).await?;
-            let mut redis = redis::Client::open(redis_url.expose())
-                .context("invalid OBSERVABILITY_REDIS_URL")?
+            let target = redis.target()?;
+            redis.warn_if_insecure();
+            let mut redis = target
+                .client
                 .get_multiplexed_async_connection()
                 .await
-                .context("cannot connect to redis (OBSERVABILITY_REDIS_URL)")?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot connect: {}",
+                        problem::redis(&e, target.verification)
+                    )
+                })?;
             let (mut replayed, mut skipped) = (0, 0);
             for letter in letters {
                 let Some(fields) = dead_letters::fields_from_json(&letter.fields) else {

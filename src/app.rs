@@ -17,6 +17,7 @@ use crate::actors::supervisor::{Drain, Supervisor};
 use crate::actors::Shared;
 use crate::backoff::Backoff;
 use crate::config::ServeSettings;
+use crate::connect::problem::{self, OnceLog, Problem};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::store::{self, migrate};
@@ -33,19 +34,19 @@ pub async fn serve(
     let prometheus = m::install();
     let health = Health::new();
     let (server, bound) = http::server(
-        settings.http_addr,
+        settings.http.addr,
         HttpState {
             health: health.clone(),
             prometheus: prometheus.clone(),
-            group: settings.group.clone(),
-            stall_timeout: Duration::from_secs(settings.stall_timeout_secs),
-            lagging_threshold: settings.lagging_threshold,
+            group: settings.pipeline.group.clone(),
+            stall_timeout: settings.http.stall_timeout(),
+            lagging_threshold: settings.http.lagging_threshold,
         },
     )
     .with_context(|| {
         format!(
             "cannot listen on OBSERVABILITY_HTTP_ADDR {}",
-            settings.http_addr
+            settings.http.addr
         )
     })?;
     let http = server.handle();
@@ -63,10 +64,10 @@ pub async fn serve(
     };
     shutdown.await;
     tracing::info!(
-        budget_secs = settings.shutdown_timeout_secs,
+        budget_secs = settings.pipeline.shutdown_timeout().as_secs(),
         "shutting down: draining"
     );
-    match tokio::time::timeout(settings.shutdown_timeout(), supervisor.send(Drain)).await {
+    match tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await {
         Ok(_) => tracing::info!("drained; every entry in hand is stored and acked"),
         Err(_) => tracing::warn!(
             "drain budget exceeded; unacked entries stay pending for another replica"
@@ -81,41 +82,73 @@ async fn start_pipeline(
     health: Arc<Health>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<Addr<Supervisor>> {
-    let pg_config = settings.database.pg_config()?;
+    let pg = settings.database.target()?;
+    let redis = settings.redis.target()?;
+    settings.redis.warn_if_insecure();
+    tracing::info!(
+        postgres = %pg.shown,
+        sslmode = %pg.mode,
+        redis = %settings.redis.url,
+        redis_tls = ?redis.verification,
+        "connecting"
+    );
+    // One connection first, with or without migrations: TLS, certificate and
+    // password problems surface here as one clear error, before the pool.
+    retry("connect to postgres", || async {
+        match pg.connect().await {
+            Ok(_) => Ok(Ok::<_, std::convert::Infallible>(())),
+            Err(error) => Err(problem::postgres(&error, &pg)),
+        }
+    })
+    .await?;
     if !settings.skip_migrations {
         retry("apply migrations", || async {
-            match migrate::run(&pg_config).await {
+            match migrate::run(&pg).await {
                 Ok(applied) => {
                     tracing::info!(?applied, "migrations applied");
                     Ok(Ok(()))
                 }
                 // Unreachable Postgres is retried; a failing migration is fatal.
                 Err(migrate::MigrateError::Migration(e)) => Ok(Err(e)),
-                Err(other) => Err(other.to_string()),
+                Err(migrate::MigrateError::Connect(e)) => Err(problem::postgres(&e, &pg)),
+                Err(other) => Err(Problem {
+                    misconfigured: false,
+                    message: other.to_string(),
+                }),
             }
         })
         .await
         .context("migrations failed")?;
     }
-    let pool = store::connect_pool(&settings.database)?;
-    let redis = redis::Client::open(settings.redis_url.expose())?;
+    let pool = store::connect_pool(&pg, settings.database.db_pool_size)?;
     let control = retry("connect to redis", || async {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
         redis
+            .client
             .get_connection_manager_with_config(config)
             .await
             .map(Ok::<_, std::convert::Infallible>)
-            .map_err(|e| e.to_string())
+            .map_err(|e| problem::redis(&e, redis.verification))
     })
     .await?;
     retry("create the consumer group", || async {
         let mut conn = control.clone();
-        redis_stream::ensure_group(&mut conn, &settings.stream, &settings.group)
-            .await
-            .map(Ok::<_, std::convert::Infallible>)
-            .map_err(|e| e.to_string())
+        redis_stream::ensure_group(
+            &mut conn,
+            &settings.pipeline.stream,
+            &settings.pipeline.group,
+        )
+        .await
+        .map(Ok::<_, std::convert::Infallible>)
+        .map_err(|e| match &e {
+            redis_stream::StreamError::Redis(e) => problem::redis(e, redis.verification),
+            other => Problem {
+                misconfigured: false,
+                message: other.to_string(),
+            },
+        })
     })
     .await?;
     health.set_redis(true);
@@ -123,26 +156,27 @@ async fn start_pipeline(
     let shared = Shared {
         settings: settings.clone(),
         health,
-        redis,
+        redis: redis.client,
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }
 
 /// Retries `attempt` while it fails with a transient error (the outer `Err`),
-/// with backoff; an inner `Err` is final.
+/// with backoff; an inner `Err` is final. The same problem is logged once
+/// (error level when a setting must change), then at debug.
 async fn retry<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Result<T, E>, String>>,
+    Fut: Future<Output = Result<Result<T, E>, Problem>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let log = OnceLog::default();
     loop {
         match attempt().await {
             Ok(result) => return result,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot {what} yet");
-                tokio::time::sleep(delay).await;
+            Err(problem) => {
+                log.report(what, &problem);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -1,8 +1,11 @@
 //! Settings: every knob is an environment variable (the seed's names) and a
-//! command-line flag, validated once at start.
+//! command-line flag, validated once at start. They are grouped by concern
+//! (Redis, PostgreSQL, pipeline, claiming, limits, HTTP), each group a struct
+//! with its own `--help` heading; durations are read through accessors.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,11 +23,76 @@ impl SecretUrl {
 
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretUrl(<redacted>)")
+        write!(f, "SecretUrl({self})")
     }
 }
 
+/// The URL with its password (and any `password=` query parameter) replaced
+/// by `***`: safe for logs and `check`.
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host...` and the value of
+/// a `password=` query parameter with `***`. Text that is not a URL is
+/// redacted whole, since it might be a password in the wrong variable.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; the password is between
+    // the first ':' and the last '@' inside it.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A password: it never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
@@ -39,22 +107,79 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         problem: problem.into(),
     }
 }
 
+/// Where Redis is.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisSettings {
+    /// Redis connection URL of the stream: `redis://` or `rediss://` (TLS),
+    /// optionally with `user:password@` or `:password@`.
+    #[arg(
+        long = "redis-url",
+        env = "OBSERVABILITY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub url: SecretUrl,
+
+    /// ACL user; replaces the user of the URL.
+    #[arg(long = "redis-username", env = "OBSERVABILITY_REDIS_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password; replaces the password of the URL (so that it can come from a
+    /// Secret without URL-encoding).
+    #[arg(
+        long = "redis-password",
+        env = "OBSERVABILITY_REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<Secret>,
+
+    /// PEM bundle of the CA that signed the server's certificate (a private
+    /// CA); without it `rediss://` verifies against the system's roots.
+    #[arg(long = "redis-ca-file", env = "OBSERVABILITY_REDIS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM, with any intermediates) for mutual TLS;
+    /// needs OBSERVABILITY_REDIS_CLIENT_KEY_FILE.
+    #[arg(
+        long = "redis-client-cert-file",
+        env = "OBSERVABILITY_REDIS_CLIENT_CERT_FILE"
+    )]
+    pub client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate.
+    #[arg(
+        long = "redis-client-key-file",
+        env = "OBSERVABILITY_REDIS_CLIENT_KEY_FILE"
+    )]
+    pub client_key_file: Option<PathBuf>,
+
+    /// DANGEROUS: accept any server certificate (no CA or host name check).
+    /// Encrypts but does not authenticate the server; logged loudly at start.
+    #[arg(long = "redis-tls-insecure", env = "OBSERVABILITY_REDIS_TLS_INSECURE")]
+    pub tls_insecure: bool,
+}
+
 /// Where PostgreSQL is.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "PostgreSQL")]
 pub struct DatabaseSettings {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL, libpq style: `sslmode` (disable, prefer,
+    /// require, verify-ca, verify-full), `sslrootcert`, `sslcert`, `sslkey`;
+    /// PGPASSWORD when it has no password.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/swisper_ingest",
-        hide_default_value = false
+        hide_default_value = false,
+        hide_env_values = true
     )]
     pub database_url: SecretUrl,
 
@@ -64,27 +189,10 @@ pub struct DatabaseSettings {
     pub db_pool_size: u32,
 }
 
-impl DatabaseSettings {
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        tokio_postgres::Config::from_str(self.database_url.expose())
-            .map_err(|e| invalid("DATABASE_URL", e.to_string()))
-    }
-}
-
-/// Everything `serve` needs.
+/// The stream, the group and how this replica reads and writes.
 #[derive(Args, Debug, Clone)]
-pub struct ServeSettings {
-    #[command(flatten)]
-    pub database: DatabaseSettings,
-
-    /// Redis connection URL of the stream.
-    #[arg(
-        long = "redis-url",
-        env = "OBSERVABILITY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: SecretUrl,
-
+#[command(next_help_heading = "Pipeline")]
+pub struct PipelineSettings {
     /// Stream the applications publish to.
     #[arg(
         long = "stream",
@@ -129,32 +237,104 @@ pub struct ServeSettings {
     pub write_batch_size: u32,
 
     /// How long the writer waits for more entries before writing a small batch.
-    #[arg(long, env = "OBSERVABILITY_WRITE_LINGER_MS", default_value_t = 5,
+    #[arg(long = "write-linger-ms", env = "OBSERVABILITY_WRITE_LINGER_MS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    pub write_linger_ms: u64,
+    write_linger_ms: u64,
 
     /// How long one XREADGROUP waits for new entries.
-    #[arg(long, env = "OBSERVABILITY_BLOCK_MS", default_value_t = 1000,
+    #[arg(long = "block-ms", env = "OBSERVABILITY_BLOCK_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub block_ms: u64,
+    block_ms: u64,
 
+    /// Trim the stream below the oldest entry that every group still needs
+    /// (acknowledged by all), so that producers can drop their MAXLEN, which
+    /// deletes entries no consumer has read.
+    #[arg(long = "trim-acked", env = "OBSERVABILITY_TRIM_ACKED")]
+    pub trim_acked: bool,
+
+    /// How often the lag monitor reads the group's lag and pending entries.
+    #[arg(long = "monitor-interval-ms", env = "OBSERVABILITY_MONITOR_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    monitor_interval_ms: u64,
+
+    /// Budget for draining on SIGTERM: stop reading, write and ack, exit.
+    #[arg(long = "shutdown-timeout-secs", env = "OBSERVABILITY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    shutdown_timeout_secs: u64,
+}
+
+impl PipelineSettings {
+    /// The replica's name: the configured one, else the host name.
+    pub fn replica_name(&self) -> String {
+        self.consumer_name
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// How long one XREADGROUP blocks.
+    pub fn block(&self) -> Duration {
+        Duration::from_millis(self.block_ms)
+    }
+
+    /// How long the writer waits for more entries before a small batch.
+    pub fn write_linger(&self) -> Duration {
+        Duration::from_millis(self.write_linger_ms)
+    }
+
+    /// Period of the lag monitor.
+    pub fn monitor_interval(&self) -> Duration {
+        Duration::from_millis(self.monitor_interval_ms)
+    }
+
+    /// Budget for the drain on SIGTERM.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// Taking over entries of consumers that died, and forgetting consumers.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Claiming")]
+pub struct ClaimSettings {
     /// Entries pending longer than this (their consumer died or stalled) are
     /// claimed by this replica's claimer.
-    #[arg(long, env = "OBSERVABILITY_CLAIM_IDLE_MS", default_value_t = 3000,
+    #[arg(long = "claim-idle-ms", env = "OBSERVABILITY_CLAIM_IDLE_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
-    pub claim_idle_ms: u64,
+    claim_idle_ms: u64,
 
     /// How often the claimer looks for idle pending entries.
-    #[arg(long, env = "OBSERVABILITY_CLAIM_INTERVAL_MS", default_value_t = 1000,
+    #[arg(long = "claim-interval-ms", env = "OBSERVABILITY_CLAIM_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-    pub claim_interval_ms: u64,
+    claim_interval_ms: u64,
 
     /// Consumers idle this long with nothing pending are removed from the
     /// group: replicas that Kubernetes replaced under new names.
-    #[arg(long, env = "OBSERVABILITY_CONSUMER_GONE_SECS", default_value_t = 3600,
+    #[arg(long = "consumer-gone-secs", env = "OBSERVABILITY_CONSUMER_GONE_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub consumer_gone_secs: u64,
+    consumer_gone_secs: u64,
+}
 
+impl ClaimSettings {
+    /// Pending entries idle this long are claimed.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// Period of the claimer.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.claim_interval_ms)
+    }
+
+    /// Consumers idle this long with nothing pending are removed.
+    pub fn consumer_gone_after(&self) -> Duration {
+        Duration::from_secs(self.consumer_gone_secs)
+    }
+}
+
+/// What an entry may be, and when bad entries stop the pipeline.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitSettings {
     /// An entry delivered more often than this is dead-lettered.
     #[arg(long, env = "OBSERVABILITY_MAX_DELIVERIES", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -174,23 +354,35 @@ pub struct ServeSettings {
     /// dead-lettering, turn unready and hold consumption (0 disables).
     #[arg(long, env = "OBSERVABILITY_POISON_RUN", default_value_t = 1000)]
     pub poison_run: u64,
+}
 
-    /// Trim the stream below the oldest entry that every group still needs
-    /// (acknowledged by all), so that producers can drop their MAXLEN, which
-    /// deletes entries no consumer has read.
-    #[arg(long = "trim-acked", env = "OBSERVABILITY_TRIM_ACKED")]
-    pub trim_acked: bool,
+impl LimitSettings {
+    /// The entry limits of the parser.
+    pub fn entry(&self) -> crate::event::Limits {
+        crate::event::Limits {
+            max_entry_bytes: self.max_entry_bytes as usize,
+            max_expanded_bytes: self.max_expanded_bytes as usize,
+        }
+    }
+}
 
-    /// How often the lag monitor reads the group's lag and pending entries.
-    #[arg(long, env = "OBSERVABILITY_MONITOR_INTERVAL_MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-    pub monitor_interval_ms: u64,
+/// The HTTP server and what its health endpoints report.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "HTTP and health")]
+pub struct HttpSettings {
+    /// Address of the HTTP server (health, readiness, metrics).
+    #[arg(
+        long = "http-addr",
+        env = "OBSERVABILITY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub addr: SocketAddr,
 
     /// Not live when entries wait but nothing was committed for this long
     /// while Redis and Postgres are reachable.
-    #[arg(long, env = "OBSERVABILITY_STALL_TIMEOUT_SECS", default_value_t = 300,
+    #[arg(long = "stall-timeout-secs", env = "OBSERVABILITY_STALL_TIMEOUT_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub stall_timeout_secs: u64,
+    stall_timeout_secs: u64,
 
     /// Entries waiting for the group (lag plus pending) from which the status
     /// endpoint says "lagging".
@@ -200,75 +392,96 @@ pub struct ServeSettings {
         default_value_t = 10_000
     )]
     pub lagging_threshold: u64,
+}
 
-    /// Address of the HTTP server (health, readiness, metrics).
-    #[arg(
-        long,
-        env = "OBSERVABILITY_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub http_addr: SocketAddr,
+impl HttpSettings {
+    /// Not live after this long without progress while entries wait.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.stall_timeout_secs)
+    }
+}
 
-    /// Budget for draining on SIGTERM: stop reading, write and ack, exit.
-    #[arg(long, env = "OBSERVABILITY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub shutdown_timeout_secs: u64,
+/// Everything `serve` needs, by concern.
+#[derive(Args, Debug, Clone)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub redis: RedisSettings,
+
+    #[command(flatten)]
+    pub database: DatabaseSettings,
 
     /// Do not apply pending migrations at start (a migration job does it).
-    #[arg(long = "no-migrate", env = "OBSERVABILITY_SKIP_MIGRATIONS")]
+    #[arg(
+        long = "no-migrate",
+        env = "OBSERVABILITY_SKIP_MIGRATIONS",
+        help_heading = "PostgreSQL"
+    )]
     pub skip_migrations: bool,
+
+    #[command(flatten)]
+    pub pipeline: PipelineSettings,
+
+    #[command(flatten)]
+    pub claim: ClaimSettings,
+
+    #[command(flatten)]
+    pub limits: LimitSettings,
+
+    #[command(flatten)]
+    pub http: HttpSettings,
 }
 
 impl ServeSettings {
     /// Checks what clap cannot check value by value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database.pg_config()?;
-        redis::Client::open(self.redis_url.expose())
-            .map_err(|e| invalid("OBSERVABILITY_REDIS_URL", e.to_string()))?;
-        if self.stream.is_empty() {
+        self.database.target()?;
+        self.redis.target()?;
+        if self.pipeline.stream.is_empty() {
             return Err(invalid("OBSERVABILITY_STREAM_NAME", "must not be empty"));
         }
-        if self.group.is_empty() {
+        if self.pipeline.group.is_empty() {
             return Err(invalid("OBSERVABILITY_GROUP_NAME", "must not be empty"));
         }
-        if self.replica_name().is_empty() {
+        if self.pipeline.replica_name().is_empty() {
             return Err(invalid("OBSERVABILITY_CONSUMER_NAME", "must not be empty"));
         }
-        if self.claim_idle_ms <= self.block_ms {
+        if self.claim.idle() <= self.pipeline.block() {
             return Err(invalid(
                 "OBSERVABILITY_CLAIM_IDLE_MS",
                 format!(
                     "must exceed OBSERVABILITY_BLOCK_MS ({} ms), or live consumers' entries are claimed",
-                    self.block_ms
+                    self.pipeline.block().as_millis()
                 ),
             ));
         }
         Ok(())
     }
+}
 
-    /// The replica's name: the configured one, else the host name.
-    pub fn replica_name(&self) -> String {
-        self.consumer_name
-            .clone()
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
-    }
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
 
-    pub fn block(&self) -> Duration {
-        Duration::from_millis(self.block_ms)
-    }
-
-    pub fn consumer_gone_after(&self) -> Duration {
-        Duration::from_secs(self.consumer_gone_secs)
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
-    }
-
-    pub fn limits(&self) -> crate::event::Limits {
-        crate::event::Limits {
-            max_entry_bytes: self.max_entry_bytes as usize,
-            max_expanded_bytes: self.max_expanded_bytes as usize,
+    #[test]
+    fn passwords_never_print() {
+        let cases = [
+            (
+                "rediss://user:s3cret@host:6380/0",
+                "rediss://user:***@host:6380/0",
+            ),
+            ("rediss://:s3cret@host:6380", "rediss://:***@host:6380"),
+            ("redis://host:6379", "redis://host:6379"),
+            ("redis://user@host", "redis://user@host"),
+            (
+                "postgres://app:p%40ss@db:5432/x?sslmode=verify-full&password=zz",
+                "postgres://app:***@db:5432/x?sslmode=verify-full&password=***",
+            ),
+            ("postgres://app:a@b@db/x", "postgres://app:***@db/x"),
+            ("not a url with s3cret", "<redacted>"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3cret"));
         }
     }
 }

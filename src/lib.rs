@@ -17,12 +17,16 @@
 //!   isolating any entry that Postgres rejects.
 //! - [`store`] and [`redis_stream`] are the plain async I/O; [`actors`] are
 //!   thin glue that schedules it, and [`app`] wires everything with HTTP.
+//! - [`connect`] makes every Redis and PostgreSQL connection (TLS,
+//!   credentials, errors explained); [`check`] reports on them for operators.
 
 pub mod actors;
 pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod check;
 pub mod config;
+pub mod connect;
 pub mod event;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

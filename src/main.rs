@@ -1,5 +1,6 @@
-//! The `swisper-ingest` command: `serve` runs the service, `migrate` applies
-//! the schema and exits, `dead-letters` lists, replays and purges dead letters.
+//! The `swisper-ingest` command: `serve` runs the service, `check` reports on
+//! its connections, `migrate` applies the schema and exits, `dead-letters`
+//! lists, replays and purges dead letters.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
-use swisper_ingest::{admin, app, store};
+use swisper_ingest::{admin, app, check, connect, store};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,15 @@ struct Cli {
 enum Command {
     /// Run the service: consume the stream, store events, serve HTTP.
     Serve(Box<ServeSettings>),
+    /// Connect to Redis and PostgreSQL as `serve` would and report: server
+    /// versions, TLS, the stream and group, the schema. Exit 0 when all is well.
+    Check {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Box<ServeSettings>,
+    },
     /// Apply pending migrations and exit.
     Migrate(DatabaseSettings),
     /// List, replay or purge dead letters.
@@ -92,12 +102,28 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,
             Command::Migrate(database) => {
-                let config = database.pg_config()?;
-                let applied = store::migrate::run(&config).await.context("migrate")?;
+                let target = database.target()?;
+                let applied = match store::migrate::run(&target).await {
+                    Err(store::migrate::MigrateError::Connect(e)) => {
+                        anyhow::bail!(
+                            "migrate: cannot connect: {}",
+                            connect::problem::postgres(&e, &target)
+                        )
+                    }
+                    other => other.context("migrate")?,
+                };
                 tracing::info!(?applied, "schema is up to date");
                 Ok(())
             }
             Command::DeadLetters { database, command } => admin::run(&database, command).await,
+            Command::Check { json, settings } => {
+                let report = check::run(&settings).await?;
+                report.print(json)?;
+                if !report.ok {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
         }
     });
     match result {

@@ -189,8 +189,9 @@ async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
         database_url: env.database_url.parse().unwrap(),
         db_pool_size: 4,
     };
-    migrate::run(&settings.pg_config().unwrap()).await.unwrap();
-    let pool = connect_pool(&settings).unwrap();
+    let target = settings.target().unwrap();
+    migrate::run(&target).await.unwrap();
+    let pool = connect_pool(&target, settings.db_pool_size).unwrap();
     let mut rng = StdRng::seed_from_u64(0x5eed);
 
     for case in 0..40 {

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
@@ -63,7 +62,7 @@ impl Actor for Claimer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let interval = Duration::from_millis(self.shared.settings.claim_interval_ms);
+        let interval = self.shared.settings.claim.interval();
         ctx.run_interval(interval, |claimer, ctx| {
             if !claimer.busy {
                 claimer.busy = true;
@@ -137,14 +136,14 @@ async fn claim_pass(
     sweep: bool,
 ) -> Result<(), PassError> {
     let settings = &shared.settings;
-    let min_idle = Duration::from_millis(settings.claim_idle_ms);
-    let page = settings.batch_size as usize;
+    let min_idle = settings.claim.idle();
+    let page = settings.pipeline.batch_size as usize;
     let mut start = "0-0".to_owned();
     loop {
         let claimed = redis_stream::autoclaim(
             &mut conn,
-            &settings.stream,
-            &settings.group,
+            &settings.pipeline.stream,
+            &settings.pipeline.group,
             &name,
             min_idle,
             &start,
@@ -164,8 +163,8 @@ async fn claim_pass(
         {
             let counts = redis_stream::delivery_counts(
                 &mut conn,
-                &settings.stream,
-                &settings.group,
+                &settings.pipeline.stream,
+                &settings.pipeline.group,
                 &name,
                 first,
                 last,
@@ -180,8 +179,8 @@ async fn claim_pass(
             match writer
                 .send(WriteEntries(write_path::prepare(
                     entries,
-                    &settings.limits(),
-                    settings.max_deliveries,
+                    &settings.limits.entry(),
+                    settings.limits.max_deliveries,
                 )))
                 .await
             {
@@ -211,16 +210,18 @@ async fn remove_gone_consumers(
     conn: &mut ConnectionManager,
 ) -> Result<(), StreamError> {
     let settings = &shared.settings;
-    for consumer in redis_stream::consumers(conn, &settings.stream, &settings.group).await? {
-        if consumer.pending == 0 && consumer.idle > settings.consumer_gone_after() {
+    for consumer in
+        redis_stream::consumers(conn, &settings.pipeline.stream, &settings.pipeline.group).await?
+    {
+        if consumer.pending == 0 && consumer.idle > settings.claim.consumer_gone_after() {
             // Redis 7.0 counts a blocked read that returned nothing as idle
             // time, so a live consumer of a quiet stream can look gone: the
             // script removes it only if it still has nothing pending, and a
             // live consumer is recreated by its next read.
             let removed = redis_stream::delete_consumer_if_idle(
                 conn,
-                &settings.stream,
-                &settings.group,
+                &settings.pipeline.stream,
+                &settings.pipeline.group,
                 &consumer.name,
             )
             .await?;

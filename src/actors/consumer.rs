@@ -128,7 +128,7 @@ impl Handler<StopReading> for Consumer {
 /// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
 /// would fail a blocking read on the client while Redis still delivers.
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
-    let block = shared.settings.block();
+    let block = shared.settings.pipeline.block();
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(block + Duration::from_secs(5)));
@@ -160,12 +160,12 @@ async fn read_step(
     };
     let read = redis_stream::read_group(
         &mut conn,
-        &settings.stream,
-        &settings.group,
+        &settings.pipeline.stream,
+        &settings.pipeline.group,
         &name,
         cursor,
-        settings.batch_size as usize,
-        settings.block(),
+        settings.pipeline.batch_size as usize,
+        settings.pipeline.block(),
     )
     .await;
     let entries = match read {
@@ -201,8 +201,8 @@ async fn read_step(
     match writer
         .send(WriteEntries(write_path::prepare(
             entries,
-            &settings.limits(),
-            settings.max_deliveries,
+            &settings.limits.entry(),
+            settings.limits.max_deliveries,
         )))
         .await
     {
@@ -235,9 +235,13 @@ async fn read_failed(
         // recreate it so that the pipeline resumes by itself.
         shared.health.set_group(false);
         tracing::warn!(consumer = %name, "consumer group missing; recreating it");
-        if redis_stream::ensure_group(conn, &shared.settings.stream, &shared.settings.group)
-            .await
-            .is_ok()
+        if redis_stream::ensure_group(
+            conn,
+            &shared.settings.pipeline.stream,
+            &shared.settings.pipeline.group,
+        )
+        .await
+        .is_ok()
         {
             shared.health.set_group(true);
             return Step::Progress;
@@ -266,7 +270,14 @@ async fn ack_deleted(
             "pending entries were trimmed from the stream before being stored"
         );
         let settings = &shared.settings;
-        if let Err(error) = redis_stream::ack(conn, &settings.stream, &settings.group, &ids).await {
+        if let Err(error) = redis_stream::ack(
+            conn,
+            &settings.pipeline.stream,
+            &settings.pipeline.group,
+            &ids,
+        )
+        .await
+        {
             tracing::warn!(%error, "cannot ack trimmed entries");
         }
     }

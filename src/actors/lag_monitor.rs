@@ -2,8 +2,6 @@
 //! probes Postgres for readiness, keeps the SDK's consumer heartbeat fresh,
 //! exports the age of each project's newest SDK heartbeat, and runs the Prometheus recorder's upkeep.
 
-use std::time::Duration;
-
 use actix::prelude::*;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
@@ -52,7 +50,7 @@ impl Actor for LagMonitor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let interval = Duration::from_millis(self.shared.settings.monitor_interval_ms);
+        let interval = self.shared.settings.pipeline.monitor_interval();
         self.busy = true;
         ctx.notify(Tick);
         ctx.run_interval(interval, |monitor, ctx| {
@@ -85,7 +83,7 @@ async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
     }
     match read_group_state(&shared, &mut conn).await {
         Ok(state) => {
-            let ours = state.group(&shared.settings.group).cloned();
+            let ours = state.group(&shared.settings.pipeline.group).cloned();
             publish(&shared, state);
             if let Err(error) = watch_trimming(&shared, &mut conn, ours.as_ref()).await {
                 metrics::counter!(m::REDIS_ERRORS, "operation" => "trim").increment(1);
@@ -113,12 +111,12 @@ async fn watch_trimming(
     conn: &mut ConnectionManager,
     ours: Option<&GroupInfo>,
 ) -> Result<(), StreamError> {
-    let stream = &shared.settings.stream;
+    let stream = &shared.settings.pipeline.stream;
     let info = redis_stream::stream_info(conn, stream).await?;
     if let Some(group) = ours {
         metrics::gauge!(m::TRIMMED_BEFORE_DELIVERY).set(lost_before_delivery(&info, group) as f64);
     }
-    if shared.settings.trim_acked && shared.health.readiness().ready {
+    if shared.settings.pipeline.trim_acked && shared.health.readiness().ready {
         if let Some(below) = redis_stream::safe_trim_id(conn, stream).await? {
             let trimmed = redis_stream::trim_below(conn, stream, below).await?;
             metrics::counter!(m::TRIMMED).increment(trimmed);
@@ -178,7 +176,8 @@ async fn read_group_state(
     conn: &mut ConnectionManager,
 ) -> Result<GroupState, StreamError> {
     let settings = &shared.settings;
-    let state = redis_stream::group_state(conn, &settings.stream, &settings.group).await;
+    let state =
+        redis_stream::group_state(conn, &settings.pipeline.stream, &settings.pipeline.group).await;
     match state {
         Err(error) if redis_stream::is_missing_group(&error) => {
             // The consumers recreate a lost group on their next read.
@@ -190,7 +189,7 @@ async fn read_group_state(
 }
 
 fn publish(shared: &Shared, state: GroupState) {
-    let group = state.group(&shared.settings.group).cloned();
+    let group = state.group(&shared.settings.pipeline.group).cloned();
     shared.health.set_redis(true);
     shared.health.set_group(group.is_some());
     metrics::gauge!(m::STREAM_LENGTH).set(state.stream_length as f64);

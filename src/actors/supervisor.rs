@@ -122,7 +122,7 @@ impl Supervisor {
     }
 
     fn consumer_name(&self, index: usize) -> String {
-        format!("{}-{index}", self.shared.settings.replica_name())
+        format!("{}-{index}", self.shared.settings.pipeline.replica_name())
     }
 
     fn start_writer(&self) -> Addr<Writer> {
@@ -140,7 +140,7 @@ impl Supervisor {
     }
 
     fn start_claimer(&self, writer: &Addr<Writer>) -> Addr<Claimer> {
-        let name = format!("{}-claimer", self.shared.settings.replica_name());
+        let name = format!("{}-claimer", self.shared.settings.pipeline.replica_name());
         Claimer::new(
             self.shared.clone(),
             name,
@@ -197,10 +197,10 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let writers: Vec<Addr<Writer>> = (0..self.shared.settings.writers)
+        let writers: Vec<Addr<Writer>> = (0..self.shared.settings.pipeline.writers)
             .map(|_| self.start_writer())
             .collect();
-        self.consumers = (0..self.shared.settings.consumers as usize)
+        self.consumers = (0..self.shared.settings.pipeline.consumers as usize)
             .map(|index| {
                 Child::new(
                     "consumer",
@@ -216,10 +216,10 @@ impl Actor for Supervisor {
             .collect();
         ctx.run_interval(CHECK_EVERY, |supervisor, _| supervisor.check_children());
         tracing::info!(
-            replica = %self.shared.settings.replica_name(),
+            replica = %self.shared.settings.pipeline.replica_name(),
             consumers = self.consumers.len(),
-            stream = %self.shared.settings.stream,
-            group = %self.shared.settings.group,
+            stream = %self.shared.settings.pipeline.stream,
+            group = %self.shared.settings.pipeline.group,
             "pipeline started"
         );
     }

@@ -79,10 +79,10 @@ impl Writer {
         let (done, receiver) = oneshot::channel();
         self.buffer.extend(entries);
         self.waiters.push(done);
-        if self.buffer.len() >= self.shared.settings.write_batch_size as usize {
+        if self.buffer.len() >= self.shared.settings.pipeline.write_batch_size as usize {
             self.flush(ctx);
         } else if self.linger.is_none() {
-            let linger = Duration::from_millis(self.shared.settings.write_linger_ms);
+            let linger = self.shared.settings.pipeline.write_linger();
             self.linger = Some(ctx.run_later(linger, |writer, ctx| {
                 writer.linger = None;
                 writer.flush(ctx);
@@ -163,11 +163,11 @@ async fn commit_and_ack(
     let settings = &shared.settings;
     let started = Instant::now();
     let run = write_path::rejection_run(&items, rejection_run);
-    if settings.poison_run > 0 && run.longest >= settings.poison_run {
+    if settings.limits.poison_run > 0 && run.longest >= settings.limits.poison_run {
         shared.health.set_poisoned(true);
         tracing::error!(
             run = run.longest,
-            limit = settings.poison_run,
+            limit = settings.limits.poison_run,
             "poison protection: most of the stream is bad; not dead-lettering, consumption paused"
         );
         return (Err(WriteError::Poisoned(run.longest)), rejection_run);
@@ -175,7 +175,7 @@ async fn commit_and_ack(
     shared.health.set_poisoned(false);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match write_path::commit_isolating(&pool, &settings.stream, &mut items).await {
+        match write_path::commit_isolating(&pool, &settings.pipeline.stream, &mut items).await {
             Ok(isolated) => {
                 if isolated > 0 {
                     metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data")
@@ -208,7 +208,14 @@ async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &
     let settings = &shared.settings;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     for attempt in 1..=5 {
-        match redis_stream::ack(acker, &settings.stream, &settings.group, ids).await {
+        match redis_stream::ack(
+            acker,
+            &settings.pipeline.stream,
+            &settings.pipeline.group,
+            ids,
+        )
+        .await
+        {
             Ok(_) => {
                 metrics::counter!(m::ACKED).increment(ids.len() as u64);
                 return;

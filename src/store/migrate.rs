@@ -2,7 +2,7 @@
 //! and applied by refinery under an advisory lock, so that replicas started
 //! together never race.
 
-use tokio_postgres::NoTls;
+use crate::connect::postgres::PgTarget;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -21,10 +21,41 @@ pub enum MigrateError {
     Migration(#[from] refinery::Error),
 }
 
+/// The newest migration version embedded in this binary.
+pub fn latest_version() -> i32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version() as i32)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest version applied to the database, None before the first.
+pub async fn applied_version(
+    client: &tokio_postgres::Client,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    client
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .map(|row| row.get(0))
+}
+
 /// Applies pending migrations; returns the names of those applied.
-pub async fn run(pg_config: &tokio_postgres::Config) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = pg_config
-        .connect(NoTls)
+pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
+    let (mut client, connection) = target
+        .config
+        .connect(target.tls.clone())
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
+use crate::config::ConfigError;
+use crate::connect::postgres::PgTarget;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
-
-use crate::config::{ConfigError, DatabaseSettings};
 
 pub type Pool = deadpool_postgres::Pool;
 
@@ -22,19 +21,19 @@ const SESSION_SETUP: &str = "SELECT set_config('default_toast_compression', 'lz4
 
 /// Builds the pool; connections are made lazily, so this succeeds while
 /// Postgres is down and the writer's retries take over.
-pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, ConfigError> {
-    let mut pg_config = settings.pg_config()?;
+pub fn connect_pool(target: &PgTarget, size: u32) -> Result<Pool, ConfigError> {
+    let mut pg_config = target.config.clone();
     pg_config.application_name("swisper-ingest");
     pg_config.connect_timeout(POOL_TIMEOUT);
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        target.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
     Pool::builder(manager)
-        .max_size(settings.db_pool_size as usize)
+        .max_size(size as usize)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_TIMEOUT))
         .create_timeout(Some(POOL_TIMEOUT))

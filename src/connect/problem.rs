@@ -1,0 +1,208 @@
+//! What a failed connection means for the operator: the problem in plain
+//! words (the word "certificate" where it is one) and the setting to fix,
+//! logged once rather than on every retry.
+
+use std::sync::Mutex;
+
+use super::postgres::PgTarget;
+use super::Verification;
+
+/// A connection failure explained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// True when retrying cannot help until a setting or certificate changes
+    /// (TLS, certificates, credentials); false for an unreachable server.
+    pub misconfigured: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The error and its sources in one line, without repeating a source that
+/// the outer message already quotes.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A certificate problem in rustls' words, as the operator should read it.
+fn certificate_problem(text: &str) -> Option<&'static str> {
+    let has = |needle: &str| text.contains(needle);
+    if has("UnknownIssuer") || has("BadSignature") || has("UnknownCA") {
+        Some("the server's certificate is not signed by a trusted CA (certificate verify failed: unknown issuer)")
+    } else if has("NotValidForName") {
+        Some("the server's certificate does not match the host name (certificate name mismatch)")
+    } else if has("Expired") {
+        Some("the server's certificate has expired (or is not yet valid)")
+    } else if has("Revoked") {
+        Some("the server's certificate is revoked")
+    } else if has("invalid peer certificate") || has("BadCertificate") {
+        Some("the server's certificate was rejected")
+    } else {
+        None
+    }
+}
+
+/// Explains a Redis connection error. `scheme_tls` is whether the URL asked
+/// for TLS.
+pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
+    let text = chain(error);
+    let tls = verification != Verification::Plaintext;
+    let has = |needle: &str| text.contains(needle);
+    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
+        let fix = if has("NotValidForName") {
+            "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL"
+        } else {
+            "set OBSERVABILITY_REDIS_CA_FILE to the CA bundle that signed the server's certificate"
+        };
+        (true, format!("redis TLS: {cert}; {fix} ({text})"))
+    } else if has("CertificateRequired")
+        || has("certificate required")
+        || has("HandshakeFailure") && tls
+    {
+        (
+            true,
+            format!(
+                "redis TLS: the server requires a client certificate (mutual TLS) or refused ours; set \
+                 OBSERVABILITY_REDIS_CLIENT_CERT_FILE and OBSERVABILITY_REDIS_CLIENT_KEY_FILE to a \
+                 certificate its CA signed ({text})"
+            ),
+        )
+    } else if tls && (has("InvalidContentType") || has("corrupt message") || has("InvalidMessage"))
+    {
+        (
+            true,
+            format!(
+                "redis TLS: the server does not speak TLS on this port; use redis:// or the server's \
+                 TLS port in OBSERVABILITY_REDIS_URL ({text})"
+            ),
+        )
+    } else if has("WRONGPASS") || has("NOAUTH") || has("invalid password") || has("NOPERM") {
+        (
+            true,
+            format!(
+                "redis authentication failed: check the user and password in OBSERVABILITY_REDIS_URL \
+                 or OBSERVABILITY_REDIS_USERNAME / OBSERVABILITY_REDIS_PASSWORD ({text})"
+            ),
+        )
+    } else if !tls
+        && (error.is_connection_dropped()
+            || has("reset by peer")
+            || has("broken pipe")
+            || has("unexpected end of file")
+            || has("Connection closed"))
+    {
+        (
+            true,
+            format!(
+                "redis closed the connection during the plaintext handshake: if the server accepts \
+                 only TLS, use rediss:// in OBSERVABILITY_REDIS_URL ({text})"
+            ),
+        )
+    } else {
+        (false, format!("redis: {text}"))
+    };
+    Problem {
+        misconfigured,
+        message,
+    }
+}
+
+/// Explains a PostgreSQL connection error for this target.
+pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
+    let text = chain(error);
+    let has = |needle: &str| text.contains(needle);
+    let db_code = error.as_db_error().map(|e| e.code().code().to_owned());
+    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
+        let fix = if has("NotValidForName") {
+            "connect to a host name that the certificate names, or use sslmode=verify-ca in DATABASE_URL"
+        } else {
+            "set DATABASE_URL sslrootcert to the CA bundle that signed the server's certificate"
+        };
+        (
+            true,
+            format!(
+                "postgres TLS (sslmode={}): {cert}; {fix} ({text})",
+                target.mode
+            ),
+        )
+    } else if has("server does not support TLS") {
+        (
+            true,
+            format!(
+                "postgres TLS (sslmode={}): the server does not accept TLS; enable ssl on the server \
+                 or set sslmode=disable in DATABASE_URL if plaintext is acceptable ({text})",
+                target.mode
+            ),
+        )
+    } else if has("no encryption") || (db_code.as_deref() == Some("28000") && has("SSL off")) {
+        (
+            true,
+            format!(
+                "postgres refused a plaintext connection (sslmode={}): the server accepts only TLS; \
+                 set sslmode=verify-full (or require) in DATABASE_URL ({text})",
+                target.mode
+            ),
+        )
+    } else if has("certificate") || has("TLS") || has("tls") {
+        (
+            true,
+            format!("postgres TLS (sslmode={}): check DATABASE_URL sslmode, sslrootcert, sslcert and sslkey ({text})", target.mode),
+        )
+    } else if matches!(db_code.as_deref(), Some("28P01" | "28000")) || has("password") {
+        (
+            true,
+            format!(
+                "postgres authentication failed: check the user and password in DATABASE_URL or \
+                 PGPASSWORD ({text})"
+            ),
+        )
+    } else {
+        (false, format!("postgres: {text}"))
+    };
+    Problem {
+        misconfigured,
+        message,
+    }
+}
+
+/// Logs a repeating problem once (and again when it changes), at error level
+/// when a setting must change, warn when a server is merely unreachable.
+#[derive(Debug, Default)]
+pub struct OnceLog {
+    last: Mutex<Option<String>>,
+}
+
+impl OnceLog {
+    pub fn report(&self, what: &str, problem: &Problem) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() == Some(problem.message.as_str()) {
+            tracing::debug!(error = %problem, "still cannot {what}");
+            return;
+        }
+        *last = Some(problem.message.clone());
+        if problem.misconfigured {
+            tracing::error!(error = %problem, "cannot {what}");
+        } else {
+            tracing::warn!(error = %problem, "cannot {what} yet");
+        }
+    }
+
+    /// Forgets the last problem, so that a recurrence is logged again.
+    pub fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
