@@ -76,6 +76,8 @@ impl DatabaseSettings {
 pub struct ServeSettings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub bounds: crate::bounds::BoundsSettings,
 
     /// Redis connection URL of the stream.
     #[arg(

@@ -22,6 +22,7 @@ pub mod actors;
 pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod bounds;
 pub mod config;
 pub mod event;
 #[cfg(feature = "fault-injection")]
@@ -30,6 +31,7 @@ pub mod health;
 pub mod http;
 pub mod merge;
 pub mod metrics;
+pub mod process_metrics;
 pub mod redis_stream;
 pub mod store;
 pub mod write_path;
