@@ -222,8 +222,7 @@ fn rows_of<'a>(
 
 /// Joins rows of the same tables, as the database does across batches.
 pub fn join_rows<'a>(mut acc: Rows<'a>, more: Rows<'a>) -> Rows<'a> {
-    let mut traces: BTreeMap<Key, TraceRow> =
-        acc.traces.drain(..).map(|r| (r.key(), r)).collect();
+    let mut traces: BTreeMap<Key, TraceRow> = acc.traces.drain(..).map(|r| (r.key(), r)).collect();
     for row in more.traces {
         upsert(&mut traces, row.key(), row, TraceRow::join);
     }

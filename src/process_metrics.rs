@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let text = render();
-        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
         let rss: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))

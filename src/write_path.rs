@@ -182,11 +182,7 @@ pub fn commit_isolating<'a>(
 
 /// Commits each half on its own; the halves that committed stay committed
 /// when a later one fails (their entries are rewritten idempotently on retry).
-async fn split(
-    pool: &Pool,
-    stream: &str,
-    items: &mut [BatchItem],
-) -> Result<usize, StoreError> {
+async fn split(pool: &Pool, stream: &str, items: &mut [BatchItem]) -> Result<usize, StoreError> {
     let (left, right) = items.split_at_mut(items.len() / 2);
     let isolated = commit_isolating(pool, stream, left).await?;
     Ok(isolated + commit_isolating(pool, stream, right).await?)

@@ -175,7 +175,8 @@ async fn publish_sdk_heartbeat_ages(shared: &Shared, pool: &Pool) {
 /// standby nor read-only (`default_transaction_read_only` after a failover
 /// to a replica). The simple query protocol keeps it pooler-safe.
 async fn probe_postgres(pool: &Pool) -> bool {
-    const WRITABLE: &str = "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean)";
+    const WRITABLE: &str =
+        "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean)";
     let Ok(client) = pool.get().await else {
         return false;
     };

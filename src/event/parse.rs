@@ -258,10 +258,13 @@ impl<'a> EventFields<'a> {
         };
         let output = self.data.remove("output").filter(|v| !v.is_null());
         // The model goes to an indexed column; output keeps it whole.
-        let llm = output.as_ref().and_then(super::llm::usage).map(|mut usage| {
-            usage.model = self.bounded("output._llm_model", usage.model.take());
-            usage
-        });
+        let llm = output
+            .as_ref()
+            .and_then(super::llm::usage)
+            .map(|mut usage| {
+                usage.model = self.bounded("output._llm_model", usage.model.take());
+                usage
+            });
         Ok(ObservationEnd {
             is_error,
             observation_type: self.take_text("type")?,

@@ -33,10 +33,7 @@ pub enum StoreError {
     /// after failover), disk full (53100), too many connections (53300).
     /// Retry with backoff; nothing acked, nothing dead-lettered.
     #[error("postgres cannot write ({}): {message}", kind.label())]
-    CannotWrite {
-        kind: CannotWrite,
-        message: String,
-    },
+    CannotWrite { kind: CannotWrite, message: String },
     /// The database is down, restarting, overloaded or lost the connection:
     /// retry the same rows later.
     #[error("postgres is unavailable: {0}")]
@@ -130,9 +127,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
             // A new connection whose session setup failed: the server's
             // SQLSTATE says why (read-only, too many connections...).
-            deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(
-                e,
-            )) => e.into(),
+            deadpool_postgres::PoolError::PostCreateHook(
+                deadpool_postgres::HookError::Backend(e),
+            ) => e.into(),
             other => StoreError::Unavailable(other.to_string()),
         }
     }
