@@ -67,14 +67,21 @@ pub async fn serve(
         budget_secs = settings.pipeline.shutdown_timeout().as_secs(),
         "shutting down: draining"
     );
-    match tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await {
-        Ok(_) => tracing::info!("drained; every entry in hand is stored and acked"),
-        Err(_) => tracing::warn!(
-            "drain budget exceeded; unacked entries stay pending for another replica"
-        ),
-    }
+    let drained = tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await;
     http.stop(true).await;
-    Ok(())
+    match drained {
+        Ok(_) => {
+            tracing::info!("drained; every entry in hand is stored and acked");
+            Ok(())
+        }
+        // Exit non-zero, so that an orchestrator or an operator sees that
+        // this stop left work behind (nothing is lost: it stays pending).
+        Err(_) => Err(anyhow::anyhow!(
+            "drain budget of {} s (OBSERVABILITY_SHUTDOWN_TIMEOUT_SECS) ran out with entries still in hand; \
+             they stay pending and another replica claims them",
+            settings.pipeline.shutdown_timeout().as_secs()
+        )),
+    }
 }
 
 async fn start_pipeline(

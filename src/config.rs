@@ -408,6 +408,9 @@ pub struct ServeSettings {
     pub redis: RedisSettings,
 
     #[command(flatten)]
+    pub bounds: crate::bounds::BoundsSettings,
+
+    #[command(flatten)]
     pub database: DatabaseSettings,
 
     /// Do not apply pending migrations at start (a migration job does it).

@@ -10,7 +10,12 @@ use crate::redis_stream::GroupState;
 #[derive(Debug, Default)]
 pub struct Health {
     redis_ok: AtomicBool,
+    /// The probe: Postgres answers and accepts writes (a primary, not
+    /// read-only), from the lag monitor.
     postgres_ok: AtomicBool,
+    /// The writer's last attempt committed (true until one fails): a full
+    /// disk or exhausted connections show only when writing.
+    last_write_ok: AtomicBool,
     group_ok: AtomicBool,
     draining: AtomicBool,
     /// Poison protection tripped: a broken producer, consumption paused.
@@ -21,6 +26,9 @@ pub struct Health {
     backlog: AtomicU64,
     /// The lag monitor's last reading, served by the status endpoint.
     group_state: Mutex<Option<GroupState>>,
+    /// (project_id, seconds) of the newest SDK heartbeats, capped and
+    /// replaced on each reading, so that quiet projects drop out of /metrics.
+    sdk_heartbeat_ages: Mutex<Vec<(String, f64)>>,
 }
 
 /// Why the service is or is not ready, for /readyz.
@@ -29,6 +37,7 @@ pub struct Readiness {
     pub ready: bool,
     pub redis: bool,
     pub postgres: bool,
+    pub last_write_ok: bool,
     pub group: bool,
     pub draining: bool,
     pub poisoned: bool,
@@ -45,6 +54,7 @@ impl Health {
     pub fn new() -> Arc<Self> {
         let health = Self::default();
         health.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+        health.last_write_ok.store(true, Ordering::Relaxed);
         Arc::new(health)
     }
 
@@ -56,6 +66,14 @@ impl Health {
     pub fn set_postgres(&self, ok: bool) {
         self.postgres_ok.store(ok, Ordering::Relaxed);
         self.publish_ready();
+    }
+
+    /// The writer's outcome: a failed write turns readiness off until a
+    /// write commits again, whatever the probe says.
+    pub fn set_last_write(&self, ok: bool) {
+        if self.last_write_ok.swap(ok, Ordering::Relaxed) != ok {
+            self.publish_ready();
+        }
     }
 
     pub fn set_group(&self, ok: bool) {
@@ -80,6 +98,7 @@ impl Health {
     }
 
     pub fn committed(&self) {
+        self.set_last_write(true);
         let now = unix_ms();
         self.last_progress_ms.store(now, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::LAST_COMMIT).set(now as f64 / 1000.0);
@@ -99,16 +118,32 @@ impl Health {
             .clone()
     }
 
+    pub fn set_sdk_heartbeat_ages(&self, ages: Vec<(String, f64)>) {
+        *self
+            .sdk_heartbeat_ages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ages;
+    }
+
+    pub fn sdk_heartbeat_ages(&self) -> Vec<(String, f64)> {
+        self.sdk_heartbeat_ages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn readiness(&self) -> Readiness {
         let redis = self.redis_ok.load(Ordering::Relaxed);
         let postgres = self.postgres_ok.load(Ordering::Relaxed);
+        let last_write_ok = self.last_write_ok.load(Ordering::Relaxed);
         let group = self.group_ok.load(Ordering::Relaxed);
         let draining = self.is_draining();
         let poisoned = self.poisoned.load(Ordering::Relaxed);
         Readiness {
-            ready: redis && postgres && group && !draining && !poisoned,
+            ready: redis && postgres && last_write_ok && group && !draining && !poisoned,
             redis,
             postgres,
+            last_write_ok,
             group,
             draining,
             poisoned,

@@ -68,7 +68,12 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 async fn metrics_text(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.prometheus.render())
+        .body(format!(
+            "{}{}{}",
+            state.prometheus.render(),
+            crate::bounds::render_heartbeat_ages(&state.health.sdk_heartbeat_ages()),
+            crate::process_metrics::render()
+        ))
 }
 
 /// The seed's endpoint. `status` is "lagging" when this group's lag plus

@@ -2,7 +2,7 @@
 //! of arrival nor on duplicates.
 //!
 //! A row is split into groups of columns, each filled by one kind of event:
-//! - `seen`: trace and project ids, from the newest event of the row;
+//! - `seen`: the observation's trace id, from the newest event of the row;
 //! - `start`: from trace_start / observation_start;
 //! - `end`: from observation_end / observation_error.
 //!
@@ -12,6 +12,10 @@
 //! permutation, duplication or batching of the same events gives the same
 //! rows. The SQL merge in `store::rows` applies the very same rule across
 //! batches and replicas.
+//!
+//! Rows are keyed by (project_id, id): ids are chosen by producers, so an
+//! event of another project that reuses an id gets a row of its own and never
+//! moves or overwrites a row of the first project (docs/event-format.md).
 
 use std::collections::BTreeMap;
 
@@ -67,7 +71,7 @@ fn newest<T>(a: Option<Versioned<T>>, b: Option<Versioned<T>>) -> Option<Version
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceRow<'a> {
     pub id: &'a str,
-    /// project_id of the newest event.
+    /// project_id: part of the key, the same for every event of the row.
     pub seen: Versioned<&'a str>,
     /// Publish time of the oldest event: the trace's time until trace_start.
     pub first_seen_at: DateTime<Utc>,
@@ -104,7 +108,22 @@ impl<'a> ObservationRow<'a> {
     }
 }
 
-/// The rows a set of events produces, each table sorted by id.
+/// A row's key: (project_id, id).
+type Key<'a> = (&'a str, &'a str);
+
+impl<'a> TraceRow<'a> {
+    fn key(&self) -> Key<'a> {
+        (self.seen.value, self.id)
+    }
+}
+
+impl<'a> ObservationRow<'a> {
+    fn key(&self) -> Key<'a> {
+        (self.seen.value.project_id, self.id)
+    }
+}
+
+/// The rows a set of events produces, each table sorted by (project_id, id).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rows<'a> {
     pub traces: Vec<TraceRow<'a>>,
@@ -114,16 +133,16 @@ pub struct Rows<'a> {
 /// Every event makes (or touches) its trace's row, so a trace exists as soon
 /// as any of its events is stored; observation events also make their row.
 pub fn merge<'a>(events: impl IntoIterator<Item = &'a TraceEvent>) -> Rows<'a> {
-    let mut traces: BTreeMap<&str, TraceRow> = BTreeMap::new();
-    let mut observations: BTreeMap<&str, ObservationRow> = BTreeMap::new();
+    let mut traces: BTreeMap<Key, TraceRow> = BTreeMap::new();
+    let mut observations: BTreeMap<Key, ObservationRow> = BTreeMap::new();
     for event in events {
         let version = Version::of(event.published_at, event.entry_id);
         let (trace, observation) = rows_of(event, version);
-        upsert(&mut traces, trace.id, trace, TraceRow::join);
+        upsert(&mut traces, trace.key(), trace, TraceRow::join);
         if let Some(observation) = observation {
             upsert(
                 &mut observations,
-                observation.id,
+                observation.key(),
                 observation,
                 ObservationRow::join,
             );
@@ -135,11 +154,11 @@ pub fn merge<'a>(events: impl IntoIterator<Item = &'a TraceEvent>) -> Rows<'a> {
     }
 }
 
-fn upsert<'a, R>(rows: &mut BTreeMap<&'a str, R>, id: &'a str, row: R, join: fn(&mut R, R)) {
-    match rows.get_mut(id) {
+fn upsert<'a, R>(rows: &mut BTreeMap<Key<'a>, R>, key: Key<'a>, row: R, join: fn(&mut R, R)) {
+    match rows.get_mut(&key) {
         Some(existing) => join(existing, row),
         None => {
-            rows.insert(id, row);
+            rows.insert(key, row);
         }
     }
 }
@@ -203,14 +222,14 @@ fn rows_of<'a>(
 
 /// Joins rows of the same tables, as the database does across batches.
 pub fn join_rows<'a>(mut acc: Rows<'a>, more: Rows<'a>) -> Rows<'a> {
-    let mut traces: BTreeMap<&str, TraceRow> = acc.traces.drain(..).map(|r| (r.id, r)).collect();
+    let mut traces: BTreeMap<Key, TraceRow> = acc.traces.drain(..).map(|r| (r.key(), r)).collect();
     for row in more.traces {
-        upsert(&mut traces, row.id, row, TraceRow::join);
+        upsert(&mut traces, row.key(), row, TraceRow::join);
     }
-    let mut observations: BTreeMap<&str, ObservationRow> =
-        acc.observations.drain(..).map(|r| (r.id, r)).collect();
+    let mut observations: BTreeMap<Key, ObservationRow> =
+        acc.observations.drain(..).map(|r| (r.key(), r)).collect();
     for row in more.observations {
-        upsert(&mut observations, row.id, row, ObservationRow::join);
+        upsert(&mut observations, row.key(), row, ObservationRow::join);
     }
     Rows {
         traces: traces.into_values().collect(),

@@ -27,7 +27,15 @@ pub const TRIMMED: &str = "swisper_ingest_trimmed_total";
 pub const TRIMMED_BEFORE_DELIVERY: &str = "swisper_ingest_trimmed_before_delivery";
 pub const LAST_COMMIT: &str = "swisper_ingest_last_commit_timestamp_seconds";
 pub const BUILD_INFO: &str = "swisper_ingest_build_info";
+/// Rendered by hand (`bounds::render_heartbeat_ages`): a capped set of
+/// series, and projects gone quiet drop out.
 pub const SDK_HEARTBEAT_AGE: &str = "swisper_ingest_sdk_heartbeat_age_seconds";
+// Prometheus' standard process metrics (`process_metrics`).
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -104,7 +112,7 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation.");
     describe_counter!(
         POSTGRES_ERRORS,
-        "Failed Postgres writes, by kind (unavailable, data)."
+        "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout, staging_missing."
     );
     describe_counter!(
         ACTOR_RESTARTS,
@@ -134,11 +142,6 @@ fn describe() {
         LAST_COMMIT,
         Unit::Seconds,
         "Unix time of the last committed batch."
-    );
-    describe_gauge!(
-        SDK_HEARTBEAT_AGE,
-        Unit::Seconds,
-        "Age of the newest SDK heartbeat, by project_id (projects heard in the last 7 days)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
 }

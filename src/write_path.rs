@@ -3,6 +3,11 @@
 //! what cannot be stored,
 //! COMMIT. When Postgres rejects the data, the batch is split in halves until
 //! the entry at fault is alone, and only that entry becomes a dead letter.
+//! A statement timeout splits the batch the same way, but a single entry that
+//! still times out is handed back for a retry, never dead-lettered: a held
+//! lock or a slow disk is not the entry's fault. Staging tables missing on a
+//! connection (a pooler's fresh server connection) are recreated and the
+//! batch retried at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,8 +88,28 @@ pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
     run
 }
 
-/// Writes all items in one transaction.
+/// Writes all items in one transaction. When this connection lacks its
+/// staging tables (42P01), creates them inside a second attempt's transaction,
+/// so that it works even where every transaction may land on another server
+/// connection (pgbouncer in transaction mode).
 pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<(), StoreError> {
+    match commit_once(pool, stream, items, false).await {
+        Err(StoreError::StagingMissing(message)) => {
+            metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "staging_missing")
+                .increment(1);
+            tracing::info!(%message, "staging tables missing on this connection; recreating them");
+            commit_once(pool, stream, items, true).await
+        }
+        other => other,
+    }
+}
+
+async fn commit_once(
+    pool: &Pool,
+    stream: &str,
+    items: &[BatchItem],
+    create_staging: bool,
+) -> Result<(), StoreError> {
     let events = items.iter().filter_map(|item| match &item.parsed {
         Ok(Parsed::Trace(event)) => Some(event),
         _ => None,
@@ -111,6 +136,9 @@ pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<()
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    if create_staging {
+        tx.batch_execute(rows::staging_tables()).await?;
+    }
     rows::write_rows(&tx, &rows).await?;
     heartbeats::upsert(&tx, &beats).await?;
     dead_letters::insert(&tx, stream, &letters).await?;
@@ -137,13 +165,27 @@ pub fn commit_isolating<'a>(
             }
             Err(StoreError::Data(error)) => {
                 tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
-                let (left, right) = items.split_at_mut(items.len() / 2);
-                let isolated = commit_isolating(pool, stream, left).await?;
-                Ok(isolated + commit_isolating(pool, stream, right).await?)
+                split(pool, stream, items).await
             }
-            Err(unavailable) => Err(unavailable),
+            // Halves finish sooner; a single entry goes back to the caller,
+            // which retries it with backoff.
+            Err(StoreError::StatementTimeout(message)) if items.len() > 1 => {
+                metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "statement_timeout")
+                    .increment(1);
+                tracing::warn!(size = items.len(), %message, "statement timeout; splitting the batch");
+                split(pool, stream, items).await
+            }
+            Err(other) => Err(other),
         }
     })
+}
+
+/// Commits each half on its own; the halves that committed stay committed
+/// when a later one fails (their entries are rewritten idempotently on retry).
+async fn split(pool: &Pool, stream: &str, items: &mut [BatchItem]) -> Result<usize, StoreError> {
+    let (left, right) = items.split_at_mut(items.len() / 2);
+    let isolated = commit_isolating(pool, stream, left).await?;
+    Ok(isolated + commit_isolating(pool, stream, right).await?)
 }
 
 #[cfg(test)]

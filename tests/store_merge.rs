@@ -159,7 +159,7 @@ async fn stored(pool: &Pool, trace_id: &str) -> (Vec<Value>, Vec<Value>) {
         .query(
             "SELECT json_build_object('id', id, 'project_id', project_id, 'name', name, 'user_id', user_id,
                     'meta', meta, 'metadata', metadata, 'timestamp', extract(epoch from \"timestamp\")::bigint)
-             FROM traces WHERE id = $1",
+             FROM traces WHERE id = $1 ORDER BY project_id COLLATE \"C\"",
             &[&trace_id],
         )
         .await
@@ -171,7 +171,7 @@ async fn stored(pool: &Pool, trace_id: &str) -> (Vec<Value>, Vec<Value>) {
                     'start_time', extract(epoch from start_time)::bigint, 'end_time', extract(epoch from end_time)::bigint,
                     'level', level, 'status_message', status_message, 'metadata', metadata,
                     'llm_model', llm_model, 'llm_total_tokens', llm_total_tokens, 'llm_duration_ms', llm_duration_ms)
-             FROM observations WHERE id LIKE $1 || '-%' ORDER BY id COLLATE \"C\"",
+             FROM observations WHERE id LIKE $1 || '-%' ORDER BY project_id COLLATE \"C\", id COLLATE \"C\"",
             &[&trace_id],
         )
         .await

@@ -203,6 +203,17 @@ def build():
     L.add(timeseries("Mean batch size per replica", "Entries per committed batch, per replica.", "short",
                      (f"sum by (pod) (rate(swisper_ingest_batch_size_entries_sum{{{POD}}}[$__rate_interval])) / sum by (pod) (rate(swisper_ingest_batch_size_entries_count{{{POD}}}[$__rate_interval]))", "{{pod}}")), 12, 6)
 
+    L.row("Process")
+    # process_* names are generic: keep the series scraped with this service's own.
+    ours = f"and on (namespace, pod, instance) swisper_ingest_build_info{{{POD}}}"
+    L.add(timeseries("Resident memory", "process_resident_memory_bytes per replica; compare with the container's memory limit.", "bytes",
+                     (f"max by (pod) (process_resident_memory_bytes{{{POD}}} {ours})", "{{pod}}")), 8, 8)
+    L.add(timeseries("CPU", "CPU seconds per second per replica (1 = one core).", "short",
+                     (f"sum by (pod) (rate(process_cpu_seconds_total{{{POD}}}[$__rate_interval]) {ours})", "{{pod}}")), 8, 8)
+    L.add(timeseries("Open file descriptors", "Open descriptors per replica, and the limit.", "short",
+                     (f"max by (pod) (process_open_fds{{{POD}}} {ours})", "{{pod}}"),
+                     (f"max(process_max_fds{{{POD}}} {ours})", "limit")), 8, 8)
+
     L.row("SDK")
     L.add(timeseries("SDK heartbeat age by project", "Age of the newest SDK heartbeat per project; alert above 5 minutes.", "s",
                      (f"max by (project_id) (swisper_ingest_sdk_heartbeat_age_seconds{{{SEL}}})", "{{project_id}}")), 16, 8)

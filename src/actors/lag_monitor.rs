@@ -79,7 +79,7 @@ async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
     let postgres_ok = probe_postgres(&pool).await;
     shared.health.set_postgres(postgres_ok);
     if postgres_ok {
-        publish_sdk_heartbeat_ages(&pool).await;
+        publish_sdk_heartbeat_ages(&shared, &pool).await;
     }
     match read_group_state(&shared, &mut conn).await {
         Ok(state) => {
@@ -151,24 +151,40 @@ pub fn lost_before_delivery(info: &StreamInfo, group: &GroupInfo) -> u64 {
 /// Projects whose SDK was heard within this many days get an age gauge.
 const HEARTBEAT_WINDOW_DAYS: i32 = 7;
 
-async fn publish_sdk_heartbeat_ages(pool: &Pool) {
-    match heartbeats::newest_per_project(pool, HEARTBEAT_WINDOW_DAYS).await {
+async fn publish_sdk_heartbeat_ages(shared: &Shared, pool: &Pool) {
+    let cap = shared.settings.bounds.sdk_heartbeat_series;
+    match heartbeats::newest_per_project(pool, HEARTBEAT_WINDOW_DAYS, cap).await {
         Ok(newest) => {
             let now = chrono::Utc::now();
-            for (project_id, last_seen) in newest {
-                let age = (now - last_seen).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::gauge!(m::SDK_HEARTBEAT_AGE, "project_id" => project_id).set(age);
-            }
+            let ages = newest
+                .into_iter()
+                .map(|(project_id, last_seen)| {
+                    let age = (now - last_seen).num_milliseconds().max(0) as f64 / 1000.0;
+                    (project_id, age)
+                })
+                .collect();
+            shared.health.set_sdk_heartbeat_ages(ages);
         }
         Err(error) => tracing::debug!(%error, "cannot read sdk heartbeats"),
     }
 }
 
+/// Whether a write could succeed now: Postgres answers and is neither a
+/// standby nor read-only (`default_transaction_read_only` after a failover
+/// to a replica). The simple query protocol keeps it pooler-safe.
 async fn probe_postgres(pool: &Pool) -> bool {
-    match pool.get().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    }
+    const WRITABLE: &str =
+        "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean)";
+    let Ok(client) = pool.get().await else {
+        return false;
+    };
+    let Ok(messages) = client.simple_query(WRITABLE).await else {
+        return false;
+    };
+    messages.iter().any(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+        _ => false,
+    })
 }
 
 async fn read_group_state(

@@ -184,10 +184,12 @@ async fn commit_and_ack(
                 break;
             }
             Err(error) => {
-                shared.health.set_postgres(false);
-                metrics::counter!(m::POSTGRES_ERRORS, "kind" => "unavailable").increment(1);
+                // Retried whatever the kind (read-only, disk full, too many
+                // connections, a single entry timing out): nothing acked.
+                shared.health.set_last_write(false);
+                metrics::counter!(m::POSTGRES_ERRORS, "kind" => error.label()).increment(1);
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, entries = items.len(), "batch not committed");
+                tracing::warn!(%error, kind = error.label(), retry_in_ms = delay.as_millis() as u64, entries = items.len(), "batch not committed");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -3,7 +3,7 @@
 
 mod lenient;
 mod llm;
-mod parse;
+pub mod parse;
 mod payload;
 mod reject;
 mod time;

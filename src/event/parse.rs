@@ -20,6 +20,12 @@ pub const SELF_PARENT: &str = "parent_observation_id equal to the observation's 
 /// every index that holds them.
 pub const MAX_ID_BYTES: usize = 1024;
 
+/// Text columns that are indexed or meant for filtering (session_id, user_id,
+/// names, the LLM model) are cut to this many bytes, at a character
+/// boundary, with a note in `_ingest_repairs`: a btree index entry holds at
+/// most about 2700 bytes, and Postgres would refuse the whole row.
+pub const MAX_INDEXED_TEXT_BYTES: usize = 1024;
+
 /// Top-level fields of the wire contract; any other is kept in metadata.
 const KNOWN_FIELDS: [&str; 6] = [
     "event_type",
@@ -200,9 +206,9 @@ impl<'a> EventFields<'a> {
 
     fn trace_start(&mut self, published_at: DateTime<Utc>) -> Result<TraceStart, Rejection> {
         Ok(TraceStart {
-            name: self.take_text("name")?,
-            user_id: self.take_text("user_id")?,
-            session_id: self.take_text("session_id")?,
+            name: self.take_bounded_text("name")?,
+            user_id: self.take_bounded_text("user_id")?,
+            session_id: self.take_bounded_text("session_id")?,
             run_id: self.take_text("run_id")?,
             meta: self.take_json("meta"),
             timestamp: self.take_time("timestamp")?.unwrap_or(published_at),
@@ -228,7 +234,7 @@ impl<'a> EventFields<'a> {
             self.note_repair(SELF_PARENT);
         }
         Ok(ObservationStart {
-            name: self.take_text("name")?,
+            name: self.take_bounded_text("name")?,
             observation_type: self.take_text("type")?,
             parent_observation_id: parent,
             input: self.take_json("input"),
@@ -251,13 +257,21 @@ impl<'a> EventFields<'a> {
             Some(other) => Some(other.to_string()),
         };
         let output = self.data.remove("output").filter(|v| !v.is_null());
+        // The model goes to an indexed column; output keeps it whole.
+        let llm = output
+            .as_ref()
+            .and_then(super::llm::usage)
+            .map(|mut usage| {
+                usage.model = self.bounded("output._llm_model", usage.model.take());
+                usage
+            });
         Ok(ObservationEnd {
             is_error,
             observation_type: self.take_text("type")?,
             level: self
                 .take_text("level")?
                 .unwrap_or_else(|| default_level.to_owned()),
-            llm: output.as_ref().and_then(super::llm::usage),
+            llm,
             output: output.as_ref().map(Json::from_value),
             status_message: self.take_text("status_message")?.or(error),
             end_time: self.take_time("end_time")?.unwrap_or(published_at),
@@ -306,6 +320,28 @@ impl<'a> EventFields<'a> {
                 format!("data.{key} must be text, got a JSON {}", kind(&other)),
             )),
         }
+    }
+
+    /// [`Self::take_text`] cut to [`MAX_INDEXED_TEXT_BYTES`].
+    fn take_bounded_text(&mut self, key: &str) -> Result<Option<String>, Rejection> {
+        let text = self.take_text(key)?;
+        Ok(self.bounded(&format!("data.{key}"), text))
+    }
+
+    fn bounded(&mut self, what: &str, text: Option<String>) -> Option<String> {
+        let mut text = text?;
+        if text.len() > MAX_INDEXED_TEXT_BYTES {
+            let original = text.len();
+            let mut end = MAX_INDEXED_TEXT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            self.note_repair(&format!(
+                "{what} truncated from {original} to {end} bytes (indexed column)"
+            ));
+        }
+        Some(text)
     }
 
     fn take_json(&mut self, key: &str) -> Option<Json> {

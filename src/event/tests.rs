@@ -313,3 +313,52 @@ fn byte_level_problems_are_rejected() {
         Reason::TooLarge
     );
 }
+
+#[test]
+fn over_long_indexed_text_is_truncated_at_a_char_boundary_with_a_note() {
+    // 'é' is two bytes: 1023 ASCII bytes then 'é' straddles the limit.
+    let session = format!("{}é{}", "s".repeat(1023), "x".repeat(3000));
+    let data = json!({"name": "chat", "session_id": session, "user_id": "u"});
+    let event = trace_event(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("data", &data.to_string()),
+    ]);
+    let EventBody::TraceStart(start) = event.body else {
+        panic!()
+    };
+    assert_eq!(start.session_id.as_deref(), Some("s".repeat(1023).as_str()));
+    assert_eq!(
+        metadata(&start.metadata)["_ingest_repairs"],
+        json!(["data.session_id truncated from 4025 to 1023 bytes (indexed column)"])
+    );
+
+    let output = json!({"_llm_model": "m".repeat(5000), "text": "hi"});
+    let event = trace_event(&[
+        ("event_type", "observation_end"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("observation_id", "o1"),
+        ("timestamp", TS),
+        ("data", &json!({ "output": output }).to_string()),
+    ]);
+    let EventBody::ObservationEnd { fields, .. } = event.body else {
+        panic!()
+    };
+    let model = fields.llm.unwrap().model.unwrap();
+    assert_eq!(model.len(), parse::MAX_INDEXED_TEXT_BYTES);
+    // The output keeps the model whole.
+    assert_eq!(
+        metadata(fields.output.as_ref().unwrap())["_llm_model"]
+            .as_str()
+            .unwrap()
+            .len(),
+        5000
+    );
+    assert!(metadata(&fields.metadata)["_ingest_repairs"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("output._llm_model truncated from 5000"));
+}

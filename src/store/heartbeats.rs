@@ -57,18 +57,24 @@ pub async fn upsert(tx: &Transaction<'_>, heartbeats: &[&Heartbeat]) -> Result<(
 }
 
 /// The newest heartbeat per project heard within `window_days`, for the
-/// "Swisper stopped publishing" gauge.
+/// "Swisper stopped publishing" gauge: the `limit` most recently heard. In a
+/// transaction, so that a pooler in transaction mode keeps the prepared
+/// statement and its execution on one server connection.
 pub async fn newest_per_project(
     pool: &Pool,
     window_days: i32,
+    limit: u32,
 ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
-    let client = pool.get().await?;
-    let rows = client
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
         .query(
-            "SELECT project_id, max(last_seen_at) FROM sdk_heartbeats \
-             WHERE last_seen_at > now() - make_interval(days => $1) GROUP BY project_id",
-            &[&window_days],
+            "SELECT project_id, max(last_seen_at) AS newest FROM sdk_heartbeats \
+             WHERE last_seen_at > now() - make_interval(days => $1) GROUP BY project_id \
+             ORDER BY newest DESC, project_id LIMIT $2",
+            &[&window_days, &i64::from(limit)],
         )
         .await?;
+    tx.commit().await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }

@@ -11,33 +11,112 @@ pub mod rows;
 pub use copy::JsonbText;
 pub use pool::{connect_pool, Pool};
 
-/// Why a write failed, sorted by what the caller should do about it.
+/// Why a write failed, sorted by what the caller should do about it. Each
+/// variant has a bounded [`StoreError::label`], the `kind` label of
+/// `swisper_ingest_postgres_errors_total`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Postgres refused the data itself (a bad value, a constraint): retrying
     /// the same rows fails again, so the culprit must be isolated.
     #[error("postgres rejected the data: {0}")]
     Data(#[source] tokio_postgres::Error),
+    /// 57014: the statement ran past `statement_timeout` (or was cancelled).
+    /// A smaller batch may pass; a single entry is retried, never
+    /// dead-lettered, because a lock or a slow disk is not the entry's fault.
+    #[error("postgres statement timed out: {0}")]
+    StatementTimeout(String),
+    /// 42P01: this session's staging tables are gone (a pooler handed us a
+    /// fresh server connection, or reset it): recreate them and retry.
+    #[error("staging tables missing on this connection: {0}")]
+    StagingMissing(String),
+    /// The database answers but cannot write: read-only (25006, a replica
+    /// after failover), disk full (53100), too many connections (53300).
+    /// Retry with backoff; nothing acked, nothing dead-lettered.
+    #[error("postgres cannot write ({}): {message}", kind.label())]
+    CannotWrite { kind: CannotWrite, message: String },
     /// The database is down, restarting, overloaded or lost the connection:
     /// retry the same rows later.
     #[error("postgres is unavailable: {0}")]
     Unavailable(String),
 }
 
+/// The ways a reachable Postgres refuses every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CannotWrite {
+    ReadOnly,
+    DiskFull,
+    TooManyConnections,
+}
+
+impl CannotWrite {
+    pub fn label(self) -> &'static str {
+        match self {
+            CannotWrite::ReadOnly => "read_only",
+            CannotWrite::DiskFull => "disk_full",
+            CannotWrite::TooManyConnections => "too_many_connections",
+        }
+    }
+}
+
+impl StoreError {
+    /// The metric label: a bounded set, never text from the error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreError::Data(_) => "data",
+            StoreError::StatementTimeout(_) => "statement_timeout",
+            StoreError::StagingMissing(_) => "staging_missing",
+            StoreError::CannotWrite { kind, .. } => kind.label(),
+            StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// True when the same write would fail again right now whatever the
+    /// data: readiness turns false until a write succeeds.
+    pub fn blocks_writes(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CannotWrite { .. } | StoreError::Unavailable(_)
+        )
+    }
+}
+
+/// SQLSTATEs sorted by what to do; see [`StoreError`].
+fn classify(state: &str) -> Option<fn(String) -> StoreError> {
+    match state {
+        "25006" => Some(|m| StoreError::CannotWrite {
+            kind: CannotWrite::ReadOnly,
+            message: m,
+        }),
+        "53100" => Some(|m| StoreError::CannotWrite {
+            kind: CannotWrite::DiskFull,
+            message: m,
+        }),
+        "53300" => Some(|m| StoreError::CannotWrite {
+            kind: CannotWrite::TooManyConnections,
+            message: m,
+        }),
+        "57014" => Some(StoreError::StatementTimeout),
+        "42P01" => Some(StoreError::StagingMissing),
+        _ => None,
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
+        let Some(state) = error.code().map(|s| s.code().to_owned()) else {
+            // No SQLSTATE at all: I/O, a closed connection.
+            return StoreError::Unavailable(error.to_string());
+        };
+        if let Some(make) = classify(&state) {
+            return make(describe(&error));
+        }
         // Class 22 (data exception) and 23 (integrity constraint violation)
         // are about the rows; 54 (program limit exceeded) too, e.g. a value
-        // nested too deeply. Anything else, or no SQLSTATE at all (I/O), is
-        // about the server.
-        let is_data = error
-            .code()
-            .map(|state| matches!(&state.code()[..2], "22" | "23" | "54"))
-            .unwrap_or(false);
-        if is_data {
+        // nested too deeply. Anything else is about the server.
+        if matches!(&state[..2], "22" | "23" | "54") {
             StoreError::Data(error)
         } else {
-            StoreError::Unavailable(error.to_string())
+            StoreError::Unavailable(describe(&error))
         }
     }
 }
@@ -46,6 +125,11 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
+            // A new connection whose session setup failed: the server's
+            // SQLSTATE says why (read-only, too many connections...).
+            deadpool_postgres::PoolError::PostCreateHook(
+                deadpool_postgres::HookError::Backend(e),
+            ) => e.into(),
             other => StoreError::Unavailable(other.to_string()),
         }
     }

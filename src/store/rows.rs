@@ -29,6 +29,9 @@ struct Table {
     name: &'static str,
     stage: &'static str,
     id: &'static str,
+    /// The primary key: (id, project_id), so that one project's events never
+    /// touch another project's row with the same id.
+    key: &'static [&'static str],
     /// Merged by GREATEST/LEAST rather than by a version.
     extremes: &'static [(Column, &'static str)],
     groups: &'static [Group],
@@ -38,6 +41,7 @@ const TRACES: Table = Table {
     name: "traces",
     stage: "ingest_stage_traces",
     id: "id",
+    key: &["id", "project_id"],
     extremes: &[(("first_seen_at", Type::TIMESTAMPTZ), "LEAST")],
     groups: &[
         Group {
@@ -63,6 +67,7 @@ const OBSERVATIONS: Table = Table {
     name: "observations",
     stage: "ingest_stage_observations",
     id: "id",
+    key: &["id", "project_id"],
     extremes: &[],
     groups: &[
         Group {
@@ -168,13 +173,20 @@ impl Table {
             changes.push(wins);
         }
         sets.push("updated_at = now()".to_owned());
+        // Rows in key order, so that two replicas lock them in the same order.
+        let order: Vec<String> = self
+            .key
+            .iter()
+            .map(|column| format!("{column} COLLATE \"C\""))
+            .collect();
         format!(
             "INSERT INTO {table} AS t ({columns}) \
-             SELECT {columns} FROM {stage} ORDER BY {id} COLLATE \"C\" \
-             ON CONFLICT ({id}) DO UPDATE SET {sets} WHERE {changes}",
+             SELECT {columns} FROM {stage} ORDER BY {order} \
+             ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {changes}",
             table = self.name,
             stage = self.stage,
-            id = self.id,
+            order = order.join(", "),
+            key = self.key.join(", "),
             sets = sets.join(", "),
             changes = changes.join(" OR "),
         )
@@ -344,6 +356,6 @@ mod tests {
         assert!(sql.contains(
             "output = CASE WHEN ingest_newer(EXCLUDED.end_version, t.end_version) THEN EXCLUDED.output ELSE t.output END"
         ));
-        assert!(sql.contains("ON CONFLICT (id) DO UPDATE"));
+        assert!(sql.contains("ON CONFLICT (id, project_id) DO UPDATE"));
     }
 }

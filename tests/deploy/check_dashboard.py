@@ -43,9 +43,10 @@ COUNTERS = {
     "swisper_ingest_claimed_total": [{}],
     "swisper_ingest_acked_total": [{}],
     "swisper_ingest_redis_errors_total": [{"operation": "xreadgroup"}, {"operation": "xack"}],
-    "swisper_ingest_postgres_errors_total": [{"kind": "unavailable"}, {"kind": "data"}],
+    "swisper_ingest_postgres_errors_total": [{"kind": k} for k in ("unavailable", "data", "read_only", "statement_timeout")],
     "swisper_ingest_trimmed_before_ack_total": [{}],
     "swisper_ingest_actor_restarts_total": [{"actor": "consumer"}, {"actor": "writer"}],
+    "process_cpu_seconds_total": [{}],
 }
 GAUGES = {
     "swisper_ingest_stream_length": [{}],
@@ -58,6 +59,9 @@ GAUGES = {
     "swisper_ingest_build_info": [{"version": "0.1.0"}],
     "swisper_ingest_poisoned": [{}],
     "swisper_ingest_trimmed_before_delivery": [{}],
+    "process_resident_memory_bytes": [{}],
+    "process_open_fds": [{}],
+    "process_max_fds": [{}],
 }
 HISTOGRAMS = {
     "swisper_ingest_batch_size_entries": [1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],

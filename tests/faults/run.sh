@@ -17,7 +17,7 @@ export SWISPER_TEST_OUTAGE_SECS=${SWISPER_TEST_OUTAGE_SECS:-30}
 status=0
 # One test at a time: several of them stop the shared Redis or Postgres or
 # load the two cores on purpose.
-cargo test --release --features fault-injection --test faults --test postgres_outage --test redis_restart \
+cargo test --release --features fault-injection --test faults --test postgres_outage --test postgres_read_only --test redis_restart \
   -- --test-threads=1 || status=$?
 echo
 echo "fault figures:"

@@ -1,0 +1,504 @@
+//! Postgres errors produced for real, each sorted by what to do
+//! (docs/reliability.md, "Postgres answers but cannot write"): a read-only
+//! database, statements timing out behind a lock, connections refused as too
+//! many, a pgbouncer in transaction mode that loses the staging tables; and
+//! the input bounds: one project's events never touching another project's
+//! rows, over-long indexed text truncated, heartbeat series capped.
+//!
+//! Every fault is confined to a role of the test's own (role settings,
+//! connection limits, its backends terminated), so the shared servers stay
+//! as they were and these tests run beside the others.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The test's database, owned by a non-superuser role that the service uses:
+/// role limits apply only to non-superusers.
+struct Tenant {
+    env: TestEnv,
+    role: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Tenant {
+    async fn new(name: &str) -> Self {
+        let env = TestEnv::new(name).await;
+        let admin = connect(&std::env::var("DATABASE_URL").unwrap()).await;
+        let database = env.database_url.rsplit_once('/').unwrap().1.to_owned();
+        let role = format!("role_{database}");
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN; ALTER DATABASE {database} OWNER TO {role};"
+            ))
+            .await
+            .expect("create the role");
+        Self { env, role, admin }
+    }
+
+    /// DATABASE_URL of the role (the test servers trust loopback).
+    fn url(&self) -> String {
+        self.env
+            .database_url
+            .replacen("postgres@", &format!("{}@", self.role), 1)
+    }
+
+    async fn sql(&self, sql: &str) {
+        let sql = sql.replace("ROLE_", &self.role);
+        self.admin.batch_execute(&sql).await.expect(&sql);
+    }
+
+    /// Ends the role's sessions, as a failover or a restart would: the
+    /// service's pool connects again and gets the role's new settings.
+    async fn terminate_sessions(&self) {
+        self.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ROLE_'")
+            .await;
+    }
+
+    fn spawn(&self, replica: &str, extra: &[(&str, &str)]) -> Service {
+        let url = self.url();
+        let mut settings = vec![("DATABASE_URL", url.as_str())];
+        settings.extend_from_slice(extra);
+        self.env.spawn(replica, &settings)
+    }
+
+    fn publish_traces(&self, redis: &mut redis::Connection, range: std::ops::Range<usize>) {
+        for t in range {
+            for event in seed_trace(&format!("trace-{t}"), "p") {
+                self.env.publish(redis, &as_fields(&event));
+            }
+        }
+    }
+}
+
+fn acked(service: &Service) -> f64 {
+    service.metric("swisper_ingest_acked_total").unwrap_or(0.0)
+}
+
+fn errors(service: &Service, kind: &str) -> f64 {
+    service
+        .metric(&format!(
+            "swisper_ingest_postgres_errors_total{{kind=\"{kind}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
+fn unready(service: &Service) -> bool {
+    matches!(service.get("/readyz"), Some((503, _)))
+}
+
+/// The shape every "cannot write" scenario must have: while the fault lasts,
+/// readiness false, the documented kind counted, nothing acked; after it,
+/// everything stored, nothing dead-lettered, ready again.
+async fn cannot_write_then_recover(
+    tenant: &Tenant,
+    service: &Service,
+    kind: &str,
+    fault_ends: impl std::future::Future<Output = ()>,
+) {
+    let mut redis = tenant.env.redis();
+    let acked_before = acked(service);
+    tenant.publish_traces(&mut redis, 10..20);
+    let seen = wait_for(LONG, || errors(service, kind) >= 2.0 && unready(service));
+    assert!(
+        seen,
+        "no {kind} errors or still ready; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        acked(service),
+        acked_before,
+        "entries were acked while postgres could not write"
+    );
+    let db = tenant.env.db().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
+    fault_ends.await;
+    assert!(
+        wait_for_ended_observations(&db, 20 * 3, LONG).await,
+        "not everything stored after the {kind} fault; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0,
+        "the {kind} fault caused dead letters"
+    );
+    service.wait_ready(LONG);
+    report_figure(&format!(
+        "postgres {kind}: {} failed attempts counted, 0 acked meanwhile, 0 dead letters, all 20 traces stored after",
+        errors(service, kind)
+    ));
+}
+
+/// Stores ten traces and waits until they are acked.
+async fn warm_up(tenant: &Tenant, service: &Service) {
+    service.wait_ready(LONG);
+    let mut redis = tenant.env.redis();
+    tenant.publish_traces(&mut redis, 0..10);
+    assert!(wait_for(LONG, || acked(service) >= 70.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_database_retries_unready_and_loses_nothing() {
+    let tenant = Tenant::new("pg_read_only").await;
+    let service = tenant.spawn("ro", &[]);
+    warm_up(&tenant, &service).await;
+    // A failover to a replica, as the service sees it: every session ends
+    // and the new ones are read-only.
+    tenant
+        .sql("ALTER ROLE ROLE_ SET default_transaction_read_only = on")
+        .await;
+    tenant.terminate_sessions().await;
+    cannot_write_then_recover(&tenant, &service, "read_only", async {
+        let body = service.get("/readyz").map(|(_, b)| b).unwrap_or_default();
+        assert!(body.contains("\"postgres\":false"), "{body}");
+        tenant
+            .sql("ALTER ROLE ROLE_ RESET default_transaction_read_only")
+            .await;
+        tenant.terminate_sessions().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_connections_retries_unready_and_loses_nothing() {
+    let tenant = Tenant::new("pg_conn_limit").await;
+    let service = tenant.spawn("conns", &[]);
+    warm_up(&tenant, &service).await;
+    // 53300 as max_connections gives it, confined to the role.
+    tenant.sql("ALTER ROLE ROLE_ CONNECTION LIMIT 0").await;
+    tenant.terminate_sessions().await;
+    cannot_write_then_recover(&tenant, &service, "too_many_connections", async {
+        tenant.sql("ALTER ROLE ROLE_ CONNECTION LIMIT -1").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeouts_split_then_retry_without_dead_letters() {
+    let tenant = Tenant::new("pg_stmt_timeout").await;
+    tenant
+        .sql("ALTER ROLE ROLE_ SET statement_timeout = '500ms'")
+        .await;
+    let service = tenant.spawn("timeout", &[]);
+    warm_up(&tenant, &service).await;
+    // Another session holds a lock on observations: every merge waits past
+    // the role's statement_timeout.
+    let locker = tenant.env.db().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE observations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    cannot_write_then_recover(&tenant, &service, "statement_timeout", async {
+        locker.batch_execute("ROLLBACK").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_reusing_ids_get_rows_of_their_own() {
+    let env = TestEnv::new("project_ids").await;
+    let service = env.spawn("tenancy", &[]);
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    // The intruder's events arrive first for one trace and last for the other.
+    let intruder = |trace: &str| {
+        seed_trace(trace, "project-b").into_iter().map(|mut event| {
+            for (k, v) in event.iter_mut() {
+                if k == "data" {
+                    *v = v.replace("chat", "intruder").replace("user-1", "user-b");
+                }
+            }
+            event
+        })
+    };
+    for event in intruder("shared-1") {
+        env.publish(&mut redis, &as_fields(&event));
+    }
+    for trace in ["shared-1", "shared-2"] {
+        for event in seed_trace(trace, "project-a") {
+            env.publish(&mut redis, &as_fields(&event));
+        }
+    }
+    for event in intruder("shared-2") {
+        env.publish(&mut redis, &as_fields(&event));
+    }
+    let db = env.db().await;
+    assert!(wait_for_ended_observations(&db, 12, LONG).await);
+    for trace in ["shared-1", "shared-2"] {
+        let rows = db
+            .query(
+                "SELECT project_id, name, user_id FROM traces WHERE id = $1 ORDER BY project_id",
+                &[&trace],
+            )
+            .await
+            .unwrap();
+        let rows: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("project-a".into(), "chat".into(), "user-1".into()),
+                ("project-b".into(), "intruder".into(), "user-b".into())
+            ],
+            "{trace}"
+        );
+        let per_project = db
+            .query(
+                "SELECT project_id, count(*) FROM observations WHERE trace_id = $1 GROUP BY 1 ORDER BY 1",
+                &[&trace],
+            )
+            .await
+            .unwrap();
+        let per_project: Vec<(String, i64)> =
+            per_project.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            per_project,
+            [("project-a".into(), 3), ("project-b".into(), 3)]
+        );
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_session_id_is_stored_truncated_and_heartbeat_series_are_capped() {
+    let env = TestEnv::new("long_text").await;
+    let service = env.spawn("bounds", &[("OBSERVABILITY_SDK_HEARTBEAT_SERIES", "3")]);
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    // Random text does not compress: Postgres would refuse it in the btree.
+    let session: String = (0..6000)
+        .map(|i| char::from(b'a' + ((i * 7919 + i / 3) % 26) as u8))
+        .collect();
+    let ts = now_ts();
+    let data = serde_json::json!({"name": "chat", "session_id": session}).to_string();
+    env.publish(
+        &mut redis,
+        &[
+            ("event_type", "trace_start"),
+            ("trace_id", "long-session"),
+            ("project_id", "p"),
+            ("timestamp", &ts),
+            ("data", &data),
+        ],
+    );
+    for project in 0..5 {
+        let data =
+            serde_json::json!({"project_id": format!("hb-{project}"), "sdk_version": "0.14.3"})
+                .to_string();
+        env.publish(
+            &mut redis,
+            &[
+                ("event_type", "heartbeat"),
+                ("timestamp", &ts),
+                ("data", &data),
+            ],
+        );
+    }
+    let db = env.db().await;
+    let stored = wait_for_async(LONG, || async {
+        count(&db, "SELECT count(*) FROM traces WHERE id = 'long-session'").await == 1
+    })
+    .await;
+    assert!(stored, "trace not stored; log: {}", service.log());
+    let row = db
+        .query_one(
+            "SELECT session_id, metadata->'_ingest_repairs' FROM traces WHERE id = 'long-session'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored_session: String = row.get(0);
+    assert_eq!(stored_session, session[..1024]);
+    let repairs: serde_json::Value = row.get(1);
+    assert_eq!(
+        repairs,
+        serde_json::json!(["data.session_id truncated from 6000 to 1024 bytes (indexed column)"])
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
+    // Five projects heard, three series exported.
+    let series = |service: &Service| {
+        service
+            .get("/metrics")
+            .map(|(_, text)| {
+                text.lines()
+                    .filter(|l| l.starts_with("swisper_ingest_sdk_heartbeat_age_seconds{"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(LONG, || count_heartbeats(&service) && series(&service) == 3),
+        "expected 3 heartbeat series; log: {}",
+        service.log()
+    );
+    let (_, text) = service.get("/metrics").unwrap();
+    for name in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
+
+fn count_heartbeats(service: &Service) -> bool {
+    service
+        .metric("swisper_ingest_events_total{event_type=\"heartbeat\",outcome=\"heartbeat\"}")
+        .unwrap_or(0.0)
+        >= 5.0
+}
+
+/// A pgbouncer in transaction mode in front of the shared Postgres, run by
+/// this test (as the postgres user: pgbouncer refuses root).
+struct Pgbouncer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Pgbouncer {
+    fn start(pg_port: u16) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+                 default_pool_size = 2\nmax_client_conn = 200\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                users = dir.join("users.txt").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("pgbouncer.log")).unwrap();
+        let child = Command::new("pgbouncer")
+            .arg("-u")
+            .arg("postgres")
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("pgbouncer is installed (scripts/test.sh installs it)");
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "pgbouncer did not start: {}", Self::log_of(&dir));
+        Self { child, port, dir }
+    }
+
+    fn log_of(dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
+    let env = TestEnv::new("pgbouncer").await;
+    // Migrations need a session of their own (an advisory lock): directly.
+    env.migrate();
+    let pg_port: u16 = std::env::var("PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .or_else(|| {
+            let url = std::env::var("DATABASE_URL").ok()?;
+            url.rsplit_once(':')?.1.split('/').next()?.parse().ok()
+        })
+        .expect("the Postgres port");
+    let bouncer = Pgbouncer::start(pg_port);
+    let url = env
+        .database_url
+        .replacen(&format!(":{pg_port}/"), &format!(":{}/", bouncer.port), 1);
+    let service = env.spawn(
+        "bounced",
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("OBSERVABILITY_SKIP_MIGRATIONS", "true"),
+            ("OBSERVABILITY_DB_POOL_SIZE", "4"),
+        ],
+    );
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
+        for t in range {
+            for event in seed_trace(&format!("trace-{t}"), "p") {
+                env.publish(redis, &as_fields(&event));
+            }
+        }
+    };
+    publish(&mut redis, 0..20);
+    let db = env.db().await;
+    assert!(
+        wait_for_ended_observations(&db, 60, LONG).await,
+        "not stored through pgbouncer; log: {}\npgbouncer: {}",
+        service.log(),
+        Pgbouncer::log_of(&bouncer.dir)
+    );
+    // A pooler reset: pgbouncer's server connections end, the new ones have
+    // no staging tables, yet the service's client sessions live on.
+    let database = env.database_url.rsplit_once('/').unwrap().1.to_owned();
+    let admin = connect(&std::env::var("DATABASE_URL").unwrap()).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&database],
+        )
+        .await
+        .unwrap();
+    publish(&mut redis, 20..60);
+    // Our own direct session ended too.
+    let db = env.db().await;
+    assert!(
+        wait_for_ended_observations(&db, 180, LONG).await,
+        "not stored after the pooler reset; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        0
+    );
+    assert!(
+        errors(&service, "staging_missing") >= 1.0,
+        "the reset should have shown as staging_missing; log: {}",
+        service.log()
+    );
+    service.wait_ready(LONG);
+    report_figure(&format!(
+        "pgbouncer transaction mode (2 server connections, pool of 4): 60 traces stored, 0 dead letters, {} staging_missing recoveries after a reset",
+        errors(&service, "staging_missing")
+    ));
+}
