@@ -77,6 +77,9 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub database: DatabaseSettings,
 
+    #[command(flatten)]
+    pub memory: crate::memory_budget::MemorySettings,
+
     /// Redis connection URL of the stream.
     #[arg(
         long = "redis-url",

@@ -21,7 +21,7 @@ pub enum StreamError {
     },
 }
 
-fn bad_reply(command: &'static str, value: &Value) -> StreamError {
+pub(crate) fn bad_reply(command: &'static str, value: &Value) -> StreamError {
     let mut detail = format!("{value:?}");
     detail.truncate(200);
     StreamError::Reply { command, detail }
@@ -112,9 +112,31 @@ pub async fn read_group(
     }
 }
 
+/// Waits up to `block` for an entry after `after` (the group's last
+/// delivered id) without delivering it: XREAD outside the group, COUNT 1,
+/// whose reply is dropped; the caller then reads within its budget.
+pub async fn wait_for_entries(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    after: &str,
+    block: Duration,
+) -> Result<(), StreamError> {
+    let _: Value = cmd("XREAD")
+        .arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(after)
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
 /// Entries as `[id, [field, value, ...]]`; a deleted entry still pending comes
 /// back with nil fields and is kept with no fields (its id must be acked).
-fn parse_entries(
+pub(crate) fn parse_entries(
     command: &'static str,
     items: Vec<Value>,
     deliveries: u32,
@@ -141,7 +163,7 @@ fn parse_entries(
         .collect()
 }
 
-fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StreamError> {
+pub(crate) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StreamError> {
     match value {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.into_bytes()),
@@ -165,7 +187,10 @@ fn pairs(command: &'static str, flat: Vec<Value>) -> Result<Fields, StreamError>
     Ok(out)
 }
 
-fn parse_id(command: &'static str, value: Option<Value>) -> Result<StreamId, StreamError> {
+pub(crate) fn parse_id(
+    command: &'static str,
+    value: Option<Value>,
+) -> Result<StreamId, StreamError> {
     let value = value.unwrap_or(Value::Nil);
     let text = match &value {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
