@@ -147,6 +147,12 @@ else
   end
 end
 
+if mode == 'held' then
+  -- Keeps the whole held batch idle-fresh, so that other replicas do not
+  -- claim it, whatever part of it fits this time.
+  for _, row in ipairs(rows) do redis.call('XCLAIM', stream, group, consumer, 0, row[1], 'JUSTID') end
+end
+
 local entries, counts, deleted, next_id = {}, {}, {}, '0-0'
 for _, row in ipairs(rows) do
   local id, deliveries = row[1], row[4]
@@ -175,10 +181,7 @@ for _, row in ipairs(rows) do
     table.insert(entries, {id, fields})
     table.insert(counts, deliveries)
     next_id = id
-    if mode == 'held' then
-      -- Keeps it idle-fresh, so that other replicas do not claim it.
-      redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
-    else
+    if mode ~= 'held' then
       redis.call('XCLAIM', stream, group, consumer, 0, id, 'RETRYCOUNT', deliveries, 'JUSTID')
     end
   end

@@ -269,14 +269,29 @@ async fn read_step(
         Mode::Pending(after) => Cursor::Pending(page.next.parse().unwrap_or(after)),
         _ => cursor,
     };
-    if let Some(ids) = &held {
-        release_held(&name, ids.len());
+    // Held entries after the page did not fit this time: still held. Those
+    // before its end that did not come back were acknowledged by hand.
+    let rest = match &held {
+        Some(ids) => {
+            release_held(&name, ids.len());
+            let end = page.entries.last().map(|e| e.id);
+            let rest: Vec<StreamId> = ids
+                .iter()
+                .copied()
+                .filter(|id| end.is_some_and(|end| *id > end))
+                .collect();
+            (!rest.is_empty()).then_some(rest)
+        }
+        None => None,
+    };
+    if let Some(rest) = &rest {
+        metrics::gauge!(m::POISON_HELD).increment(rest.len() as f64);
     }
     if page.entries.is_empty() {
         let state = StepState {
             conn: Some(conn),
             cursor: next_cursor,
-            held: None,
+            held: rest,
         };
         return (Step::Progress, state);
     }
@@ -297,7 +312,7 @@ async fn read_step(
             StepState {
                 conn,
                 cursor: next_cursor,
-                held: None,
+                held: rest,
             },
         ),
         Ok(Err(WriteError::Poisoned(run))) => {
@@ -305,14 +320,21 @@ async fn read_step(
             // the dead-letter limit for the good entries of the batch too.
             tracing::warn!(consumer = %name, run, entries = ids.len(), "batch held by poison protection; reloading it without counting deliveries");
             metrics::gauge!(m::POISON_HELD).increment(ids.len() as f64);
+            let mut held = ids;
+            if let Some(rest) = rest {
+                held.extend(rest);
+            }
             let state = StepState {
                 conn,
                 cursor: next_cursor,
-                held: Some(ids),
+                held: Some(held),
             };
             (Step::Held, state)
         }
         Ok(Err(error)) => {
+            if let Some(rest) = &rest {
+                release_held(&name, rest.len());
+            }
             tracing::warn!(consumer = %name, %error, "batch not stored; will re-read own pending entries");
             let state = StepState {
                 conn,
@@ -322,6 +344,9 @@ async fn read_step(
             (Step::Failed, state)
         }
         Err(_) => {
+            if let Some(rest) = &rest {
+                release_held(&name, rest.len());
+            }
             let state = StepState {
                 conn,
                 cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
