@@ -411,6 +411,9 @@ pub struct ServeSettings {
     pub bounds: crate::bounds::BoundsSettings,
 
     #[command(flatten)]
+    pub memory: crate::memory_budget::MemorySettings,
+
+    #[command(flatten)]
     pub database: DatabaseSettings,
 
     /// Do not apply pending migrations at start (a migration job does it).

@@ -36,6 +36,10 @@ pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+pub const MEMORY_BUDGET: &str = "swisper_ingest_memory_budget_bytes";
+pub const MEMORY_IN_HAND: &str = "swisper_ingest_memory_in_hand_bytes";
+pub const OVERSIZED_FOR_BUDGET: &str = "swisper_ingest_oversized_for_budget_total";
+pub const POISON_HELD: &str = "swisper_ingest_poison_held_entries";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -144,4 +148,22 @@ fn describe() {
         "Unix time of the last committed batch."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
+    describe_gauge!(
+        MEMORY_BUDGET,
+        Unit::Bytes,
+        "OBSERVABILITY_MEMORY_BUDGET_BYTES: the weight of entries a replica may hold at once."
+    );
+    describe_gauge!(
+        MEMORY_IN_HAND,
+        Unit::Bytes,
+        "Weight of the entries in hand: read and not yet committed and acked."
+    );
+    describe_counter!(
+        OVERSIZED_FOR_BUDGET,
+        "Entries heavier than the whole memory budget, each processed alone."
+    );
+    describe_gauge!(
+        POISON_HELD,
+        "Entries a replica holds (pending, unacked) while poison protection pauses it."
+    );
 }

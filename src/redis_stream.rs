@@ -2,7 +2,6 @@
 //! any connection. Replies are parsed by hand from raw values so that field
 //! bytes, order and duplicates reach the parser untouched.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -21,7 +20,7 @@ pub enum StreamError {
     },
 }
 
-fn bad_reply(command: &'static str, value: &Value) -> StreamError {
+pub(crate) fn bad_reply(command: &'static str, value: &Value) -> StreamError {
     let mut detail = format!("{value:?}");
     detail.truncate(200);
     StreamError::Reply { command, detail }
@@ -65,56 +64,31 @@ pub fn is_missing_group(error: &StreamError) -> bool {
     matches!(error, StreamError::Redis(e) if e.code() == Some("NOGROUP"))
 }
 
-/// XREADGROUP: up to `count` entries, waiting up to `block` for new ones.
-pub async fn read_group(
+/// Waits up to `block` for an entry after `after` (the group's last
+/// delivered id) without delivering it: XREAD outside the group, COUNT 1,
+/// whose reply is dropped; the caller then reads within its budget.
+pub async fn wait_for_entries(
     conn: &mut impl ConnectionLike,
     stream: &str,
-    group: &str,
-    consumer: &str,
-    cursor: Cursor,
-    count: usize,
+    after: &str,
     block: Duration,
-) -> Result<Vec<StreamEntry>, StreamError> {
-    let mut command = cmd("XREADGROUP");
-    command
-        .arg("GROUP")
-        .arg(group)
-        .arg(consumer)
+) -> Result<(), StreamError> {
+    let _: Value = cmd("XREAD")
         .arg("COUNT")
-        .arg(count);
-    let id = match cursor {
-        Cursor::New => {
-            command.arg("BLOCK").arg(block.as_millis() as u64);
-            ">".to_owned()
-        }
-        Cursor::Pending(after) => after.to_string(),
-    };
-    command.arg("STREAMS").arg(stream).arg(id);
-    let reply: Value = command.query_async(conn).await?;
-    // Exact delivery counts matter only for the claimer, which asks XPENDING.
-    let deliveries = 1;
-    match reply {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(streams) => {
-            let mut entries = Vec::new();
-            for stream_reply in streams {
-                let Value::Array(mut pair) = stream_reply else {
-                    return Err(bad_reply("XREADGROUP", &stream_reply));
-                };
-                let Some(Value::Array(items)) = pair.pop() else {
-                    return Err(bad_reply("XREADGROUP", &Value::Array(pair)));
-                };
-                entries.extend(parse_entries("XREADGROUP", items, deliveries)?);
-            }
-            Ok(entries)
-        }
-        other => Err(bad_reply("XREADGROUP", &other)),
-    }
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(after)
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// Entries as `[id, [field, value, ...]]`; a deleted entry still pending comes
 /// back with nil fields and is kept with no fields (its id must be acked).
-fn parse_entries(
+pub(crate) fn parse_entries(
     command: &'static str,
     items: Vec<Value>,
     deliveries: u32,
@@ -141,7 +115,7 @@ fn parse_entries(
         .collect()
 }
 
-fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StreamError> {
+pub(crate) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StreamError> {
     match value {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.into_bytes()),
@@ -165,7 +139,10 @@ fn pairs(command: &'static str, flat: Vec<Value>) -> Result<Fields, StreamError>
     Ok(out)
 }
 
-fn parse_id(command: &'static str, value: Option<Value>) -> Result<StreamId, StreamError> {
+pub(crate) fn parse_id(
+    command: &'static str,
+    value: Option<Value>,
+) -> Result<StreamId, StreamError> {
     let value = value.unwrap_or(Value::Nil);
     let text = match &value {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
@@ -192,99 +169,6 @@ pub async fn ack(
         command.arg(id.to_string());
     }
     Ok(command.query_async(conn).await?)
-}
-
-/// One XAUTOCLAIM page.
-#[derive(Debug, Default)]
-pub struct Claimed {
-    /// Where the next page starts; `0-0` when the scan is complete.
-    pub next: String,
-    pub entries: Vec<StreamEntry>,
-    /// Pending ids whose entries were deleted (trimmed) before being acked;
-    /// Redis has dropped them from the pending list.
-    pub deleted: Vec<StreamId>,
-}
-
-/// XAUTOCLAIM entries idle longer than `min_idle` into `consumer`.
-pub async fn autoclaim(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    min_idle: Duration,
-    start: &str,
-    count: usize,
-) -> Result<Claimed, StreamError> {
-    let reply: Value = cmd("XAUTOCLAIM")
-        .arg(stream)
-        .arg(group)
-        .arg(consumer)
-        .arg(min_idle.as_millis() as u64)
-        .arg(start)
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    let Value::Array(parts) = reply else {
-        return Err(bad_reply("XAUTOCLAIM", &reply));
-    };
-    let mut parts = parts.into_iter();
-    let next = String::from_utf8_lossy(&bytes("XAUTOCLAIM", parts.next().unwrap_or(Value::Nil))?)
-        .into_owned();
-    let entries = match parts.next() {
-        Some(Value::Array(items)) => parse_entries("XAUTOCLAIM", items, 1)?,
-        other => return Err(bad_reply("XAUTOCLAIM", &other.unwrap_or(Value::Nil))),
-    };
-    let deleted = match parts.next() {
-        Some(Value::Array(ids)) => ids
-            .into_iter()
-            .map(|id| parse_id("XAUTOCLAIM", Some(id)))
-            .collect::<Result<_, _>>()?,
-        _ => Vec::new(),
-    };
-    Ok(Claimed {
-        next,
-        entries,
-        deleted,
-    })
-}
-
-/// Delivery counts of a consumer's pending entries in `[first, last]`.
-pub async fn delivery_counts(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    first: StreamId,
-    last: StreamId,
-    count: usize,
-) -> Result<HashMap<StreamId, u32>, StreamError> {
-    let reply: Value = cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg(first.to_string())
-        .arg(last.to_string())
-        .arg(count)
-        .arg(consumer)
-        .query_async(conn)
-        .await?;
-    let Value::Array(rows) = reply else {
-        return Err(bad_reply("XPENDING", &reply));
-    };
-    rows.into_iter()
-        .map(|row| match row {
-            Value::Array(fields) if fields.len() == 4 => {
-                let mut fields = fields.into_iter();
-                let id = parse_id("XPENDING", fields.next())?;
-                let deliveries = match fields.nth(2) {
-                    Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-                    other => return Err(bad_reply("XPENDING", &other.unwrap_or(Value::Nil))),
-                };
-                Ok((id, deliveries))
-            }
-            other => Err(bad_reply("XPENDING", &other)),
-        })
-        .collect()
 }
 
 /// The group's view of the stream, from XINFO GROUPS, XLEN and XPENDING.

@@ -42,16 +42,33 @@ impl BatchItem {
     }
 }
 
+/// The only field of an entry past the delivery limit that was too heavy to
+/// load (`weighed_read.lua`): its size in bytes.
+pub const UNLOADED_FIELD: &str = "_ingest_unloaded_bytes";
+
 /// Parses every entry; an entry delivered too often is dead whatever it holds.
 pub fn prepare(entries: Vec<StreamEntry>, limits: &Limits, max_deliveries: u32) -> Vec<BatchItem> {
     entries
         .into_iter()
         .map(|entry| {
             let parsed = if entry.deliveries > max_deliveries {
+                // An entry too heavy to hold comes without its fields: it may
+                // be what killed the process on each delivery.
+                let unloaded = entry
+                    .field(UNLOADED_FIELD)
+                    .map(|bytes| {
+                        format!(
+                            "; its {} bytes were not loaded (heavier than the memory budget), read them with XRANGE {} {}",
+                            String::from_utf8_lossy(bytes),
+                            entry.id,
+                            entry.id
+                        )
+                    })
+                    .unwrap_or_default();
                 Err(Rejection::new(
                     Reason::TooManyDeliveries,
                     format!(
-                        "delivered {} times, over the limit of {max_deliveries}",
+                        "delivered {} times, over the limit of {max_deliveries}{unloaded}",
                         entry.deliveries
                     ),
                 ))

@@ -1,5 +1,5 @@
 //! The claimer: entries pending longer than the idle threshold belong to a
-//! consumer that died or stalled; XAUTOCLAIM takes them over and sends them
+//! consumer that died or stalled; the claimer takes them over (within the memory budget, with their delivery counts) and sends them
 //! through the writer like any batch. It also removes consumers that are
 //! long gone and have nothing pending, as replicas come and go with new names.
 
@@ -11,8 +11,10 @@ use redis::aio::ConnectionManager;
 
 use super::writer::WriteEntries;
 use super::Shared;
+use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
 use crate::redis_stream::{self, StreamError};
+use crate::weighed_read::{self, Mode, Read, Request};
 use crate::write_path;
 
 #[derive(Message)]
@@ -34,6 +36,8 @@ pub struct Claimer {
     writer: Recipient<WriteEntries>,
     stopping: Arc<AtomicBool>,
     passes: u64,
+    /// The replica's memory budget: a claimed page is held like a read one.
+    budget: MemoryBudget,
     /// A tick is in flight: skip interval ticks instead of queueing them.
     busy: bool,
 }
@@ -45,6 +49,7 @@ impl Claimer {
         conn: ConnectionManager,
         writer: Recipient<WriteEntries>,
         stopping: Arc<AtomicBool>,
+        budget: MemoryBudget,
     ) -> Self {
         Self {
             shared,
@@ -53,6 +58,7 @@ impl Claimer {
             writer,
             stopping,
             passes: 0,
+            budget,
             busy: false,
         }
     }
@@ -87,6 +93,7 @@ impl Handler<Tick> for Claimer {
         let sweep = self.passes % SWEEP_EVERY == 0;
         let pass = claim_pass(
             self.shared.clone(),
+            self.budget.clone(),
             self.name.clone(),
             self.conn.clone(),
             self.writer.clone(),
@@ -126,10 +133,12 @@ enum PassError {
     WriterGone,
 }
 
-/// Claims idle entries page by page (one write batch per page), with their
-/// exact delivery counts so that the writer dead-letters poison entries.
+/// Claims idle entries page by page within the memory budget (one write
+/// batch per page), each with Redis's delivery count, so that the writer
+/// dead-letters an entry past the delivery limit whoever held it before.
 async fn claim_pass(
     shared: Shared,
+    budget: MemoryBudget,
     name: String,
     mut conn: ConnectionManager,
     writer: Recipient<WriteEntries>,
@@ -137,53 +146,42 @@ async fn claim_pass(
 ) -> Result<(), PassError> {
     let settings = &shared.settings;
     let min_idle = settings.claim.idle();
-    let page = settings.pipeline.batch_size as usize;
-    let mut start = "0-0".to_owned();
+    let request = Request {
+        stream: &settings.pipeline.stream,
+        group: &settings.pipeline.group,
+        consumer: &name,
+        max_count: settings.pipeline.batch_size as usize,
+        weights: Weights::new(settings.limits.max_expanded_bytes),
+        max_deliveries: settings.limits.max_deliveries,
+    };
+    let mut start = "-".to_owned();
     loop {
-        let claimed = redis_stream::autoclaim(
-            &mut conn,
-            &settings.pipeline.stream,
-            &settings.pipeline.group,
-            &name,
-            min_idle,
-            &start,
-            page,
-        )
-        .await?;
-        if !claimed.deleted.is_empty() {
-            metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(claimed.deleted.len() as u64);
+        let mode = Mode::Claim { start, min_idle };
+        let (page, reservation) =
+            match weighed_read::read_within_budget(&mut conn, &budget, &request, &mode).await? {
+                Read::Page(page, reservation) => (page, reservation),
+                Read::Empty { .. } => break,
+            };
+        if !page.deleted.is_empty() {
+            metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(page.deleted.len() as u64);
             tracing::warn!(
-                entries = claimed.deleted.len(),
+                entries = page.deleted.len(),
                 "pending entries were trimmed before being stored"
             );
         }
-        let mut entries = claimed.entries;
-        if let (Some(first), Some(last)) =
-            (entries.first().map(|e| e.id), entries.last().map(|e| e.id))
-        {
-            let counts = redis_stream::delivery_counts(
-                &mut conn,
-                &settings.pipeline.stream,
-                &settings.pipeline.group,
-                &name,
-                first,
-                last,
-                entries.len(),
-            )
-            .await?;
-            for entry in &mut entries {
-                entry.deliveries = counts.get(&entry.id).copied().unwrap_or(entry.deliveries);
-            }
-            metrics::counter!(m::CLAIMED).increment(entries.len() as u64);
-            tracing::info!(claimer = %name, entries = entries.len(), %first, %last, "claimed idle entries");
-            match writer
+        if let (Some(first), Some(last)) = (page.entries.first(), page.entries.last()) {
+            let (first, last) = (first.id, last.id);
+            metrics::counter!(m::CLAIMED).increment(page.entries.len() as u64);
+            tracing::info!(claimer = %name, entries = page.entries.len(), %first, %last, "claimed idle entries");
+            let sent = writer
                 .send(WriteEntries(write_path::prepare(
-                    entries,
+                    page.entries,
                     &settings.limits.entry(),
                     settings.limits.max_deliveries,
                 )))
-                .await
-            {
+                .await;
+            drop(reservation);
+            match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "claimed batch not stored; it stays pending")
@@ -191,10 +189,10 @@ async fn claim_pass(
                 Err(_) => return Err(PassError::WriterGone),
             }
         }
-        if claimed.next == "0-0" || shared.health.is_draining() {
+        if page.next == "0-0" || shared.health.is_draining() {
             break;
         }
-        start = claimed.next;
+        start = page.next;
     }
     if sweep {
         remove_gone_consumers(&shared, &mut conn).await?;
@@ -210,9 +208,7 @@ async fn remove_gone_consumers(
     conn: &mut ConnectionManager,
 ) -> Result<(), StreamError> {
     let settings = &shared.settings;
-    for consumer in
-        redis_stream::consumers(conn, &settings.pipeline.stream, &settings.pipeline.group).await?
-    {
+    for consumer in redis_stream::consumers(conn, &settings.pipeline.stream, &settings.pipeline.group).await? {
         if consumer.pending == 0 && consumer.idle > settings.claim.consumer_gone_after() {
             // Redis 7.0 counts a blocked read that returned nothing as idle
             // time, so a live consumer of a quiet stream can look gone: the

@@ -1,5 +1,7 @@
-//! A consumer: XREADGROUP on a connection of its own (BLOCK holds it), each
-//! batch handed to the writer and awaited before the next read.
+//! A consumer: reads the group on a connection of its own (BLOCK holds it)
+//! within the replica's memory budget, hands each batch to the writer and
+//! awaits its commit before the next read. A batch that poison protection
+//! refuses is held (pending, idle-fresh) and retried, not re-read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,12 +11,14 @@ use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use super::writer::WriteEntries;
+use super::writer::{WriteEntries, WriteError};
 use super::Shared;
 use crate::backoff::Backoff;
-use crate::event::{StreamEntry, StreamId};
+use crate::event::StreamId;
+use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
 use crate::redis_stream::{self, Cursor, StreamError};
+use crate::weighed_read::{self, Mode, Read, Request};
 use crate::write_path;
 
 /// Read the next batch (sent to itself after each step).
@@ -37,6 +41,12 @@ pub struct Consumer {
     /// Starts on this consumer's own pending entries: after a restart under
     /// the same name they are invisible to `>` until claimed.
     cursor: Cursor,
+    /// Ids of the batch that poison protection refused: still pending to
+    /// this consumer, retried as they are until they commit or are acked by
+    /// hand.
+    held: Option<Vec<StreamId>>,
+    /// The replica's memory budget, shared with the other readers.
+    budget: MemoryBudget,
     backoff: Backoff,
 }
 
@@ -46,6 +56,7 @@ impl Consumer {
         name: String,
         writer: Recipient<WriteEntries>,
         stopping: Arc<AtomicBool>,
+        budget: MemoryBudget,
     ) -> Self {
         Self {
             shared,
@@ -54,6 +65,8 @@ impl Consumer {
             stopping,
             conn: None,
             cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+            held: None,
+            budget,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -76,6 +89,9 @@ enum Step {
     Idle,
     /// Something failed: wait before the next step.
     Failed,
+    /// Poison protection refused the batch: retry it before other replicas
+    /// would see it idle and claim it.
+    Held,
     /// The writer is gone: stop, the supervisor restarts us with the new one.
     WriterGone,
 }
@@ -89,17 +105,23 @@ impl Handler<ReadNext> for Consumer {
         if self.stopping.load(Ordering::Relaxed) {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
+        let state = StepState {
+            conn: self.conn.take(),
+            cursor: self.cursor,
+            held: self.held.take(),
+        };
         let step = read_step(
             self.shared.clone(),
+            self.budget.clone(),
             self.name.clone(),
             self.writer.clone(),
-            self.conn.take(),
-            self.cursor,
+            state,
         );
         AtomicResponse::new(Box::pin(step.into_actor(self).map(
-            |(step, conn, cursor), consumer, ctx| {
-                consumer.conn = conn;
-                consumer.cursor = cursor;
+            |(step, state), consumer, ctx| {
+                consumer.conn = state.conn;
+                consumer.cursor = state.cursor;
+                consumer.held = state.held;
                 match step {
                     Step::Progress | Step::Idle => {
                         consumer.backoff.reset();
@@ -107,6 +129,9 @@ impl Handler<ReadNext> for Consumer {
                     }
                     Step::Failed => {
                         ctx.notify_later(ReadNext, consumer.backoff.next_delay());
+                    }
+                    Step::Held => {
+                        ctx.notify_later(ReadNext, hold_retry(&consumer.shared));
                     }
                     Step::WriterGone => ctx.stop(),
                 }
@@ -125,6 +150,13 @@ impl Handler<StopReading> for Consumer {
     }
 }
 
+/// How often a held batch is retried: well within the claim idle time, as
+/// each retry also resets the entries' idle time.
+fn hold_retry(shared: &Shared) -> Duration {
+    (shared.settings.claim.idle() / 3)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
 /// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
 /// would fail a blocking read on the client while Redis still delivers.
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
@@ -138,13 +170,22 @@ async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> 
         .await?)
 }
 
-async fn read_step(
-    shared: Shared,
-    name: String,
-    writer: Recipient<WriteEntries>,
+/// What a step hands back to the actor for the next one.
+struct StepState {
     conn: Option<MultiplexedConnection>,
     cursor: Cursor,
-) -> (Step, Option<MultiplexedConnection>, Cursor) {
+    /// Ids of a batch held by poison protection.
+    held: Option<Vec<StreamId>>,
+}
+
+async fn read_step(
+    shared: Shared,
+    budget: MemoryBudget,
+    name: String,
+    writer: Recipient<WriteEntries>,
+    state: StepState,
+) -> (Step, StepState) {
+    let StepState { conn, cursor, held } = state;
     let settings = &shared.settings;
     let mut conn = match conn {
         Some(conn) => conn,
@@ -154,72 +195,185 @@ async fn read_step(
                 shared.health.set_redis(false);
                 metrics::counter!(m::REDIS_ERRORS, "operation" => "connect").increment(1);
                 tracing::warn!(consumer = %name, %error, "cannot connect to redis");
-                return (Step::Failed, None, cursor);
+                return (
+                    Step::Failed,
+                    StepState {
+                        conn: None,
+                        cursor,
+                        held,
+                    },
+                );
             }
         },
     };
-    let read = redis_stream::read_group(
-        &mut conn,
-        &settings.pipeline.stream,
-        &settings.pipeline.group,
-        &name,
-        cursor,
-        settings.pipeline.batch_size as usize,
-        settings.pipeline.block(),
-    )
-    .await;
-    let entries = match read {
-        Ok(entries) => entries,
+    // A held batch is reloaded as it is (no delivery counted); otherwise own
+    // pending entries first (each read a delivery), then new ones.
+    let mode = match (&held, cursor) {
+        (Some(ids), _) => Mode::Held(ids.clone()),
+        (None, Cursor::Pending(after)) => Mode::Pending(after),
+        (None, Cursor::New) => Mode::New,
+    };
+    let request = Request {
+        stream: &settings.pipeline.stream,
+        group: &settings.pipeline.group,
+        consumer: &name,
+        max_count: held
+            .as_ref()
+            .map_or(settings.pipeline.batch_size as usize, |ids| ids.len()),
+        weights: Weights::new(settings.limits.max_expanded_bytes),
+        max_deliveries: settings.limits.max_deliveries,
+    };
+    let read = weighed_read::read_within_budget(&mut conn, &budget, &request, &mode).await;
+    let (page, reservation) = match read {
+        Ok(Read::Page(page, reservation)) => (page, reservation),
+        Ok(Read::Empty { next }) => {
+            shared.health.set_redis(true);
+            let state = |conn, cursor| StepState {
+                conn: Some(conn),
+                cursor,
+                held: None,
+            };
+            return match mode {
+                // Everything held was acknowledged by hand (the runbook's way
+                // out): read on.
+                Mode::Held(ids) => {
+                    release_held(&name, ids.len());
+                    (Step::Progress, state(conn, cursor))
+                }
+                // Own pending list exhausted: from now on, new entries.
+                Mode::Pending(_) => (Step::Progress, state(conn, Cursor::New)),
+                _ => {
+                    let waited = wait_for_new(&shared, &mut conn, &next).await;
+                    (waited, state(conn, cursor))
+                }
+            };
+        }
         Err(error) => {
             // After a transport error the connection is replaced; a fresh one
             // is cheap and never reuses a socket in an unknown state.
             let keep = redis_stream::is_missing_group(&error);
             let step = read_failed(&shared, &name, &mut conn, error).await;
-            return (step, keep.then_some(conn), cursor);
+            let conn = keep.then_some(conn);
+            return (step, StepState { conn, cursor, held });
         }
     };
     shared.health.set_redis(true);
-    if entries.is_empty() {
-        // Own pending list exhausted: from now on, new entries.
-        return match cursor {
-            Cursor::Pending(_) => (Step::Progress, Some(conn), Cursor::New),
-            Cursor::New => (Step::Idle, Some(conn), cursor),
-        };
+    if !page.deleted.is_empty() {
+        metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(page.deleted.len() as u64);
+        tracing::warn!(
+            entries = page.deleted.len(),
+            "pending entries were trimmed from the stream before being stored"
+        );
     }
-    let last = entries
-        .last()
-        .map(|e| e.id)
-        .unwrap_or(StreamId { ms: 0, seq: 0 });
-    let next_cursor = match cursor {
-        Cursor::Pending(_) => Cursor::Pending(last),
-        Cursor::New => Cursor::New,
+    let next_cursor = match mode {
+        Mode::Pending(after) => Cursor::Pending(page.next.parse().unwrap_or(after)),
+        _ => cursor,
     };
-    let entries = ack_deleted(&shared, &mut conn, entries).await;
-    if entries.is_empty() {
-        return (Step::Progress, Some(conn), next_cursor);
+    // Held entries after the page did not fit this time: still held. Those
+    // before its end that did not come back were acknowledged by hand.
+    let rest = match &held {
+        Some(ids) => {
+            release_held(&name, ids.len());
+            let end = page.entries.last().map(|e| e.id);
+            let rest: Vec<StreamId> = ids
+                .iter()
+                .copied()
+                .filter(|id| end.is_some_and(|end| *id > end))
+                .collect();
+            (!rest.is_empty()).then_some(rest)
+        }
+        None => None,
+    };
+    if let Some(rest) = &rest {
+        metrics::gauge!(m::POISON_HELD).increment(rest.len() as f64);
     }
-    match writer
+    if page.entries.is_empty() {
+        let state = StepState {
+            conn: Some(conn),
+            cursor: next_cursor,
+            held: rest,
+        };
+        return (Step::Progress, state);
+    }
+    let ids: Vec<StreamId> = page.entries.iter().map(|e| e.id).collect();
+    let sent = writer
         .send(WriteEntries(write_path::prepare(
-            entries,
+            page.entries,
             &settings.limits.entry(),
             settings.limits.max_deliveries,
         )))
-        .await
-    {
-        Ok(Ok(())) => (Step::Progress, Some(conn), next_cursor),
-        Ok(Err(error)) => {
-            tracing::warn!(consumer = %name, %error, "batch not stored; will re-read own pending entries");
-            (
-                Step::Failed,
-                Some(conn),
-                Cursor::Pending(StreamId { ms: 0, seq: 0 }),
-            )
-        }
-        Err(_) => (
-            Step::WriterGone,
-            Some(conn),
-            Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+        .await;
+    // Committed and acked, or given up: either way nothing is in hand now.
+    drop(reservation);
+    let conn = Some(conn);
+    match sent {
+        Ok(Ok(())) => (
+            Step::Progress,
+            StepState {
+                conn,
+                cursor: next_cursor,
+                held: rest,
+            },
         ),
+        Ok(Err(WriteError::Poisoned(run))) => {
+            // Held, not re-read: a re-read would count deliveries towards
+            // the dead-letter limit for the good entries of the batch too.
+            tracing::warn!(consumer = %name, run, entries = ids.len(), "batch held by poison protection; reloading it without counting deliveries");
+            metrics::gauge!(m::POISON_HELD).increment(ids.len() as f64);
+            let mut held = ids;
+            if let Some(rest) = rest {
+                held.extend(rest);
+            }
+            let state = StepState {
+                conn,
+                cursor: next_cursor,
+                held: Some(held),
+            };
+            (Step::Held, state)
+        }
+        Ok(Err(error)) => {
+            if let Some(rest) = &rest {
+                release_held(&name, rest.len());
+            }
+            tracing::warn!(consumer = %name, %error, "batch not stored; will re-read own pending entries");
+            let state = StepState {
+                conn,
+                cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+                held: None,
+            };
+            (Step::Failed, state)
+        }
+        Err(_) => {
+            if let Some(rest) = &rest {
+                release_held(&name, rest.len());
+            }
+            let state = StepState {
+                conn,
+                cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+                held: None,
+            };
+            (Step::WriterGone, state)
+        }
+    }
+}
+
+fn release_held(name: &str, entries: usize) {
+    metrics::gauge!(m::POISON_HELD).decrement(entries as f64);
+    tracing::debug!(consumer = %name, entries, "held batch released");
+}
+
+/// Nothing new: waits (up to BLOCK) for an entry after the group's last
+/// delivered id without taking it, so that the next read weighs it first.
+/// XREAD brings at most that one entry, and drops it at once.
+async fn wait_for_new(shared: &Shared, conn: &mut MultiplexedConnection, after: &str) -> Step {
+    let settings = &shared.settings;
+    match redis_stream::wait_for_entries(conn, &settings.pipeline.stream, after, settings.pipeline.block()).await {
+        Ok(()) => Step::Idle,
+        Err(error) => {
+            metrics::counter!(m::REDIS_ERRORS, "operation" => "xread").increment(1);
+            tracing::warn!(%error, "waiting for new entries failed");
+            Step::Failed
+        }
     }
 }
 
@@ -235,13 +389,9 @@ async fn read_failed(
         // recreate it so that the pipeline resumes by itself.
         shared.health.set_group(false);
         tracing::warn!(consumer = %name, "consumer group missing; recreating it");
-        if redis_stream::ensure_group(
-            conn,
-            &shared.settings.pipeline.stream,
-            &shared.settings.pipeline.group,
-        )
-        .await
-        .is_ok()
+        if redis_stream::ensure_group(conn, &shared.settings.pipeline.stream, &shared.settings.pipeline.group)
+            .await
+            .is_ok()
         {
             shared.health.set_group(true);
             return Step::Progress;
@@ -251,35 +401,4 @@ async fn read_failed(
     shared.health.set_redis(false);
     tracing::warn!(consumer = %name, %error, "xreadgroup failed");
     Step::Failed
-}
-
-/// Entries deleted from the stream while pending come back without fields:
-/// there is nothing to store, so they are acked here and counted.
-async fn ack_deleted(
-    shared: &Shared,
-    conn: &mut MultiplexedConnection,
-    entries: Vec<StreamEntry>,
-) -> Vec<StreamEntry> {
-    let (deleted, entries): (Vec<_>, Vec<_>) =
-        entries.into_iter().partition(|e| e.fields.is_empty());
-    if !deleted.is_empty() {
-        let ids: Vec<StreamId> = deleted.iter().map(|e| e.id).collect();
-        metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(ids.len() as u64);
-        tracing::warn!(
-            entries = ids.len(),
-            "pending entries were trimmed from the stream before being stored"
-        );
-        let settings = &shared.settings;
-        if let Err(error) = redis_stream::ack(
-            conn,
-            &settings.pipeline.stream,
-            &settings.pipeline.group,
-            &ids,
-        )
-        .await
-        {
-            tracing::warn!(%error, "cannot ack trimmed entries");
-        }
-    }
-    entries
 }

@@ -3,10 +3,10 @@
 //!
 //! - [`supervisor::Supervisor`] starts the others, restarts any that dies
 //!   (with backoff, counted), and drains them in order on shutdown.
-//! - [`consumer::Consumer`] × N: XREADGROUP on its own connection, hands each
+//! - [`consumer::Consumer`] × N: reads within the memory budget on its own connection, hands each
 //!   batch to the writer and waits for it to be committed before reading more
-//!   (backpressure: at most one batch per consumer is in memory).
-//! - [`claimer::Claimer`]: XAUTOCLAIMs entries idle too long (their consumer
+//!   (backpressure; what is in hand is bounded by [`crate::memory_budget`]).
+//! - [`claimer::Claimer`]: claims entries idle too long (their consumer
 //!   died) and sends them through the same writer.
 //! - [`writer::Writer`]: gathers batches from all of them, commits one
 //!   transaction at a time, then XACKs every entry of it.

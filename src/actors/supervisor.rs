@@ -18,6 +18,7 @@ use super::consumer::{Consumer, StopReading};
 use super::lag_monitor::LagMonitor;
 use super::writer::{Flush, Writer};
 use super::Shared;
+use crate::memory_budget::MemoryBudget;
 use crate::metrics as m;
 use crate::store::Pool;
 
@@ -91,6 +92,8 @@ pub struct Supervisor {
     /// Redis connection for commands that never block (acks, claims, info).
     control: ConnectionManager,
     prometheus: PrometheusHandle,
+    /// What the consumers and the claimer may hold at once, in bytes.
+    budget: MemoryBudget,
     /// Tells consumers and the claimer to stop before their next step.
     stopping: Arc<AtomicBool>,
     /// Each commits one transaction at a time; consumer `i` feeds writer
@@ -108,11 +111,13 @@ impl Supervisor {
         control: ConnectionManager,
         prometheus: PrometheusHandle,
     ) -> Self {
+        let budget = MemoryBudget::new(shared.settings.memory.budget_bytes());
         Self {
             shared,
             pool,
             control,
             prometheus,
+            budget,
             stopping: Arc::new(AtomicBool::new(false)),
             writers: Vec::new(),
             consumers: Vec::new(),
@@ -135,6 +140,7 @@ impl Supervisor {
             self.consumer_name(index),
             writer.clone().recipient(),
             self.stopping.clone(),
+            self.budget.clone(),
         )
         .start()
     }
@@ -147,6 +153,7 @@ impl Supervisor {
             self.control.clone(),
             writer.clone().recipient(),
             self.stopping.clone(),
+            self.budget.clone(),
         )
         .start()
     }
@@ -219,6 +226,7 @@ impl Actor for Supervisor {
             replica = %self.shared.settings.pipeline.replica_name(),
             consumers = self.consumers.len(),
             stream = %self.shared.settings.pipeline.stream,
+            memory_budget_bytes = self.budget.total_bytes(),
             group = %self.shared.settings.pipeline.group,
             "pipeline started"
         );

@@ -104,10 +104,34 @@ impl TestEnv {
 
     /// Starts the service with test-friendly timings; `extra` overrides.
     pub fn spawn(&self, replica: &str, extra: &[(&str, &str)]) -> Service {
+        let _ = std::fs::remove_file(log_dir().join(format!("{}-{replica}.log", self.name)));
+        self.spawn_wrapped(replica, extra, &[])
+    }
+
+    /// Like [`TestEnv::spawn`], run through `wrapper` (such as `prlimit
+    /// --as=BYTES --`); the log is appended to, so restarts keep it whole.
+    pub fn spawn_wrapped(
+        &self,
+        replica: &str,
+        extra: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Service {
         let port = free_port();
         let log_path = log_dir().join(format!("{}-{replica}.log", self.name));
-        let log = std::fs::File::create(&log_path).expect("create log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_swisper-ingest"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("create log file");
+        let binary = env!("CARGO_BIN_EXE_swisper-ingest");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("serve")
             .env("OBSERVABILITY_REDIS_URL", &self.redis_url)
