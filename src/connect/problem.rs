@@ -40,30 +40,37 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// A certificate problem in rustls' words, as the operator should read it.
 fn certificate_problem(text: &str) -> Option<&'static str> {
+    let text = text.to_ascii_lowercase();
     let has = |needle: &str| text.contains(needle);
-    if has("UnknownIssuer") || has("BadSignature") || has("UnknownCA") {
+    if has("unknownissuer") || has("unknown issuer") || has("badsignature") || has("unknownca") {
         Some("the server's certificate is not signed by a trusted CA (certificate verify failed: unknown issuer)")
-    } else if has("NotValidForName") {
+    } else if has("notvalidforname") || has("not valid for name") {
         Some("the server's certificate does not match the host name (certificate name mismatch)")
-    } else if has("Expired") {
+    } else if has("expired") || has("notvalidyet") || has("not valid yet") {
         Some("the server's certificate has expired (or is not yet valid)")
-    } else if has("Revoked") {
+    } else if has("revoked") {
         Some("the server's certificate is revoked")
-    } else if has("invalid peer certificate") || has("BadCertificate") {
+    } else if has("invalid peer certificate") || has("badcertificate") {
         Some("the server's certificate was rejected")
     } else {
         None
     }
 }
 
-/// Explains a Redis connection error. `scheme_tls` is whether the URL asked
-/// for TLS.
+/// True when the certificate problem is a host name mismatch.
+fn name_mismatch(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    text.contains("notvalidforname") || text.contains("not valid for name")
+}
+
+/// Explains a Redis connection error; `verification` says whether the URL
+/// asked for TLS.
 pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
     let text = chain(error);
     let tls = verification != Verification::Plaintext;
     let has = |needle: &str| text.contains(needle);
     let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if has("NotValidForName") {
+        let fix = if name_mismatch(&text) {
             "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL"
         } else {
             "set OBSERVABILITY_REDIS_CA_FILE to the CA bundle that signed the server's certificate"
@@ -127,7 +134,7 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
     let has = |needle: &str| text.contains(needle);
     let db_code = error.as_db_error().map(|e| e.code().code().to_owned());
     let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if has("NotValidForName") {
+        let fix = if name_mismatch(&text) {
             "connect to a host name that the certificate names, or use sslmode=verify-ca in DATABASE_URL"
         } else {
             "set DATABASE_URL sslrootcert to the CA bundle that signed the server's certificate"
