@@ -3,8 +3,8 @@
 # and PostgreSQL on loopback (scripts/services.sh, in a temporary folder that
 # is removed at the end), then formatting and lint checks, the Rust unit,
 # property and integration tests (among them tests/tls.rs, which starts its
-# own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault tests, the real-SDK end-to-end
-# tests and the offline deployment checks.
+# own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault
+# tests, the real-SDK end-to-end tests and the offline deployment checks.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh rust       only the Rust suites (fmt, clippy, cargo test)

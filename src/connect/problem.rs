@@ -119,6 +119,16 @@ pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
                  only TLS, use rediss:// in OBSERVABILITY_REDIS_URL ({text})"
             ),
         )
+    } else if tls && (has("timed out") || has("TimedOut")) {
+        // A plaintext Redis waits for a command line and never answers a
+        // TLS ClientHello: the handshake just times out.
+        (
+            false,
+            format!(
+                "redis: no answer to the TLS handshake; if this port serves plaintext, use the \
+                 server's TLS port (or redis://) in OBSERVABILITY_REDIS_URL ({text})"
+            ),
+        )
     } else {
         (false, format!("redis: {text}"))
     };
