@@ -223,3 +223,78 @@ impl OnceLog {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_io(message: &str) -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::other(message.to_owned()))
+    }
+
+    #[test]
+    fn certificate_problems_say_certificate_and_the_setting() {
+        for (text, expected) in [
+            ("invalid peer certificate: UnknownIssuer", "not signed by a trusted CA"),
+            (
+                "invalid peer certificate: certificate not valid for name \"x\"",
+                "does not match the host name",
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time 2, but certificate is not valid after 1",
+                "has expired",
+            ),
+        ] {
+            let problem = redis(&redis_io(text), Verification::Full);
+            assert!(problem.misconfigured, "{problem}");
+            assert!(problem.message.contains(expected), "{problem}");
+            assert!(problem.message.contains("certificate"), "{problem}");
+            assert!(problem.message.contains("OBSERVABILITY_REDIS_"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn plaintext_and_tls_mixups_are_named() {
+        let reset = redis(
+            &redis_io("Connection reset by peer (os error 104)"),
+            Verification::Plaintext,
+        );
+        assert!(reset.message.contains("rediss://"), "{reset}");
+        let corrupt = redis(
+            &redis_io("received corrupt message of type InvalidContentType"),
+            Verification::Full,
+        );
+        assert!(corrupt.message.contains("does not speak TLS"), "{corrupt}");
+        let mtls = redis(
+            &redis_io("received fatal alert: CertificateRequired"),
+            Verification::Full,
+        );
+        assert!(
+            mtls.message
+                .contains("OBSERVABILITY_REDIS_CLIENT_CERT_FILE"),
+            "{mtls}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_not_a_setting_to_fix() {
+        let refused = redis(
+            &redis_io("Connection refused (os error 111)"),
+            Verification::Full,
+        );
+        assert!(!refused.misconfigured, "{refused}");
+    }
+
+    #[test]
+    fn the_same_problem_is_reported_once() {
+        let log = OnceLog::default();
+        let problem = Problem {
+            misconfigured: true,
+            message: "x".into(),
+        };
+        log.report("connect", &problem);
+        assert_eq!(log.last.lock().unwrap().as_deref(), Some("x"));
+        log.clear();
+        assert!(log.last.lock().unwrap().is_none());
+    }
+}
