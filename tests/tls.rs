@@ -359,6 +359,11 @@ async fn a_wrong_ca_keeps_the_service_unready_with_one_clear_error() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "one error, then quiet retries; log: {log}");
     assert!(errors[0].contains("certificate") && errors[0].contains("sslrootcert"));
+    let failures = service.metric(r#"swisper_ingest_postgres_errors_total{kind="unavailable"}"#);
+    assert!(
+        failures.unwrap_or(0.0) >= 2.0,
+        "every failed attempt is counted"
+    );
     drop(service);
 
     // Redis signed by a CA we do not trust.
@@ -375,6 +380,11 @@ async fn a_wrong_ca_keeps_the_service_unready_with_one_clear_error() {
     let log = service.log();
     let error = log.lines().find(|l| l.contains("ERROR")).unwrap();
     assert!(error.contains("certificate"), "{error}");
+    let failures = service.metric(r#"swisper_ingest_redis_errors_total{operation="connect"}"#);
+    assert!(
+        failures.unwrap_or(0.0) >= 1.0,
+        "failed attempts are counted"
+    );
     drop(service);
 
     // check names both.
