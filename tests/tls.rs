@@ -26,6 +26,7 @@ struct Servers {
     dir: PathBuf,
     redis_port: u16,
     mtls_port: u16,
+    expired_port: u16,
     pg_port: u16,
     secrets: HashMap<String, String>,
 }
@@ -43,11 +44,12 @@ fn servers() -> &'static Servers {
     SERVERS.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("tls-servers-{}", std::process::id()));
-        let (redis_port, mtls_port, pg_port) = (free_port(), free_port(), free_port());
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let [redis_port, mtls_port, expired_port, pg_port] = ports;
         let status = Command::new("tests/tls/servers.sh")
             .arg("up")
             .arg(&dir)
-            .args([redis_port, mtls_port, pg_port].map(|p| p.to_string()))
+            .args(ports.map(|p| p.to_string()))
             .arg(std::process::id().to_string())
             .stdout(Stdio::null())
             .status()
@@ -63,6 +65,7 @@ fn servers() -> &'static Servers {
             dir,
             redis_port,
             mtls_port,
+            expired_port,
             pg_port,
             secrets,
         }
@@ -502,6 +505,25 @@ async fn redis_mutual_tls_needs_the_client_certificate() {
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("OBSERVABILITY_REDIS_CLIENT_CERT_FILE")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_named() {
+    let servers = servers();
+    let db = servers.create_database("expired").await;
+    let (stream, group) = names("expired");
+    let expired = with(
+        &servers.env(&db),
+        &[(
+            "OBSERVABILITY_REDIS_URL",
+            &format!("rediss://127.0.0.1:{}", servers.expired_port),
+        )],
+    );
+    let (output, report) = check(&expired, &stream, &group);
+    keep("expired", &output, &report);
+    assert!(!output.status.success());
+    let error = report["redis"]["error"].as_str().unwrap();
+    assert!(error.contains("certificate has expired"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

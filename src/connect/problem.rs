@@ -38,29 +38,54 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A certificate problem in rustls' words, as the operator should read it.
-fn certificate_problem(text: &str) -> Option<&'static str> {
-    let text = text.to_ascii_lowercase();
-    let has = |needle: &str| text.contains(needle);
-    if has("unknownissuer") || has("unknown issuer") || has("badsignature") || has("unknownca") {
-        Some("the server's certificate is not signed by a trusted CA (certificate verify failed: unknown issuer)")
-    } else if has("notvalidforname") || has("not valid for name") {
-        Some("the server's certificate does not match the host name (certificate name mismatch)")
-    } else if has("expired") || has("notvalidyet") || has("not valid yet") {
-        Some("the server's certificate has expired (or is not yet valid)")
-    } else if has("revoked") {
-        Some("the server's certificate is revoked")
-    } else if has("invalid peer certificate") || has("badcertificate") {
-        Some("the server's certificate was rejected")
-    } else {
-        None
-    }
+/// What is wrong with the server's certificate, from rustls' words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertificateProblem {
+    UnknownIssuer,
+    NameMismatch,
+    Expired,
+    Other,
 }
 
-/// True when the certificate problem is a host name mismatch.
-fn name_mismatch(text: &str) -> bool {
-    let text = text.to_ascii_lowercase();
-    text.contains("notvalidforname") || text.contains("not valid for name")
+impl CertificateProblem {
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.to_ascii_lowercase();
+        let has = |needle: &str| text.contains(needle);
+        if has("unknownissuer") || has("unknown issuer") || has("badsignature") || has("unknownca")
+        {
+            Some(Self::UnknownIssuer)
+        } else if has("notvalidforname") || has("not valid for name") {
+            Some(Self::NameMismatch)
+        } else if has("expired") || has("notvalidyet") || has("not valid yet") {
+            Some(Self::Expired)
+        } else if has("invalid peer certificate") || has("badcertificate") || has("revoked") {
+            Some(Self::Other)
+        } else {
+            None
+        }
+    }
+
+    /// The problem in words, then what to do; `ca_setting` and `name_fix`
+    /// differ between Redis and Postgres.
+    fn explain(self, ca_setting: &str, name_fix: &str) -> String {
+        match self {
+            Self::UnknownIssuer => format!(
+                "the server's certificate is not signed by a trusted CA (certificate verify \
+                 failed: unknown issuer); set {ca_setting} to the CA bundle that signed the \
+                 server's certificate"
+            ),
+            Self::NameMismatch => format!(
+                "the server's certificate does not match the host name (certificate name \
+                 mismatch); {name_fix}"
+            ),
+            Self::Expired => "the server's certificate has expired (or is not yet valid); the \
+                 server needs a renewed certificate (or this machine's clock is wrong)"
+                .to_owned(),
+            Self::Other => format!(
+                "the server's certificate was rejected; check it against the CA in {ca_setting}"
+            ),
+        }
+    }
 }
 
 /// Explains a Redis connection error; `verification` says whether the URL
@@ -69,13 +94,12 @@ pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
     let text = chain(error);
     let tls = verification != Verification::Plaintext;
     let has = |needle: &str| text.contains(needle);
-    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if name_mismatch(&text) {
-            "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL"
-        } else {
-            "set OBSERVABILITY_REDIS_CA_FILE to the CA bundle that signed the server's certificate"
-        };
-        (true, format!("redis TLS: {cert}; {fix} ({text})"))
+    let (misconfigured, message) = if let Some(cert) = CertificateProblem::parse(&text) {
+        let explained = cert.explain(
+            "OBSERVABILITY_REDIS_CA_FILE",
+            "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL",
+        );
+        (true, format!("redis TLS: {explained} ({text})"))
     } else if has("CertificateRequired")
         || has("certificate required")
         || has("HandshakeFailure") && tls
@@ -143,16 +167,16 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
     let text = chain(error);
     let has = |needle: &str| text.contains(needle);
     let db_code = error.as_db_error().map(|e| e.code().code().to_owned());
-    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if name_mismatch(&text) {
-            "connect to a host name that the certificate names, or use sslmode=verify-ca in DATABASE_URL"
-        } else {
-            "set DATABASE_URL sslrootcert to the CA bundle that signed the server's certificate"
-        };
+    let (misconfigured, message) = if let Some(cert) = CertificateProblem::parse(&text) {
+        let explained = cert.explain(
+            "DATABASE_URL sslrootcert",
+            "connect to a host name that the certificate names, or use sslmode=verify-ca in \
+             DATABASE_URL",
+        );
         (
             true,
             format!(
-                "postgres TLS (sslmode={}): {cert}; {fix} ({text})",
+                "postgres TLS (sslmode={}): {explained} ({text})",
                 target.mode
             ),
         )
@@ -249,7 +273,9 @@ mod tests {
             assert!(problem.misconfigured, "{problem}");
             assert!(problem.message.contains(expected), "{problem}");
             assert!(problem.message.contains("certificate"), "{problem}");
-            assert!(problem.message.contains("OBSERVABILITY_REDIS_"), "{problem}");
+            if !expected.contains("expired") {
+                assert!(problem.message.contains("OBSERVABILITY_REDIS_"), "{problem}");
+            }
         }
     }
 

@@ -2,15 +2,17 @@
 # TLS-only Redis and PostgreSQL for tests/tls.rs, on loopback, with a CA and
 # certificates made here by openssl:
 #
-#   servers.sh up DIR REDIS_PORT REDIS_MTLS_PORT PG_PORT OWNER_PID
+#   servers.sh up DIR REDIS_PORT REDIS_MTLS_PORT REDIS_EXPIRED_PORT PG_PORT OWNER_PID
 #   servers.sh down DIR
 #
 # - Redis on REDIS_PORT: TLS only (--port 0), requirepass, an ACL user
-#   "ingest"; on REDIS_MTLS_PORT the same with --tls-auth-clients yes.
+#   "ingest"; on REDIS_MTLS_PORT the same with --tls-auth-clients yes; on
+#   REDIS_EXPIRED_PORT the same with an expired certificate.
 # - PostgreSQL on PG_PORT: ssl=on, pg_hba `hostssl` with scram passwords and
 #   `host ... reject`, so plaintext is refused.
 # - DIR/certs: ca.crt (signs everything), other-ca.crt (the wrong CA),
-#   server.crt for DNS:localhost and IP:127.0.0.1, client.crt/key.
+#   server.crt for DNS:localhost and IP:127.0.0.1, expired.crt (the same
+#   names, expired yesterday), client.crt/key.
 # Everything stops when OWNER_PID (the test process) exits, or on `down`.
 # Passwords: Redis default user and "ingest" user: see REDIS_PASSWORD and
 # INGEST_PASSWORD below; Postgres user postgres: PG_PASSWORD.
@@ -71,6 +73,9 @@ make_certs() {
   printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$c/server.ext"
   openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
     -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
+  # -days -1: not after yesterday, an expired certificate.
+  openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+    -days -1 -extfile "$c/server.ext" -out "$c/expired.crt" 2>/dev/null
   openssl req "${ec[@]}" -subj /CN=swisper-ingest -keyout "$c/client.key" -out "$c/client.csr" 2>/dev/null
   printf 'extendedKeyUsage=clientAuth\n' >"$c/client.ext"
   openssl x509 -req -in "$c/client.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
@@ -83,17 +88,17 @@ make_certs() {
 }
 
 start_redis() {
-  local name=$1 port=$2 auth_clients=$3
+  local name=$1 port=$2 auth_clients=$3 cert=${4:-server.crt}
   local c=$dir/certs
   detached redis-server --port 0 --bind 127.0.0.1 --tls-port "$port" \
-    --tls-cert-file "$c/server.crt" --tls-key-file "$c/server.key" \
+    --tls-cert-file "$c/$cert" --tls-key-file "$c/server.key" \
     --tls-ca-cert-file "$c/ca.crt" --tls-auth-clients "$auth_clients" \
     --requirepass "$REDIS_PASSWORD" \
     --user ingest on ">$INGEST_PASSWORD" '~*' '&*' +@all \
     --save '' --appendonly no --dir "$dir" --daemonize yes \
     --pidfile "$dir/$name.pid" --logfile "$dir/$name.log"
   local deadline=$((SECONDS + 30))
-  until redis-cli --tls --cacert "$c/ca.crt" --cert "$c/client.crt" --key "$c/client.key" \
+  until redis-cli --tls --insecure --cert "$c/client.crt" --key "$c/client.key" \
     -h 127.0.0.1 -p "$port" -a "$REDIS_PASSWORD" --no-auth-warning ping 2>/dev/null | grep -q PONG; do
     ((SECONDS < deadline)) || die "redis $name did not answer on $port; see $dir/$name.log"
     sleep 0.1
@@ -130,7 +135,7 @@ HBA
 
 stop_all() {
   local pid name
-  for name in redis redis-mtls; do
+  for name in redis redis-mtls redis-expired; do
     pid=$(cat "$dir/$name.pid" 2>/dev/null) || continue
     if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server ]]; then kill "$pid" 2>/dev/null || true; fi
     rm -f "$dir/$name.pid"
@@ -142,10 +147,10 @@ stop_all() {
 
 command=${1:-}
 dir=${2:-}
-[[ -n $dir ]] || die "usage: $0 up DIR REDIS_PORT REDIS_MTLS_PORT PG_PORT OWNER_PID | down DIR"
+[[ -n $dir ]] || die "usage: $0 up DIR REDIS_PORT REDIS_MTLS_PORT REDIS_EXPIRED_PORT PG_PORT OWNER_PID | down DIR"
 case $command in
   up)
-    redis_port=$3 mtls_port=$4 pg_port=$5 owner=$6
+    redis_port=$3 mtls_port=$4 expired_port=$5 pg_port=$6 owner=$7
     [[ $(id -u) == 0 ]] || die "run as root (Postgres runs as the postgres user)"
     install_missing
     rm -rf "$dir"
@@ -154,6 +159,7 @@ case $command in
     make_certs
     start_redis redis "$redis_port" no
     start_redis redis-mtls "$mtls_port" yes
+    start_redis redis-expired "$expired_port" no expired.crt
     start_postgres "$pg_port"
     # The watchdog: stops the servers when the test process is gone.
     detached setsid bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done; '$PWD/tests/tls/servers.sh' down '$dir'" \
