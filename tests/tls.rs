@@ -524,6 +524,15 @@ async fn an_expired_certificate_is_named() {
     assert!(!output.status.success());
     let error = report["redis"]["error"].as_str().unwrap();
     assert!(error.contains("certificate has expired"), "{error}");
+
+    // The explicit opt-out connects, says it did not verify, and warns (on
+    // stderr: stdout stays one JSON document).
+    let insecure = with(&expired, &[("OBSERVABILITY_REDIS_TLS_INSECURE", "true")]);
+    let (output, report) = check(&insecure, &stream, &group);
+    assert_eq!(report["redis"]["connected"], true, "{report}");
+    assert_eq!(report["redis"]["tls"], true);
+    assert_eq!(report["redis"]["verified"], false);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT verified"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
