@@ -2,8 +2,9 @@
 # Runs every test of swisper-ingest on this machine: installs and starts Redis
 # and PostgreSQL on loopback (scripts/services.sh, in a temporary folder that
 # is removed at the end), then formatting and lint checks, the Rust unit,
-# property and integration tests, the fault tests, the real-SDK end-to-end
-# tests and the offline deployment checks.
+# property and integration tests (among them tests/tls.rs, which starts its
+# own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault
+# tests, the real-SDK end-to-end tests and the offline deployment checks.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh rust       only the Rust suites (fmt, clippy, cargo test)

@@ -25,12 +25,12 @@ pub enum DeadLetterCommand {
     Replay {
         #[command(flatten)]
         select: SelectArgs,
-        /// Redis to publish to (the same settings as `serve`).
-        #[command(flatten)]
-        redis: Box<RedisSettings>,
         /// Print what would be replayed, publish nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Redis to publish to (the same settings as `serve`).
+        #[command(flatten)]
+        redis: Box<RedisSettings>,
     },
     /// Delete the selected dead letters.
     Purge {

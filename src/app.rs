@@ -104,7 +104,10 @@ async fn start_pipeline(
     retry("connect to postgres", || async {
         match pg.connect().await {
             Ok(_) => Ok(Ok::<_, std::convert::Infallible>(())),
-            Err(error) => Err(problem::postgres(&error, &pg)),
+            Err(error) => {
+                metrics::counter!(m::POSTGRES_ERRORS, "kind" => "unavailable").increment(1);
+                Err(problem::postgres(&error, &pg))
+            }
         }
     })
     .await?;
@@ -137,7 +140,10 @@ async fn start_pipeline(
             .get_connection_manager_with_config(config)
             .await
             .map(Ok::<_, std::convert::Infallible>)
-            .map_err(|e| problem::redis(&e, redis.verification))
+            .map_err(|e| {
+                metrics::counter!(m::REDIS_ERRORS, "operation" => "connect").increment(1);
+                problem::redis(&e, redis.verification)
+            })
     })
     .await?;
     retry("create the consumer group", || async {

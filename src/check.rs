@@ -33,9 +33,12 @@ pub struct RedisReport {
     pub url: String,
     pub connected: bool,
     pub version: Option<String>,
+    /// The connection is encrypted (false until connected).
     pub tls: bool,
-    /// The server's certificate was checked (chain and host name).
+    /// The server's certificate was checked, chain and host name (false
+    /// until connected).
     pub verified: bool,
+    /// A client certificate is configured (mutual TLS).
     pub client_certificate: bool,
     pub stream: String,
     pub stream_exists: bool,
@@ -94,8 +97,6 @@ async fn check_redis(
     let pipeline = &settings.pipeline;
     let mut report = RedisReport {
         url: settings.redis.url.to_string(),
-        tls: target.verification != Verification::Plaintext,
-        verified: target.verification.verified(),
         client_certificate: settings.redis.client_cert_file.is_some(),
         stream: pipeline.stream.clone(),
         group: pipeline.group.clone(),
@@ -118,6 +119,8 @@ async fn check_redis(
         }
     };
     report.connected = true;
+    report.tls = target.verification != Verification::Plaintext;
+    report.verified = target.verification.verified();
     match redis::cmd("INFO")
         .arg("server")
         .query_async::<String>(&mut conn)
@@ -314,7 +317,7 @@ impl std::fmt::Display for Report {
                 "stream    {}: {}",
                 r.stream,
                 if r.stream_exists {
-                    format!("{} entries", or_dash(&r.stream_length))
+                    format!("length {}", or_dash(&r.stream_length))
                 } else {
                     "missing".into()
                 }

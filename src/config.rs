@@ -163,7 +163,8 @@ pub struct RedisSettings {
 
     /// DANGEROUS: accept any server certificate (no CA or host name check).
     /// Encrypts but does not authenticate the server; logged loudly at start.
-    #[arg(long = "redis-tls-insecure", env = "OBSERVABILITY_REDIS_TLS_INSECURE")]
+    #[arg(long = "redis-tls-insecure", env = "OBSERVABILITY_REDIS_TLS_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub tls_insecure: bool,
 }
 

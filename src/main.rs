@@ -50,11 +50,19 @@ enum Command {
     },
 }
 
-fn init_tracing(format: &str) {
+/// Logs go to stdout, except for commands whose stdout is their report
+/// (`check`, `dead-letters`): there they go to stderr.
+fn init_tracing(format: &str, to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = if to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_target(false);
     if format == "json" {
         builder.json().init();
@@ -97,7 +105,11 @@ fn parse_cli() -> Cli {
 
 fn main() -> ExitCode {
     let cli = parse_cli();
-    init_tracing(&cli.log_format);
+    let report_on_stdout = matches!(
+        cli.command,
+        Command::Check { .. } | Command::DeadLetters { .. }
+    );
+    init_tracing(&cli.log_format, report_on_stdout);
     let result = actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,

@@ -302,6 +302,30 @@ mod tests {
         assert_eq!(rest, "host=db sslmode=require");
     }
 
+    fn target(url: &str) -> Result<PgTarget, ConfigError> {
+        DatabaseSettings {
+            database_url: url.parse().unwrap(),
+            db_pool_size: 1,
+        }
+        .target()
+    }
+
+    #[test]
+    fn require_encrypts_without_verifying_and_allow_is_refused() {
+        let require = target("postgres://u:pw@db/x?sslmode=require").unwrap();
+        assert_eq!(require.mode, SslMode::Require);
+        assert_eq!(require.verification, Verification::None);
+        assert!(!require.shown.contains("pw"));
+        let disable = target("postgres://u@db/x?sslmode=disable").unwrap();
+        assert_eq!(disable.verification, Verification::Plaintext);
+        let error = target("postgres://u@db/x?sslmode=allow").err().unwrap();
+        assert!(error.problem.contains("sslmode=allow"), "{error}");
+        let error = target("postgres://u@db/x?sslmode=verify-full&sslrootcert=/nonexistent.pem")
+            .err()
+            .unwrap();
+        assert!(error.problem.contains("sslrootcert"), "{error}");
+    }
+
     #[test]
     fn modes_are_libpq_s() {
         for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {

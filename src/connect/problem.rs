@@ -38,37 +38,68 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A certificate problem in rustls' words, as the operator should read it.
-fn certificate_problem(text: &str) -> Option<&'static str> {
-    let has = |needle: &str| text.contains(needle);
-    if has("UnknownIssuer") || has("BadSignature") || has("UnknownCA") {
-        Some("the server's certificate is not signed by a trusted CA (certificate verify failed: unknown issuer)")
-    } else if has("NotValidForName") {
-        Some("the server's certificate does not match the host name (certificate name mismatch)")
-    } else if has("Expired") {
-        Some("the server's certificate has expired (or is not yet valid)")
-    } else if has("Revoked") {
-        Some("the server's certificate is revoked")
-    } else if has("invalid peer certificate") || has("BadCertificate") {
-        Some("the server's certificate was rejected")
-    } else {
-        None
+/// What is wrong with the server's certificate, from rustls' words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertificateProblem {
+    UnknownIssuer,
+    NameMismatch,
+    Expired,
+    Other,
+}
+
+impl CertificateProblem {
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.to_ascii_lowercase();
+        let has = |needle: &str| text.contains(needle);
+        if has("unknownissuer") || has("unknown issuer") || has("badsignature") || has("unknownca")
+        {
+            Some(Self::UnknownIssuer)
+        } else if has("notvalidforname") || has("not valid for name") {
+            Some(Self::NameMismatch)
+        } else if has("expired") || has("notvalidyet") || has("not valid yet") {
+            Some(Self::Expired)
+        } else if has("invalid peer certificate") || has("badcertificate") || has("revoked") {
+            Some(Self::Other)
+        } else {
+            None
+        }
+    }
+
+    /// The problem in words, then what to do; `ca_setting` and `name_fix`
+    /// differ between Redis and Postgres.
+    fn explain(self, ca_setting: &str, name_fix: &str) -> String {
+        match self {
+            Self::UnknownIssuer => format!(
+                "the server's certificate is not signed by a trusted CA (certificate verify \
+                 failed: unknown issuer); set {ca_setting} to the CA bundle that signed the \
+                 server's certificate"
+            ),
+            Self::NameMismatch => format!(
+                "the server's certificate does not match the host name (certificate name \
+                 mismatch); {name_fix}"
+            ),
+            Self::Expired => "the server's certificate has expired (or is not yet valid); the \
+                 server needs a renewed certificate (or this machine's clock is wrong)"
+                .to_owned(),
+            Self::Other => format!(
+                "the server's certificate was rejected; check it against the CA in {ca_setting}"
+            ),
+        }
     }
 }
 
-/// Explains a Redis connection error. `scheme_tls` is whether the URL asked
-/// for TLS.
+/// Explains a Redis connection error; `verification` says whether the URL
+/// asked for TLS.
 pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
     let text = chain(error);
     let tls = verification != Verification::Plaintext;
     let has = |needle: &str| text.contains(needle);
-    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if has("NotValidForName") {
-            "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL"
-        } else {
-            "set OBSERVABILITY_REDIS_CA_FILE to the CA bundle that signed the server's certificate"
-        };
-        (true, format!("redis TLS: {cert}; {fix} ({text})"))
+    let (misconfigured, message) = if let Some(cert) = CertificateProblem::parse(&text) {
+        let explained = cert.explain(
+            "OBSERVABILITY_REDIS_CA_FILE",
+            "connect to a host name that the certificate names in OBSERVABILITY_REDIS_URL",
+        );
+        (true, format!("redis TLS: {explained} ({text})"))
     } else if has("CertificateRequired")
         || has("certificate required")
         || has("HandshakeFailure") && tls
@@ -112,6 +143,16 @@ pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
                  only TLS, use rediss:// in OBSERVABILITY_REDIS_URL ({text})"
             ),
         )
+    } else if tls && (has("timed out") || has("TimedOut")) {
+        // A plaintext Redis waits for a command line and never answers a
+        // TLS ClientHello: the handshake just times out.
+        (
+            false,
+            format!(
+                "redis: no answer to the TLS handshake; if this port serves plaintext, use the \
+                 server's TLS port (or redis://) in OBSERVABILITY_REDIS_URL ({text})"
+            ),
+        )
     } else {
         (false, format!("redis: {text}"))
     };
@@ -126,16 +167,16 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
     let text = chain(error);
     let has = |needle: &str| text.contains(needle);
     let db_code = error.as_db_error().map(|e| e.code().code().to_owned());
-    let (misconfigured, message) = if let Some(cert) = certificate_problem(&text) {
-        let fix = if has("NotValidForName") {
-            "connect to a host name that the certificate names, or use sslmode=verify-ca in DATABASE_URL"
-        } else {
-            "set DATABASE_URL sslrootcert to the CA bundle that signed the server's certificate"
-        };
+    let (misconfigured, message) = if let Some(cert) = CertificateProblem::parse(&text) {
+        let explained = cert.explain(
+            "DATABASE_URL sslrootcert",
+            "connect to a host name that the certificate names, or use sslmode=verify-ca in \
+             DATABASE_URL",
+        );
         (
             true,
             format!(
-                "postgres TLS (sslmode={}): {cert}; {fix} ({text})",
+                "postgres TLS (sslmode={}): {explained} ({text})",
                 target.mode
             ),
         )
@@ -204,5 +245,82 @@ impl OnceLog {
     /// Forgets the last problem, so that a recurrence is logged again.
     pub fn clear(&self) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_io(message: &str) -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::other(message.to_owned()))
+    }
+
+    #[test]
+    fn certificate_problems_say_certificate_and_the_setting() {
+        for (text, expected) in [
+            ("invalid peer certificate: UnknownIssuer", "not signed by a trusted CA"),
+            (
+                "invalid peer certificate: certificate not valid for name \"x\"",
+                "does not match the host name",
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time 2, but certificate is not valid after 1",
+                "has expired",
+            ),
+        ] {
+            let problem = redis(&redis_io(text), Verification::Full);
+            assert!(problem.misconfigured, "{problem}");
+            assert!(problem.message.contains(expected), "{problem}");
+            assert!(problem.message.contains("certificate"), "{problem}");
+            if !expected.contains("expired") {
+                assert!(problem.message.contains("OBSERVABILITY_REDIS_"), "{problem}");
+            }
+        }
+    }
+
+    #[test]
+    fn plaintext_and_tls_mixups_are_named() {
+        let reset = redis(
+            &redis_io("Connection reset by peer (os error 104)"),
+            Verification::Plaintext,
+        );
+        assert!(reset.message.contains("rediss://"), "{reset}");
+        let corrupt = redis(
+            &redis_io("received corrupt message of type InvalidContentType"),
+            Verification::Full,
+        );
+        assert!(corrupt.message.contains("does not speak TLS"), "{corrupt}");
+        let mtls = redis(
+            &redis_io("received fatal alert: CertificateRequired"),
+            Verification::Full,
+        );
+        assert!(
+            mtls.message
+                .contains("OBSERVABILITY_REDIS_CLIENT_CERT_FILE"),
+            "{mtls}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_not_a_setting_to_fix() {
+        let refused = redis(
+            &redis_io("Connection refused (os error 111)"),
+            Verification::Full,
+        );
+        assert!(!refused.misconfigured, "{refused}");
+    }
+
+    #[test]
+    fn the_same_problem_is_reported_once() {
+        let log = OnceLog::default();
+        let problem = Problem {
+            misconfigured: true,
+            message: "x".into(),
+        };
+        log.report("connect", &problem);
+        assert_eq!(log.last.lock().unwrap().as_deref(), Some("x"));
+        log.clear();
+        assert!(log.last.lock().unwrap().is_none());
     }
 }

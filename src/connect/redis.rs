@@ -150,3 +150,66 @@ pub(crate) fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, Co
     }
     Ok(pem)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> RedisSettings {
+        RedisSettings {
+            url: url.parse().unwrap(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            tls_insecure: false,
+        }
+    }
+
+    #[test]
+    fn credentials_of_their_own_replace_the_url_s() {
+        let mut s = settings("rediss://old:old-pw@redis.example.com:6380/2");
+        s.username = Some("ingest".into());
+        s.password = Some("p@ss:word/".parse().unwrap());
+        let target = s.target().unwrap();
+        let info = target.client.get_connection_info();
+        assert_eq!(info.redis_settings().username(), Some("ingest"));
+        assert_eq!(info.redis_settings().password(), Some("p@ss:word/"));
+        assert_eq!(target.verification, Verification::Full);
+        assert!(matches!(
+            info.addr(),
+            ConnectionAddr::TcpTls {
+                insecure: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tls_settings_with_a_plaintext_url_are_refused() {
+        let mut s = settings("redis://127.0.0.1:6379");
+        s.tls_insecure = true;
+        let error = s.target().err().unwrap();
+        assert_eq!(error.setting, "OBSERVABILITY_REDIS_TLS_INSECURE");
+        let mut s = settings("rediss://127.0.0.1:6379");
+        s.client_key_file = Some("/nonexistent".into());
+        let error = s.target().err().unwrap();
+        assert_eq!(error.setting, "OBSERVABILITY_REDIS_CLIENT_CERT_FILE");
+        let mut s = settings("rediss://127.0.0.1:6379");
+        s.ca_file = Some("/nonexistent/ca.crt".into());
+        let error = s.target().err().unwrap();
+        assert_eq!(error.setting, "OBSERVABILITY_REDIS_CA_FILE");
+    }
+
+    #[test]
+    fn insecure_is_unverified() {
+        let mut s = settings("rediss://127.0.0.1:6379");
+        s.tls_insecure = true;
+        assert_eq!(s.target().unwrap().verification, Verification::None);
+        assert_eq!(
+            settings("redis://127.0.0.1").target().unwrap().verification,
+            Verification::Plaintext
+        );
+    }
+}
