@@ -428,8 +428,6 @@ impl Drop for Pgbouncer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
     let env = TestEnv::new("pgbouncer").await;
-    // Migrations need a session of their own (an advisory lock): directly.
-    env.migrate();
     let pg_port: u16 = std::env::var("PG_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -446,11 +444,14 @@ async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
         "bounced",
         &[
             ("DATABASE_URL", url.as_str()),
-            ("OBSERVABILITY_SKIP_MIGRATIONS", "true"),
             ("OBSERVABILITY_DB_POOL_SIZE", "4"),
         ],
     );
+    // Two replicas migrating at once through the pooler: the lock holds.
+    let second = env.spawn("bounced-2", &[("DATABASE_URL", url.as_str())]);
     service.wait_ready(LONG);
+    second.wait_ready(LONG);
+    drop(second);
     let mut redis = env.redis();
     let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
         for t in range {
