@@ -328,6 +328,93 @@ async fn disk_full_retries_unready_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_exhausted_retries_unready_and_loses_nothing() {
+    // The server's own limit, on servers of the test's own: other clients
+    // hold every slot but the superuser-reserved ones.
+    let servers = PrivateServers::up("pgerr-conns");
+    let admin_url = servers.var("DATABASE_URL");
+    let admin = connect(&admin_url).await;
+    // One statement a call: CREATE DATABASE refuses a transaction block.
+    for sql in [
+        "CREATE ROLE ingest LOGIN",
+        "CREATE DATABASE conns OWNER ingest",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let env = TestEnv {
+        name: "pg_max_connections".into(),
+        redis_url: servers.var("OBSERVABILITY_REDIS_URL"),
+        // The test's own checks connect as the superuser; the service as
+        // `ingest`, which the full server refuses.
+        database_url: format!("{base}/conns"),
+        stream: "test:max_connections".into(),
+        group: "group-max-connections".into(),
+    };
+    let role_url = env.database_url.replacen("postgres@", "ingest@", 1);
+    let service = env.spawn("conns", &[("DATABASE_URL", role_url.as_str())]);
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    publish_traces(&env, &mut redis, 0..10);
+    assert!(wait_for(LONG, || acked(&service) >= 70.0));
+
+    let setting = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(&format!("SELECT current_setting('{name}')::int"), &[])
+                .await
+                .unwrap();
+            row.get::<_, i32>(0) as i64
+        }
+    };
+    let open_to_others =
+        setting("max_connections").await - setting("superuser_reserved_connections").await;
+    let in_use = || async {
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        )
+        .await
+    };
+    let service_sessions = || async {
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'ingest'",
+        )
+        .await
+    };
+    // Fill every slot open to non-superusers, end the service's sessions,
+    // and fill again until the service holds none: its reconnects are
+    // refused with 53300, as on a server whose clients took every slot.
+    let mut fillers = Vec::new();
+    for _ in 0..20 {
+        while in_use().await < open_to_others {
+            fillers.push(connect(&admin_url).await);
+        }
+        if service_sessions().await == 0 {
+            break;
+        }
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ingest'",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(service_sessions().await, 0, "the service kept a connection");
+    let held = fillers.len();
+    cannot_write_then_recover(&env, &service, "too_many_connections", async {
+        fillers.clear();
+    })
+    .await;
+    report_figure(&format!(
+        "max_connections: the {open_to_others} slots open to non-superusers held by {held} other sessions and the test's own"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeouts_split_then_retry_without_dead_letters() {
     let tenant = Tenant::new("pg_stmt_timeout").await;
     tenant
