@@ -152,10 +152,12 @@ impl Health {
 
     /// Not live when entries wait, Redis and Postgres answer, and yet nothing
     /// was committed for `stall_timeout`: a restart may help. While a
-    /// dependency is down, a restart would not, so the replica stays live.
+    /// dependency is down or refuses writes (read-only, disk full: the last
+    /// write failed), a restart would not, so the replica stays live.
     pub fn stalled_for(&self, stall_timeout: Duration) -> Option<Duration> {
         let readiness = self.readiness();
-        if !(readiness.redis && readiness.postgres) || self.backlog.load(Ordering::Relaxed) == 0 {
+        let dependencies_ok = readiness.redis && readiness.postgres && readiness.last_write_ok;
+        if !dependencies_ok || self.backlog.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let idle = Duration::from_millis(
@@ -167,5 +169,33 @@ impl Health {
     fn publish_ready(&self) {
         let ready = if self.readiness().ready { 1.0 } else { 0.0 };
         metrics::gauge!(crate::metrics::READY).set(ready);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_turns_readiness_off_until_a_commit_and_is_no_stall() {
+        let health = Health::new();
+        health.set_redis(true);
+        health.set_postgres(true);
+        health.set_group(true);
+        assert!(health.readiness().ready);
+        // Entries wait and nothing was committed for ages.
+        health.backlog.store(10, Ordering::Relaxed);
+        health.last_progress_ms.store(0, Ordering::Relaxed);
+        assert!(health.stalled_for(Duration::from_secs(1)).is_some());
+
+        // Postgres refuses writes (disk full): unready, and a restart would
+        // not help, so not stalled either.
+        health.set_last_write(false);
+        assert!(!health.readiness().ready);
+        assert!(!health.readiness().last_write_ok);
+        assert!(health.stalled_for(Duration::from_secs(1)).is_none());
+
+        health.committed();
+        assert!(health.readiness().ready);
     }
 }

@@ -115,7 +115,14 @@ pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<()
             metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "staging_missing")
                 .increment(1);
             tracing::info!(%message, "staging tables missing on this connection; recreating them");
-            commit_once(pool, stream, items, true).await
+            match commit_once(pool, stream, items, true).await {
+                // The staging tables exist now: a table of the schema is
+                // missing. Retried as unavailable until migrations run.
+                Err(StoreError::StagingMissing(message)) => Err(StoreError::Unavailable(format!(
+                    "{message}; a table of the schema is missing: run the migrations"
+                ))),
+                other => other,
+            }
         }
         other => other,
     }

@@ -1,13 +1,14 @@
 //! Postgres errors produced for real, each sorted by what to do
 //! (docs/reliability.md, "Postgres answers but cannot write"): a read-only
 //! database, statements timing out behind a lock, connections refused as too
-//! many, a pgbouncer in transaction mode that loses the staging tables; and
-//! the input bounds: one project's events never touching another project's
-//! rows, over-long indexed text truncated, heartbeat series capped.
+//! many, a full disk, a pgbouncer in transaction mode that loses the staging
+//! tables; and the input bounds: one project's events never touching another
+//! project's rows, over-long indexed text truncated, heartbeat series capped.
 //!
 //! Every fault is confined to a role of the test's own (role settings,
-//! connection limits, its backends terminated), so the shared servers stay
-//! as they were and these tests run beside the others.
+//! connection limits, its backends terminated), or, for a full disk, to
+//! servers the test starts itself, so the shared servers stay as they were
+//! and these tests run beside the others.
 
 mod common;
 
@@ -67,12 +68,12 @@ impl Tenant {
         settings.extend_from_slice(extra);
         self.env.spawn(replica, &settings)
     }
+}
 
-    fn publish_traces(&self, redis: &mut redis::Connection, range: std::ops::Range<usize>) {
-        for t in range {
-            for event in seed_trace(&format!("trace-{t}"), "p") {
-                self.env.publish(redis, &as_fields(&event));
-            }
+fn publish_traces(env: &TestEnv, redis: &mut redis::Connection, range: std::ops::Range<usize>) {
+    for t in range {
+        for event in seed_trace(&format!("trace-{t}"), "p") {
+            env.publish(redis, &as_fields(&event));
         }
     }
 }
@@ -97,14 +98,14 @@ fn unready(service: &Service) -> bool {
 /// readiness false, the documented kind counted, nothing acked; after it,
 /// everything stored, nothing dead-lettered, ready again.
 async fn cannot_write_then_recover(
-    tenant: &Tenant,
+    env: &TestEnv,
     service: &Service,
     kind: &str,
     fault_ends: impl std::future::Future<Output = ()>,
 ) {
-    let mut redis = tenant.env.redis();
+    let mut redis = env.redis();
     let acked_before = acked(service);
-    tenant.publish_traces(&mut redis, 10..20);
+    publish_traces(env, &mut redis, 10..20);
     let seen = wait_for(LONG, || errors(service, kind) >= 2.0 && unready(service));
     assert!(
         seen,
@@ -116,7 +117,7 @@ async fn cannot_write_then_recover(
         acked_before,
         "entries were acked while postgres could not write"
     );
-    let db = tenant.env.db().await;
+    let db = env.db().await;
     assert_eq!(
         count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
         0
@@ -143,7 +144,7 @@ async fn cannot_write_then_recover(
 async fn warm_up(tenant: &Tenant, service: &Service) {
     service.wait_ready(LONG);
     let mut redis = tenant.env.redis();
-    tenant.publish_traces(&mut redis, 0..10);
+    publish_traces(&tenant.env, &mut redis, 0..10);
     assert!(wait_for(LONG, || acked(service) >= 70.0));
 }
 
@@ -158,7 +159,7 @@ async fn read_only_database_retries_unready_and_loses_nothing() {
         .sql("ALTER ROLE ROLE_ SET default_transaction_read_only = on")
         .await;
     tenant.terminate_sessions().await;
-    cannot_write_then_recover(&tenant, &service, "read_only", async {
+    cannot_write_then_recover(&tenant.env, &service, "read_only", async {
         let body = service.get("/readyz").map(|(_, b)| b).unwrap_or_default();
         assert!(body.contains("\"postgres\":false"), "{body}");
         tenant
@@ -177,10 +178,240 @@ async fn too_many_connections_retries_unready_and_loses_nothing() {
     // 53300 as max_connections gives it, confined to the role.
     tenant.sql("ALTER ROLE ROLE_ CONNECTION LIMIT 0").await;
     tenant.terminate_sessions().await;
-    cannot_write_then_recover(&tenant, &service, "too_many_connections", async {
+    cannot_write_then_recover(&tenant.env, &service, "too_many_connections", async {
         tenant.sql("ALTER ROLE ROLE_ CONNECTION LIMIT -1").await;
     })
     .await;
+}
+
+/// Servers of this test's own (`scripts/services.sh up`), for a fault that
+/// could take the shared Postgres down with it: a tablespace on a tmpfs that
+/// fills up. Purged when dropped, then the tmpfs is unmounted (in that order:
+/// a Postgres that lost a tablespace directory PANICs at its next checkpoint
+/// and cannot even replay its WAL).
+struct PrivateServers {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    tiny_disk: Option<PathBuf>,
+}
+
+impl PrivateServers {
+    fn up(name: &str) -> Self {
+        let suffix: u32 = rand::random();
+        let dir = PathBuf::from(format!("/tmp/{name}-{suffix:08x}"));
+        let status = Command::new("scripts/services.sh")
+            .arg("up")
+            .arg(&dir)
+            .status()
+            .expect("run services.sh");
+        assert!(status.success(), "services.sh up {}", dir.display());
+        let text = std::fs::read_to_string(dir.join("env")).unwrap();
+        let env = text
+            .split_whitespace()
+            .filter_map(|word| word.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            dir,
+            env,
+            tiny_disk: None,
+        }
+    }
+
+    fn var(&self, name: &str) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} in {}/env", self.dir.display()))
+    }
+
+    /// A 2 MiB tmpfs owned by postgres; None where mounting is not allowed.
+    fn mount_tiny_disk(&mut self) -> Option<PathBuf> {
+        let disk = self.dir.join("tiny");
+        std::fs::create_dir_all(&disk).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+            .arg(&disk)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !mounted {
+            return None;
+        }
+        self.tiny_disk = Some(disk.clone());
+        let owned = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&disk)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(owned, "chown the tiny disk to postgres");
+        Some(disk)
+    }
+}
+
+impl Drop for PrivateServers {
+    fn drop(&mut self) {
+        let _ = Command::new("scripts/services.sh")
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+        if let Some(disk) = &self.tiny_disk {
+            let _ = Command::new("umount").arg(disk).status();
+        }
+        let _ = Command::new("scripts/services.sh")
+            .arg("purge")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_retries_unready_and_loses_nothing() {
+    let mut servers = PrivateServers::up("pgerr-disk");
+    let Some(disk) = servers.mount_tiny_disk() else {
+        // Mounting needs CAP_SYS_ADMIN; say so loudly rather than pass quietly.
+        eprintln!("SKIPPED disk_full: cannot mount a tmpfs here");
+        report_figure("postgres disk_full: SKIPPED (no tmpfs mount allowed)");
+        return;
+    };
+    let admin_url = servers.var("DATABASE_URL");
+    let admin = connect(&admin_url).await;
+    admin
+        .batch_execute("CREATE DATABASE disk_full")
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let env = TestEnv {
+        name: "pg_disk_full".into(),
+        redis_url: servers.var("OBSERVABILITY_REDIS_URL"),
+        database_url: format!("{base}/disk_full"),
+        stream: "test:disk_full".into(),
+        group: "group-disk-full".into(),
+    };
+    let service = env.spawn("disk", &[]);
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    publish_traces(&env, &mut redis, 0..10);
+    assert!(wait_for(LONG, || acked(&service) >= 70.0));
+
+    let db = env.db().await;
+    db.batch_execute(&format!(
+        "CREATE TABLESPACE tiny LOCATION '{}'",
+        disk.display()
+    ))
+    .await
+    .unwrap();
+    // New rows need new pages (fillfactor 10), and a filler takes every page
+    // the disk has left.
+    db.batch_execute(
+        "ALTER TABLE observations SET TABLESPACE tiny;
+         ALTER TABLE observations SET (fillfactor = 10);
+         CREATE TABLE filler (x text) TABLESPACE tiny;
+         ALTER TABLE filler ALTER x SET STORAGE PLAIN;",
+    )
+    .await
+    .unwrap();
+    let filled = db
+        .batch_execute(
+            "INSERT INTO filler SELECT repeat(md5(i::text), 100) FROM generate_series(1, 100000) i",
+        )
+        .await
+        .expect_err("the disk fills up");
+    assert_eq!(filled.code().map(|c| c.code()), Some("53100"), "{filled:?}");
+    cannot_write_then_recover(&env, &service, "disk_full", async {
+        // Space freed, as an operator would.
+        db.batch_execute("DROP TABLE filler").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_exhausted_retries_unready_and_loses_nothing() {
+    // The server's own limit, on servers of the test's own: other clients
+    // hold every slot but the superuser-reserved ones.
+    let servers = PrivateServers::up("pgerr-conns");
+    let admin_url = servers.var("DATABASE_URL");
+    let admin = connect(&admin_url).await;
+    // One statement a call: CREATE DATABASE refuses a transaction block.
+    for sql in [
+        "CREATE ROLE ingest LOGIN",
+        "CREATE DATABASE conns OWNER ingest",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let env = TestEnv {
+        name: "pg_max_connections".into(),
+        redis_url: servers.var("OBSERVABILITY_REDIS_URL"),
+        // The test's own checks connect as the superuser; the service as
+        // `ingest`, which the full server refuses.
+        database_url: format!("{base}/conns"),
+        stream: "test:max_connections".into(),
+        group: "group-max-connections".into(),
+    };
+    let role_url = env.database_url.replacen("postgres@", "ingest@", 1);
+    let service = env.spawn("conns", &[("DATABASE_URL", role_url.as_str())]);
+    service.wait_ready(LONG);
+    let mut redis = env.redis();
+    publish_traces(&env, &mut redis, 0..10);
+    assert!(wait_for(LONG, || acked(&service) >= 70.0));
+
+    let setting = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(&format!("SELECT current_setting('{name}')::int"), &[])
+                .await
+                .unwrap();
+            row.get::<_, i32>(0) as i64
+        }
+    };
+    let open_to_others =
+        setting("max_connections").await - setting("superuser_reserved_connections").await;
+    let in_use = || async {
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        )
+        .await
+    };
+    let service_sessions = || async {
+        count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'ingest'",
+        )
+        .await
+    };
+    // Fill every slot open to non-superusers, end the service's sessions,
+    // and fill again until the service holds none: its reconnects are
+    // refused with 53300, as on a server whose clients took every slot.
+    let mut fillers = Vec::new();
+    for _ in 0..20 {
+        while in_use().await < open_to_others {
+            fillers.push(connect(&admin_url).await);
+        }
+        if service_sessions().await == 0 {
+            break;
+        }
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'ingest'",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(service_sessions().await, 0, "the service kept a connection");
+    let held = fillers.len();
+    cannot_write_then_recover(&env, &service, "too_many_connections", async {
+        fillers.clear();
+    })
+    .await;
+    report_figure(&format!(
+        "max_connections: the {open_to_others} slots open to non-superusers held by {held} other sessions and the test's own"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +429,7 @@ async fn statement_timeouts_split_then_retry_without_dead_letters() {
         .batch_execute("BEGIN; LOCK TABLE observations IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    cannot_write_then_recover(&tenant, &service, "statement_timeout", async {
+    cannot_write_then_recover(&tenant.env, &service, "statement_timeout", async {
         locker.batch_execute("ROLLBACK").await.unwrap();
     })
     .await;
@@ -428,8 +659,6 @@ impl Drop for Pgbouncer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
     let env = TestEnv::new("pgbouncer").await;
-    // Migrations need a session of their own (an advisory lock): directly.
-    env.migrate();
     let pg_port: u16 = std::env::var("PG_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -446,11 +675,14 @@ async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
         "bounced",
         &[
             ("DATABASE_URL", url.as_str()),
-            ("OBSERVABILITY_SKIP_MIGRATIONS", "true"),
             ("OBSERVABILITY_DB_POOL_SIZE", "4"),
         ],
     );
+    // Two replicas migrating at once through the pooler: the lock holds.
+    let second = env.spawn("bounced-2", &[("DATABASE_URL", url.as_str())]);
     service.wait_ready(LONG);
+    second.wait_ready(LONG);
+    drop(second);
     let mut redis = env.redis();
     let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
         for t in range {

@@ -31,7 +31,10 @@ async fn set_read_only(on: bool) {
         "ALTER SYSTEM RESET default_transaction_read_only"
     };
     admin.batch_execute(alter).await.unwrap();
-    admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
 }
 
 /// Makes the server writable again even when the test fails half-way.

@@ -1,6 +1,6 @@
 //! Schema migrations: the SQL files in `migrations/`, embedded at build time
-//! and applied by refinery under an advisory lock, so that replicas started
-//! together never race.
+//! and applied by refinery under a transaction-scoped advisory lock, so that
+//! replicas started together never race, directly or through a pooler.
 
 use crate::connect::postgres::PgTarget;
 
@@ -51,6 +51,34 @@ pub async fn applied_version(
         .map(|row| row.get(0))
 }
 
+/// Opens a transaction that holds the migration lock. Tries rather than
+/// waits: a transaction waiting for the lock would pin a pooler's server
+/// connection, and with a small pool the holder's migration could then wait
+/// for a connection forever.
+async fn lock_migrations(locker: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(1),
+    );
+    loop {
+        locker.batch_execute("BEGIN").await?;
+        let reply = locker
+            .simple_query(&format!(
+                "SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK})"
+            ))
+            .await?;
+        let locked = reply.iter().any(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+            _ => false,
+        });
+        if locked {
+            return Ok(());
+        }
+        locker.batch_execute("COMMIT").await?;
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
 /// Applies pending migrations; returns the names of those applied.
 pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
     let (mut client, connection) = target
@@ -59,20 +87,28 @@ pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+    // The lock is held by an open transaction on a second connection, not by
+    // a session: a pooler in transaction mode (pgbouncer) keeps a transaction
+    // on one server connection, whereas a session lock could stay behind on
+    // a server connection nobody unlocks. refinery runs every statement in
+    // transactions of its own, so the whole migration is pooler-safe.
+    let (locker, lock_connection) = target
+        .config
+        .connect(target.tls.clone())
         .await
-        .map_err(MigrateError::Lock)?;
+        .map_err(MigrateError::Connect)?;
+    let lock_driver = tokio::spawn(lock_connection);
+    lock_migrations(&locker).await.map_err(MigrateError::Lock)?;
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
         .run_async(&mut client)
         .await;
-    // The lock is released with the session anyway; unlock to be explicit.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
+    // Ending the transaction releases the lock (so would the connection's end).
+    let _ = locker.batch_execute("COMMIT").await;
+    drop(locker);
     drop(client);
     let _ = driver.await;
+    let _ = lock_driver.await;
     Ok(report?
         .applied_migrations()
         .iter()

@@ -69,15 +69,6 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
         }
     }
-
-    /// True when the same write would fail again right now whatever the
-    /// data: readiness turns false until a write succeeds.
-    pub fn blocks_writes(&self) -> bool {
-        matches!(
-            self,
-            StoreError::CannotWrite { .. } | StoreError::Unavailable(_)
-        )
-    }
 }
 
 /// SQLSTATEs sorted by what to do; see [`StoreError`].
@@ -143,5 +134,23 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
             None => format!("{} ({})", db.message(), db.code().code()),
         },
         None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_sqlstate_gets_its_kind() {
+        let kind = |state: &str| classify(state).map(|make| make("m".into()).label());
+        assert_eq!(kind("25006"), Some("read_only"));
+        assert_eq!(kind("53100"), Some("disk_full"));
+        assert_eq!(kind("53300"), Some("too_many_connections"));
+        assert_eq!(kind("57014"), Some("statement_timeout"));
+        assert_eq!(kind("42P01"), Some("staging_missing"));
+        // Data classes and the rest are decided by class, not here.
+        assert_eq!(kind("22P02"), None);
+        assert_eq!(kind("08006"), None);
     }
 }
