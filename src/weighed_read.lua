@@ -44,7 +44,9 @@ B64[string.byte('_')] = 63
 -- bytes, little-endian) read from the end of the base64 text of "_data".
 -- Anything unreadable counts as the largest expansion allowed.
 local function expanded_size(data)
-  local _, open = string.find(data, '"_data"%s*:%s*"')
+  -- The SDK writes {"_compressed": true, "_data": "..."}: the key is near the
+  -- start, and scanning a long uncompressed document for it would be slow.
+  local _, open = string.find(string.sub(data, 1, 256), '"_data"%s*:%s*"')
   if not open then return 0 end
   local close = string.find(data, '"', open + 1, true)
   if not close then return max_expanded end
@@ -107,23 +109,24 @@ if mode == 'new' then
   end
   if not last then return redis.error_reply('NOGROUP No such key or consumer group') end
   local start = '(' .. last
-  local chunk = 16
-  while #picked < max_count do
+  -- Entries are copied into the script to be weighed: one at a time while
+  -- they are big, more at once (up to 32) while they are small.
+  local chunk, full = 1, false
+  while #picked < max_count and not full do
     local rows = redis.call('XRANGE', stream, start, '+', 'COUNT', math.min(chunk, max_count - #picked))
     if #rows == 0 then break end
     for _, row in ipairs(rows) do
       local w = weigh(row[2])
       if not fits(w) then
         if #picked == 0 then return {'need', w, last, {}, {}, {}} end
-        chunk = 0
+        full = true
         break
       end
       total = total + w
       table.insert(picked, row)
       start = '(' .. row[1]
-      if w > 262144 then chunk = 1 end
+      if w > 262144 then chunk = 1 else chunk = math.min(chunk * 2, 32) end
     end
-    if chunk == 0 then break end
   end
   if #picked == 0 then return {'empty', 0, last, {}, {}, {}} end
   local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #picked, 'STREAMS', stream, '>')
