@@ -1,7 +1,8 @@
 //! Reads of the consumer group within the memory budget. XREADGROUP's COUNT
 //! bounds entries, not bytes, and a reply's size is known only once it has
 //! arrived; so a script (`weighed_read.lua`) weighs the next entries inside
-//! Redis and delivers only as many as the reservation covers. The same
+//! Redis and delivers only as many as the reservation covers; their fields
+//! are then fetched with XRANGE (bulk data through Lua is slow). The same
 //! script serves every path that re-reads an entry (own pending entries after
 //! a restart, claims of idle ones, reloads of a held batch) and reports
 //! Redis's own delivery count for each, so the delivery limit holds whichever
