@@ -4,7 +4,7 @@
 //! service reads them in a Redis consumer group and stores them in PostgreSQL.
 //!
 //! ```text
-//! Redis stream ──▶ Consumer × N ─┐            (XREADGROUP, own connection each)
+//! Redis stream ──▶ Consumer × N ─┐            (weighed XREADGROUP, own connection each)
 //!                  Claimer ──────┼─▶ Writer ──▶ PostgreSQL   (COPY → merge → COMMIT)
 //!                                │      └────▶ XACK          (only after COMMIT)
 //!                  LagMonitor    └ Supervisor restarts any of them with backoff
@@ -15,6 +15,8 @@
 //!   duplicates, which makes at-least-once delivery store exactly-once rows.
 //! - [`write_path`] commits a batch: rows and dead letters in one transaction,
 //!   isolating any entry that Postgres rejects.
+//! - [`memory_budget`] bounds what a replica holds in bytes; [`weighed_read`]
+//!   reads only what fits it, with Redis's delivery count on every path.
 //! - [`store`] and [`redis_stream`] are the plain async I/O; [`actors`] are
 //!   thin glue that schedules it, and [`app`] wires everything with HTTP.
 //! - [`connect`] makes every Redis and PostgreSQL connection (TLS,

@@ -1,7 +1,8 @@
 //! Reads of the consumer group within the memory budget. XREADGROUP's COUNT
 //! bounds entries, not bytes, and a reply's size is known only once it has
 //! arrived; so a script (`weighed_read.lua`) weighs the next entries inside
-//! Redis and delivers only as many as the reservation covers. The same
+//! Redis and delivers only as many as the reservation covers; their fields
+//! are then fetched with XRANGE (bulk data through Lua is slow). The same
 //! script serves every path that re-reads an entry (own pending entries after
 //! a restart, claims of idle ones, reloads of a held batch) and reports
 //! Redis's own delivery count for each, so the delivery limit holds whichever
@@ -98,8 +99,9 @@ pub async fn read_within_budget(
         let limit = reservation.bytes();
         let whole = reservation.is_whole_budget();
         match read_weighed(conn, request, mode, limit, whole, budget.total_bytes()).await? {
-            Reply::Page(page) => {
-                reservation.shrink_to(page.weight);
+            Reply::Page(chosen) => {
+                reservation.shrink_to(chosen.weight);
+                let page = fetch(conn, request, chosen).await?;
                 return Ok(Read::Page(page, reservation));
             }
             Reply::Empty { next } => return Ok(Read::Empty { next }),
@@ -109,7 +111,7 @@ pub async fn read_within_budget(
 }
 
 enum Reply {
-    Page(Page),
+    Page(Chosen),
     Need(u64),
     Empty { next: String },
 }
@@ -153,6 +155,7 @@ async fn read_weighed(
     parse_reply(reply)
 }
 
+/// The script's answer: which entries, not their fields.
 fn parse_reply(reply: Value) -> Result<Reply, StreamError> {
     let Value::Array(parts) = reply else {
         return Err(bad_reply(COMMAND, &reply));
@@ -171,34 +174,134 @@ fn parse_reply(reply: Value) -> Result<Reply, StreamError> {
         b"ok" => {}
         _ => return Err(bad_reply(COMMAND, &Value::BulkString(status))),
     }
-    let mut entries = match parts.next() {
-        Some(Value::Array(items)) => parse_entries(COMMAND, items, 1)?,
-        other => return Err(bad_reply(COMMAND, &other.unwrap_or(Value::Nil))),
+    let mut array = || match parts.next() {
+        Some(Value::Array(items)) => Ok(items),
+        other => Err(bad_reply(COMMAND, &other.unwrap_or(Value::Nil))),
     };
-    let counts = match parts.next() {
-        Some(Value::Array(counts)) => counts,
-        other => return Err(bad_reply(COMMAND, &other.unwrap_or(Value::Nil))),
-    };
-    if counts.len() != entries.len() {
+    let ids = ids_of(array()?)?;
+    let counts = array()?;
+    let deleted = ids_of(array()?)?;
+    let unloaded = array()?
+        .into_iter()
+        .map(|pair| match pair {
+            Value::Array(pair) if pair.len() == 2 => {
+                let mut pair = pair.into_iter();
+                let id = parse_id(COMMAND, pair.next())?;
+                match pair.next() {
+                    Some(Value::Int(n)) => Ok((id, n)),
+                    other => Err(bad_reply(COMMAND, &other.unwrap_or(Value::Nil))),
+                }
+            }
+            other => Err(bad_reply(COMMAND, &other)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if counts.len() != ids.len() {
         return Err(bad_reply(COMMAND, &Value::Array(counts)));
     }
-    for (entry, count) in entries.iter_mut().zip(counts) {
-        entry.deliveries = match count {
-            Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
-            other => return Err(bad_reply(COMMAND, &other)),
-        };
-    }
-    let deleted = match parts.next() {
-        Some(Value::Array(ids)) => ids
-            .into_iter()
-            .map(|id| parse_id(COMMAND, Some(id)))
-            .collect::<Result<_, _>>()?,
-        _ => Vec::new(),
-    };
-    Ok(Reply::Page(Page {
+    let entries = ids
+        .into_iter()
+        .zip(counts)
+        .map(|(id, count)| {
+            let deliveries = match count {
+                Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                other => return Err(bad_reply(COMMAND, &other)),
+            };
+            let fields = match unloaded.iter().find(|(u, _)| *u == id) {
+                Some((_, size)) => Fields::Unloaded(*size),
+                None => Fields::ToFetch,
+            };
+            Ok((id, deliveries, fields))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Reply::Page(Chosen {
         entries,
         deleted,
         next,
         weight,
     }))
+}
+
+fn ids_of(values: Vec<Value>) -> Result<Vec<StreamId>, StreamError> {
+    values
+        .into_iter()
+        .map(|id| parse_id(COMMAND, Some(id)))
+        .collect()
+}
+
+/// What to do for an entry's fields.
+#[derive(Debug)]
+enum Fields {
+    ToFetch,
+    /// Not to be loaded: its raw size.
+    Unloaded(i64),
+}
+
+/// The entries the script delivered, before their fields are fetched.
+struct Chosen {
+    entries: Vec<(StreamId, u32, Fields)>,
+    deleted: Vec<StreamId>,
+    next: String,
+    weight: u64,
+}
+
+/// Fetches the fields of the chosen entries (now pending to this consumer, so
+/// no one else takes them meanwhile) with one pipelined XRANGE each. An
+/// entry deleted in between is acked and reported as deleted.
+async fn fetch(
+    conn: &mut impl ConnectionLike,
+    request: &Request<'_>,
+    chosen: Chosen,
+) -> Result<Page, StreamError> {
+    let mut pipe = redis::pipe();
+    for (id, _, fields) in &chosen.entries {
+        if let Fields::ToFetch = fields {
+            let id = id.to_string();
+            pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
+        }
+    }
+    let mut fetched: Vec<Value> = if pipe.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(conn).await?
+    };
+    fetched.reverse();
+    let mut page = Page {
+        entries: Vec::with_capacity(chosen.entries.len()),
+        deleted: chosen.deleted,
+        next: chosen.next,
+        weight: chosen.weight,
+    };
+    let mut gone = Vec::new();
+    for (id, deliveries, fields) in chosen.entries {
+        let fields = match fields {
+            Fields::Unloaded(size) => vec![(
+                crate::write_path::UNLOADED_FIELD.as_bytes().to_vec(),
+                size.to_string().into_bytes(),
+            )],
+            Fields::ToFetch => {
+                let reply = fetched.pop().unwrap_or(Value::Nil);
+                let items = match reply {
+                    Value::Array(items) => items,
+                    other => return Err(bad_reply("XRANGE", &other)),
+                };
+                match parse_entries("XRANGE", items, deliveries)?.pop() {
+                    Some(entry) if !entry.fields.is_empty() => entry.fields,
+                    _ => {
+                        gone.push(id);
+                        continue;
+                    }
+                }
+            }
+        };
+        page.entries.push(StreamEntry {
+            id,
+            fields,
+            deliveries,
+        });
+    }
+    if !gone.is_empty() {
+        crate::redis_stream::ack(conn, request.stream, request.group, &gone).await?;
+        page.deleted.extend(gone);
+    }
+    Ok(page)
 }

@@ -158,12 +158,15 @@ fn hold_retry(shared: &Shared) -> Duration {
 }
 
 /// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
-/// would fail a blocking read on the client while Redis still delivers.
+/// would fail a blocking read on the client while Redis still delivers. The
+/// margin is wide because a weighed read of entries near the size limits
+/// copies them inside Redis first; a read that times out on the client is
+/// still a delivery in Redis, counted and claimed later.
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
     let block = shared.settings.pipeline.block();
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(block + Duration::from_secs(5)));
+        .set_response_timeout(Some(block + Duration::from_secs(30)));
     Ok(shared
         .redis
         .get_multiplexed_async_connection_with_config(&config)
