@@ -124,6 +124,7 @@ async fn start_pipeline(
         settings: settings.clone(),
         health,
         redis,
+        horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }

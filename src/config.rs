@@ -214,6 +214,9 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
 
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionSettings,
+
     /// Do not apply pending migrations at start (a migration job does it).
     #[arg(long = "no-migrate", env = "OBSERVABILITY_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,

@@ -31,5 +31,6 @@ pub mod http;
 pub mod merge;
 pub mod metrics;
 pub mod redis_stream;
+pub mod retention;
 pub mod store;
 pub mod write_path;

@@ -1,5 +1,6 @@
 //! The `swisper-ingest` command: `serve` runs the service, `migrate` applies
-//! the schema and exits, `dead-letters` lists, replays and purges dead letters.
+//! the schema and exits, `dead-letters` lists, replays and purges dead letters,
+//! `retention` sets per-project horizons.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
+use swisper_ingest::retention::command::{self as retention, RetentionCommand};
 use swisper_ingest::{admin, app, store};
 
 #[derive(Parser)]
@@ -37,6 +39,13 @@ enum Command {
         database: DatabaseSettings,
         #[command(subcommand)]
         command: DeadLetterCommand,
+    },
+    /// Per-project retention horizons: set, unset, show.
+    Retention {
+        #[command(flatten)]
+        database: DatabaseSettings,
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
 }
 
@@ -98,6 +107,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::DeadLetters { database, command } => admin::run(&database, command).await,
+            Command::Retention { database, command } => retention::run(&database, command).await,
         }
     });
     match result {

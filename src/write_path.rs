@@ -9,6 +9,7 @@ use std::pin::Pin;
 
 use crate::event::{parse_entry, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry};
 use crate::merge;
+use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{describe, heartbeats, rows, Pool, StoreError};
 
@@ -23,7 +24,7 @@ impl BatchItem {
     /// The wire event type as a bounded label, for metrics.
     pub fn event_type(&self) -> &'static str {
         match &self.parsed {
-            Ok(Parsed::Trace(event)) => event.event_type(),
+            Ok(Parsed::Trace(event) | Parsed::Expired(event)) => event.event_type(),
             Ok(Parsed::Heartbeat(_)) => "heartbeat",
             Err(_) => match self.entry.field("event_type") {
                 Some(b"trace_start") => "trace_start",
@@ -83,8 +84,15 @@ pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
     run
 }
 
-/// Writes all items in one transaction.
-pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<(), StoreError> {
+/// Writes all items in one transaction. Events of traces past their
+/// retention horizon become `Parsed::Expired` and are not stored.
+pub async fn commit(
+    pool: &Pool,
+    stream: &str,
+    horizons: &Horizons,
+    items: &mut [BatchItem],
+) -> Result<(), StoreError> {
+    late::expire_old(items, horizons, chrono::Utc::now());
     let events = items.iter().filter_map(|item| match &item.parsed {
         Ok(Parsed::Trace(event)) => Some(event),
         _ => None,
@@ -114,6 +122,7 @@ pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<()
     rows::write_rows(&tx, &rows).await?;
     heartbeats::upsert(&tx, &beats).await?;
     dead_letters::insert(&tx, stream, &letters).await?;
+    late::settle(&tx, items, horizons).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -123,23 +132,24 @@ pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<()
 pub fn commit_isolating<'a>(
     pool: &'a Pool,
     stream: &'a str,
+    horizons: &'a Horizons,
     items: &'a mut [BatchItem],
 ) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + 'a>> {
     Box::pin(async move {
-        match commit(pool, stream, items).await {
+        match commit(pool, stream, horizons, items).await {
             Ok(()) => Ok(0),
             Err(StoreError::Data(error)) if items.len() == 1 => {
                 let detail = format!("postgres rejected this entry: {}", describe(&error));
                 tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
                 items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
-                commit(pool, stream, items).await?;
+                commit(pool, stream, horizons, items).await?;
                 Ok(1)
             }
             Err(StoreError::Data(error)) => {
                 tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
                 let (left, right) = items.split_at_mut(items.len() / 2);
-                let isolated = commit_isolating(pool, stream, left).await?;
-                Ok(isolated + commit_isolating(pool, stream, right).await?)
+                let isolated = commit_isolating(pool, stream, horizons, left).await?;
+                Ok(isolated + commit_isolating(pool, stream, horizons, right).await?)
             }
             Err(unavailable) => Err(unavailable),
         }
