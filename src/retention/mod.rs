@@ -87,6 +87,11 @@ impl RetentionSettings {
     pub fn pause(&self) -> Duration {
         Duration::from_millis(self.retention_pause_ms)
     }
+
+    /// Dead letters or heartbeat rows have a horizon of their own.
+    pub fn forgets_other_tables(&self) -> bool {
+        self.retention_dead_letter_days.is_some() || self.retention_heartbeat_days.is_some()
+    }
 }
 
 /// The horizon of every project, as the writers and the worker see it.
@@ -128,13 +133,18 @@ impl Horizons {
         self.overrides.read().expect("horizons lock").is_some()
     }
 
-    /// Whether any data may be forgotten. Before the overrides are read it
-    /// cannot be known, so the write path keeps checking tombstones.
+    /// Whether traces may be forgotten, so that the write path must check
+    /// for late events. Before the overrides are read, only the global
+    /// horizon counts: a replica whose schema lacks the retention tables
+    /// (not migrated yet) keeps ingesting when retention is off.
     pub fn active(&self) -> bool {
-        match &*self.overrides.read().expect("horizons lock") {
-            Some(overrides) => self.global.is_some() || !overrides.is_empty(),
-            None => true,
-        }
+        self.global.is_some()
+            || self
+                .overrides
+                .read()
+                .expect("horizons lock")
+                .as_ref()
+                .is_some_and(|overrides| !overrides.is_empty())
     }
 
     /// The horizon of a project; `None` keeps it forever.
@@ -189,7 +199,7 @@ mod tests {
     fn off_by_default_and_overrides_take_precedence() {
         let horizons = Horizons::new(&settings(&[]));
         let now = Utc::now();
-        assert!(horizons.active(), "unknown until the overrides are read");
+        assert!(!horizons.active(), "off until a horizon is known");
         assert_eq!(horizons.cut("p", now), None);
         horizons.set_overrides([]);
         assert!(!horizons.active());

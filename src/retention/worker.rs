@@ -70,7 +70,7 @@ impl Worker {
                 .into_iter()
                 .map(|(project, days)| (project, days.max(1) as u32)),
         );
-        if !self.horizons.active() {
+        if !self.horizons.active() && !self.settings.forgets_other_tables() {
             self.step_aside();
             return Ok(Step::Off);
         }
@@ -81,6 +81,7 @@ impl Worker {
         }
         metrics::gauge!(m::RETENTION_HOLDER).set(1.0);
         let traces = self.run().await?;
+        tracing::debug!(traces, "retention run complete");
         metrics::gauge!(m::RETENTION_LAST_RUN).set(Utc::now().timestamp_millis() as f64 / 1000.0);
         Ok(Step::Ran { traces })
     }
