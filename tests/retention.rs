@@ -400,7 +400,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     );
 
     // The window: never past the horizon plus one interval, plus the time a
-    // run takes and the sampling (2 s on a loaded 2-core machine).
+    // run takes and the sampling (3 s on a loaded 2-core machine; 1.8 s seen).
     let steady: Vec<&(f64, f64, f64)> = samples.iter().filter(|s| s.0 > HORIZON + 2.0).collect();
     let widest = steady.iter().map(|s| s.1).fold(0.0, f64::max);
     // Sizes: flat after the first two horizons (the window is full and
@@ -443,7 +443,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
         .unwrap();
     admin.simple_query("SELECT pg_reload_conf()").await.unwrap();
     assert!(
-        widest <= HORIZON + INTERVAL + 2.0,
+        widest <= HORIZON + INTERVAL + 3.0,
         "window {widest:.1} s past horizon + interval; samples: {samples:?}"
     );
     assert!(
