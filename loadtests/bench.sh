@@ -20,8 +20,8 @@
 #     number of traces in flight
 #   4 two replicas in one group vs one
 #   5 resident memory (VmHWM) at peak and with a 1,000,000-entry backlog
-#   6 steady 5,000 events/s with retention running vs off: throughput, p99,
-#     table sizes over time (retention horizon scaled to seconds)
+#   6 steady 5,000 events/s (RET_RATE) with retention running vs off:
+#     throughput, p99, table sizes over time (horizon RET_HORIZON s, scaled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -44,12 +44,14 @@ done
 if [[ $mode == full ]]; then
   BACKLOG=200000 STEADY_RATE=5000 STEADY_SECS=60 STEP_SECS=20 LADDER_MAX=6
   LEVER_EVENTS=100000 MEM_BACKLOG=1000000 MEM_WATCH_SECS=30 REPLICA_RUNS=$runs
-  RET_SECS=90 RET_HORIZON=20
+  RET_SECS=${RET_SECS:-90} RET_HORIZON=${RET_HORIZON:-20}
 else
   BACKLOG=50000 STEADY_RATE=5000 STEADY_SECS=15 STEP_SECS=10 LADDER_MAX=2
   LEVER_EVENTS=0 MEM_BACKLOG=0 MEM_WATCH_SECS=0 REPLICA_RUNS=1
-  RET_SECS=30 RET_HORIZON=8
+  RET_SECS=${RET_SECS:-30} RET_HORIZON=${RET_HORIZON:-8}
 fi
+# Scenario 6's rate (RET_RATE=1000 for the user's scale on a busy machine).
+RET_RATE=${RET_RATE:-$STEADY_RATE}
 TRACE_SECONDS=2 # a traced request lasts ~2 s: traces in flight = rate × 2 / 11
 
 stamp=$(date +%Y-%m-%d)
@@ -476,7 +478,7 @@ fi
 # end must be exactly those retention forgot.
 retention_run() { # NAME on|off
   local name=$1 mode6=$2 in_flight
-  in_flight=$(echo "$STEADY_RATE * $TRACE_SECONDS / 11 + 1" | bc)
+  in_flight=$(echo "$RET_RATE * $TRACE_SECONDS / 11 + 1" | bc)
   local -a env6=()
   [[ $mode6 == on ]] && env6=(OBSERVABILITY_RETENTION_DAYS=$RET_HORIZON OBSERVABILITY_RETENTION_UNIT_SECS=1
     OBSERVABILITY_RETENTION_INTERVAL_SECS=5)
@@ -486,7 +488,7 @@ retention_run() { # NAME on|off
   wait_ready "$svc_url"
   local pg0 s0 since
   pg0=$(pg_cpu) s0=$(cpu_of "$svc_pid") since=$(date +%s.%N)
-  publish --stream "$name" --rate "$STEADY_RATE" --duration "$RET_SECS" --seed 9 --in-flight "$in_flight" \
+  publish --stream "$name" --rate "$RET_RATE" --duration "$RET_SECS" --seed 9 --in-flight "$in_flight" \
     --summary "$work/$name-publish.json" >/dev/null &
   local pub=$!
   : >"$work/$name-sizes.txt"
@@ -510,11 +512,11 @@ if wanted 6; then
   psql "$base/postgres" -qc "ALTER SYSTEM SET autovacuum_naptime = '5s'" -c "SELECT pg_reload_conf()" >/dev/null
   for run in $(seq 1 "$runs"); do
     for mode6 in off on; do
-      log "scenario 6: $STEADY_RATE events/s for $RET_SECS s, retention $mode6, run $run/$runs"
+      log "scenario 6: $RET_RATE events/s for $RET_SECS s, retention $mode6, run $run/$runs"
       name=s6_${mode6}_$run
       retention_run "$name" "$mode6"
       v=$work/$name.json p=$work/$name-publish.json
-      sc="6 retention $mode6: ${STEADY_RATE}/s × ${RET_SECS} s"
+      sc="6 retention $mode6: ${RET_RATE}/s × ${RET_SECS} s"
       [[ $mode6 == on ]] && sc="$sc, horizon ${RET_HORIZON} s"
       record "$sc" "publish rate achieved" "events/s" "$(j .publish_rate "$p")"
       record "$sc" "stored rate (events / (last commit - start))" "events/s" "$(j .drain_events_per_second "$v")"
@@ -524,8 +526,8 @@ if wanted 6; then
       record "$sc" "mean write transaction" "ms" "$(j '.service[0].write_ms_mean' "$v")"
       record "$sc" "CPU: service" "% of one core" "$(echo "100 * $ret_cpu_service / $RET_SECS" | bc -l)"
       record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $ret_cpu_pg / $RET_SECS" | bc -l)"
-      sizes=$(awk '{printf "%s%d s: %.0f MB", (NR > 1 ? ", " : ""), $1, $2 / 1048576}' "$work/$name-sizes.txt")
-      record "$sc" "traces + observations size at the end" "MB" "$(tail -1 "$work/$name-sizes.txt" | awk '{printf "%.1f", $2 / 1048576}')" \
+      sizes=$(awk -F'|' '{printf "%s%d s: %.0f MB", (NR > 1 ? ", " : ""), $1, $2 / 1048576}' "$work/$name-sizes.txt")
+      record "$sc" "traces + observations size at the end" "MB" "$(tail -1 "$work/$name-sizes.txt" | awk -F'|' '{printf "%.1f", $2 / 1048576}')" \
         "$(jq -nc --arg s "$sizes" '{"note": ("pg_total_relation_size over time: " + $s)}')"
       forgotten_traces=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="traces"}')
       forgotten_obs=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="observations"}')
