@@ -20,11 +20,13 @@
 #     number of traces in flight
 #   4 two replicas in one group vs one
 #   5 resident memory (VmHWM) at peak and with a 1,000,000-entry backlog
+#   6 steady 5,000 events/s (RET_RATE) with retention running vs off:
+#     throughput, p99, table sizes over time (horizon RET_HORIZON s, scaled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-mode=full runs=3 profile=false keep=false only=1,2,3,4,5 capacity_arg=8000
+mode=full runs=3 profile=false keep=false only=1,2,3,4,5,6 capacity_arg=8000
 while (($#)); do
   case $1 in
     --quick) mode=quick; runs=1 ;;
@@ -42,15 +44,19 @@ done
 if [[ $mode == full ]]; then
   BACKLOG=200000 STEADY_RATE=5000 STEADY_SECS=60 STEP_SECS=20 LADDER_MAX=6
   LEVER_EVENTS=100000 MEM_BACKLOG=1000000 MEM_WATCH_SECS=30 REPLICA_RUNS=$runs
+  RET_SECS=${RET_SECS:-90} RET_HORIZON=${RET_HORIZON:-20}
 else
   BACKLOG=50000 STEADY_RATE=5000 STEADY_SECS=15 STEP_SECS=10 LADDER_MAX=2
   LEVER_EVENTS=0 MEM_BACKLOG=0 MEM_WATCH_SECS=0 REPLICA_RUNS=1
+  RET_SECS=${RET_SECS:-30} RET_HORIZON=${RET_HORIZON:-8}
 fi
+# Scenario 6's rate (RET_RATE=1000 for the user's scale on a busy machine).
+RET_RATE=${RET_RATE:-$STEADY_RATE}
 TRACE_SECONDS=2 # a traced request lasts ~2 s: traces in flight = rate × 2 / 11
 
 stamp=$(date +%Y-%m-%d)
 suffix=$([[ $mode == quick ]] && echo "-quick" || true)
-[[ $only == 1,2,3,4,5 ]] || suffix="$suffix-only-${only//,/-}"
+[[ $only == 1,2,3,4,5,6 ]] || suffix="$suffix-only-${only//,/-}"
 results_dir=loadtests/results
 mkdir -p "$results_dir"
 out_md=$results_dir/$stamp$suffix.md
@@ -458,6 +464,80 @@ if ((MEM_BACKLOG > 0)) && wanted 5; then
   stop_service "$svc_pid"
   redis-cli -p "$REDIS_PORT" DEL big >/dev/null
   drop_db big
+fi
+
+# --- scenario 6: steady load with retention running vs off ----------------------------------
+# The same steady publish twice, retention off and on. "On" is retention's
+# steady state at this rate: a horizon of RET_HORIZON s (a retention "day"
+# scaled to a second with OBSERVABILITY_RETENTION_UNIT_SECS=1), so that after
+# one horizon it forgets traces as fast as they arrive, with the default batch
+# size (500) and pause (100 ms), every 5 s. Autovacuum looks every 5 s instead
+# of every minute for both runs (time is scaled). Latency from commit
+# timestamps covers the rows still stored (the last horizon: while retention
+# deletes); the service's histogram covers every event. Rows missing at the
+# end must be exactly those retention forgot.
+retention_run() { # NAME on|off
+  local name=$1 mode6=$2 in_flight
+  in_flight=$(echo "$RET_RATE * $TRACE_SECONDS / 11 + 1" | bc)
+  local -a env6=()
+  [[ $mode6 == on ]] && env6=(OBSERVABILITY_RETENTION_DAYS=$RET_HORIZON OBSERVABILITY_RETENTION_UNIT_SECS=1
+    OBSERVABILITY_RETENTION_INTERVAL_SECS=5)
+  fresh_db "$name"
+  redis-cli -p "$REDIS_PORT" DEL "$name" >/dev/null
+  start_service "$name" "$name" "$name" r1 "${env6[@]}"
+  wait_ready "$svc_url"
+  local pg0 s0 since
+  pg0=$(pg_cpu) s0=$(cpu_of "$svc_pid") since=$(date +%s.%N)
+  publish --stream "$name" --rate "$RET_RATE" --duration "$RET_SECS" --seed 9 --in-flight "$in_flight" \
+    --summary "$work/$name-publish.json" >/dev/null &
+  local pub=$!
+  : >"$work/$name-sizes.txt"
+  while kill -0 "$pub" 2>/dev/null; do
+    psql "$base/$name" -Atc "SELECT round(extract(epoch FROM now()) - $since), pg_total_relation_size('traces') + pg_total_relation_size('observations')" \
+      >>"$work/$name-sizes.txt" 2>/dev/null || true
+    sleep 5
+  done
+  wait "$pub"
+  verify --database-url "$base/$name" --group "$name" --summary "$work/$name-publish.json" \
+    --metrics-url "$svc_url" --since "$since" --timeout 120 >"$work/$name.json"
+  ret_cpu_service=$(echo "$(cpu_of "$svc_pid") - $s0" | bc)
+  ret_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  ret_metrics=$(curl -fs "$svc_url/metrics" || true)
+  stop_service "$svc_pid"
+  redis-cli -p "$REDIS_PORT" DEL "$name" >/dev/null
+  drop_db "$name"
+}
+metric_of() { echo "$ret_metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
+if wanted 6; then
+  psql "$base/postgres" -qc "ALTER SYSTEM SET autovacuum_naptime = '5s'" -c "SELECT pg_reload_conf()" >/dev/null
+  for run in $(seq 1 "$runs"); do
+    for mode6 in off on; do
+      log "scenario 6: $RET_RATE events/s for $RET_SECS s, retention $mode6, run $run/$runs"
+      name=s6_${mode6}_$run
+      retention_run "$name" "$mode6"
+      v=$work/$name.json p=$work/$name-publish.json
+      sc="6 retention $mode6: ${RET_RATE}/s × ${RET_SECS} s"
+      [[ $mode6 == on ]] && sc="$sc, horizon ${RET_HORIZON} s"
+      record "$sc" "publish rate achieved" "events/s" "$(j .publish_rate "$p")"
+      record "$sc" "stored rate (events / (last commit - start))" "events/s" "$(j .drain_events_per_second "$v")"
+      record "$sc" "end-to-end latency p50 (rows still stored)" "ms" "$(j .latency_ms.p50 "$v")"
+      record "$sc" "end-to-end latency p99 (rows still stored)" "ms" "$(j .latency_ms.p99 "$v")"
+      record "$sc" "service histogram p99, every event (bucket-interpolated)" "ms" "$(j '.service[0].latency_p99_ms' "$v")"
+      record "$sc" "mean write transaction" "ms" "$(j '.service[0].write_ms_mean' "$v")"
+      record "$sc" "CPU: service" "% of one core" "$(echo "100 * $ret_cpu_service / $RET_SECS" | bc -l)"
+      record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $ret_cpu_pg / $RET_SECS" | bc -l)"
+      sizes=$(awk -F'|' '{printf "%s%d s: %.0f MB", (NR > 1 ? ", " : ""), $1, $2 / 1048576}' "$work/$name-sizes.txt")
+      record "$sc" "traces + observations size at the end" "MB" "$(tail -1 "$work/$name-sizes.txt" | awk -F'|' '{printf "%.1f", $2 / 1048576}')" \
+        "$(jq -nc --arg s "$sizes" '{"note": ("pg_total_relation_size over time: " + $s)}')"
+      forgotten_traces=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="traces"}')
+      forgotten_obs=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="observations"}')
+      record "$sc" "traces forgotten by retention" "" "$forgotten_traces"
+      record "$sc" "late events (outcome expired)" "" "$(echo "$ret_metrics" | grep 'outcome="expired"' | awk '{s += $NF} END {print s + 0}')"
+      record "$sc" "missing rows = rows retention forgot, 0 dead letters" "(1 = yes)" \
+        "$(jq --argjson t "$forgotten_traces" --argjson o "$forgotten_obs" 'if .missing_traces == $t and .missing_observations == $o and .dead_letters == 0 then 1 else 0 end' "$v")"
+    done
+  done
+  psql "$base/postgres" -qc "ALTER SYSTEM RESET autovacuum_naptime" -c "SELECT pg_reload_conf()" >/dev/null
 fi
 
 # --- the table ------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ async fn start_pipeline(
         settings: settings.clone(),
         health,
         redis: redis.client,
+        horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }

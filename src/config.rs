@@ -417,6 +417,9 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub database: DatabaseSettings,
 
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionSettings,
+
     /// Do not apply pending migrations at start (a migration job does it).
     #[arg(
         long = "no-migrate",

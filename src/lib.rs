@@ -40,6 +40,7 @@ pub mod merge;
 pub mod metrics;
 pub mod process_metrics;
 pub mod redis_stream;
+pub mod retention;
 pub mod store;
 pub mod weighed_read;
 pub mod write_path;

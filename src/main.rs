@@ -1,6 +1,7 @@
 //! The `swisper-ingest` command: `serve` runs the service, `check` reports on
 //! its connections, `migrate` applies the schema and exits, `dead-letters`
-//! lists, replays and purges dead letters.
+//! lists, replays and purges dead letters, `retention` sets per-project
+//! horizons.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
+use swisper_ingest::retention::command::{self as retention, RetentionCommand};
 use swisper_ingest::{admin, app, check, connect, store};
 
 #[derive(Parser)]
@@ -47,6 +49,13 @@ enum Command {
         database: DatabaseSettings,
         #[command(subcommand)]
         command: DeadLetterCommand,
+    },
+    /// Per-project retention horizons: set, unset, show.
+    Retention {
+        #[command(flatten)]
+        database: DatabaseSettings,
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
 }
 
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Retention { database, command } => retention::run(&database, command).await,
         }
     });
     match result {

@@ -40,6 +40,12 @@ pub const MEMORY_BUDGET: &str = "swisper_ingest_memory_budget_bytes";
 pub const MEMORY_IN_HAND: &str = "swisper_ingest_memory_in_hand_bytes";
 pub const OVERSIZED_FOR_BUDGET: &str = "swisper_ingest_oversized_for_budget_total";
 pub const POISON_HELD: &str = "swisper_ingest_poison_held_entries";
+pub const RETENTION_FORGOTTEN: &str = "swisper_ingest_retention_forgotten_rows_total";
+pub const RETENTION_BEHIND: &str = "swisper_ingest_retention_behind_seconds";
+pub const RETENTION_LAST_RUN: &str = "swisper_ingest_retention_last_run_timestamp_seconds";
+pub const RETENTION_HOLDER: &str = "swisper_ingest_retention_holder";
+pub const RETENTION_BATCH_DURATION: &str = "swisper_ingest_retention_batch_duration_seconds";
+pub const RETENTION_ERRORS: &str = "swisper_ingest_retention_errors_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -73,7 +79,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         EVENTS,
-        "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat)."
+        "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat, expired: a late event of a trace past its retention horizon)."
     );
     describe_counter!(
         DEAD_LETTERS,
@@ -146,6 +152,33 @@ fn describe() {
         LAST_COMMIT,
         Unit::Seconds,
         "Unix time of the last committed batch."
+    );
+    describe_counter!(
+        RETENTION_FORGOTTEN,
+        "Rows forgotten by retention, by table (traces, observations, ingest_dead_letters, sdk_heartbeats, retention_tombstones)."
+    );
+    describe_gauge!(
+        RETENTION_BEHIND,
+        Unit::Seconds,
+        "How far retention is behind: age past its horizon of the oldest trace still stored (0 when on time); set by the replica holding the retention lock."
+    );
+    describe_gauge!(
+        RETENTION_LAST_RUN,
+        Unit::Seconds,
+        "Unix time of the last complete retention run of this replica."
+    );
+    describe_gauge!(
+        RETENTION_HOLDER,
+        "1 while this replica holds the retention lock (does the forgetting)."
+    );
+    describe_histogram!(
+        RETENTION_BATCH_DURATION,
+        Unit::Seconds,
+        "Time of one retention transaction (a batch of traces with their observations)."
+    );
+    describe_counter!(
+        RETENTION_ERRORS,
+        "Retention runs or horizon refreshes that failed (Postgres unavailable); retried next interval."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
     describe_gauge!(

@@ -14,6 +14,7 @@ use std::pin::Pin;
 
 use crate::event::{parse_entry, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry};
 use crate::merge;
+use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{describe, heartbeats, rows, Pool, StoreError};
 
@@ -28,7 +29,7 @@ impl BatchItem {
     /// The wire event type as a bounded label, for metrics.
     pub fn event_type(&self) -> &'static str {
         match &self.parsed {
-            Ok(Parsed::Trace(event)) => event.event_type(),
+            Ok(Parsed::Trace(event) | Parsed::Expired(event)) => event.event_type(),
             Ok(Parsed::Heartbeat(_)) => "heartbeat",
             Err(_) => match self.entry.field("event_type") {
                 Some(b"trace_start") => "trace_start",
@@ -105,17 +106,24 @@ pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
     run
 }
 
-/// Writes all items in one transaction. When this connection lacks its
-/// staging tables (42P01), creates them inside a second attempt's transaction,
-/// so that it works even where every transaction may land on another server
-/// connection (pgbouncer in transaction mode).
-pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<(), StoreError> {
-    match commit_once(pool, stream, items, false).await {
+/// Writes all items in one transaction. Events of traces past their
+/// retention horizon become `Parsed::Expired` and are not stored. When this
+/// connection lacks its staging tables (42P01), creates them inside a second
+/// attempt's transaction, so that it works even where every transaction may
+/// land on another server connection (pgbouncer in transaction mode).
+pub async fn commit(
+    pool: &Pool,
+    stream: &str,
+    horizons: &Horizons,
+    items: &mut [BatchItem],
+) -> Result<(), StoreError> {
+    late::expire_old(items, horizons, chrono::Utc::now());
+    match commit_once(pool, stream, horizons, items, false).await {
         Err(StoreError::StagingMissing(message)) => {
             metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "staging_missing")
                 .increment(1);
             tracing::info!(%message, "staging tables missing on this connection; recreating them");
-            match commit_once(pool, stream, items, true).await {
+            match commit_once(pool, stream, horizons, items, true).await {
                 // The staging tables exist now: a table of the schema is
                 // missing. Retried as unavailable until migrations run.
                 Err(StoreError::StagingMissing(message)) => Err(StoreError::Unavailable(format!(
@@ -131,7 +139,8 @@ pub async fn commit(pool: &Pool, stream: &str, items: &[BatchItem]) -> Result<()
 async fn commit_once(
     pool: &Pool,
     stream: &str,
-    items: &[BatchItem],
+    horizons: &Horizons,
+    items: &mut [BatchItem],
     create_staging: bool,
 ) -> Result<(), StoreError> {
     let events = items.iter().filter_map(|item| match &item.parsed {
@@ -166,6 +175,7 @@ async fn commit_once(
     rows::write_rows(&tx, &rows).await?;
     heartbeats::upsert(&tx, &beats).await?;
     dead_letters::insert(&tx, stream, &letters).await?;
+    late::settle(&tx, items, horizons).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -175,21 +185,22 @@ async fn commit_once(
 pub fn commit_isolating<'a>(
     pool: &'a Pool,
     stream: &'a str,
+    horizons: &'a Horizons,
     items: &'a mut [BatchItem],
 ) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + 'a>> {
     Box::pin(async move {
-        match commit(pool, stream, items).await {
+        match commit(pool, stream, horizons, items).await {
             Ok(()) => Ok(0),
             Err(StoreError::Data(error)) if items.len() == 1 => {
                 let detail = format!("postgres rejected this entry: {}", describe(&error));
                 tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
                 items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
-                commit(pool, stream, items).await?;
+                commit(pool, stream, horizons, items).await?;
                 Ok(1)
             }
             Err(StoreError::Data(error)) => {
                 tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
-                split(pool, stream, items).await
+                split(pool, stream, horizons, items).await
             }
             // Halves finish sooner; a single entry goes back to the caller,
             // which retries it with backoff.
@@ -197,7 +208,7 @@ pub fn commit_isolating<'a>(
                 metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "statement_timeout")
                     .increment(1);
                 tracing::warn!(size = items.len(), %message, "statement timeout; splitting the batch");
-                split(pool, stream, items).await
+                split(pool, stream, horizons, items).await
             }
             Err(other) => Err(other),
         }
@@ -206,10 +217,15 @@ pub fn commit_isolating<'a>(
 
 /// Commits each half on its own; the halves that committed stay committed
 /// when a later one fails (their entries are rewritten idempotently on retry).
-async fn split(pool: &Pool, stream: &str, items: &mut [BatchItem]) -> Result<usize, StoreError> {
+async fn split(
+    pool: &Pool,
+    stream: &str,
+    horizons: &Horizons,
+    items: &mut [BatchItem],
+) -> Result<usize, StoreError> {
     let (left, right) = items.split_at_mut(items.len() / 2);
-    let isolated = commit_isolating(pool, stream, left).await?;
-    Ok(isolated + commit_isolating(pool, stream, right).await?)
+    let isolated = commit_isolating(pool, stream, horizons, left).await?;
+    Ok(isolated + commit_isolating(pool, stream, horizons, right).await?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use swisper_ingest::event::{
     TraceEvent, TraceStart,
 };
 use swisper_ingest::merge::merge;
+use swisper_ingest::retention::Horizons;
 use swisper_ingest::store::{connect_pool, migrate, Pool};
 use swisper_ingest::write_path::{commit, BatchItem};
 
@@ -214,8 +215,14 @@ async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
         let write = |batches: Vec<(usize, Vec<BatchItem>)>| {
             let pool = pool.clone();
             async move {
-                for (_, batch) in batches {
-                    commit(&pool, "stream", &batch).await.expect("commit");
+                // Retention on with a horizon that keeps every event: the
+                // late-event checks run and must not change any row.
+                let horizons =
+                    Horizons::fixed(Some(std::time::Duration::from_secs(100 * 365 * 86_400)));
+                for (_, mut batch) in batches {
+                    commit(&pool, "stream", &horizons, &mut batch)
+                        .await
+                        .expect("commit");
                 }
             }
         };

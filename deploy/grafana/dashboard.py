@@ -152,7 +152,7 @@ def build():
                [(1, "red")]), 3, 4)
 
     L.row("Throughput")
-    L.add(timeseries("Events by outcome", "Stream entries handled per second: stored, dead_lettered, heartbeat.", "ops",
+    L.add(timeseries("Events by outcome", "Stream entries handled per second: stored, dead_lettered, heartbeat, expired (late events of forgotten traces).", "ops",
                      (f"sum by (outcome) (rate(swisper_ingest_events_total{{{POD}}}[$__rate_interval]))", "{{outcome}}"),
                      stack=True), 12, 8)
     L.add(timeseries("Stored events by type", "Stored entries per second by event_type.", "ops",
@@ -213,6 +213,16 @@ def build():
     L.add(timeseries("Open file descriptors", "Open descriptors per replica, and the limit.", "short",
                      (f"max by (pod) (process_open_fds{{{POD}}} {ours})", "{{pod}}"),
                      (f"max(process_max_fds{{{POD}}} {ours})", "limit")), 8, 8)
+
+    L.row("Retention")
+    L.add(timeseries("Retention: rows forgotten", "Rows forgotten per second by table (traces leave with all their observations); docs/operations.md, Retention.", "ops",
+                     (f"sum by (table) (rate(swisper_ingest_retention_forgotten_rows_total{{{POD}}}[$__rate_interval]))", "{{table}}")), 8, 8)
+    L.add(timeseries("Retention: behind and last run", "Behind: how far past its horizon the oldest stored trace is (0 when on time). Since last run: time since the lock holder completed a run. Alert SwisperIngestRetentionBehind above 1 hour.", "s",
+                     (f"max(swisper_ingest_retention_behind_seconds{{{SEL}}})", "behind"),
+                     (f"time() - max(swisper_ingest_retention_last_run_timestamp_seconds{{{SEL}}})", "since last run")), 8, 8)
+    L.add(timeseries("Late events and retention batches", "Events of traces past their horizon (acked, not stored), and the p99 time of one retention transaction.", "short",
+                     (f'sum(rate(swisper_ingest_events_total{{{POD}, outcome="expired"}}[$__rate_interval]))', "late events / s"),
+                     (f"histogram_quantile(0.99, sum by (le) (rate(swisper_ingest_retention_batch_duration_seconds_bucket{{{POD}}}[$__rate_interval])))", "batch p99 (s)")), 8, 8)
 
     L.row("SDK")
     L.add(timeseries("SDK heartbeat age by project", "Age of the newest SDK heartbeat per project; alert above 5 minutes.", "s",

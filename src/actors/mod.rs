@@ -11,10 +11,13 @@
 //! - [`writer::Writer`]: gathers batches from all of them, commits one
 //!   transaction at a time, then XACKs every entry of it.
 //! - [`lag_monitor::LagMonitor`]: lag, pending and readiness probes.
+//! - [`retention::RetentionWorker`]: forgets data past its horizon (one
+//!   replica at a time) and refreshes every replica's horizons.
 
 pub mod claimer;
 pub mod consumer;
 pub mod lag_monitor;
+pub mod retention;
 pub mod supervisor;
 pub mod writer;
 
@@ -22,6 +25,7 @@ use std::sync::Arc;
 
 use crate::config::ServeSettings;
 use crate::health::Health;
+use crate::retention::Horizons;
 
 /// What every actor of a replica shares.
 #[derive(Clone)]
@@ -29,4 +33,6 @@ pub struct Shared {
     pub settings: Arc<ServeSettings>,
     pub health: Arc<Health>,
     pub redis: redis::Client,
+    /// Retention horizons: refreshed by the retention worker, read by writers.
+    pub horizons: Arc<Horizons>,
 }

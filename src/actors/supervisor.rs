@@ -16,6 +16,7 @@ use redis::aio::ConnectionManager;
 use super::claimer::{Claimer, StopClaiming};
 use super::consumer::{Consumer, StopReading};
 use super::lag_monitor::LagMonitor;
+use super::retention::RetentionWorker;
 use super::writer::{Flush, Writer};
 use super::Shared;
 use crate::memory_budget::MemoryBudget;
@@ -102,6 +103,7 @@ pub struct Supervisor {
     consumers: Vec<Child<Consumer>>,
     claimer: Option<Child<Claimer>>,
     monitor: Option<Child<LagMonitor>>,
+    retention: Option<Child<RetentionWorker>>,
 }
 
 impl Supervisor {
@@ -123,6 +125,7 @@ impl Supervisor {
             consumers: Vec::new(),
             claimer: None,
             monitor: None,
+            retention: None,
         }
     }
 
@@ -197,6 +200,10 @@ impl Supervisor {
         let mut monitor = self.monitor.take().expect("monitor started");
         monitor.revive(now, || self.start_monitor());
         self.monitor = Some(monitor);
+
+        let mut retention = self.retention.take().expect("retention started");
+        retention.revive(now, || RetentionWorker::new(self.shared.clone()).start());
+        self.retention = Some(retention);
     }
 }
 
@@ -217,6 +224,10 @@ impl Actor for Supervisor {
             .collect();
         self.claimer = Some(Child::new("claimer", self.start_claimer(&writers[0])));
         self.monitor = Some(Child::new("lag_monitor", self.start_monitor()));
+        self.retention = Some(Child::new(
+            "retention",
+            RetentionWorker::new(self.shared.clone()).start(),
+        ));
         self.writers = writers
             .into_iter()
             .map(|w| Child::new("writer", w))

@@ -175,7 +175,9 @@ async fn commit_and_ack(
     shared.health.set_poisoned(false);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match write_path::commit_isolating(&pool, &settings.pipeline.stream, &mut items).await {
+        match write_path::commit_isolating(&pool, &settings.pipeline.stream, &shared.horizons, &mut items)
+            .await
+        {
             Ok(isolated) => {
                 if isolated > 0 {
                     metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data")
@@ -244,6 +246,8 @@ fn record_outcomes(items: &[BatchItem], started: Instant) {
                 "stored"
             }
             Ok(Parsed::Heartbeat(_)) => "heartbeat",
+            // Late: its trace is past the retention horizon (docs/event-format.md).
+            Ok(Parsed::Expired(_)) => "expired",
             Err(rejection) => {
                 metrics::counter!(m::DEAD_LETTERS, "reason" => rejection.reason.as_str())
                     .increment(1);

@@ -97,6 +97,9 @@ impl Default for Limits {
 pub enum Parsed {
     Trace(TraceEvent),
     Heartbeat(Heartbeat),
+    /// Set by the write path, never by the parser: an event of a trace past
+    /// its retention horizon, acked without being stored.
+    Expired(TraceEvent),
 }
 
 /// An event of one trace.

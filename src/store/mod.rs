@@ -6,6 +6,7 @@ pub mod dead_letters;
 pub mod heartbeats;
 pub mod migrate;
 pub mod pool;
+pub mod retention;
 pub mod rows;
 
 pub use copy::JsonbText;

@@ -36,7 +36,7 @@ COUNTERS = {
     "swisper_ingest_events_total": [
         {"event_type": t, "outcome": o}
         for t in ("trace_start", "observation_start", "observation_end")
-        for o in ("stored", "dead_lettered")
+        for o in ("stored", "dead_lettered", "expired")
     ]
     + [{"event_type": "heartbeat", "outcome": "heartbeat"}],
     "swisper_ingest_dead_letters_total": [{"reason": "invalid_data"}, {"reason": "too_large"}],
@@ -47,6 +47,8 @@ COUNTERS = {
     "swisper_ingest_trimmed_before_ack_total": [{}],
     "swisper_ingest_actor_restarts_total": [{"actor": "consumer"}, {"actor": "writer"}],
     "process_cpu_seconds_total": [{}],
+    "swisper_ingest_retention_forgotten_rows_total": [{"table": "traces"}, {"table": "observations"}],
+    "swisper_ingest_retention_errors_total": [{}],
 }
 GAUGES = {
     "swisper_ingest_stream_length": [{}],
@@ -62,11 +64,15 @@ GAUGES = {
     "process_resident_memory_bytes": [{}],
     "process_open_fds": [{}],
     "process_max_fds": [{}],
+    "swisper_ingest_retention_behind_seconds": [{}],
+    "swisper_ingest_retention_last_run_timestamp_seconds": [{}],
+    "swisper_ingest_retention_holder": [{}],
 }
 HISTOGRAMS = {
     "swisper_ingest_batch_size_entries": [1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
     "swisper_ingest_write_duration_seconds": [0.001, 0.01, 0.1, 0.5, 1, 5, 30],
     "swisper_ingest_end_to_end_latency_seconds": [0.001, 0.01, 0.1, 0.5, 1, 5, 30],
+    "swisper_ingest_retention_batch_duration_seconds": [0.001, 0.01, 0.1, 0.5, 1, 5, 30],
 }
 
 

@@ -1,0 +1,164 @@
+//! Late events: an event of a trace that is past its horizon is not stored
+//! (it would resurrect half a trace); it is acked and counted with the
+//! outcome `expired`, never dead-lettered.
+//!
+//! A trace's time is the publish time of its oldest event, so two checks
+//! find every late event:
+//! - by its own publish time ([`expire_old`], no I/O): an event older than
+//!   its project's horizon proves that its trace is due, whatever else
+//!   arrived; its trace is forgotten as a whole in the same transaction;
+//! - by tombstone ([`settle`]): an event of a trace that spans the cut can
+//!   be inside the horizon while its trace was forgotten already; the
+//!   tombstones of recently forgotten traces catch it.
+//!
+//! Events of traces inside the window pass both checks untouched, so the
+//! merge's "same rows in any order, with duplicates" holds for them as
+//! before.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+
+use super::Horizons;
+use crate::event::{Parsed, Reason, Rejection};
+use crate::store::{retention, StoreError};
+use crate::write_path::BatchItem;
+
+/// Marks events published before their project's horizon as expired;
+/// returns how many.
+pub fn expire_old(items: &mut [BatchItem], horizons: &Horizons, now: DateTime<Utc>) -> usize {
+    let mut expired = 0;
+    for item in items.iter_mut() {
+        let due = match &item.parsed {
+            Ok(Parsed::Trace(event)) => horizons
+                .cut(&event.project_id, now)
+                .is_some_and(|cut| event.published_at < cut),
+            _ => false,
+        };
+        if due {
+            expire(item);
+            expired += 1;
+        }
+    }
+    expired
+}
+
+fn expire(item: &mut BatchItem) {
+    let placeholder = Err(Rejection::new(Reason::InvalidData, ""));
+    item.parsed = match std::mem::replace(&mut item.parsed, placeholder) {
+        Ok(Parsed::Trace(event)) => Ok(Parsed::Expired(event)),
+        other => other,
+    };
+}
+
+/// Inside the batch's transaction, after its rows are written: forgets the
+/// traces of expired events, then removes what this batch wrote for traces
+/// that are forgotten (tombstoned) and marks those events expired too.
+///
+/// Checking after writing is what makes it safe against a retention batch
+/// running at the same moment: writing the trace row waits for the
+/// retention transaction holding it, so this later statement sees its
+/// tombstone (see `store::retention::forget_traces`).
+pub async fn settle(
+    tx: &Transaction<'_>,
+    items: &mut [BatchItem],
+    horizons: &Horizons,
+) -> Result<(), StoreError> {
+    if !horizons.active() {
+        return Ok(());
+    }
+    let old: BTreeSet<(&str, &str)> = items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Ok(Parsed::Expired(event)) => {
+                Some((event.trace_id.as_str(), event.project_id.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let old: Vec<(&str, &str)> = old.into_iter().collect();
+    retention::forget_in_tx(tx, &old).await?;
+
+    let written: BTreeSet<(&str, &str)> = items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Ok(Parsed::Trace(event)) => {
+                Some((event.trace_id.as_str(), event.project_id.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let written: Vec<(&str, &str)> = written.into_iter().collect();
+    let gone = retention::forgotten_among(tx, &written).await?;
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let gone_pairs: Vec<(&str, &str)> = gone
+        .iter()
+        .map(|(trace, project)| (trace.as_str(), project.as_str()))
+        .collect();
+    retention::remove_in_tx(tx, &gone_pairs).await?;
+    for item in items.iter_mut() {
+        let forgotten = matches!(&item.parsed, Ok(Parsed::Trace(event))
+            if gone.contains(&(event.trace_id.clone(), event.project_id.clone())));
+        if forgotten {
+            expire(item);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventBody, StreamEntry, StreamId, TraceEvent, TraceStart};
+    use crate::retention::RetentionSettings;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        retention: RetentionSettings,
+    }
+
+    fn item(project: &str, age_secs: i64, now: DateTime<Utc>) -> BatchItem {
+        let entry = StreamEntry {
+            id: StreamId { ms: 1, seq: 0 },
+            fields: Vec::new(),
+            deliveries: 1,
+        };
+        let event = TraceEvent {
+            entry_id: entry.id,
+            trace_id: format!("t-{project}-{age_secs}"),
+            project_id: project.to_owned(),
+            published_at: now - chrono::Duration::seconds(age_secs),
+            body: EventBody::TraceStart(TraceStart::default()),
+        };
+        BatchItem {
+            entry,
+            parsed: Ok(Parsed::Trace(event)),
+        }
+    }
+
+    #[test]
+    fn only_events_older_than_their_projects_horizon_expire() {
+        let settings =
+            Cli::parse_from(["t", "--retention-days", "10", "--retention-unit-secs", "1"])
+                .retention;
+        let horizons = Horizons::new(&settings);
+        let now = Utc::now();
+        let mut items = vec![item("p", 5, now), item("p", 15, now), item("long", 15, now)];
+        assert_eq!(
+            expire_old(&mut items, &horizons, now),
+            0,
+            "nothing expires before the overrides are known"
+        );
+        horizons.set_overrides([("long".to_owned(), 100)]);
+        assert_eq!(expire_old(&mut items, &horizons, now), 1);
+        assert!(matches!(items[0].parsed, Ok(Parsed::Trace(_))));
+        assert!(matches!(items[1].parsed, Ok(Parsed::Expired(_))));
+        assert!(matches!(items[2].parsed, Ok(Parsed::Trace(_))));
+        assert_eq!(items[1].event_type(), "trace_start");
+    }
+}

@@ -1,0 +1,235 @@
+//! Retention: how long data is kept, and what a late event is.
+//!
+//! - [`RetentionSettings`]: the global horizon and the worker's pace.
+//! - [`Horizons`]: the horizon of each project (global, or its override in
+//!   `retention_projects`), shared by the retention worker, which refreshes
+//!   the overrides, and the writers, which refuse late events.
+//! - [`late`]: the write path's side: events of forgotten traces.
+//! - [`command`]: `swisper-ingest retention set|unset|show`.
+//!
+//! The worker itself is `actors::retention`; its statements are in
+//! `store::retention`. Why batched deletes and not partitions:
+//! docs/operations.md, "Retention".
+
+pub mod command;
+pub mod late;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+/// Retention settings, flattened into `serve`'s.
+#[derive(Args, Debug, Clone)]
+pub struct RetentionSettings {
+    /// Traces (with all their observations) older than this many days are
+    /// forgotten; unset keeps everything, except projects with their own
+    /// horizon (`swisper-ingest retention set`).
+    #[arg(long = "retention-days", env = "OBSERVABILITY_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_days: Option<u32>,
+
+    /// Dead letters older than this many days are forgotten; unset keeps them.
+    #[arg(long = "retention-dead-letter-days", env = "OBSERVABILITY_RETENTION_DEAD_LETTER_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_dead_letter_days: Option<u32>,
+
+    /// SDK heartbeat rows (project, SDK version) not heard for this many days
+    /// are forgotten; unset keeps them.
+    #[arg(long = "retention-heartbeat-days", env = "OBSERVABILITY_RETENTION_HEARTBEAT_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_heartbeat_days: Option<u32>,
+
+    /// How long a forgotten trace's id is remembered, so that its late events
+    /// are refused rather than stored as half a trace. Must exceed the
+    /// longest trace (first to last event).
+    #[arg(long = "retention-tombstone-days", env = "OBSERVABILITY_RETENTION_TOMBSTONE_DAYS",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub retention_tombstone_days: u32,
+
+    /// How often the retention worker looks for due rows (and every replica
+    /// re-reads the per-project horizons).
+    #[arg(long = "retention-interval-secs", env = "OBSERVABILITY_RETENTION_INTERVAL_SECS",
+          default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
+
+    /// Traces forgotten per transaction (with their observations).
+    #[arg(long = "retention-batch-size", env = "OBSERVABILITY_RETENTION_BATCH_SIZE",
+          default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub retention_batch_size: u32,
+
+    /// Pause between two retention transactions, so that ingestion and
+    /// autovacuum keep up.
+    #[arg(long = "retention-pause-ms", env = "OBSERVABILITY_RETENTION_PAUSE_MS",
+          default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub retention_pause_ms: u64,
+
+    /// TEST ONLY: the length of a retention "day" in seconds, so that tests
+    /// run several horizons in minutes. Leave at 86400 in production.
+    #[arg(long = "retention-unit-secs", env = "OBSERVABILITY_RETENTION_UNIT_SECS",
+          default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=86_400),
+          hide = true)]
+    pub retention_unit_secs: u64,
+}
+
+impl RetentionSettings {
+    pub fn days(&self, days: u32) -> Duration {
+        Duration::from_secs(self.retention_unit_secs * u64::from(days))
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs)
+    }
+
+    pub fn pause(&self) -> Duration {
+        Duration::from_millis(self.retention_pause_ms)
+    }
+
+    /// Dead letters or heartbeat rows have a horizon of their own.
+    pub fn forgets_other_tables(&self) -> bool {
+        self.retention_dead_letter_days.is_some() || self.retention_heartbeat_days.is_some()
+    }
+}
+
+/// The horizon of every project, as the writers and the worker see it.
+#[derive(Debug)]
+pub struct Horizons {
+    global: Option<Duration>,
+    unit: Duration,
+    /// Per-project horizons in days; `None` until first read from Postgres.
+    overrides: RwLock<Option<HashMap<String, u32>>>,
+}
+
+impl Horizons {
+    pub fn new(settings: &RetentionSettings) -> Self {
+        Self {
+            global: settings.retention_days.map(|d| settings.days(d)),
+            unit: Duration::from_secs(settings.retention_unit_secs),
+            overrides: RwLock::new(None),
+        }
+    }
+
+    /// A fixed global horizon (`None`: off) and no per-project horizons,
+    /// already loaded: for tests and tools that write without a worker.
+    pub fn fixed(global: Option<Duration>) -> Self {
+        Self {
+            global,
+            unit: Duration::from_secs(86_400),
+            overrides: RwLock::new(Some(HashMap::new())),
+        }
+    }
+
+    /// Replaces the per-project horizons (read from `retention_projects`).
+    pub fn set_overrides(&self, overrides: impl IntoIterator<Item = (String, u32)>) {
+        let map = overrides.into_iter().collect();
+        *self.overrides.write().expect("horizons lock") = Some(map);
+    }
+
+    /// Whether the overrides have been read at least once.
+    pub fn loaded(&self) -> bool {
+        self.overrides.read().expect("horizons lock").is_some()
+    }
+
+    /// Whether traces may be forgotten, so that the write path must check
+    /// for late events. Before the overrides are read, only the global
+    /// horizon counts: a replica whose schema lacks the retention tables
+    /// (not migrated yet) keeps ingesting when retention is off.
+    pub fn active(&self) -> bool {
+        self.global.is_some()
+            || self
+                .overrides
+                .read()
+                .expect("horizons lock")
+                .as_ref()
+                .is_some_and(|overrides| !overrides.is_empty())
+    }
+
+    /// The horizon of a project; `None` keeps it forever.
+    pub fn horizon(&self, project: &str) -> Option<Duration> {
+        let overrides = self.overrides.read().expect("horizons lock");
+        let days = overrides.as_ref().and_then(|o| o.get(project).copied());
+        match days {
+            Some(days) => Some(self.unit * days),
+            None => self.global,
+        }
+    }
+
+    /// Traces of `project` first seen before this are due. `None` while the
+    /// overrides are unknown: an override could be longer than the global
+    /// horizon, and refusing a storable event would lose it.
+    pub fn cut(&self, project: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if !self.loaded() {
+            return None;
+        }
+        let horizon = chrono::Duration::from_std(self.horizon(project)?).ok()?;
+        now.checked_sub_signed(horizon)
+    }
+
+    /// Projects with an override (the worker visits them even without a
+    /// global horizon).
+    pub fn overridden(&self) -> Vec<String> {
+        self.overrides
+            .read()
+            .expect("horizons lock")
+            .as_ref()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        retention: RetentionSettings,
+    }
+
+    fn settings(args: &[&str]) -> RetentionSettings {
+        Cli::parse_from(std::iter::once("test").chain(args.iter().copied())).retention
+    }
+
+    #[test]
+    fn off_by_default_and_overrides_take_precedence() {
+        let horizons = Horizons::new(&settings(&[]));
+        let now = Utc::now();
+        assert!(!horizons.active(), "off until a horizon is known");
+        assert_eq!(horizons.cut("p", now), None);
+        horizons.set_overrides([]);
+        assert!(!horizons.active());
+        assert_eq!(horizons.cut("p", now), None);
+        horizons.set_overrides([("p".to_owned(), 2)]);
+        assert!(horizons.active());
+        assert_eq!(
+            horizons.cut("p", now),
+            Some(now - chrono::Duration::days(2))
+        );
+        assert_eq!(horizons.cut("other", now), None);
+    }
+
+    #[test]
+    fn the_unit_scales_days_for_tests() {
+        let horizons = Horizons::new(&settings(&[
+            "--retention-days",
+            "5",
+            "--retention-unit-secs",
+            "1",
+        ]));
+        horizons.set_overrides([("long".to_owned(), 60)]);
+        let now = Utc::now();
+        assert_eq!(
+            horizons.cut("p", now),
+            Some(now - chrono::Duration::seconds(5))
+        );
+        assert_eq!(
+            horizons.cut("long", now),
+            Some(now - chrono::Duration::seconds(60))
+        );
+    }
+}
