@@ -67,7 +67,8 @@ pub async fn serve(
         budget_secs = settings.pipeline.shutdown_timeout().as_secs(),
         "shutting down: draining"
     );
-    let drained = tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await;
+    let drained =
+        tokio::time::timeout(settings.pipeline.shutdown_timeout(), supervisor.send(Drain)).await;
     http.stop(true).await;
     match drained {
         Ok(_) => {

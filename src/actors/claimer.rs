@@ -208,7 +208,9 @@ async fn remove_gone_consumers(
     conn: &mut ConnectionManager,
 ) -> Result<(), StreamError> {
     let settings = &shared.settings;
-    for consumer in redis_stream::consumers(conn, &settings.pipeline.stream, &settings.pipeline.group).await? {
+    for consumer in
+        redis_stream::consumers(conn, &settings.pipeline.stream, &settings.pipeline.group).await?
+    {
         if consumer.pending == 0 && consumer.idle > settings.claim.consumer_gone_after() {
             // Redis 7.0 counts a blocked read that returned nothing as idle
             // time, so a live consumer of a quiet stream can look gone: the

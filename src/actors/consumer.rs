@@ -153,8 +153,7 @@ impl Handler<StopReading> for Consumer {
 /// How often a held batch is retried: well within the claim idle time, as
 /// each retry also resets the entries' idle time.
 fn hold_retry(shared: &Shared) -> Duration {
-    (shared.settings.claim.idle() / 3)
-        .clamp(Duration::from_millis(50), Duration::from_secs(5))
+    (shared.settings.claim.idle() / 3).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 /// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
@@ -370,7 +369,14 @@ fn release_held(name: &str, entries: usize) {
 /// XREAD brings at most that one entry, and drops it at once.
 async fn wait_for_new(shared: &Shared, conn: &mut MultiplexedConnection, after: &str) -> Step {
     let settings = &shared.settings;
-    match redis_stream::wait_for_entries(conn, &settings.pipeline.stream, after, settings.pipeline.block()).await {
+    match redis_stream::wait_for_entries(
+        conn,
+        &settings.pipeline.stream,
+        after,
+        settings.pipeline.block(),
+    )
+    .await
+    {
         Ok(()) => Step::Idle,
         Err(error) => {
             metrics::counter!(m::REDIS_ERRORS, "operation" => "xread").increment(1);
@@ -392,9 +398,13 @@ async fn read_failed(
         // recreate it so that the pipeline resumes by itself.
         shared.health.set_group(false);
         tracing::warn!(consumer = %name, "consumer group missing; recreating it");
-        if redis_stream::ensure_group(conn, &shared.settings.pipeline.stream, &shared.settings.pipeline.group)
-            .await
-            .is_ok()
+        if redis_stream::ensure_group(
+            conn,
+            &shared.settings.pipeline.stream,
+            &shared.settings.pipeline.group,
+        )
+        .await
+        .is_ok()
         {
             shared.health.set_group(true);
             return Step::Progress;

@@ -175,8 +175,13 @@ async fn commit_and_ack(
     shared.health.set_poisoned(false);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match write_path::commit_isolating(&pool, &settings.pipeline.stream, &shared.horizons, &mut items)
-            .await
+        match write_path::commit_isolating(
+            &pool,
+            &settings.pipeline.stream,
+            &shared.horizons,
+            &mut items,
+        )
+        .await
         {
             Ok(isolated) => {
                 if isolated > 0 {

@@ -83,9 +83,7 @@ pub async fn settle(
     let written: BTreeSet<(&str, &str)> = items
         .iter()
         .filter_map(|item| match &item.parsed {
-            Ok(Parsed::Trace(event)) => {
-                Some((event.trace_id.as_str(), event.project_id.as_str()))
-            }
+            Ok(Parsed::Trace(event)) => Some((event.trace_id.as_str(), event.project_id.as_str())),
             _ => None,
         })
         .collect();

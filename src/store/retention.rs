@@ -274,10 +274,7 @@ pub async fn forget_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Resu
 
 /// In the write path's transaction: removes the rows of forgotten traces
 /// that this very transaction wrote (a writer racing the retention batch).
-pub async fn remove_in_tx(
-    tx: &Transaction<'_>,
-    traces: &[(&str, &str)],
-) -> Result<(), StoreError> {
+pub async fn remove_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Result<(), StoreError> {
     if traces.is_empty() {
         return Ok(());
     }
