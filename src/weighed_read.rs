@@ -101,7 +101,8 @@ pub async fn read_within_budget(
         match read_weighed(conn, request, mode, limit, whole, budget.total_bytes()).await? {
             Reply::Page(chosen) => {
                 reservation.shrink_to(chosen.weight);
-                let page = fetch(conn, request, chosen).await?;
+                let contiguous = matches!(mode, Mode::New);
+                let page = fetch(conn, request, chosen, contiguous).await?;
                 return Ok(Read::Page(page, reservation));
             }
             Reply::Empty { next } => return Ok(Read::Empty { next }),
@@ -251,18 +252,55 @@ async fn fetch(
     conn: &mut impl ConnectionLike,
     request: &Request<'_>,
     chosen: Chosen,
+    contiguous: bool,
 ) -> Result<Page, StreamError> {
-    let mut pipe = redis::pipe();
-    for (id, _, fields) in &chosen.entries {
-        if let Fields::ToFetch = fields {
-            let id = id.to_string();
-            pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
+    let mut fetched: Vec<Value> = if contiguous {
+        // New entries are consecutive in the stream: one XRANGE brings them.
+        let (Some((first, ..)), Some((last, ..))) = (chosen.entries.first(), chosen.entries.last())
+        else {
+            return Ok(Page {
+                next: chosen.next,
+                deleted: chosen.deleted,
+                ..Page::default()
+            });
+        };
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(request.stream)
+            .arg(first.to_string())
+            .arg(last.to_string())
+            .query_async(conn)
+            .await?;
+        let mut by_id = match reply {
+            Value::Array(items) => items,
+            other => return Err(bad_reply("XRANGE", &other)),
         }
-    }
-    let mut fetched: Vec<Value> = if pipe.is_empty() {
-        Vec::new()
+        .into_iter()
+        .peekable();
+        // One single-entry reply per chosen id, as the pipeline below gives.
+        let mut replies = Vec::with_capacity(chosen.entries.len());
+        for (id, ..) in &chosen.entries {
+            let matches = matches!(by_id.peek(), Some(Value::Array(parts))
+                if parts.first().is_some_and(|v| parse_id("XRANGE", Some(v.clone())).ok() == Some(*id)));
+            replies.push(Value::Array(if matches {
+                vec![by_id.next().unwrap_or(Value::Nil)]
+            } else {
+                Vec::new()
+            }));
+        }
+        replies
     } else {
-        pipe.query_async(conn).await?
+        let mut pipe = redis::pipe();
+        for (id, _, fields) in &chosen.entries {
+            if let Fields::ToFetch = fields {
+                let id = id.to_string();
+                pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
+            }
+        }
+        if pipe.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(conn).await?
+        }
     };
     fetched.reverse();
     let mut page = Page {
