@@ -42,8 +42,10 @@ fn free_port() -> u16 {
 fn servers() -> &'static Servers {
     static SERVERS: OnceLock<Servers> = OnceLock::new();
     SERVERS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("tls-servers-{}", std::process::id()));
+        // Under the system temp folder, not target/: the postgres user must
+        // enter every parent folder, and a checkout may sit in one that only
+        // root can enter (a mktemp folder, mode 700).
+        let dir = std::env::temp_dir().join(format!("swisper-tls-servers-{}", std::process::id()));
         let ports = [free_port(), free_port(), free_port(), free_port()];
         let [redis_port, mtls_port, expired_port, pg_port] = ports;
         let status = Command::new("tests/tls/servers.sh")

@@ -172,6 +172,7 @@ ENV
     ;;
   down)
     stop_all
+    rm -rf "$dir"
     ;;
   *) die "unknown command $command" ;;
 esac
