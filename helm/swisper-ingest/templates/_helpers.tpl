@@ -421,3 +421,17 @@ labels:
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
+
+{{/*
+The container's memory limit, from which the service sizes its memory budget
+(3/8 of it, unless config.extra.OBSERVABILITY_MEMORY_BUDGET_BYTES sets it).
+Written once for the Deployment and the helm test pod, whose env must match.
+*/}}
+{{- define "swisper-ingest.memoryLimitEnv" -}}
+{{- if dig "limits" "memory" "" .Values.resources -}}
+- name: OBSERVABILITY_MEMORY_LIMIT_BYTES
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.memory
+{{- end }}
+{{- end }}
