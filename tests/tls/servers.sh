@@ -156,11 +156,15 @@ case $command in
     rm -rf "$dir"
     mkdir -p "$dir"
     chmod 755 "$dir"
+    # A failed start (initdb, a port taken) stops what it had started, since
+    # the watchdog below is not running yet.
+    trap stop_all EXIT
     make_certs
     start_redis redis "$redis_port" no
     start_redis redis-mtls "$mtls_port" yes
     start_redis redis-expired "$expired_port" no expired.crt
     start_postgres "$pg_port"
+    trap - EXIT
     # The watchdog: stops the servers when the test process is gone.
     detached setsid bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done; '$PWD/tests/tls/servers.sh' down '$dir'" \
       >/dev/null 2>&1 &
