@@ -8,13 +8,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{as_fields, seed_trace, wait_for, Service};
+use common::{as_fields, free_port, seed_trace, wait_for, Service};
 use rand::Rng;
 use swisper_ingest::config::{DatabaseSettings, RedisSettings};
 
@@ -29,14 +28,6 @@ struct Servers {
     expired_port: u16,
     pg_port: u16,
     secrets: HashMap<String, String>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn servers() -> &'static Servers {
