@@ -11,9 +11,17 @@
 #   options: --runs N   --only 1,2,...  (scenarios to run; 3 without 1 takes
 #            its ladder from --capacity N events/s, default 8000)   --profile (perf record the service and Postgres
 #            during one drain; needs perf)   --keep (keep the services folder)
+#            --baseline BIN|REV (also drain with this binary, or with REV
+#            built into target/baseline, interleaved with this build)
+#            --lever "LABEL:ENV=VALUE ..." (also drain with these settings;
+#            repeatable)   --workload seed|sdk|both (scenario 1's backlogs;
+#            default both, sdk with --quick)
 #
 # Scenarios (goals, not assertions):
-#   1 drain a backlog of 200,000 realistic events; yardstick: COPY of its rows
+#   1 drain a backlog of 200,000 realistic events, seed-format (plain JSON)
+#     and SDK-like (gzip+base64); yardstick: COPY of its final rows. Every
+#     variant (this build, --baseline, --lever) drains the same backlog in
+#     the same run, in rotating order; ratios are within a run
 #   2 steady 5,000 events/s for 60 s: end-to-end latency (commit - publish)
 #   3 peak sustained rate with p99 < 1 s (a ladder of rates), and how drain
 #     capacity moves with consumers, batch sizes, TOAST compression and the
@@ -27,6 +35,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 mode=full runs=3 profile=false keep=false only=1,2,3,4,5,6 capacity_arg=8000
+baseline='' workload_arg='' levers=()
 while (($#)); do
   case $1 in
     --quick) mode=quick; runs=1 ;;
@@ -34,8 +43,11 @@ while (($#)); do
     --only) only=$2; shift ;;
     --capacity) capacity_arg=$2; shift ;;
     --profile) profile=true ;;
+    --baseline) baseline=$2; shift ;;
+    --lever) levers+=("$2"); shift ;;
+    --workload) workload_arg=$2; shift ;;
     --keep) keep=true ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 1 ;;
   esac
   shift
@@ -90,6 +102,32 @@ cargo build --release --quiet -p swisper-loadtests
 bin=target/release/swisper-ingest
 loadgen=target/release/loadgen
 
+# Scenario 1's variants: name, binary, settings.
+variant_names=("this build ($rev)") variant_bins=("$bin") variant_envs=("")
+if [[ -n $baseline ]]; then
+  if [[ -x $baseline ]]; then
+    base_bin=$baseline base_name="baseline $(basename "$baseline")"
+  else
+    base_rev=$(git rev-parse --short "$baseline")
+    log "building the baseline $base_rev into target/baseline"
+    rm -rf target/baseline-src && git worktree add -f --detach target/baseline-src "$base_rev" >/dev/null 2>&1
+    cargo build --release --quiet --bin swisper-ingest --manifest-path target/baseline-src/Cargo.toml --target-dir target/baseline
+    git worktree remove --force target/baseline-src
+    base_bin=target/baseline/release/swisper-ingest base_name="baseline $base_rev"
+  fi
+  variant_names+=("$base_name") variant_bins+=("$base_bin") variant_envs+=("")
+fi
+for lever in "${levers[@]}"; do
+  variant_names+=("${lever%%:*}") variant_bins+=("$bin") variant_envs+=("${lever#*:}")
+done
+declare -A compression_of=([seed]=never [sdk]=sdk)
+case ${workload_arg:-$([[ $mode == quick ]] && echo sdk || echo both)} in
+  seed) workloads=(seed) ;;
+  sdk) workloads=(sdk) ;;
+  both) workloads=(seed sdk) ;; # sdk last: the other scenarios use its backlog
+  *) echo "bench.sh: --workload seed|sdk|both" >&2; exit 1 ;;
+esac
+
 log "starting redis and postgres in $svc_dir"
 scripts/services.sh up "$svc_dir" >/dev/null
 # shellcheck disable=SC1091
@@ -114,10 +152,11 @@ record() {
 }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cpu_of() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# CPU seconds of the postmaster and every live child (backends, WAL writer...).
+# CPU seconds of the postmaster, of its children that ended (cutime, cstime:
+# a psql session's backend is gone when it is measured) and of every live one.
 pg_cpu() {
   local total
-  total=$(cpu_of "$postmaster_pid")
+  total=$(awk -v t="$tck" '{print ($14 + $15 + $16 + $17) / t}' "/proc/$postmaster_pid/stat")
   for child in $(pgrep -P "$postmaster_pid"); do total=$(echo "$total + $(cpu_of "$child")" | bc); done
   echo "$total"
 }
@@ -139,7 +178,7 @@ start_service() {
   env DATABASE_URL="$base/$db" OBSERVABILITY_STREAM_NAME="$stream" OBSERVABILITY_GROUP_NAME="$group" \
     OBSERVABILITY_CONSUMER_NAME="$replica" OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
     OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$@" \
-    $bin serve >>"$work/service-$db.log" 2>&1 &
+    "${svc_bin:-$bin}" serve >>"$work/service-$db.log" 2>&1 &
   svc_pid=$!
   pids+=("$svc_pid")
 }
@@ -195,80 +234,97 @@ copy_columns() {
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 
-# --- scenario 1: drain a backlog ------------------------------------------------
-if wanted 1 || wanted 4; then
-log "scenario 1: publishing a backlog of $BACKLOG events"
-publish --stream backlog --events "$BACKLOG" --seed 42 --in-flight 200 --summary "$work/backlog.json" >/dev/null
-record "publish (loadgen)" "XADD rate, pipelined backlog" "events/s" "$(j .publish_rate "$work/backlog.json")" \
-  '{"note": "loadgen in Rust, 200 XADDs a pipeline on 2 connections; the reference Python publisher did ~60,000/s"}'
-record "workload" "entry size on the wire (avg)" "B" "$(j .avg_entry_bytes "$work/backlog.json")"
-record "workload" "data JSON before compression (avg)" "B" "$(j .avg_json_bytes "$work/backlog.json")"
-events=$(j .events "$work/backlog.json")
-fi
-
-for run in $(seq 1 "$runs"); do
-  wanted 1 || break
-  log "scenario 1: drain run $run/$runs"
-  drain "s1_$run" backlog "$work/backlog.json"
-  v=$work/s1_$run.json
-  record "1 drain ${BACKLOG} backlog" "drain time" "s" "$(j .drain_seconds "$v")" \
-    '{"compare": "time", "target": "≤ 1.2× yardstick", "limit": {"op": "<=", "value": 1.2, "of": "ratio"}}'
-  record "1 drain ${BACKLOG} backlog" "drain rate" "events/s" "$(j .drain_events_per_second "$v")" \
-    '{"compare": "rate", "target": "≥ 38,000/s (40× the Python consumer)", "limit": {"op": ">=", "value": 38000}}'
-  record "1 drain ${BACKLOG} backlog" "every event stored, 0 dead letters" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
-  record "1 drain ${BACKLOG} backlog" "entries per transaction" "" "$(j '.service[0].entries_per_transaction' "$v")"
-  record "1 drain ${BACKLOG} backlog" "writer busy (write time / drain time)" "" \
-    "$(jq '.service[0].write_seconds_total / .drain_seconds' "$v")"
-  record "1 drain ${BACKLOG} backlog" "observation rows updated after insert" "%" \
-    "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$v")" \
-    '{"note": "an observation whose start and end are committed in different transactions is written twice (insert, then update)"}'
-  record "1 drain ${BACKLOG} backlog" "load average at start (1 min, all jobs)" "" "$drain_load"
-  record "1 drain ${BACKLOG} backlog" "CPU: service" "s" "$drain_cpu_service"
-  record "1 drain ${BACKLOG} backlog" "CPU: postgres (all processes)" "s" "$drain_cpu_pg"
-  record "1 drain ${BACKLOG} backlog" "CPU: redis" "s" "$drain_cpu_redis"
-  record "5 memory" "VmHWM draining the ${BACKLOG} backlog" "MB" "$drain_hwm" \
-    '{"target": "< 150 MB", "limit": {"op": "<", "value": 150}}'
-
-  if [[ $run == 1 ]]; then
-    log "yardstick: exporting the rows of run 1"
-    tcols=$(copy_columns s1_1 traces)
-    ocols=$(copy_columns s1_1 observations)
-    mkdir -p "$work/rows" && chmod 777 "$work/rows"
-    psql "$base/s1_1" -q -c "\\copy (SELECT $tcols FROM traces) TO '$work/rows/traces.copy'" \
-      -c "\\copy (SELECT $ocols FROM observations) TO '$work/rows/observations.copy'"
-    rows=$(psql "$base/s1_1" -Atc "SELECT (SELECT count(*) FROM traces) + (SELECT count(*) FROM observations)")
-    obs_rows=$(psql "$base/s1_1" -Atc "SELECT count(*) FROM observations")
-  fi
-  drop_db "s1_$run"
-  log "yardstick: COPY run $run/$runs"
-  fresh_db "yard_$run"
-  t0=$(date +%s.%N)
-  psql "$base/yard_$run" -q -1 -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
-    -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'"
+# --- scenario 1: drain a backlog, every variant interleaved ---------------------
+# Each workload's backlog is drained by every variant (this build, the
+# baseline binary, each lever) in turn, the order rotating run by run, and
+# then loaded by the yardstick COPY: ratios are taken within one run.
+copy_rows() { # DB: exports the drain's final rows (the yardstick's input)
+  tcols=$(copy_columns "$1" traces)
+  ocols=$(copy_columns "$1" observations)
+  rm -rf "$work/rows" && mkdir -p "$work/rows" && chmod 777 "$work/rows"
+  psql "$base/$1" -q -c "\\copy (SELECT $tcols FROM traces) TO '$work/rows/traces.copy'" \
+    -c "\\copy (SELECT $ocols FROM observations) TO '$work/rows/observations.copy'"
+  rows=$(psql "$base/$1" -Atc "SELECT (SELECT count(*) FROM traces) + (SELECT count(*) FROM observations)")
+  obs_rows=$(psql "$base/$1" -Atc "SELECT count(*) FROM observations")
+}
+yardstick_copy() { # DB: sets copy_s and copy_cpu_pg
+  fresh_db "$1"
+  local pg0 t0 t1
+  pg0=$(pg_cpu) t0=$(date +%s.%N)
+  local backend
+  backend=$(psql "$base/$1" -qAt -1 -c "SELECT pg_backend_pid()" -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
+    -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'")
   t1=$(date +%s.%N)
   copy_s=$(echo "$t1 - $t0" | bc)
-  record "yardstick" "COPY of the run's final rows ($rows rows), one transaction" "s" "$copy_s" \
-    '{"yardstick": "time", "note": "psql \\copy (text) of every traces and observations row the drain produced into empty tables of the same schema and settings (migrations applied) in a fresh database"}'
-  record "yardstick" "COPY rate in events/s" "events/s" "$(echo "$events / $copy_s" | bc -l)" '{"yardstick": "rate"}'
-  record "yardstick" "COPY rate in observation rows/s" "rows/s" "$(echo "$obs_rows / $copy_s" | bc -l)" \
-    '{"note": "the reference machine measured ~16,800 rows/s (pglz) and ~26,500 rows/s (lz4)"}'
-  drop_db "yard_$run"
-  if [[ $run == 1 ]]; then
-    # The same COPY without lz4 (columns and session back to pglz): what
-    # migrations/V3 buys the database itself.
-    fresh_db yard_pglz
-    psql "$base/yard_pglz" -qc "ALTER DATABASE yard_pglz RESET default_toast_compression" \
-      -c "ALTER TABLE observations ALTER COLUMN input SET COMPRESSION pglz, ALTER COLUMN output SET COMPRESSION pglz,
-          ALTER COLUMN start_metadata SET COMPRESSION pglz, ALTER COLUMN end_metadata SET COMPRESSION pglz,
-          ALTER COLUMN metadata SET COMPRESSION pglz" \
-      -c "ALTER TABLE traces ALTER COLUMN meta SET COMPRESSION pglz, ALTER COLUMN metadata SET COMPRESSION pglz"
-    t0=$(date +%s.%N)
-    psql "$base/yard_pglz" -q -1 -c "SET default_toast_compression = pglz" -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
-      -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'"
-    t1=$(date +%s.%N)
-    record "yardstick variant" "the same COPY with pglz instead of lz4 (without V3)" "s" "$(echo "$t1 - $t0" | bc)" '{"compare": "time"}'
-    drop_db yard_pglz
-  fi
+  # The session's backend counts in the postmaster's cutime once reaped.
+  for _ in $(seq 1 100); do [[ -e /proc/$backend ]] || break; sleep 0.05; done
+  copy_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  drop_db "$1"
+}
+if wanted 1 || wanted 4; then
+for wl in "${workloads[@]}"; do
+  log "scenario 1: publishing a backlog of $BACKLOG events ($wl)"
+  publish --stream "backlog_$wl" --events "$BACKLOG" --seed 42 --in-flight 200 --compression "${compression_of[$wl]}" \
+    --summary "$work/backlog_$wl.json" >/dev/null
+  record "workload $wl" "XADD rate, pipelined backlog (loadgen)" "events/s" "$(j .publish_rate "$work/backlog_$wl.json")"
+  record "workload $wl" "entry size on the wire (avg)" "B" "$(j .avg_entry_bytes "$work/backlog_$wl.json")"
+  record "workload $wl" "data JSON before compression (avg)" "B" "$(j .avg_json_bytes "$work/backlog_$wl.json")"
+done
+# Scenario 4 and the rest drain the SDK-like backlog.
+cp "$work/backlog_${workloads[-1]}.json" "$work/backlog.json"
+events=$(j .events "$work/backlog.json")
+backlog_stream=backlog_${workloads[-1]}
+fi
+
+for wl in "${workloads[@]}"; do
+  wanted 1 || break
+  sc="1 drain ${BACKLOG} ($wl)"
+  wl_events=$(j .events "$work/backlog_$wl.json")
+  for run in $(seq 1 "$runs"); do
+    declare -A d_time=() d_svc=() d_pg=()
+    n=${#variant_names[@]}
+    for k in $(seq 0 $((n - 1))); do
+      i=$(((k + run - 1) % n))
+      vname=${variant_names[$i]}
+      log "scenario 1 ($wl): run $run/$runs, $vname"
+      # shellcheck disable=SC2086 # a variant's settings are a list
+      svc_bin=${variant_bins[$i]} drain "s1_$i" "backlog_$wl" "$work/backlog_$wl.json" ${variant_envs[$i]}
+      v=$work/s1_$i.json
+      d_time[$i]=$(j .drain_seconds "$v") d_svc[$i]=$drain_cpu_service d_pg[$i]=$drain_cpu_pg
+      record "$sc" "drain time: $vname" "s" "${d_time[$i]}"
+      record "$sc" "drain rate: $vname" "events/s" "$(j .drain_events_per_second "$v")"
+      record "$sc" "every event stored, 0 dead letters: $vname" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
+      record "$sc" "CPU service per 100,000 events: $vname" "s" "$(echo "$drain_cpu_service * 100000 / $wl_events" | bc -l)"
+      record "$sc" "CPU postgres: $vname" "s" "$drain_cpu_pg"
+      record "$sc" "entries per transaction: $vname" "" "$(j '.service[0].entries_per_transaction' "$v")"
+      record "$sc" "writer busy (write time / drain time): $vname" "" "$(jq '.service[0].write_seconds_total / .drain_seconds' "$v")"
+      record "$sc" "observation rows updated after insert: $vname" "%" \
+        "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$v")"
+      record "$sc" "trace rows updated after insert: $vname" "%" \
+        "$(jq '[.table_writes[] | select(.table == "traces")][0] | 100 * .updated / .inserted' "$v")"
+      record "$sc" "load average at start: $vname" "" "$drain_load"
+      [[ $i == 0 ]] && record "5 memory" "VmHWM draining the ${BACKLOG} backlog ($wl)" "MB" "$drain_hwm" \
+        '{"target": "< 150 MB", "limit": {"op": "<", "value": 150}}'
+      if [[ $run == 1 && $i == 0 ]]; then copy_rows "s1_$i"; fi
+      drop_db "s1_$i"
+    done
+    log "yardstick ($wl): COPY run $run/$runs"
+    yardstick_copy yard
+    yard_extra='{}'
+    [[ $wl == "${workloads[-1]}" ]] && yard_extra='{"yardstick": "time", "note": "psql \\copy (text) of every traces and observations row the drain produced, into empty tables of the same schema (migrations applied) in a fresh database"}'
+    record "yardstick" "COPY of the final rows ($rows rows, $wl), one transaction" "s" "$copy_s" "$yard_extra"
+    record "yardstick" "CPU postgres of that COPY ($wl)" "s" "$copy_cpu_pg"
+    [[ $wl == "${workloads[-1]}" ]] && record "yardstick" "COPY rate in events/s ($wl)" "events/s" "$(echo "$wl_events / $copy_s" | bc -l)" '{"yardstick": "rate"}'
+    record "yardstick" "COPY rate in observation rows/s ($wl)" "rows/s" "$(echo "$obs_rows / $copy_s" | bc -l)"
+    for i in $(seq 0 $((n - 1))); do
+      vname=${variant_names[$i]}
+      record "$sc" "drain time / COPY time (same run): $vname" "×" "$(echo "${d_time[$i]} / $copy_s" | bc -l)" \
+        '{"target": "≤ 1.2", "limit": {"op": "<=", "value": 1.2}}'
+      record "$sc" "CPU postgres / COPY's CPU postgres (same run): $vname" "×" "$(echo "${d_pg[$i]} / $copy_cpu_pg" | bc -l)" \
+        '{"target": "≤ 1.2", "limit": {"op": "<=", "value": 1.2}}'
+      record "$sc" "CPU service + postgres / COPY's CPU: $vname" "×" "$(echo "(${d_svc[$i]} + ${d_pg[$i]}) / $copy_cpu_pg" | bc -l)"
+    done
+  done
 done
 
 if $profile && [[ -f $work/service.perf ]]; then
@@ -285,12 +341,12 @@ for run in $(seq 1 "$REPLICA_RUNS"); do
   log "scenario 4: two replicas, run $run/$REPLICA_RUNS"
   name=s4_$run
   fresh_db "$name"
-  redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$name" >/dev/null
+  redis-cli -p "$REDIS_PORT" XGROUP DESTROY "$backlog_stream" "$name" >/dev/null
   pg0=$(pg_cpu)
   since=$(date +%s.%N)
-  start_service "$name" backlog "$name" r1
+  start_service "$name" "$backlog_stream" "$name" r1
   a_pid=$svc_pid a_url=$svc_url
-  start_service "$name" backlog "$name" r2
+  start_service "$name" "$backlog_stream" "$name" r2
   b_pid=$svc_pid b_url=$svc_url
   verify --database-url "$base/$name" --group "$name" --summary "$work/backlog.json" --since "$since" \
     --metrics-url "$a_url" --metrics-url "$b_url" --timeout 600 >"$work/$name.json"
@@ -307,7 +363,7 @@ for run in $(seq 1 "$REPLICA_RUNS"); do
   drop_db "$name"
 done
 
-capacity=$(jq -s '[.[] | select(.figure == "drain rate" and (.scenario | startswith("1 ")))] | map(.value) | sort | .[length / 2 | floor]' "$out_jsonl")
+capacity=$(jq -s '[.[] | select((.figure | startswith("drain rate: this build")) and (.scenario | endswith("(sdk)")))] | map(.value) | sort | .[length / 2 | floor]' "$out_jsonl")
 [[ $capacity == null ]] && capacity=$capacity_arg
 
 # steady RATE SECONDS NAME [ENV=VALUE...]: publishes at RATE for SECONDS into
@@ -444,7 +500,7 @@ fi
 
 # --- scenario 5: memory with a large backlog -----------------------------------------------
 if ((MEM_BACKLOG > 0)) && wanted 5; then
-  redis-cli -p "$REDIS_PORT" DEL backlog >/dev/null
+  redis-cli -p "$REDIS_PORT" DEL backlog_seed backlog_sdk >/dev/null
   log "scenario 5: publishing a backlog of $MEM_BACKLOG events"
   publish --stream big --events "$MEM_BACKLOG" --seed 44 --in-flight 200 --summary "$work/big.json" >/dev/null
   record "5 memory" "redis used memory with the ${MEM_BACKLOG} backlog" "MB" \
