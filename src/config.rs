@@ -227,8 +227,21 @@ pub struct PipelineSettings {
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub writers: u32,
 
+    /// Threads that parse entries (base64, inflate, JSON) off the actors'
+    /// threads. Default: the CPUs this process may use (a container's CPU
+    /// limit included). 0 parses on the consumer's own thread.
+    #[arg(long = "parse-threads", env = "OBSERVABILITY_PARSE_THREADS",
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub parse_threads: Option<u32>,
+
+    /// Run each writer on a thread of its own (an actix Arbiter), so that
+    /// building and sending COPY data runs beside the consumers' I/O.
+    #[arg(long = "writer-thread", env = "OBSERVABILITY_WRITER_THREAD",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub writer_thread: bool,
+
     /// Entries asked for by one XREADGROUP.
-    #[arg(long, env = "OBSERVABILITY_BATCH_SIZE", default_value_t = 500,
+    #[arg(long, env = "OBSERVABILITY_BATCH_SIZE", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
@@ -237,8 +250,10 @@ pub struct PipelineSettings {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub write_batch_size: u32,
 
-    /// How long the writer waits for more entries before writing a small batch.
-    #[arg(long = "write-linger-ms", env = "OBSERVABILITY_WRITE_LINGER_MS", default_value_t = 5,
+    /// How long an idle writer waits for more entries before it starts a
+    /// transaction. 0: at once; while one transaction is in flight, the next
+    /// gathers whatever arrives meanwhile anyway.
+    #[arg(long = "write-linger-ms", env = "OBSERVABILITY_WRITE_LINGER_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     write_linger_ms: u64,
 
@@ -277,9 +292,17 @@ impl PipelineSettings {
         Duration::from_millis(self.block_ms)
     }
 
-    /// How long the writer waits for more entries before a small batch.
+    /// How long an idle writer waits for more entries.
     pub fn write_linger(&self) -> Duration {
         Duration::from_millis(self.write_linger_ms)
+    }
+
+    /// Parse threads to start; 0 parses inline.
+    pub fn parse_threads(&self) -> usize {
+        match self.parse_threads {
+            Some(threads) => threads as usize,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
     }
 
     /// Period of the lag monitor.

@@ -40,6 +40,7 @@ pub const MEMORY_BUDGET: &str = "swisper_ingest_memory_budget_bytes";
 pub const MEMORY_IN_HAND: &str = "swisper_ingest_memory_in_hand_bytes";
 pub const OVERSIZED_FOR_BUDGET: &str = "swisper_ingest_oversized_for_budget_total";
 pub const POISON_HELD: &str = "swisper_ingest_poison_held_entries";
+pub const STARTS_HELD: &str = "swisper_ingest_starts_held_total";
 pub const RETENTION_FORGOTTEN: &str = "swisper_ingest_retention_forgotten_rows_total";
 pub const RETENTION_BEHIND: &str = "swisper_ingest_retention_behind_seconds";
 pub const RETENTION_LAST_RUN: &str = "swisper_ingest_retention_last_run_timestamp_seconds";
@@ -122,7 +123,7 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation.");
     describe_counter!(
         POSTGRES_ERRORS,
-        "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout, staging_missing."
+        "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout."
     );
     describe_counter!(
         ACTOR_RESTARTS,
@@ -198,5 +199,9 @@ fn describe() {
     describe_gauge!(
         POISON_HELD,
         "Entries a replica holds (pending, unacked) while poison protection pauses it."
+    );
+    describe_counter!(
+        STARTS_HELD,
+        "Observation starts held for the next transaction under backlog, so that start and end are written together."
     );
 }

@@ -1,18 +1,18 @@
 //! One batch of stream entries to one committed transaction: parse, merge,
-//! stage with COPY, merge into the tables, record SDK heartbeats, dead-letter
-//! what cannot be stored,
-//! COMMIT. When Postgres rejects the data, the batch is split in halves until
-//! the entry at fault is alone, and only that entry becomes a dead letter.
-//! A statement timeout splits the batch the same way, but a single entry that
-//! still times out is handed back for a retry, never dead-lettered: a held
-//! lock or a slow disk is not the entry's fault. Staging tables missing on a
-//! connection (a pooler's fresh server connection) are recreated and the
-//! batch retried at once.
+//! upsert the rows, record SDK heartbeats, dead-letter what cannot be
+//! stored, COMMIT. When Postgres rejects the data, the batch is split in
+//! halves until the entry at fault is alone, and only that entry becomes a
+//! dead letter. A statement timeout splits the batch the same way, but a
+//! single entry that still times out is handed back for a retry, never
+//! dead-lettered: a held lock or a slow disk is not the entry's fault.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::event::{parse_entry, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry};
+use crate::event::{
+    parse_entry, EventBody, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
+};
 use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
@@ -81,6 +81,41 @@ pub fn prepare(entries: Vec<StreamEntry>, limits: &Limits, max_deliveries: u32) 
         .collect()
 }
 
+/// Splits off the starts of observations whose end is not among `items`:
+/// held for the next transaction, where the end usually is, such a row is
+/// written once instead of inserted and then updated. The rest is returned
+/// in order.
+pub fn split_open_starts(items: Vec<BatchItem>) -> (Vec<BatchItem>, Vec<BatchItem>) {
+    let ended: HashSet<(&str, &str)> = items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Ok(Parsed::Trace(TraceEvent {
+                project_id,
+                body: EventBody::ObservationEnd { observation_id, .. },
+                ..
+            })) => Some((project_id.as_str(), observation_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let open: Vec<bool> = items
+        .iter()
+        .map(|item| match &item.parsed {
+            Ok(Parsed::Trace(TraceEvent {
+                project_id,
+                body: EventBody::ObservationStart { observation_id, .. },
+                ..
+            })) => !ended.contains(&(project_id.as_str(), observation_id.as_str())),
+            _ => false,
+        })
+        .collect();
+    let (held, written): (Vec<_>, Vec<_>) =
+        items.into_iter().zip(open).partition(|(_, open)| *open);
+    (
+        written.into_iter().map(|(item, _)| item).collect(),
+        held.into_iter().map(|(item, _)| item).collect(),
+    )
+}
+
 /// Runs of rejected entries, continuing the run of earlier batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RejectionRun {
@@ -107,10 +142,7 @@ pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
 }
 
 /// Writes all items in one transaction. Events of traces past their
-/// retention horizon become `Parsed::Expired` and are not stored. When this
-/// connection lacks its staging tables (42P01), creates them inside a second
-/// attempt's transaction, so that it works even where every transaction may
-/// land on another server connection (pgbouncer in transaction mode).
+/// retention horizon become `Parsed::Expired` and are not stored.
 pub async fn commit(
     pool: &Pool,
     stream: &str,
@@ -118,31 +150,6 @@ pub async fn commit(
     items: &mut [BatchItem],
 ) -> Result<(), StoreError> {
     late::expire_old(items, horizons, chrono::Utc::now());
-    match commit_once(pool, stream, horizons, items, false).await {
-        Err(StoreError::StagingMissing(message)) => {
-            metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "staging_missing")
-                .increment(1);
-            tracing::info!(%message, "staging tables missing on this connection; recreating them");
-            match commit_once(pool, stream, horizons, items, true).await {
-                // The staging tables exist now: a table of the schema is
-                // missing. Retried as unavailable until migrations run.
-                Err(StoreError::StagingMissing(message)) => Err(StoreError::Unavailable(format!(
-                    "{message}; a table of the schema is missing: run the migrations"
-                ))),
-                other => other,
-            }
-        }
-        other => other,
-    }
-}
-
-async fn commit_once(
-    pool: &Pool,
-    stream: &str,
-    horizons: &Horizons,
-    items: &mut [BatchItem],
-    create_staging: bool,
-) -> Result<(), StoreError> {
     let events = items.iter().filter_map(|item| match &item.parsed {
         Ok(Parsed::Trace(event)) => Some(event),
         _ => None,
@@ -169,9 +176,6 @@ async fn commit_once(
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if create_staging {
-        tx.batch_execute(rows::staging_tables()).await?;
-    }
     rows::write_rows(&tx, &rows).await?;
     heartbeats::upsert(&tx, &beats).await?;
     dead_letters::insert(&tx, stream, &letters).await?;

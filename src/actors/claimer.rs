@@ -13,9 +13,9 @@ use super::writer::WriteEntries;
 use super::Shared;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
+use crate::parse_pool::{ParsePanicked, ParsePool};
 use crate::redis_stream::{self, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
-use crate::write_path;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -38,6 +38,7 @@ pub struct Claimer {
     passes: u64,
     /// The replica's memory budget: a claimed page is held like a read one.
     budget: MemoryBudget,
+    parse_pool: ParsePool,
     /// A tick is in flight: skip interval ticks instead of queueing them.
     busy: bool,
 }
@@ -50,6 +51,7 @@ impl Claimer {
         writer: Recipient<WriteEntries>,
         stopping: Arc<AtomicBool>,
         budget: MemoryBudget,
+        parse_pool: ParsePool,
     ) -> Self {
         Self {
             shared,
@@ -59,6 +61,7 @@ impl Claimer {
             stopping,
             passes: 0,
             budget,
+            parse_pool,
             busy: false,
         }
     }
@@ -94,6 +97,7 @@ impl Handler<Tick> for Claimer {
         let pass = claim_pass(
             self.shared.clone(),
             self.budget.clone(),
+            self.parse_pool.clone(),
             self.name.clone(),
             self.conn.clone(),
             self.writer.clone(),
@@ -109,6 +113,9 @@ impl Handler<Tick> for Claimer {
                         metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim")
                             .increment(1);
                         tracing::warn!(claimer = %claimer.name, %error, "claim pass failed");
+                    }
+                    Err(PassError::Parse(error)) => {
+                        tracing::error!(claimer = %claimer.name, %error, "claim pass failed");
                     }
                 }
             },
@@ -131,6 +138,8 @@ enum PassError {
     Redis(#[from] StreamError),
     #[error("writer gone")]
     WriterGone,
+    #[error(transparent)]
+    Parse(#[from] ParsePanicked),
 }
 
 /// Claims idle entries page by page within the memory budget (one write
@@ -139,6 +148,7 @@ enum PassError {
 async fn claim_pass(
     shared: Shared,
     budget: MemoryBudget,
+    parse_pool: ParsePool,
     name: String,
     mut conn: ConnectionManager,
     writer: Recipient<WriteEntries>,
@@ -173,14 +183,19 @@ async fn claim_pass(
             let (first, last) = (first.id, last.id);
             metrics::counter!(m::CLAIMED).increment(page.entries.len() as u64);
             tracing::info!(claimer = %name, entries = page.entries.len(), %first, %last, "claimed idle entries");
-            let sent = writer
-                .send(WriteEntries(write_path::prepare(
+            let items = parse_pool
+                .prepare(
                     page.entries,
-                    &settings.limits.entry(),
+                    settings.limits.entry(),
                     settings.limits.max_deliveries,
-                )))
+                )
+                .await?;
+            let sent = writer
+                .send(WriteEntries {
+                    items,
+                    reservation: Some(reservation),
+                })
                 .await;
-            drop(reservation);
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {

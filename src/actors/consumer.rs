@@ -17,9 +17,9 @@ use crate::backoff::Backoff;
 use crate::event::StreamId;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
+use crate::parse_pool::ParsePool;
 use crate::redis_stream::{self, Cursor, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
-use crate::write_path;
 
 /// Read the next batch (sent to itself after each step).
 #[derive(Message)]
@@ -47,6 +47,7 @@ pub struct Consumer {
     held: Option<Vec<StreamId>>,
     /// The replica's memory budget, shared with the other readers.
     budget: MemoryBudget,
+    parse_pool: ParsePool,
     backoff: Backoff,
 }
 
@@ -57,6 +58,7 @@ impl Consumer {
         writer: Recipient<WriteEntries>,
         stopping: Arc<AtomicBool>,
         budget: MemoryBudget,
+        parse_pool: ParsePool,
     ) -> Self {
         Self {
             shared,
@@ -67,6 +69,7 @@ impl Consumer {
             cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
             held: None,
             budget,
+            parse_pool,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -113,6 +116,7 @@ impl Handler<ReadNext> for Consumer {
         let step = read_step(
             self.shared.clone(),
             self.budget.clone(),
+            self.parse_pool.clone(),
             self.name.clone(),
             self.writer.clone(),
             state,
@@ -183,6 +187,7 @@ struct StepState {
 async fn read_step(
     shared: Shared,
     budget: MemoryBudget,
+    parse_pool: ParsePool,
     name: String,
     writer: Recipient<WriteEntries>,
     state: StepState,
@@ -298,15 +303,34 @@ async fn read_step(
         return (Step::Progress, state);
     }
     let ids: Vec<StreamId> = page.entries.iter().map(|e| e.id).collect();
-    let sent = writer
-        .send(WriteEntries(write_path::prepare(
+    let items = parse_pool
+        .prepare(
             page.entries,
-            &settings.limits.entry(),
+            settings.limits.entry(),
             settings.limits.max_deliveries,
-        )))
+        )
         .await;
-    // Committed and acked, or given up: either way nothing is in hand now.
-    drop(reservation);
+    let Ok(items) = items else {
+        // A bug in parsing: the entries stay pending and are read again,
+        // each time a delivery, until the delivery limit dead-letters them.
+        tracing::error!(consumer = %name, entries = ids.len(), "parsing a batch panicked; re-reading own pending entries");
+        if let Some(rest) = &rest {
+            release_held(&name, rest.len());
+        }
+        let state = StepState {
+            conn: Some(conn),
+            cursor: Cursor::Pending(StreamId { ms: 0, seq: 0 }),
+            held: None,
+        };
+        return (Step::Failed, state);
+    };
+    let sent = writer
+        .send(WriteEntries {
+            items,
+            reservation: Some(reservation),
+        })
+        .await;
+    // The writer gives the reservation back once no entry of it is in hand.
     let conn = Some(conn);
     match sent {
         Ok(Ok(())) => (

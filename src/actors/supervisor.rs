@@ -21,6 +21,7 @@ use super::writer::{Flush, Writer};
 use super::Shared;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics as m;
+use crate::parse_pool::ParsePool;
 use crate::store::Pool;
 
 /// Stop reading, store and ack what is in hand; replies when done.
@@ -95,6 +96,10 @@ pub struct Supervisor {
     prometheus: PrometheusHandle,
     /// What the consumers and the claimer may hold at once, in bytes.
     budget: MemoryBudget,
+    /// Where consumers and the claimer parse what they read.
+    parse_pool: ParsePool,
+    /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
+    writer_arbiters: Vec<Arbiter>,
     /// Tells consumers and the claimer to stop before their next step.
     stopping: Arc<AtomicBool>,
     /// Each commits one transaction at a time; consumer `i` feeds writer
@@ -114,12 +119,22 @@ impl Supervisor {
         prometheus: PrometheusHandle,
     ) -> Self {
         let budget = MemoryBudget::new(shared.settings.memory.budget_bytes());
+        let parse_pool = ParsePool::new(shared.settings.pipeline.parse_threads());
+        let writer_arbiters = if shared.settings.pipeline.writer_thread {
+            (0..shared.settings.pipeline.writers)
+                .map(|_| Arbiter::new())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             shared,
             pool,
             control,
             prometheus,
             budget,
+            parse_pool,
+            writer_arbiters,
             stopping: Arc::new(AtomicBool::new(false)),
             writers: Vec::new(),
             consumers: Vec::new(),
@@ -133,8 +148,13 @@ impl Supervisor {
         format!("{}-{index}", self.shared.settings.pipeline.replica_name())
     }
 
-    fn start_writer(&self) -> Addr<Writer> {
-        Writer::start(self.shared.clone(), self.pool.clone(), self.control.clone())
+    fn start_writer(&self, index: usize) -> Addr<Writer> {
+        Writer::start(
+            self.shared.clone(),
+            self.pool.clone(),
+            self.control.clone(),
+            self.writer_arbiters.get(index).map(|a| a.handle()).as_ref(),
+        )
     }
 
     fn start_consumer(&self, index: usize, writer: &Addr<Writer>) -> Addr<Consumer> {
@@ -144,6 +164,7 @@ impl Supervisor {
             writer.clone().recipient(),
             self.stopping.clone(),
             self.budget.clone(),
+            self.parse_pool.clone(),
         )
         .start()
     }
@@ -157,6 +178,7 @@ impl Supervisor {
             writer.clone().recipient(),
             self.stopping.clone(),
             self.budget.clone(),
+            self.parse_pool.clone(),
         )
         .start()
     }
@@ -180,8 +202,8 @@ impl Supervisor {
         }
         let now = Instant::now();
         let mut writers = std::mem::take(&mut self.writers);
-        for writer in &mut writers {
-            writer.revive(now, || self.start_writer());
+        for (index, writer) in writers.iter_mut().enumerate() {
+            writer.revive(now, || self.start_writer(index));
         }
         let writer_addrs: Vec<Addr<Writer>> = writers.iter().map(|w| w.addr.clone()).collect();
         self.writers = writers;
@@ -210,9 +232,15 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for arbiter in &self.writer_arbiters {
+            arbiter.stop();
+        }
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
         let writers: Vec<Addr<Writer>> = (0..self.shared.settings.pipeline.writers)
-            .map(|_| self.start_writer())
+            .map(|index| self.start_writer(index as usize))
             .collect();
         self.consumers = (0..self.shared.settings.pipeline.consumers as usize)
             .map(|index| {
@@ -238,6 +266,8 @@ impl Actor for Supervisor {
             consumers = self.consumers.len(),
             stream = %self.shared.settings.pipeline.stream,
             memory_budget_bytes = self.budget.total_bytes(),
+            parse_threads = self.parse_pool.threads(),
+            writer_threads = self.writer_arbiters.len(),
             group = %self.shared.settings.pipeline.group,
             "pipeline started"
         );

@@ -1,5 +1,13 @@
 //! The writer: one transaction at a time, batches gathered from every
-//! consumer and the claimer, acked only after COMMIT.
+//! consumer and the claimer, acked only after COMMIT. It runs on a thread of
+//! its own, so that building a transaction overlaps the consumers' reads.
+//!
+//! An idle writer starts a transaction as soon as a batch arrives; batches
+//! that arrive meanwhile go into the next one together. Under backlog (a
+//! full batch), the starts of observations whose end has not arrived yet are
+//! held for the next transaction, which begins at once: the row is then
+//! written once, not inserted and then updated. A held start is never held
+//! twice, and is acked only with the transaction that stores it.
 
 use std::time::{Duration, Instant};
 
@@ -11,19 +19,24 @@ use tokio::sync::oneshot;
 use super::Shared;
 use crate::backoff::Backoff;
 use crate::event::{Parsed, StreamId};
+use crate::memory_budget::Reservation;
 use crate::metrics as m;
 use crate::redis_stream;
 use crate::store::Pool;
 use crate::write_path::{self, BatchItem};
 
-/// Store these entries, already parsed by the sender (so that parsing runs
-/// while the writer waits on Postgres); the reply comes once they are
-/// committed and acked.
+/// Store these entries, already parsed by the sender; the reply comes once
+/// they are committed and acked (starts held for the next transaction
+/// excepted: the writer answers for those). The reservation of their bytes
+/// in the memory budget is given back once none of them is in hand.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
-pub struct WriteEntries(pub Vec<BatchItem>);
+pub struct WriteEntries {
+    pub items: Vec<BatchItem>,
+    pub reservation: Option<Reservation>,
+}
 
-/// Write whatever is buffered now; replies when it is committed.
+/// Write whatever is buffered or held now; replies when it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
 pub struct Flush;
@@ -42,13 +55,25 @@ pub enum WriteError {
 /// (consumers + claimer) batches whatever the backlog.
 const MAILBOX_CAPACITY: usize = 64;
 
+type Waiter = oneshot::Sender<Result<(), WriteError>>;
+
 pub struct Writer {
     shared: Shared,
     pool: Pool,
     /// Connection for XACK; reconnects by itself.
     acker: ConnectionManager,
+    /// Batches that arrived while a transaction was in flight (or lingering):
+    /// they go into the next one together.
     buffer: Vec<BatchItem>,
-    waiters: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    waiters: Vec<Waiter>,
+    reservations: Vec<Reservation>,
+    /// Observation starts held for the next transaction, and the budget
+    /// reservations of the batches they came from.
+    held: Vec<BatchItem>,
+    held_reservations: Vec<Reservation>,
+    /// One transaction at a time: a second would only queue behind the first
+    /// in Postgres and lock the same rows.
+    in_flight: bool,
     linger: Option<SpawnHandle>,
     /// Entries rejected in a row, across batches: a broken producer shows as
     /// a long run, and past the limit nothing more is dead-lettered.
@@ -56,8 +81,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(shared: Shared, pool: Pool, acker: ConnectionManager) -> Addr<Self> {
-        Self::create(|ctx| {
+    /// Starts the writer on `arbiter`'s thread, or on the caller's.
+    pub fn start(
+        shared: Shared,
+        pool: Pool,
+        acker: ConnectionManager,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> Addr<Self> {
+        let create = move |ctx: &mut Context<Self>| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
             Self {
                 shared,
@@ -65,24 +96,40 @@ impl Writer {
                 acker,
                 buffer: Vec::new(),
                 waiters: Vec::new(),
+                reservations: Vec::new(),
+                held: Vec::new(),
+                held_reservations: Vec::new(),
+                in_flight: false,
                 linger: None,
                 rejection_run: 0,
             }
-        })
+        };
+        match arbiter {
+            Some(arbiter) => Self::start_in_arbiter(arbiter, create),
+            None => Self::create(create),
+        }
     }
 
+    /// Takes a batch: an idle writer starts a transaction at once (or after
+    /// the linger); a busy one keeps it for the next transaction.
     fn enqueue(
         &mut self,
-        entries: Vec<BatchItem>,
+        batch: WriteEntries,
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (done, receiver) = oneshot::channel();
-        self.buffer.extend(entries);
+        self.buffer.extend(batch.items);
+        self.reservations.extend(batch.reservation);
         self.waiters.push(done);
-        if self.buffer.len() >= self.shared.settings.pipeline.write_batch_size as usize {
+        let pipeline = &self.shared.settings.pipeline;
+        let linger = pipeline.write_linger();
+        let full = self.buffer.len() >= pipeline.write_batch_size as usize;
+        if self.in_flight || self.linger.is_some() && !full {
+            return receiver;
+        }
+        if linger.is_zero() || full {
             self.flush(ctx);
-        } else if self.linger.is_none() {
-            let linger = self.shared.settings.pipeline.write_linger();
+        } else {
             self.linger = Some(ctx.run_later(linger, |writer, ctx| {
                 writer.linger = None;
                 writer.flush(ctx);
@@ -91,34 +138,94 @@ impl Writer {
         receiver
     }
 
-    /// Commits the buffer; `ctx.wait` holds the mailbox meanwhile, so that
-    /// exactly one transaction is in flight and senders feel backpressure.
+    /// Starts a transaction with what is held and buffered, unless one is in
+    /// flight: its completion starts the next.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if let Some(linger) = self.linger.take() {
             ctx.cancel_future(linger);
         }
-        if self.waiters.is_empty() {
+        if self.in_flight || self.waiters.is_empty() && self.held.is_empty() {
             return;
         }
-        let entries = std::mem::take(&mut self.buffer);
+        let fresh = std::mem::take(&mut self.buffer);
         let waiters = std::mem::take(&mut self.waiters);
+        let mut reservations = std::mem::take(&mut self.reservations);
+        if let Err(refused) = self.check_poison(&fresh) {
+            // Refused: the senders keep the entries (pending) and retry.
+            for waiter in waiters {
+                let _ = waiter.send(Err(refused.clone()));
+            }
+            if !self.held.is_empty() {
+                let held = std::mem::take(&mut self.held);
+                let done_with = std::mem::take(&mut self.held_reservations);
+                self.start_transaction(held, Vec::new(), Vec::new(), done_with, ctx);
+            }
+            return;
+        }
+        // A full batch means a backlog: the next transaction follows at once.
+        let backlog = fresh.len() >= self.shared.settings.pipeline.batch_size as usize;
+        let (fresh, held) = if backlog {
+            write_path::split_open_starts(fresh)
+        } else {
+            (fresh, Vec::new())
+        };
+        // Reservations go when the last entry of their batches is stored.
+        let mut done_with = std::mem::take(&mut self.held_reservations);
+        if held.is_empty() {
+            done_with.append(&mut reservations);
+        } else {
+            metrics::counter!(m::STARTS_HELD).increment(held.len() as u64);
+            self.held_reservations = reservations;
+        }
+        let previous = std::mem::replace(&mut self.held, held);
+        self.start_transaction(previous, fresh, waiters, done_with, ctx);
+    }
+
+    /// Poison protection: a long run of rejected entries is refused whole.
+    fn check_poison(&mut self, fresh: &[BatchItem]) -> Result<(), WriteError> {
+        let limit = self.shared.settings.limits.poison_run;
+        let run = write_path::rejection_run(fresh, self.rejection_run);
+        if limit > 0 && run.longest >= limit {
+            self.shared.health.set_poisoned(true);
+            tracing::error!(
+                run = run.longest,
+                limit,
+                "poison protection: most of the stream is bad; not dead-lettering, consumption paused"
+            );
+            return Err(WriteError::Poisoned(run.longest));
+        }
+        if !fresh.is_empty() {
+            self.shared.health.set_poisoned(false);
+        }
+        self.rejection_run = run.trailing;
+        Ok(())
+    }
+
+    fn start_transaction(
+        &mut self,
+        mut items: Vec<BatchItem>,
+        fresh: Vec<BatchItem>,
+        waiters: Vec<Waiter>,
+        reservations: Vec<Reservation>,
+        ctx: &mut Context<Self>,
+    ) {
+        items.extend(fresh);
+        self.in_flight = true;
         let batch = commit_and_ack(
             self.shared.clone(),
             self.pool.clone(),
             self.acker.clone(),
-            entries,
-            self.rejection_run,
+            items,
         );
-        ctx.wait(
-            batch
-                .into_actor(self)
-                .map(move |(outcome, run), writer, _| {
-                    writer.rejection_run = run;
-                    for waiter in waiters {
-                        let _ = waiter.send(outcome.clone());
-                    }
-                }),
-        );
+        ctx.spawn(batch.into_actor(self).map(move |(), writer, ctx| {
+            writer.in_flight = false;
+            drop(reservations);
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+            // What arrived meanwhile, or was held, goes at once.
+            writer.flush(ctx);
+        }));
     }
 }
 
@@ -129,8 +236,8 @@ impl Actor for Writer {
 impl Handler<WriteEntries> for Writer {
     type Result = ResponseFuture<Result<(), WriteError>>;
 
-    fn handle(&mut self, msg: WriteEntries, ctx: &mut Context<Self>) -> Self::Result {
-        let done = self.enqueue(msg.0, ctx);
+    fn handle(&mut self, batch: WriteEntries, ctx: &mut Context<Self>) -> Self::Result {
+        let done = self.enqueue(batch, ctx);
         Box::pin(async move { done.await.unwrap_or(Err(WriteError::Stopped)) })
     }
 }
@@ -138,41 +245,34 @@ impl Handler<WriteEntries> for Writer {
 impl Handler<Flush> for Writer {
     type Result = ResponseFuture<Result<(), WriteError>>;
 
+    /// Replies once everything buffered or held before it is committed
+    /// (after the transaction in flight, if any).
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
-        let done = self.enqueue(Vec::new(), ctx);
+        let empty = WriteEntries {
+            items: Vec::new(),
+            reservation: None,
+        };
+        let done = self.enqueue(empty, ctx);
         self.flush(ctx);
         Box::pin(async move { done.await.unwrap_or(Err(WriteError::Stopped)) })
     }
 }
 
 /// Commits the batch, retrying for as long as Postgres is unavailable
-/// (nothing is acked meanwhile), then acks every entry of it. Takes and
-/// returns the run of rejected entries for poison protection.
+/// (nothing is acked meanwhile), then acks every entry of it.
 async fn commit_and_ack(
     shared: Shared,
     pool: Pool,
     mut acker: ConnectionManager,
     mut items: Vec<BatchItem>,
-    rejection_run: u64,
-) -> (Result<(), WriteError>, u64) {
+) {
     if items.is_empty() {
-        return (Ok(()), rejection_run);
+        return;
     }
     #[cfg(feature = "fault-injection")]
     crate::fault::hang_at("writer").await;
     let settings = &shared.settings;
     let started = Instant::now();
-    let run = write_path::rejection_run(&items, rejection_run);
-    if settings.limits.poison_run > 0 && run.longest >= settings.limits.poison_run {
-        shared.health.set_poisoned(true);
-        tracing::error!(
-            run = run.longest,
-            limit = settings.limits.poison_run,
-            "poison protection: most of the stream is bad; not dead-lettering, consumption paused"
-        );
-        return (Err(WriteError::Poisoned(run.longest)), rejection_run);
-    }
-    shared.health.set_poisoned(false);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match write_path::commit_isolating(
@@ -208,7 +308,6 @@ async fn commit_and_ack(
     record_outcomes(&items, started);
     let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
     ack_with_retries(&mut acker, &shared, &ids).await;
-    (Ok(()), run.trailing)
 }
 
 /// A failed XACK loses nothing: the entries stay pending, are claimed again

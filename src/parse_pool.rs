@@ -1,0 +1,148 @@
+//! Parsing off the actor threads: a fixed set of threads turns read entries
+//! into batch items (base64, inflate, JSON), so that parsing uses the cores
+//! given while the actors' threads do I/O and the writer talks to Postgres.
+//!
+//! Fixed, not tokio's blocking pool: that one grows to hundreds of threads,
+//! and each thread's malloc arena counts against a pod's memory limit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::event::{Limits, StreamEntry};
+use crate::write_path::{self, BatchItem};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A handle to the pool; clones share it. Its threads end when the last
+/// handle is dropped. With no threads, parsing runs inline on the caller's.
+#[derive(Clone)]
+pub struct ParsePool {
+    jobs: Option<mpsc::Sender<Job>>,
+    threads: usize,
+}
+
+impl ParsePool {
+    pub fn new(threads: usize) -> Self {
+        if threads == 0 {
+            return Self {
+                jobs: None,
+                threads,
+            };
+        }
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("parse-{index}"))
+                .spawn(move || loop {
+                    // The lock is held only to take a job, not to run it.
+                    let job = queue.lock().map(|queue| queue.recv());
+                    let Ok(Ok(job)) = job else { return };
+                    // A panic drops the job's reply: the caller sees it and
+                    // fails as it would have parsing inline; the thread lives on.
+                    let _ = catch_unwind(AssertUnwindSafe(job));
+                })
+                .expect("can start a parse thread");
+        }
+        Self {
+            jobs: Some(jobs),
+            threads,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// [`write_path::prepare`] on a pool thread.
+    pub async fn prepare(
+        &self,
+        entries: Vec<StreamEntry>,
+        limits: Limits,
+        max_deliveries: u32,
+    ) -> Result<Vec<BatchItem>, ParsePanicked> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(write_path::prepare(entries, &limits, max_deliveries));
+        };
+        let (reply, receiver) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(write_path::prepare(entries, &limits, max_deliveries));
+        });
+        // The threads live as long as this handle: sending cannot fail
+        // unless every thread is gone, which catch_unwind prevents.
+        jobs.send(job).map_err(|_| ParsePanicked)?;
+        receiver.await.map_err(|_| ParsePanicked)
+    }
+}
+
+/// Parsing a batch panicked (a bug): the batch stays pending and is read again.
+#[derive(Debug, thiserror::Error)]
+#[error("parsing a batch panicked; its entries stay pending")]
+pub struct ParsePanicked;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StreamId;
+
+    fn entry(seq: u64, fields: &[(&str, &str)]) -> StreamEntry {
+        StreamEntry {
+            id: StreamId { ms: 1, seq },
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            deliveries: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn parses_on_the_pool_in_order() {
+        let pool = ParsePool::new(2);
+        let entries: Vec<StreamEntry> = (0..50)
+            .map(|seq| entry(seq, &[("event_type", "nonsense")]))
+            .collect();
+        let items = pool.prepare(entries, Limits::default(), 10).await.unwrap();
+        assert_eq!(items.len(), 50);
+        assert!(items.iter().all(|item| item.parsed.is_err()));
+        let seqs: Vec<u64> = items.iter().map(|item| item.entry.id.seq).collect();
+        assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_leaves_the_pool_working() {
+        let pool = ParsePool::new(1);
+        let (reply, receiver) = oneshot::channel::<()>();
+        pool.jobs
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move || {
+                let _keep = reply;
+                panic!("a bug while parsing");
+            }))
+            .unwrap();
+        assert!(
+            receiver.await.is_err(),
+            "the panicked job's reply is dropped"
+        );
+        let items = pool
+            .prepare(vec![entry(1, &[])], Limits::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_threads_parses_inline() {
+        let pool = ParsePool::new(0);
+        let items = pool
+            .prepare(vec![entry(1, &[]), entry(2, &[])], Limits::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2);
+    }
+}
