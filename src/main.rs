@@ -12,6 +12,11 @@ use swisper_ingest::config::{DatabaseSettings, ServeSettings};
 use swisper_ingest::retention::command::{self as retention, RetentionCommand};
 use swisper_ingest::{admin, app, check, connect, store};
 
+/// Parsing allocates and frees many small values per entry; glibc's malloc
+/// spent a third of the service's CPU on that (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "swisper-ingest",

@@ -1,10 +1,11 @@
-//! Binary COPY support: jsonb from already-serialized JSON text.
+//! jsonb parameters from already-serialized JSON text.
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-/// JSON text sent as jsonb without parsing it again on our side: binary COPY
-/// does no casts, and jsonb's binary form is a version byte and the text.
+/// JSON text sent as jsonb without parsing it again on our side: binary
+/// parameters get no casts, and jsonb's binary form is a version byte and
+/// the text.
 #[derive(Debug)]
 pub struct JsonbText<'a>(pub &'a str);
 

@@ -1,15 +1,16 @@
 //! PostgreSQL: the pool, migrations, and the statements of the write path.
 //! Plain async functions over a client; no actor in sight.
 
-mod copy;
+mod arrays;
 pub mod dead_letters;
 pub mod heartbeats;
+mod jsonb;
 pub mod migrate;
 pub mod pool;
 pub mod retention;
 pub mod rows;
 
-pub use copy::JsonbText;
+pub use jsonb::JsonbText;
 pub use pool::{connect_pool, Pool};
 
 /// Why a write failed, sorted by what the caller should do about it. Each
@@ -26,10 +27,6 @@ pub enum StoreError {
     /// dead-lettered, because a lock or a slow disk is not the entry's fault.
     #[error("postgres statement timed out: {0}")]
     StatementTimeout(String),
-    /// 42P01: this session's staging tables are gone (a pooler handed us a
-    /// fresh server connection, or reset it): recreate them and retry.
-    #[error("staging tables missing on this connection: {0}")]
-    StagingMissing(String),
     /// The database answers but cannot write: read-only (25006, a replica
     /// after failover), disk full (53100), too many connections (53300).
     /// Retry with backoff; nothing acked, nothing dead-lettered.
@@ -65,7 +62,6 @@ impl StoreError {
         match self {
             StoreError::Data(_) => "data",
             StoreError::StatementTimeout(_) => "statement_timeout",
-            StoreError::StagingMissing(_) => "staging_missing",
             StoreError::CannotWrite { kind, .. } => kind.label(),
             StoreError::Unavailable(_) => "unavailable",
         }
@@ -88,7 +84,10 @@ fn classify(state: &str) -> Option<fn(String) -> StoreError> {
             message: m,
         }),
         "57014" => Some(StoreError::StatementTimeout),
-        "42P01" => Some(StoreError::StagingMissing),
+        // A table of the schema is missing: retried until migrations run.
+        "42P01" => Some(|m| {
+            StoreError::Unavailable(format!("{m}; a table is missing: run the migrations"))
+        }),
         _ => None,
     }
 }
@@ -117,11 +116,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            // A new connection whose session setup failed: the server's
-            // SQLSTATE says why (read-only, too many connections...).
-            deadpool_postgres::PoolError::PostCreateHook(
-                deadpool_postgres::HookError::Backend(e),
-            ) => e.into(),
             other => StoreError::Unavailable(other.to_string()),
         }
     }
@@ -149,7 +143,7 @@ mod tests {
         assert_eq!(kind("53100"), Some("disk_full"));
         assert_eq!(kind("53300"), Some("too_many_connections"));
         assert_eq!(kind("57014"), Some("statement_timeout"));
-        assert_eq!(kind("42P01"), Some("staging_missing"));
+        assert_eq!(kind("42P01"), Some("unavailable"));
         // Data classes and the rest are decided by class, not here.
         assert_eq!(kind("22P02"), None);
         assert_eq!(kind("08006"), None);

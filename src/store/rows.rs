@@ -1,15 +1,18 @@
-//! Writing merged rows: binary COPY into per-session staging tables, then one
-//! INSERT ... ON CONFLICT per table that applies the same newest-version-wins
+//! Writing merged rows: one `INSERT ... SELECT * FROM unnest(<one array per
+//! column>) ON CONFLICT` per table, which applies the same newest-version-wins
 //! rule as [`crate::merge`], so batches on any replica combine correctly.
+//! Each row crosses the wire and is written by Postgres once: no staging
+//! table, nothing to sort (rows come in key order from the merge), and no
+//! session state, so it works behind a transaction pooler.
 
 use std::sync::LazyLock;
 
-use futures_util::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
+use super::arrays::column;
 use super::{JsonbText, StoreError};
+use crate::event::{LlmUsage, ObservationEnd, ObservationStart, TraceStart};
 use crate::merge::{ObservationRow, Rows, TraceRow};
 
 /// A column and its Postgres type: binary COPY does no casts, so the type
@@ -21,13 +24,17 @@ type Column = (&'static str, Type);
 struct Group {
     version: &'static str,
     columns: &'static [Column],
+    /// Whether a newer version alone rewrites the row. Not for a trace's
+    /// `seen` group: its only column is part of the key, so a newer event
+    /// changes nothing, and each batch with events of a trace would rewrite
+    /// its row (4 times per trace under backlog, docs/benchmarks.md).
+    rewrites: bool,
 }
 
-/// One target table: the single source of its staging table, COPY column
-/// list and types, and merge statement.
+/// One target table: the single source of its column list, types and merge
+/// statement.
 struct Table {
     name: &'static str,
-    stage: &'static str,
     id: &'static str,
     /// The primary key: (id, project_id), so that one project's events never
     /// touch another project's row with the same id.
@@ -39,17 +46,18 @@ struct Table {
 
 const TRACES: Table = Table {
     name: "traces",
-    stage: "ingest_stage_traces",
     id: "id",
     key: &["id", "project_id"],
     extremes: &[(("first_seen_at", Type::TIMESTAMPTZ), "LEAST")],
     groups: &[
         Group {
             version: "seen_version",
+            rewrites: false,
             columns: &[("project_id", Type::TEXT)],
         },
         Group {
             version: "start_version",
+            rewrites: true,
             columns: &[
                 ("name", Type::TEXT),
                 ("user_id", Type::TEXT),
@@ -65,17 +73,18 @@ const TRACES: Table = Table {
 
 const OBSERVATIONS: Table = Table {
     name: "observations",
-    stage: "ingest_stage_observations",
     id: "id",
     key: &["id", "project_id"],
     extremes: &[],
     groups: &[
         Group {
             version: "seen_version",
+            rewrites: true,
             columns: &[("trace_id", Type::TEXT), ("project_id", Type::TEXT)],
         },
         Group {
             version: "start_version",
+            rewrites: true,
             columns: &[
                 ("name", Type::TEXT),
                 ("start_type", Type::TEXT),
@@ -87,6 +96,7 @@ const OBSERVATIONS: Table = Table {
         },
         Group {
             version: "end_version",
+            rewrites: true,
             columns: &[
                 ("end_type", Type::TEXT),
                 ("end_level", Type::TEXT),
@@ -107,7 +117,8 @@ const OBSERVATIONS: Table = Table {
 };
 
 impl Table {
-    /// Columns in COPY order: id, extremes, then each group's version and columns.
+    /// Columns in parameter order: id, extremes, then each group's version
+    /// and columns.
     fn columns(&self) -> Vec<Column> {
         let mut columns = vec![(self.id, Type::TEXT)];
         columns.extend(self.extremes.iter().map(|(column, _)| column.clone()));
@@ -124,27 +135,6 @@ impl Table {
             .map(|(name, _)| *name)
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    fn types(&self) -> Vec<Type> {
-        self.columns().into_iter().map(|(_, ty)| ty).collect()
-    }
-
-    fn staging_table(&self) -> String {
-        let columns: Vec<String> = self
-            .columns()
-            .iter()
-            .map(|(name, ty)| format!("{name} {}", ty.name()))
-            .collect();
-        format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
-            self.stage,
-            columns.join(", ")
-        )
-    }
-
-    fn copy_statement(&self) -> String {
-        format!("COPY {} ({}) FROM STDIN BINARY", self.stage, self.names())
     }
 
     /// Each group's columns move only when the staged version is newer; the
@@ -170,22 +160,26 @@ impl Table {
                     "{column} = CASE WHEN {wins} THEN EXCLUDED.{column} ELSE t.{column} END"
                 ));
             }
-            changes.push(wins);
+            if group.rewrites {
+                changes.push(wins);
+            }
         }
         sets.push("updated_at = now()".to_owned());
-        // Rows in key order, so that two replicas lock them in the same order.
-        let order: Vec<String> = self
-            .key
+        // One array parameter per column, cast to the column's type. Rows
+        // arrive in key order (the merge's BTreeMap), so two replicas lock
+        // them in the same order.
+        let arrays: Vec<String> = self
+            .columns()
             .iter()
-            .map(|column| format!("{column} COLLATE \"C\""))
+            .enumerate()
+            .map(|(index, (_, ty))| format!("${}::{}[]", index + 1, ty.name()))
             .collect();
         format!(
             "INSERT INTO {table} AS t ({columns}) \
-             SELECT {columns} FROM {stage} ORDER BY {order} \
+             SELECT * FROM unnest({arrays}) \
              ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {changes}",
             table = self.name,
-            stage = self.stage,
-            order = order.join(", "),
+            arrays = arrays.join(", "),
             key = self.key.join(", "),
             sets = sets.join(", "),
             changes = changes.join(" OR "),
@@ -193,132 +187,92 @@ impl Table {
     }
 }
 
-/// Everything derived from the table specs, built once.
-struct Statements {
-    staging_tables: String,
-    copy_traces: String,
-    trace_types: Vec<Type>,
-    merge_traces: String,
-    copy_observations: String,
-    observation_types: Vec<Type>,
-    merge_observations: String,
-}
+/// Built once from the table specs.
+static MERGE_TRACES: LazyLock<String> = LazyLock::new(|| TRACES.merge_statement());
+static MERGE_OBSERVATIONS: LazyLock<String> = LazyLock::new(|| OBSERVATIONS.merge_statement());
 
-static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements {
-    staging_tables: format!(
-        "{}\n{}",
-        TRACES.staging_table(),
-        OBSERVATIONS.staging_table()
-    ),
-    copy_traces: TRACES.copy_statement(),
-    trace_types: TRACES.types(),
-    merge_traces: TRACES.merge_statement(),
-    copy_observations: OBSERVATIONS.copy_statement(),
-    observation_types: OBSERVATIONS.types(),
-    merge_observations: OBSERVATIONS.merge_statement(),
-});
-
-/// Creates this session's staging tables; run once per connection (see
-/// `pool`); every commit empties them.
-pub fn staging_tables() -> &'static str {
-    &STATEMENTS.staging_tables
-}
-
-/// Stages and merges both tables inside the caller's transaction.
+/// Merges both tables inside the caller's transaction.
 pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError> {
     if !rows.traces.is_empty() {
-        copy_traces(tx, &rows.traces).await?;
-        tx.execute(STATEMENTS.merge_traces.as_str(), &[]).await?;
+        write_traces(tx, &rows.traces).await?;
     }
     if !rows.observations.is_empty() {
-        copy_observations(tx, &rows.observations).await?;
-        tx.execute(STATEMENTS.merge_observations.as_str(), &[])
-            .await?;
+        write_observations(tx, &rows.observations).await?;
     }
     Ok(())
 }
 
-async fn copy_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), StoreError> {
-    let sink = tx.copy_in(STATEMENTS.copy_traces.as_str()).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STATEMENTS.trace_types);
-    pin_mut!(writer);
-    for row in rows {
-        let start = row.start.map(|s| s.value);
-        let start_version = row.start.map(|s| s.version);
-        let meta = start
-            .and_then(|s| s.meta.as_ref())
-            .map(|j| JsonbText(j.as_str()));
-        let metadata = start.map(|s| JsonbText(s.metadata.as_str()));
-        let values: [&(dyn ToSql + Sync); 12] = [
-            &row.id,
-            &row.first_seen_at,
-            &row.seen.version.as_bytes(),
-            &row.seen.value,
-            &start_version.as_ref().map(|v| v.as_bytes()),
-            &start.and_then(|s| s.name.as_deref()),
-            &start.and_then(|s| s.user_id.as_deref()),
-            &start.and_then(|s| s.session_id.as_deref()),
-            &start.and_then(|s| s.run_id.as_deref()),
-            &meta,
-            &metadata,
-            &start.map(|s| s.timestamp),
-        ];
-        writer.as_mut().write(&values).await?;
+fn jsonb(json: Option<&crate::event::Json>) -> Option<JsonbText<'_>> {
+    json.map(|j| JsonbText(j.as_str()))
+}
+
+async fn write_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), StoreError> {
+    fn start<'a>(row: &TraceRow<'a>) -> Option<&'a TraceStart> {
+        row.start.map(|s| s.value)
     }
-    writer.finish().await?;
+    let columns: [&(dyn ToSql + Sync); 12] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.first_seen_at),
+        &column(rows, |r| r.seen.version.as_bytes()),
+        &column(rows, |r| r.seen.value),
+        &column(rows, |r| r.start.as_ref().map(|s| s.version.as_bytes())),
+        &column(rows, |r| start(r).and_then(|s| s.name.as_deref())),
+        &column(rows, |r| start(r).and_then(|s| s.user_id.as_deref())),
+        &column(rows, |r| start(r).and_then(|s| s.session_id.as_deref())),
+        &column(rows, |r| start(r).and_then(|s| s.run_id.as_deref())),
+        &column(rows, |r| jsonb(start(r).and_then(|s| s.meta.as_ref()))),
+        &column(rows, |r| jsonb(start(r).map(|s| &s.metadata))),
+        &column(rows, |r| start(r).map(|s| s.timestamp)),
+    ];
+    tx.execute(MERGE_TRACES.as_str(), &columns).await?;
     Ok(())
 }
 
-async fn copy_observations(
+async fn write_observations(
     tx: &Transaction<'_>,
     rows: &[ObservationRow<'_>],
 ) -> Result<(), StoreError> {
-    let sink = tx.copy_in(STATEMENTS.copy_observations.as_str()).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STATEMENTS.observation_types);
-    pin_mut!(writer);
-    for row in rows {
-        let start = row.start.map(|s| s.value);
-        let start_version = row.start.map(|s| s.version);
-        let end = row.end.map(|e| e.value);
-        let end_version = row.end.map(|e| e.version);
-        fn json(j: Option<&crate::event::Json>) -> Option<JsonbText<'_>> {
-            j.map(|j| JsonbText(j.as_str()))
-        }
-        let input = json(start.and_then(|s| s.input.as_ref()));
-        let start_metadata = json(start.map(|s| &s.metadata));
-        let output = json(end.and_then(|e| e.output.as_ref()));
-        let end_metadata = json(end.map(|e| &e.metadata));
-        let llm = end.and_then(|e| e.llm.as_ref());
-        let values: [&(dyn ToSql + Sync); 25] = [
-            &row.id,
-            &row.seen.version.as_bytes(),
-            &row.seen.value.trace_id,
-            &row.seen.value.project_id,
-            &start_version.as_ref().map(|v| v.as_bytes()),
-            &start.and_then(|s| s.name.as_deref()),
-            &start.and_then(|s| s.observation_type.as_deref()),
-            &start.and_then(|s| s.parent_observation_id.as_deref()),
-            &input,
-            &start.map(|s| s.start_time),
-            &start_metadata,
-            &end_version.as_ref().map(|v| v.as_bytes()),
-            &end.and_then(|e| e.observation_type.as_deref()),
-            &end.map(|e| e.level.as_str()),
-            &output,
-            &end.and_then(|e| e.status_message.as_deref()),
-            &end.map(|e| e.end_time),
-            &end_metadata,
-            &llm.and_then(|l| l.model.as_deref()),
-            &llm.and_then(|l| l.prompt_tokens),
-            &llm.and_then(|l| l.completion_tokens),
-            &llm.and_then(|l| l.total_tokens),
-            &llm.and_then(|l| l.cached_tokens),
-            &llm.and_then(|l| l.thoughts_tokens),
-            &llm.and_then(|l| l.duration_ms),
-        ];
-        writer.as_mut().write(&values).await?;
+    fn start<'a>(row: &ObservationRow<'a>) -> Option<&'a ObservationStart> {
+        row.start.map(|s| s.value)
     }
-    writer.finish().await?;
+    fn end<'a>(row: &ObservationRow<'a>) -> Option<&'a ObservationEnd> {
+        row.end.map(|e| e.value)
+    }
+    fn llm<'a>(row: &ObservationRow<'a>) -> Option<&'a LlmUsage> {
+        end(row).and_then(|e| e.llm.as_ref())
+    }
+    let columns: [&(dyn ToSql + Sync); 25] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.seen.version.as_bytes()),
+        &column(rows, |r| r.seen.value.trace_id),
+        &column(rows, |r| r.seen.value.project_id),
+        &column(rows, |r| r.start.as_ref().map(|s| s.version.as_bytes())),
+        &column(rows, |r| start(r).and_then(|s| s.name.as_deref())),
+        &column(rows, |r| {
+            start(r).and_then(|s| s.observation_type.as_deref())
+        }),
+        &column(rows, |r| {
+            start(r).and_then(|s| s.parent_observation_id.as_deref())
+        }),
+        &column(rows, |r| jsonb(start(r).and_then(|s| s.input.as_ref()))),
+        &column(rows, |r| start(r).map(|s| s.start_time)),
+        &column(rows, |r| jsonb(start(r).map(|s| &s.metadata))),
+        &column(rows, |r| r.end.as_ref().map(|e| e.version.as_bytes())),
+        &column(rows, |r| end(r).and_then(|e| e.observation_type.as_deref())),
+        &column(rows, |r| end(r).map(|e| e.level.as_str())),
+        &column(rows, |r| jsonb(end(r).and_then(|e| e.output.as_ref()))),
+        &column(rows, |r| end(r).and_then(|e| e.status_message.as_deref())),
+        &column(rows, |r| end(r).map(|e| e.end_time)),
+        &column(rows, |r| jsonb(end(r).map(|e| &e.metadata))),
+        &column(rows, |r| llm(r).and_then(|l| l.model.as_deref())),
+        &column(rows, |r| llm(r).and_then(|l| l.prompt_tokens)),
+        &column(rows, |r| llm(r).and_then(|l| l.completion_tokens)),
+        &column(rows, |r| llm(r).and_then(|l| l.total_tokens)),
+        &column(rows, |r| llm(r).and_then(|l| l.cached_tokens)),
+        &column(rows, |r| llm(r).and_then(|l| l.thoughts_tokens)),
+        &column(rows, |r| llm(r).and_then(|l| l.duration_ms)),
+    ];
+    tx.execute(MERGE_OBSERVATIONS.as_str(), &columns).await?;
     Ok(())
 }
 
@@ -327,7 +281,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_order_is_id_extremes_then_groups() {
+    fn parameter_order_is_id_extremes_then_groups() {
         let names: Vec<&str> = TRACES.columns().iter().map(|(name, _)| *name).collect();
         assert_eq!(
             &names[..5],
@@ -343,11 +297,11 @@ mod tests {
     }
 
     #[test]
-    fn staging_tables_have_the_copied_types() {
-        let ddl = staging_tables();
-        assert!(ddl.contains("CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (id text, seen_version bytea"));
-        assert!(ddl.contains("input jsonb"));
-        assert!(ddl.contains("llm_duration_ms float8"));
+    fn each_column_is_an_array_of_its_type() {
+        let sql = OBSERVATIONS.merge_statement();
+        assert!(sql.contains("unnest($1::text[], $2::bytea[], $3::text[]"));
+        assert!(sql.contains("$9::jsonb[]"));
+        assert!(sql.contains("$25::float8[])"));
     }
 
     #[test]
