@@ -257,6 +257,56 @@ mod tests {
         BatchItem { entry, parsed }
     }
 
+    fn event(seq: u64, project: &str, body: EventBody) -> BatchItem {
+        let entry = StreamEntry {
+            id: StreamId { ms: 1, seq },
+            fields: Vec::new(),
+            deliveries: 1,
+        };
+        let parsed = Ok(Parsed::Trace(TraceEvent {
+            entry_id: entry.id,
+            trace_id: "t".into(),
+            project_id: project.into(),
+            published_at: chrono::Utc::now(),
+            body,
+        }));
+        BatchItem { entry, parsed }
+    }
+
+    fn start(observation: &str) -> EventBody {
+        EventBody::ObservationStart {
+            observation_id: observation.into(),
+            fields: Default::default(),
+        }
+    }
+
+    fn end(observation: &str) -> EventBody {
+        EventBody::ObservationEnd {
+            observation_id: observation.into(),
+            fields: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_starts_without_their_end_are_held() {
+        let batch = vec![
+            event(0, "p", EventBody::TraceStart(Default::default())),
+            event(1, "p", start("closed")),
+            event(2, "p", start("open")),
+            event(3, "p", end("closed")),
+            // The same id ended in another project closes nothing here.
+            event(4, "q", end("open")),
+            // An end whose start came earlier, and a rejected entry.
+            event(5, "p", end("earlier")),
+            item(false),
+        ];
+        let (written, held) = split_open_starts(batch);
+        let seqs = |items: &[BatchItem]| items.iter().map(|i| i.entry.id.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&held), [2]);
+        assert_eq!(seqs(&written), [0, 1, 3, 4, 5, 0]);
+        assert!(written[5].parsed.is_err());
+    }
+
     #[test]
     fn rejection_runs_carry_across_batches_and_reset_on_success() {
         let batch = [item(false), item(false), item(true), item(false)];
