@@ -4,6 +4,11 @@
 //!
 //! Fixed, not tokio's blocking pool: that one grows to hundreds of threads,
 //! and each thread's malloc arena counts against a pod's memory limit.
+//!
+//! Parsing an entry needs a few times its expanded size while it runs
+//! (decoded, inflated, the JSON tree, the text again), beyond what the
+//! memory budget reserves for it. Heavy batches are therefore parsed one at
+//! a time, as on a single thread; ordinary ones in parallel.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -16,12 +21,19 @@ use crate::write_path::{self, BatchItem};
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A batch that weighs more than this (its reservation in the memory
+/// budget) is parsed alone: two of them at once took a replica with the
+/// default 96 MiB budget past 256 MiB (tests/memory.rs).
+pub const HEAVY_BATCH_BYTES: u64 = 8 << 20;
+
 /// A handle to the pool; clones share it. Its threads end when the last
 /// handle is dropped. With no threads, parsing runs inline on the caller's.
 #[derive(Clone)]
 pub struct ParsePool {
     jobs: Option<mpsc::Sender<Job>>,
     threads: usize,
+    /// Held while a heavy batch is parsed.
+    heavy: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ParsePool {
@@ -30,6 +42,7 @@ impl ParsePool {
             return Self {
                 jobs: None,
                 threads,
+                heavy: Default::default(),
             };
         }
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -51,6 +64,7 @@ impl ParsePool {
         Self {
             jobs: Some(jobs),
             threads,
+            heavy: Default::default(),
         }
     }
 
@@ -58,15 +72,22 @@ impl ParsePool {
         self.threads
     }
 
-    /// [`write_path::prepare`] on a pool thread.
+    /// [`write_path::prepare`] on a pool thread; `weight` is the batch's
+    /// reservation in the memory budget.
     pub async fn prepare(
         &self,
         entries: Vec<StreamEntry>,
+        weight: u64,
         limits: Limits,
         max_deliveries: u32,
     ) -> Result<Vec<BatchItem>, ParsePanicked> {
         let Some(jobs) = &self.jobs else {
             return Ok(write_path::prepare(entries, &limits, max_deliveries));
+        };
+        let _alone = if weight > HEAVY_BATCH_BYTES {
+            Some(self.heavy.lock().await)
+        } else {
+            None
         };
         let (reply, receiver) = oneshot::channel();
         let job: Job = Box::new(move || {
@@ -106,7 +127,10 @@ mod tests {
         let entries: Vec<StreamEntry> = (0..50)
             .map(|seq| entry(seq, &[("event_type", "nonsense")]))
             .collect();
-        let items = pool.prepare(entries, Limits::default(), 10).await.unwrap();
+        let items = pool
+            .prepare(entries, 0, Limits::default(), 10)
+            .await
+            .unwrap();
         assert_eq!(items.len(), 50);
         assert!(items.iter().all(|item| item.parsed.is_err()));
         let seqs: Vec<u64> = items.iter().map(|item| item.entry.id.seq).collect();
@@ -130,7 +154,7 @@ mod tests {
             "the panicked job's reply is dropped"
         );
         let items = pool
-            .prepare(vec![entry(1, &[])], Limits::default(), 10)
+            .prepare(vec![entry(1, &[])], 0, Limits::default(), 10)
             .await
             .unwrap();
         assert_eq!(items.len(), 1);
@@ -140,7 +164,7 @@ mod tests {
     async fn no_threads_parses_inline() {
         let pool = ParsePool::new(0);
         let items = pool
-            .prepare(vec![entry(1, &[]), entry(2, &[])], Limits::default(), 10)
+            .prepare(vec![entry(1, &[]), entry(2, &[])], 0, Limits::default(), 10)
             .await
             .unwrap();
         assert_eq!(items.len(), 2);

@@ -186,6 +186,7 @@ async fn claim_pass(
             let items = parse_pool
                 .prepare(
                     page.entries,
+                    reservation.bytes(),
                     settings.limits.entry(),
                     settings.limits.max_deliveries,
                 )

@@ -306,6 +306,7 @@ async fn read_step(
     let items = parse_pool
         .prepare(
             page.entries,
+            reservation.bytes(),
             settings.limits.entry(),
             settings.limits.max_deliveries,
         )

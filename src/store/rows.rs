@@ -193,13 +193,65 @@ static MERGE_OBSERVATIONS: LazyLock<String> = LazyLock::new(|| OBSERVATIONS.merg
 
 /// Merges both tables inside the caller's transaction.
 pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError> {
-    if !rows.traces.is_empty() {
-        write_traces(tx, &rows.traces).await?;
+    for chunk in chunks(&rows.traces, trace_bytes) {
+        write_traces(tx, chunk).await?;
     }
-    if !rows.observations.is_empty() {
-        write_observations(tx, &rows.observations).await?;
+    for chunk in chunks(&rows.observations, observation_bytes) {
+        write_observations(tx, chunk).await?;
     }
     Ok(())
+}
+
+/// Most bytes of row data in one statement. A statement's parameters are
+/// built in memory whole (COPY streamed them), so a transaction of big rows
+/// goes in several statements and what the writer holds stays near the
+/// memory budget; a batch of ordinary rows (~3 KB each) is one statement.
+const STATEMENT_BYTES: usize = 8 << 20;
+
+/// Consecutive runs of `rows` of at most [`STATEMENT_BYTES`] each (at least
+/// one row), in order: the key order that every replica locks rows in.
+fn chunks<'r, R>(rows: &'r [R], bytes: fn(&R) -> usize) -> impl Iterator<Item = &'r [R]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        let end = rest
+            .iter()
+            .position(|row| {
+                total += bytes(row);
+                total > STATEMENT_BYTES
+            })
+            .unwrap_or(rest.len())
+            .max(1);
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+fn json_len(json: Option<&crate::event::Json>) -> usize {
+    json.map_or(0, |j| j.as_str().len())
+}
+
+/// About what a trace row weighs in a statement's parameters.
+fn trace_bytes(row: &TraceRow<'_>) -> usize {
+    let start = row.start.map(|s| s.value);
+    256 + row.id.len()
+        + json_len(start.and_then(|s| s.meta.as_ref()))
+        + json_len(start.map(|s| &s.metadata))
+}
+
+/// About what an observation row weighs in a statement's parameters.
+fn observation_bytes(row: &ObservationRow<'_>) -> usize {
+    let start = row.start.map(|s| s.value);
+    let end = row.end.map(|e| e.value);
+    256 + row.id.len()
+        + json_len(start.and_then(|s| s.input.as_ref()))
+        + json_len(start.map(|s| &s.metadata))
+        + json_len(end.and_then(|e| e.output.as_ref()))
+        + json_len(end.map(|e| &e.metadata))
 }
 
 fn jsonb(json: Option<&crate::event::Json>) -> Option<JsonbText<'_>> {
@@ -294,6 +346,32 @@ mod tests {
             ]
         );
         assert_eq!(OBSERVATIONS.columns().len(), 25);
+    }
+
+    #[test]
+    fn chunks_cut_by_bytes_keep_order_and_take_a_huge_row_alone() {
+        let rows: Vec<usize> = vec![
+            1,
+            2,
+            3,
+            STATEMENT_BYTES,
+            4,
+            STATEMENT_BYTES / 2,
+            STATEMENT_BYTES / 2,
+        ];
+        let cut: Vec<&[usize]> = chunks(&rows, |r| *r).collect();
+        assert_eq!(
+            cut,
+            [
+                &[1, 2, 3][..],
+                &[STATEMENT_BYTES],
+                &[4, STATEMENT_BYTES / 2],
+                &[STATEMENT_BYTES / 2]
+            ]
+        );
+        assert_eq!(chunks(&[] as &[usize], |r| *r).count(), 0);
+        let small = vec![10; 100];
+        assert_eq!(chunks(&small, |r| *r).count(), 1);
     }
 
     #[test]
