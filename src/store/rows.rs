@@ -210,7 +210,7 @@ const STATEMENT_BYTES: usize = 8 << 20;
 
 /// Consecutive runs of `rows` of at most [`STATEMENT_BYTES`] each (at least
 /// one row), in order: the key order that every replica locks rows in.
-fn chunks<'r, R>(rows: &'r [R], bytes: fn(&R) -> usize) -> impl Iterator<Item = &'r [R]> {
+fn chunks<R>(rows: &[R], bytes: fn(&R) -> usize) -> impl Iterator<Item = &[R]> {
     let mut rest = rows;
     std::iter::from_fn(move || {
         if rest.is_empty() {
