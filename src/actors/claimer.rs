@@ -10,12 +10,16 @@ use actix::prelude::*;
 use redis::aio::ConnectionManager;
 
 use super::writer::WriteEntries;
-use super::Shared;
+use super::ReadSettings;
+use crate::connect::problem::{OnceLog, Problem};
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
 use crate::parse_pool::{ParsePanicked, ParsePool};
 use crate::redis_stream::{self, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
+
+/// The replica's shared state with this actor's settings groups.
+type Shared = super::Shared<ReadSettings>;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -41,6 +45,8 @@ pub struct Claimer {
     parse_pool: ParsePool,
     /// A tick is in flight: skip interval ticks instead of queueing them.
     busy: bool,
+    /// A failing pass repeats every interval: logged once, then at debug.
+    problems: OnceLog,
 }
 
 impl Claimer {
@@ -63,6 +69,7 @@ impl Claimer {
             budget,
             parse_pool,
             busy: false,
+            problems: OnceLog::default(),
         }
     }
 }
@@ -107,12 +114,16 @@ impl Handler<Tick> for Claimer {
             |result, claimer, ctx| {
                 claimer.busy = false;
                 match result {
-                    Ok(()) => {}
+                    Ok(()) => claimer.problems.clear(),
                     Err(PassError::WriterGone) => ctx.stop(),
                     Err(PassError::Redis(error)) => {
                         metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim")
                             .increment(1);
-                        tracing::warn!(claimer = %claimer.name, %error, "claim pass failed");
+                        let problem = Problem {
+                            misconfigured: false,
+                            message: format!("claimer {}: {error}", claimer.name),
+                        };
+                        claimer.problems.report("claim idle entries", &problem);
                     }
                     Err(PassError::Parse(error)) => {
                         tracing::error!(claimer = %claimer.name, %error, "claim pass failed");

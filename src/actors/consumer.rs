@@ -12,14 +12,18 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use super::writer::{WriteEntries, WriteError};
-use super::Shared;
+use super::ReadSettings;
 use crate::backoff::Backoff;
+use crate::connect::problem::{OnceLog, Problem};
 use crate::event::StreamId;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
 use crate::parse_pool::ParsePool;
 use crate::redis_stream::{self, Cursor, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
+
+/// The replica's shared state with this actor's settings groups.
+type Shared = super::Shared<ReadSettings>;
 
 /// Read the next batch (sent to itself after each step).
 #[derive(Message)]
@@ -48,6 +52,9 @@ pub struct Consumer {
     /// The replica's memory budget, shared with the other readers.
     budget: MemoryBudget,
     parse_pool: ParsePool,
+    /// Redis failures repeat every backoff step: logged once each (and
+    /// again after a success), the rest at debug; counted in metrics always.
+    problems: Arc<OnceLog>,
     backoff: Backoff,
 }
 
@@ -70,6 +77,7 @@ impl Consumer {
             held: None,
             budget,
             parse_pool,
+            problems: Arc::default(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -117,6 +125,7 @@ impl Handler<ReadNext> for Consumer {
             self.shared.clone(),
             self.budget.clone(),
             self.parse_pool.clone(),
+            self.problems.clone(),
             self.name.clone(),
             self.writer.clone(),
             state,
@@ -188,6 +197,7 @@ async fn read_step(
     shared: Shared,
     budget: MemoryBudget,
     parse_pool: ParsePool,
+    problems: Arc<OnceLog>,
     name: String,
     writer: Recipient<WriteEntries>,
     state: StepState,
@@ -201,7 +211,7 @@ async fn read_step(
             Err(error) => {
                 shared.health.set_redis(false);
                 metrics::counter!(m::REDIS_ERRORS, "operation" => "connect").increment(1);
-                tracing::warn!(consumer = %name, %error, "cannot connect to redis");
+                problems.report("connect to redis", &problem(&name, &error));
                 return (
                     Step::Failed,
                     StepState {
@@ -235,6 +245,7 @@ async fn read_step(
         Ok(Read::Page(page, reservation)) => (page, reservation),
         Ok(Read::Empty { next }) => {
             shared.health.set_redis(true);
+            problems.clear();
             let state = |conn, cursor| StepState {
                 conn: Some(conn),
                 cursor,
@@ -250,7 +261,7 @@ async fn read_step(
                 // Own pending list exhausted: from now on, new entries.
                 Mode::Pending(_) => (Step::Progress, state(conn, Cursor::New)),
                 _ => {
-                    let waited = wait_for_new(&shared, &mut conn, &next).await;
+                    let waited = wait_for_new(&shared, &problems, &name, &mut conn, &next).await;
                     (waited, state(conn, cursor))
                 }
             };
@@ -259,12 +270,13 @@ async fn read_step(
             // After a transport error the connection is replaced; a fresh one
             // is cheap and never reuses a socket in an unknown state.
             let keep = redis_stream::is_missing_group(&error);
-            let step = read_failed(&shared, &name, &mut conn, error).await;
+            let step = read_failed(&shared, &name, &problems, &mut conn, error).await;
             let conn = keep.then_some(conn);
             return (step, StepState { conn, cursor, held });
         }
     };
     shared.health.set_redis(true);
+    problems.clear();
     if !page.deleted.is_empty() {
         metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(page.deleted.len() as u64);
         tracing::warn!(
@@ -384,6 +396,14 @@ async fn read_step(
     }
 }
 
+/// A Redis failure of this consumer, for [`OnceLog`].
+fn problem(name: &str, error: &dyn std::fmt::Display) -> Problem {
+    Problem {
+        misconfigured: false,
+        message: format!("consumer {name}: {error}"),
+    }
+}
+
 fn release_held(name: &str, entries: usize) {
     metrics::gauge!(m::POISON_HELD).decrement(entries as f64);
     tracing::debug!(consumer = %name, entries, "held batch released");
@@ -392,7 +412,13 @@ fn release_held(name: &str, entries: usize) {
 /// Nothing new: waits (up to BLOCK) for an entry after the group's last
 /// delivered id without taking it, so that the next read weighs it first.
 /// XREAD brings at most that one entry, and drops it at once.
-async fn wait_for_new(shared: &Shared, conn: &mut MultiplexedConnection, after: &str) -> Step {
+async fn wait_for_new(
+    shared: &Shared,
+    problems: &OnceLog,
+    name: &str,
+    conn: &mut MultiplexedConnection,
+    after: &str,
+) -> Step {
     let settings = &shared.settings;
     match redis_stream::wait_for_entries(
         conn,
@@ -405,7 +431,7 @@ async fn wait_for_new(shared: &Shared, conn: &mut MultiplexedConnection, after: 
         Ok(()) => Step::Idle,
         Err(error) => {
             metrics::counter!(m::REDIS_ERRORS, "operation" => "xread").increment(1);
-            tracing::warn!(%error, "waiting for new entries failed");
+            problems.report("wait for new entries", &problem(name, &error));
             Step::Failed
         }
     }
@@ -414,6 +440,7 @@ async fn wait_for_new(shared: &Shared, conn: &mut MultiplexedConnection, after: 
 async fn read_failed(
     shared: &Shared,
     name: &str,
+    problems: &OnceLog,
     conn: &mut MultiplexedConnection,
     error: StreamError,
 ) -> Step {
@@ -437,6 +464,6 @@ async fn read_failed(
         return Step::Failed;
     }
     shared.health.set_redis(false);
-    tracing::warn!(consumer = %name, %error, "xreadgroup failed");
+    problems.report("read the group", &problem(name, &error));
     Step::Failed
 }

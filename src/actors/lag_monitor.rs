@@ -2,16 +2,22 @@
 //! probes Postgres for readiness, keeps the SDK's consumer heartbeat fresh,
 //! exports the age of each project's newest SDK heartbeat, and runs the Prometheus recorder's upkeep.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 
-use super::Shared;
+use super::MonitorSettings;
+use crate::connect::problem::{OnceLog, Problem};
 use crate::event::StreamId;
 use crate::health::unix_ms;
 use crate::metrics as m;
 use crate::redis_stream::{self, GroupInfo, GroupState, StreamError, StreamInfo};
 use crate::store::{heartbeats, Pool};
+
+/// The replica's shared state with this actor's settings groups.
+type Shared = super::Shared<MonitorSettings>;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -27,6 +33,8 @@ pub struct LagMonitor {
     prometheus: PrometheusHandle,
     /// A tick is in flight: skip interval ticks instead of queueing them.
     busy: bool,
+    /// An outage fails every tick: each problem logged once, then at debug.
+    problems: Arc<Problems>,
 }
 
 impl LagMonitor {
@@ -42,6 +50,7 @@ impl LagMonitor {
             pool,
             prometheus,
             busy: false,
+            problems: Arc::default(),
         }
     }
 }
@@ -67,7 +76,12 @@ impl Handler<Tick> for LagMonitor {
 
     fn handle(&mut self, _: Tick, _: &mut Context<Self>) -> Self::Result {
         self.prometheus.run_upkeep();
-        let tick = observe(self.shared.clone(), self.conn.clone(), self.pool.clone());
+        let tick = observe(
+            self.shared.clone(),
+            self.conn.clone(),
+            self.pool.clone(),
+            self.problems.clone(),
+        );
         AtomicResponse::new(Box::pin(
             tick.into_actor(self)
                 .map(|(), monitor, _| monitor.busy = false),
@@ -75,7 +89,23 @@ impl Handler<Tick> for LagMonitor {
     }
 }
 
-async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
+/// What a tick can fail at, each logged once until it succeeds again.
+#[derive(Default)]
+struct Problems {
+    group: OnceLog,
+    trimming: OnceLog,
+    heartbeat_key: OnceLog,
+}
+
+fn report(log: &OnceLog, what: &str, error: &dyn std::fmt::Display) {
+    let problem = Problem {
+        misconfigured: false,
+        message: format!("lag monitor: {error}"),
+    };
+    log.report(what, &problem);
+}
+
+async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool, problems: Arc<Problems>) {
     let postgres_ok = probe_postgres(&pool).await;
     shared.health.set_postgres(postgres_ok);
     if postgres_ok {
@@ -83,23 +113,32 @@ async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool) {
     }
     match read_group_state(&shared, &mut conn).await {
         Ok(state) => {
+            problems.group.clear();
             let ours = state.group(&shared.settings.pipeline.group).cloned();
             publish(&shared, state);
-            if let Err(error) = watch_trimming(&shared, &mut conn, ours.as_ref()).await {
-                metrics::counter!(m::REDIS_ERRORS, "operation" => "trim").increment(1);
-                tracing::warn!(%error, "cannot check or trim the stream");
+            match watch_trimming(&shared, &mut conn, ours.as_ref()).await {
+                Ok(()) => problems.trimming.clear(),
+                Err(error) => {
+                    metrics::counter!(m::REDIS_ERRORS, "operation" => "trim").increment(1);
+                    report(&problems.trimming, "check or trim the stream", &error);
+                }
             }
         }
         Err(error) => {
             shared.health.set_redis(false);
             metrics::counter!(m::REDIS_ERRORS, "operation" => "monitor").increment(1);
-            tracing::warn!(%error, "cannot read the group's state");
+            report(&problems.group, "read the group's state", &error);
             return;
         }
     }
     if shared.health.readiness().ready {
-        if let Err(error) = refresh_consumer_heartbeat(&mut conn).await {
-            tracing::warn!(%error, "cannot refresh the consumer heartbeat key");
+        match refresh_consumer_heartbeat(&mut conn).await {
+            Ok(()) => problems.heartbeat_key.clear(),
+            Err(error) => report(
+                &problems.heartbeat_key,
+                "refresh the consumer heartbeat key",
+                &error,
+            ),
         }
     }
 }

@@ -23,16 +23,62 @@ pub mod writer;
 
 use std::sync::Arc;
 
-use crate::config::ServeSettings;
+use crate::bounds::BoundsSettings;
+use crate::config::{ClaimSettings, DatabaseSettings, LimitSettings, PipelineSettings};
 use crate::health::Health;
-use crate::retention::Horizons;
+use crate::retention::{Horizons, RetentionSettings};
 
-/// What every actor of a replica shares.
+/// What every actor of a replica shares, with the settings groups that one
+/// actor needs (`S`): the supervisor holds them all and hands each actor
+/// only its own, so an actor's type says what configures it.
 #[derive(Clone)]
-pub struct Shared {
-    pub settings: Arc<ServeSettings>,
+pub struct Shared<S> {
+    pub settings: S,
     pub health: Arc<Health>,
     pub redis: redis::Client,
     /// Retention horizons: refreshed by the retention worker, read by writers.
     pub horizons: Arc<Horizons>,
+}
+
+impl<S> Shared<S> {
+    /// The same replica state with other settings.
+    pub fn with<T>(&self, settings: T) -> Shared<T> {
+        Shared {
+            settings,
+            health: self.health.clone(),
+            redis: self.redis.clone(),
+            horizons: self.horizons.clone(),
+        }
+    }
+}
+
+/// Consumers and the claimer: where and how much to read, what to refuse,
+/// when an entry counts as idle.
+#[derive(Clone)]
+pub struct ReadSettings {
+    pub pipeline: Arc<PipelineSettings>,
+    pub limits: LimitSettings,
+    pub claim: ClaimSettings,
+}
+
+/// Writers: transactions, acks, poison protection.
+#[derive(Clone)]
+pub struct WriteSettings {
+    pub pipeline: Arc<PipelineSettings>,
+    pub limits: LimitSettings,
+}
+
+/// The lag monitor: the stream and group it watches, trimming, SDK
+/// heartbeat series.
+#[derive(Clone)]
+pub struct MonitorSettings {
+    pub pipeline: Arc<PipelineSettings>,
+    pub bounds: BoundsSettings,
+}
+
+/// The retention worker: horizons, pace, and its own database session.
+#[derive(Clone)]
+pub struct RetentionWorkerSettings {
+    pub retention: RetentionSettings,
+    pub database: DatabaseSettings,
 }

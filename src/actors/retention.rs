@@ -5,9 +5,12 @@
 
 use actix::prelude::*;
 
-use super::Shared;
+use super::RetentionWorkerSettings;
 use crate::metrics as m;
 use crate::retention::worker::{Step, Worker};
+
+/// The replica's shared state with this actor's settings groups.
+type Shared = super::Shared<RetentionWorkerSettings>;
 
 pub struct RetentionWorker {
     shared: Shared,

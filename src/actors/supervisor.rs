@@ -18,11 +18,16 @@ use super::consumer::{Consumer, StopReading};
 use super::lag_monitor::LagMonitor;
 use super::retention::RetentionWorker;
 use super::writer::{Flush, Writer};
-use super::Shared;
+use super::{MonitorSettings, ReadSettings, RetentionWorkerSettings, WriteSettings};
+use crate::config::ServeSettings;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics as m;
 use crate::parse_pool::ParsePool;
 use crate::store::Pool;
+
+/// The replica's shared state with every setting: the supervisor hands each
+/// child only its own groups.
+type Shared = super::Shared<Arc<ServeSettings>>;
 
 /// Stop reading, store and ack what is in hand; replies when done.
 #[derive(Message)]
@@ -90,6 +95,11 @@ impl<A: Actor<Context = Context<A>>> Child<A> {
 
 pub struct Supervisor {
     shared: Shared,
+    /// Each child's own settings groups.
+    read: ReadSettings,
+    write: WriteSettings,
+    monitoring: MonitorSettings,
+    forgetting: RetentionWorkerSettings,
     pool: Pool,
     /// Redis connection for commands that never block (acks, claims, info).
     control: ConnectionManager,
@@ -127,8 +137,31 @@ impl Supervisor {
         } else {
             Vec::new()
         };
+        let settings = &shared.settings;
+        let pipeline = Arc::new(settings.pipeline.clone());
+        let read = ReadSettings {
+            pipeline: pipeline.clone(),
+            limits: settings.limits.clone(),
+            claim: settings.claim.clone(),
+        };
+        let write = WriteSettings {
+            pipeline: pipeline.clone(),
+            limits: settings.limits.clone(),
+        };
+        let monitoring = MonitorSettings {
+            pipeline,
+            bounds: settings.bounds.clone(),
+        };
+        let forgetting = RetentionWorkerSettings {
+            retention: settings.retention.clone(),
+            database: settings.database.clone(),
+        };
         Self {
             shared,
+            read,
+            write,
+            monitoring,
+            forgetting,
             pool,
             control,
             prometheus,
@@ -150,7 +183,7 @@ impl Supervisor {
 
     fn start_writer(&self, index: usize) -> Addr<Writer> {
         Writer::start(
-            self.shared.clone(),
+            self.shared.with(self.write.clone()),
             self.pool.clone(),
             self.control.clone(),
             self.writer_arbiters.get(index).map(|a| a.handle()).as_ref(),
@@ -159,7 +192,7 @@ impl Supervisor {
 
     fn start_consumer(&self, index: usize, writer: &Addr<Writer>) -> Addr<Consumer> {
         Consumer::new(
-            self.shared.clone(),
+            self.shared.with(self.read.clone()),
             self.consumer_name(index),
             writer.clone().recipient(),
             self.stopping.clone(),
@@ -172,7 +205,7 @@ impl Supervisor {
     fn start_claimer(&self, writer: &Addr<Writer>) -> Addr<Claimer> {
         let name = format!("{}-claimer", self.shared.settings.pipeline.replica_name());
         Claimer::new(
-            self.shared.clone(),
+            self.shared.with(self.read.clone()),
             name,
             self.control.clone(),
             writer.clone().recipient(),
@@ -185,12 +218,16 @@ impl Supervisor {
 
     fn start_monitor(&self) -> Addr<LagMonitor> {
         LagMonitor::new(
-            self.shared.clone(),
+            self.shared.with(self.monitoring.clone()),
             self.control.clone(),
             self.pool.clone(),
             self.prometheus.clone(),
         )
         .start()
+    }
+
+    fn start_retention(&self) -> Addr<RetentionWorker> {
+        RetentionWorker::new(self.shared.with(self.forgetting.clone())).start()
     }
 
     /// Restarts dead children. Consumers and the claimer hold the writer's
@@ -224,7 +261,7 @@ impl Supervisor {
         self.monitor = Some(monitor);
 
         let mut retention = self.retention.take().expect("retention started");
-        retention.revive(now, || RetentionWorker::new(self.shared.clone()).start());
+        retention.revive(now, || self.start_retention());
         self.retention = Some(retention);
     }
 }
@@ -252,10 +289,7 @@ impl Actor for Supervisor {
             .collect();
         self.claimer = Some(Child::new("claimer", self.start_claimer(&writers[0])));
         self.monitor = Some(Child::new("lag_monitor", self.start_monitor()));
-        self.retention = Some(Child::new(
-            "retention",
-            RetentionWorker::new(self.shared.clone()).start(),
-        ));
+        self.retention = Some(Child::new("retention", self.start_retention()));
         self.writers = writers
             .into_iter()
             .map(|w| Child::new("writer", w))

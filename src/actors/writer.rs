@@ -16,14 +16,18 @@ use chrono::Utc;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
-use super::Shared;
+use super::WriteSettings;
 use crate::backoff::Backoff;
+use crate::connect::problem::{OnceLog, Problem};
 use crate::event::{Parsed, StreamId};
 use crate::memory_budget::Reservation;
 use crate::metrics as m;
 use crate::redis_stream;
 use crate::store::Pool;
 use crate::write_path::{self, BatchItem};
+
+/// The replica's shared state with this actor's settings groups.
+type Shared = super::Shared<WriteSettings>;
 
 /// Store these entries, already parsed by the sender; the reply comes once
 /// they are committed and acked (starts held for the next transaction
@@ -274,6 +278,8 @@ async fn commit_and_ack(
     let settings = &shared.settings;
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Logged once (and again when the error changes), each retry at debug.
+    let problems = OnceLog::default();
     loop {
         match write_path::commit_isolating(
             &pool,
@@ -295,9 +301,16 @@ async fn commit_and_ack(
                 // connections, a single entry timing out): nothing acked.
                 shared.health.set_last_write(false);
                 metrics::counter!(m::POSTGRES_ERRORS, "kind" => error.label()).increment(1);
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, kind = error.label(), retry_in_ms = delay.as_millis() as u64, entries = items.len(), "batch not committed");
-                tokio::time::sleep(delay).await;
+                let problem = Problem {
+                    misconfigured: false,
+                    message: format!(
+                        "{error} ({} entries, retried with backoff, kind {})",
+                        items.len(),
+                        error.label()
+                    ),
+                };
+                problems.report("commit a batch", &problem);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
