@@ -122,10 +122,7 @@ async fn start_pipeline(
                 // Unreachable Postgres is retried; a failing migration is fatal.
                 Err(migrate::MigrateError::Migration(e)) => Ok(Err(e)),
                 Err(migrate::MigrateError::Connect(e)) => Err(problem::postgres(&e, &pg)),
-                Err(other) => Err(Problem {
-                    misconfigured: false,
-                    message: other.to_string(),
-                }),
+                Err(other) => Err(Problem::transient(other.to_string())),
             }
         })
         .await
@@ -158,10 +155,7 @@ async fn start_pipeline(
         .map(Ok::<_, std::convert::Infallible>)
         .map_err(|e| match &e {
             redis_stream::StreamError::Redis(e) => problem::redis(e, redis.verification),
-            other => Problem {
-                misconfigured: false,
-                message: other.to_string(),
-            },
+            other => Problem::transient(other.to_string()),
         })
     })
     .await?;

@@ -119,10 +119,8 @@ impl Handler<Tick> for Claimer {
                     Err(PassError::Redis(error)) => {
                         metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim")
                             .increment(1);
-                        let problem = Problem {
-                            misconfigured: false,
-                            message: format!("claimer {}: {error}", claimer.name),
-                        };
+                        let problem =
+                            Problem::transient(format!("claimer {}: {error}", claimer.name));
                         claimer.problems.report("claim idle entries", &problem);
                     }
                     Err(PassError::Parse(error)) => {

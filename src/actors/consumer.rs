@@ -398,10 +398,7 @@ async fn read_step(
 
 /// A Redis failure of this consumer, for [`OnceLog`].
 fn problem(name: &str, error: &dyn std::fmt::Display) -> Problem {
-    Problem {
-        misconfigured: false,
-        message: format!("consumer {name}: {error}"),
-    }
+    Problem::transient(format!("consumer {name}: {error}"))
 }
 
 fn release_held(name: &str, entries: usize) {

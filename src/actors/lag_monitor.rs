@@ -98,11 +98,7 @@ struct Problems {
 }
 
 fn report(log: &OnceLog, what: &str, error: &dyn std::fmt::Display) {
-    let problem = Problem {
-        misconfigured: false,
-        message: format!("lag monitor: {error}"),
-    };
-    log.report(what, &problem);
+    log.report(what, &Problem::transient(format!("lag monitor: {error}")));
 }
 
 async fn observe(shared: Shared, mut conn: ConnectionManager, pool: Pool, problems: Arc<Problems>) {

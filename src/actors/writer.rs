@@ -301,14 +301,11 @@ async fn commit_and_ack(
                 // connections, a single entry timing out): nothing acked.
                 shared.health.set_last_write(false);
                 metrics::counter!(m::POSTGRES_ERRORS, "kind" => error.label()).increment(1);
-                let problem = Problem {
-                    misconfigured: false,
-                    message: format!(
-                        "{error} ({} entries, retried with backoff, kind {})",
-                        items.len(),
-                        error.label()
-                    ),
-                };
+                let problem = Problem::transient(format!(
+                    "{error} ({} entries, retried with backoff, kind {})",
+                    items.len(),
+                    error.label()
+                ));
                 problems.report("commit a batch", &problem);
                 tokio::time::sleep(backoff.next_delay()).await;
             }

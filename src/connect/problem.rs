@@ -16,6 +16,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A failure that retrying may cure (a server down or restarting).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            misconfigured: false,
+            message: message.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

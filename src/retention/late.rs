@@ -111,14 +111,7 @@ pub async fn settle(
 mod tests {
     use super::*;
     use crate::event::{EventBody, StreamEntry, StreamId, TraceEvent, TraceStart};
-    use crate::retention::RetentionSettings;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        retention: RetentionSettings,
-    }
+    use crate::retention::test_settings;
 
     fn item(project: &str, age_secs: i64, now: DateTime<Utc>) -> BatchItem {
         let entry = StreamEntry {
@@ -141,9 +134,7 @@ mod tests {
 
     #[test]
     fn only_events_older_than_their_projects_horizon_expire() {
-        let settings =
-            Cli::parse_from(["t", "--retention-days", "10", "--retention-unit-secs", "1"])
-                .retention;
+        let settings = test_settings(&["--retention-days", "10", "--retention-unit-secs", "1"]);
         let horizons = Horizons::new(&settings);
         let now = Utc::now();
         let mut items = vec![item("p", 5, now), item("p", 15, now), item("long", 15, now)];

@@ -180,9 +180,10 @@ impl Horizons {
     }
 }
 
+/// Settings parsed from command-line flags, for the tests of this module's
+/// parts.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn test_settings(args: &[&str]) -> RetentionSettings {
     use clap::Parser;
 
     #[derive(Parser)]
@@ -190,10 +191,13 @@ mod tests {
         #[command(flatten)]
         retention: RetentionSettings,
     }
+    Cli::parse_from(std::iter::once("test").chain(args.iter().copied())).retention
+}
 
-    fn settings(args: &[&str]) -> RetentionSettings {
-        Cli::parse_from(std::iter::once("test").chain(args.iter().copied())).retention
-    }
+#[cfg(test)]
+mod tests {
+    use super::test_settings as settings;
+    use super::*;
 
     #[test]
     fn off_by_default_and_overrides_take_precedence() {
