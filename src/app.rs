@@ -166,6 +166,7 @@ async fn start_pipeline(
         health,
         redis: redis.client,
         horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
+        studio: Arc::new(settings.database.studio()),
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }

@@ -188,6 +188,27 @@ pub struct DatabaseSettings {
     #[arg(long, env = "OBSERVABILITY_DB_POOL_SIZE", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub db_pool_size: u32,
+
+    /// Unknown projects: `auto` creates them when this service created the
+    /// studio's tables itself (a standalone database) and dead-letters their
+    /// events (`unknown_project`, replayable) in front of a studio.
+    #[arg(long, env = "OBSERVABILITY_CREATE_PROJECTS", value_enum, default_value = "auto")]
+    pub create_projects: crate::store::projects::CreateProjects,
+
+    /// How often each replica re-reads the studio's model_pricing (seconds).
+    #[arg(long, env = "OBSERVABILITY_PRICE_REFRESH_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub price_refresh_secs: u64,
+}
+
+impl DatabaseSettings {
+    /// What writing into the studio's tables needs, for one replica.
+    pub fn studio(&self) -> crate::write_path::Studio {
+        crate::write_path::Studio::new(
+            self.create_projects,
+            std::time::Duration::from_secs(self.price_refresh_secs),
+        )
+    }
 }
 
 /// The stream, the group and how this replica reads and writes.

@@ -30,6 +30,7 @@ pub mod bounds;
 pub mod check;
 pub mod config;
 pub mod connect;
+pub mod cost;
 pub mod event;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

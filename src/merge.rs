@@ -13,9 +13,10 @@
 //! rows. The SQL merge in `store::rows` applies the very same rule across
 //! batches and replicas.
 //!
-//! Rows are keyed by (project_id, id): ids are chosen by producers, so an
-//! event of another project that reuses an id gets a row of its own and never
-//! moves or overwrites a row of the first project (docs/event-format.md).
+//! Rows are keyed by id, as the studio's tables are. The write path sends
+//! here only events whose project agrees with their trace's
+//! ([`crate::write_path`] dead-letters the others as `project_mismatch`), so
+//! every event of a row has the same project.
 
 use std::collections::BTreeMap;
 
@@ -39,8 +40,17 @@ impl Version {
         Self(bytes)
     }
 
+    /// Older than any event's version: what a row written by someone else
+    /// (the studio's own consumer) counts as.
+    pub const OLDEST: Version = Version([0; 24]);
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// A version as stored (24 bytes); None for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
     }
 }
 
@@ -71,8 +81,8 @@ fn newest<T>(a: Option<Versioned<T>>, b: Option<Versioned<T>>) -> Option<Version
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceRow<'a> {
     pub id: &'a str,
-    /// project_id: part of the key, the same for every event of the row.
-    pub seen: Versioned<&'a str>,
+    /// The same for every event of the row (the smallest, should two differ).
+    pub project_id: &'a str,
     /// Publish time of the oldest event: the trace's time until trace_start.
     pub first_seen_at: DateTime<Utc>,
     pub start: Option<Versioned<&'a TraceStart>>,
@@ -80,50 +90,49 @@ pub struct TraceRow<'a> {
 
 impl<'a> TraceRow<'a> {
     pub fn join(&mut self, other: Self) {
-        self.seen = self.seen.newest(other.seen);
+        self.project_id = self.project_id.min(other.project_id);
         self.first_seen_at = self.first_seen_at.min(other.first_seen_at);
         self.start = newest(self.start.take(), other.start);
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ObservationSeen<'a> {
-    pub trace_id: &'a str,
-    pub project_id: &'a str,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservationRow<'a> {
     pub id: &'a str,
-    pub seen: Versioned<ObservationSeen<'a>>,
+    /// The same for every event of the row (the smallest, should two differ).
+    pub project_id: &'a str,
+    /// The trace id of the newest event of the observation.
+    pub seen: Versioned<&'a str>,
     pub start: Option<Versioned<&'a ObservationStart>>,
     pub end: Option<Versioned<&'a ObservationEnd>>,
 }
 
 impl<'a> ObservationRow<'a> {
     pub fn join(&mut self, other: Self) {
+        self.project_id = self.project_id.min(other.project_id);
         self.seen = self.seen.newest(other.seen);
         self.start = newest(self.start.take(), other.start);
         self.end = newest(self.end.take(), other.end);
     }
 }
 
-/// A row's key: (project_id, id).
-type Key<'a> = (&'a str, &'a str);
+/// A row's key: its id, as in the studio's tables.
+type Key<'a> = &'a str;
 
 impl<'a> TraceRow<'a> {
     fn key(&self) -> Key<'a> {
-        (self.seen.value, self.id)
+        self.id
     }
 }
 
 impl<'a> ObservationRow<'a> {
     fn key(&self) -> Key<'a> {
-        (self.seen.value.project_id, self.id)
+        self.id
     }
 }
 
-/// The rows a set of events produces, each table sorted by (project_id, id).
+/// The rows a set of events produces, each table sorted by id: the order in
+/// which every writer locks them, so two replicas never deadlock.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rows<'a> {
     pub traces: Vec<TraceRow<'a>>,
@@ -172,19 +181,14 @@ fn rows_of<'a>(
     let at = |value| Versioned { version, value };
     let mut trace = TraceRow {
         id: &event.trace_id,
-        seen: at(event.project_id.as_str()),
+        project_id: &event.project_id,
         first_seen_at: event.published_at,
         start: None,
     };
     let observation = |id: &'a str| ObservationRow {
         id,
-        seen: Versioned {
-            version,
-            value: ObservationSeen {
-                trace_id: &event.trace_id,
-                project_id: &event.project_id,
-            },
-        },
+        project_id: &event.project_id,
+        seen: at(event.trace_id.as_str()),
         start: None,
         end: None,
     };

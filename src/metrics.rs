@@ -47,6 +47,11 @@ pub const RETENTION_LAST_RUN: &str = "swisper_ingest_retention_last_run_timestam
 pub const RETENTION_HOLDER: &str = "swisper_ingest_retention_holder";
 pub const RETENTION_BATCH_DURATION: &str = "swisper_ingest_retention_batch_duration_seconds";
 pub const RETENTION_ERRORS: &str = "swisper_ingest_retention_errors_total";
+pub const UNKNOWN_TYPES: &str = "swisper_ingest_unknown_observation_types_total";
+pub const PROJECTS_CREATED: &str = "swisper_ingest_projects_created_total";
+pub const WRITE_CONFLICTS: &str = "swisper_ingest_write_conflicts_total";
+pub const COSTS: &str = "swisper_ingest_costs_total";
+pub const PRICES: &str = "swisper_ingest_model_prices";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -84,8 +89,25 @@ fn describe() {
     );
     describe_counter!(
         DEAD_LETTERS,
-        "Entries written to ingest_dead_letters, by reason."
+        "Entries written to swisper_ingest.dead_letters, by reason."
     );
+    describe_counter!(
+        UNKNOWN_TYPES,
+        "Observation types outside the studio's enum, stored as SPAN with the original in meta._ingest_original_type."
+    );
+    describe_counter!(
+        PROJECTS_CREATED,
+        "Projects created on first sight (standalone databases, OBSERVABILITY_CREATE_PROJECTS)."
+    );
+    describe_counter!(
+        WRITE_CONFLICTS,
+        "Transactions retried because another writer inserted one of their new rows first."
+    );
+    describe_counter!(
+        COSTS,
+        "Observation ends with LLM usage, by outcome (priced, no_price: the model has no row in model_pricing, not_billable: no model or zero counts)."
+    );
+    describe_gauge!(PRICES, "Rows of model_pricing in this replica's price cache.");
     describe_histogram!(BATCH_SIZE, "Entries per committed write batch.");
     describe_histogram!(
         WRITE_DURATION,

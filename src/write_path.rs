@@ -6,17 +6,25 @@
 //! single entry that still times out is handed back for a retry, never
 //! dead-lettered: a held lock or a slow disk is not the entry's fault.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use tokio_postgres::GenericClient;
+
+use crate::cost::Prices;
 use crate::event::{
     parse_entry, EventBody, Heartbeat, Limits, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
 };
 use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::projects::{self, CreateProjects};
 use crate::store::{describe, heartbeats, rows, Pool, StoreError};
+
+mod tenancy;
 
 /// An entry and what it turned out to be.
 #[derive(Debug)]
@@ -86,14 +94,13 @@ pub fn prepare(entries: Vec<StreamEntry>, limits: &Limits, max_deliveries: u32) 
 /// written once instead of inserted and then updated. The rest is returned
 /// in order.
 pub fn split_open_starts(items: Vec<BatchItem>) -> (Vec<BatchItem>, Vec<BatchItem>) {
-    let ended: HashSet<(&str, &str)> = items
+    let ended: HashSet<&str> = items
         .iter()
         .filter_map(|item| match &item.parsed {
             Ok(Parsed::Trace(TraceEvent {
-                project_id,
                 body: EventBody::ObservationEnd { observation_id, .. },
                 ..
-            })) => Some((project_id.as_str(), observation_id.as_str())),
+            })) => Some(observation_id.as_str()),
             _ => None,
         })
         .collect();
@@ -101,10 +108,9 @@ pub fn split_open_starts(items: Vec<BatchItem>) -> (Vec<BatchItem>, Vec<BatchIte
         .iter()
         .map(|item| match &item.parsed {
             Ok(Parsed::Trace(TraceEvent {
-                project_id,
                 body: EventBody::ObservationStart { observation_id, .. },
                 ..
-            })) => !ended.contains(&(project_id.as_str(), observation_id.as_str())),
+            })) => !ended.contains(observation_id.as_str()),
             _ => false,
         })
         .collect();
@@ -141,31 +147,125 @@ pub fn rejection_run(items: &[BatchItem], carried: u64) -> RejectionRun {
     run
 }
 
+/// What writing into the studio's tables needs beyond the rows: this
+/// replica's price cache and whether unknown projects are created.
+pub struct Studio {
+    pub prices: Prices,
+    create_projects: CreateProjects,
+    /// `create_projects` resolved against the database, once.
+    resolved: OnceLock<bool>,
+}
+
+impl Studio {
+    pub fn new(create_projects: CreateProjects, price_refresh: Duration) -> Self {
+        Self {
+            prices: Prices::new(price_refresh),
+            create_projects,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    async fn creates_projects(&self, client: &impl GenericClient) -> Result<bool, StoreError> {
+        if let Some(creates) = self.resolved.get() {
+            return Ok(*creates);
+        }
+        let creates = self.create_projects.resolve(client).await?;
+        Ok(*self.resolved.get_or_init(|| creates))
+    }
+}
+
+/// Where a batch goes.
+#[derive(Clone, Copy)]
+pub struct Destination<'a> {
+    pub pool: &'a Pool,
+    pub stream: &'a str,
+    pub horizons: &'a Horizons,
+    pub studio: &'a Studio,
+}
+
+/// Transactions run again at once when another writer inserted one of their
+/// new rows first; past this many, the batch is retried with backoff.
+const CONFLICT_ATTEMPTS: usize = 5;
+
 /// Writes all items in one transaction. Events of traces past their
-/// retention horizon become `Parsed::Expired` and are not stored.
-pub async fn commit(
-    pool: &Pool,
-    stream: &str,
-    horizons: &Horizons,
-    items: &mut [BatchItem],
-) -> Result<(), StoreError> {
-    late::expire_old(items, horizons, chrono::Utc::now());
-    let events = items.iter().filter_map(|item| match &item.parsed {
-        Ok(Parsed::Trace(event)) => Some(event),
-        _ => None,
-    });
-    let rows = merge::merge(events);
-    let letters: Vec<DeadLetter> = items
+/// retention horizon become `Parsed::Expired` and are not stored; events
+/// whose project is unknown or disagrees with their stored trace become dead
+/// letters.
+pub async fn commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), StoreError> {
+    late::expire_old(items, to.horizons, chrono::Utc::now());
+    let mut attempt = 1;
+    loop {
+        match attempt_commit(to, items).await {
+            Err(StoreError::Conflict(message)) if attempt < CONFLICT_ATTEMPTS => {
+                metrics::counter!(crate::metrics::WRITE_CONFLICTS).increment(1);
+                tracing::debug!(%message, attempt, "new row stored by another writer; running the transaction again");
+                attempt += 1;
+            }
+            Err(StoreError::Conflict(message)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{CONFLICT_ATTEMPTS} transactions in a row met rows another writer stored first: {message}"
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), StoreError> {
+    let mut client = to.pool.get().await?;
+    let tx = client.transaction().await?;
+    let prices = to.studio.prices.current(&*tx).await?;
+    let creates_projects = to.studio.creates_projects(&*tx).await?;
+
+    let events: Vec<(usize, &TraceEvent)> = items
         .iter()
-        .filter_map(|item| match &item.parsed {
-            Err(rejection) => Some(DeadLetter {
-                entry: &item.entry,
-                rejection,
-            }),
-            Ok(_) => None,
+        .enumerate()
+        .filter_map(|(index, item)| match &item.parsed {
+            Ok(Parsed::Trace(event)) => Some((index, event)),
+            _ => None,
         })
         .collect();
+    let trace_ids: BTreeSet<&str> = events.iter().map(|(_, e)| e.trace_id.as_str()).collect();
+    let observation_ids: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|(_, e)| e.observation_id())
+        .collect();
+    let trace_ids: Vec<&str> = trace_ids.into_iter().collect();
+    let observation_ids: Vec<&str> = observation_ids.into_iter().collect();
+    let stored = rows::lock(&tx, &trace_ids, &observation_ids).await?;
 
+    // Decided inside the transaction, applied to the items once it commits.
+    let mut refused = tenancy::refuse_mismatches(&events, &stored);
+    let unknown = {
+        let new_projects = tenancy::projects_of_new_traces(&events, &refused, &stored);
+        projects::missing(&tx, &new_projects).await?
+    };
+    if creates_projects {
+        projects::create(&tx, &unknown).await?;
+    } else {
+        tenancy::refuse_unknown(&events, &unknown, &mut refused);
+    }
+
+    let accepted = events
+        .iter()
+        .filter(|(index, _)| !refused.contains_key(index))
+        .map(|(_, event)| *event);
+    let merged = merge::merge(accepted);
+    let plan = rows::plan(&merged, &stored, &prices);
+    rows::write(&tx, &plan).await?;
+    record_costs(&plan);
+
+    let letters: Vec<DeadLetter> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            let rejection = refused.get(&index).or(item.parsed.as_ref().err())?;
+            Some(DeadLetter {
+                entry: &item.entry,
+                rejection,
+            })
+        })
+        .collect();
     let beats: Vec<&Heartbeat> = items
         .iter()
         .filter_map(|item| match &item.parsed {
@@ -173,38 +273,54 @@ pub async fn commit(
             _ => None,
         })
         .collect();
-
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    rows::write_rows(&tx, &rows).await?;
     heartbeats::upsert(&tx, &beats).await?;
-    dead_letters::insert(&tx, stream, &letters).await?;
-    late::settle(&tx, items, horizons).await?;
+    dead_letters::insert(&tx, to.stream, &letters).await?;
+    drop(letters);
+    drop(plan);
+    drop(merged);
+    drop(stored);
+    for (index, rejection) in refused {
+        items[index].parsed = Err(rejection);
+    }
+    late::settle(&tx, items, to.horizons).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Counts each end with LLM usage by whether it got a cost.
+fn record_costs(plan: &rows::Plan<'_>) {
+    for write in plan.new_observations.iter().chain(&plan.changed_observations) {
+        let Some(usage) = write.end.and_then(|e| e.llm.as_ref()) else {
+            continue;
+        };
+        let outcome = match (&write.costs, usage.billable()) {
+            (Some(_), _) => "priced",
+            (None, Some(_)) => "no_price",
+            (None, None) => "not_billable",
+        };
+        metrics::counter!(crate::metrics::COSTS, "outcome" => outcome).increment(1);
+    }
 }
 
 /// Like [`commit`], but an entry that Postgres refuses becomes a dead letter
 /// instead of failing its neighbours. Returns how many entries were isolated.
 pub fn commit_isolating<'a>(
-    pool: &'a Pool,
-    stream: &'a str,
-    horizons: &'a Horizons,
+    to: Destination<'a>,
     items: &'a mut [BatchItem],
 ) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + 'a>> {
     Box::pin(async move {
-        match commit(pool, stream, horizons, items).await {
+        match commit(to, items).await {
             Ok(()) => Ok(0),
             Err(StoreError::Data(error)) if items.len() == 1 => {
                 let detail = format!("postgres rejected this entry: {}", describe(&error));
                 tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
                 items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
-                commit(pool, stream, horizons, items).await?;
+                commit(to, items).await?;
                 Ok(1)
             }
             Err(StoreError::Data(error)) => {
                 tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
-                split(pool, stream, horizons, items).await
+                split(to, items).await
             }
             // Halves finish sooner; a single entry goes back to the caller,
             // which retries it with backoff.
@@ -212,7 +328,7 @@ pub fn commit_isolating<'a>(
                 metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "statement_timeout")
                     .increment(1);
                 tracing::warn!(size = items.len(), %message, "statement timeout; splitting the batch");
-                split(pool, stream, horizons, items).await
+                split(to, items).await
             }
             Err(other) => Err(other),
         }
@@ -221,15 +337,10 @@ pub fn commit_isolating<'a>(
 
 /// Commits each half on its own; the halves that committed stay committed
 /// when a later one fails (their entries are rewritten idempotently on retry).
-async fn split(
-    pool: &Pool,
-    stream: &str,
-    horizons: &Horizons,
-    items: &mut [BatchItem],
-) -> Result<usize, StoreError> {
+async fn split(to: Destination<'_>, items: &mut [BatchItem]) -> Result<usize, StoreError> {
     let (left, right) = items.split_at_mut(items.len() / 2);
-    let isolated = commit_isolating(pool, stream, horizons, left).await?;
-    Ok(isolated + commit_isolating(pool, stream, horizons, right).await?)
+    let isolated = commit_isolating(to, left).await?;
+    Ok(isolated + commit_isolating(to, right).await?)
 }
 
 #[cfg(test)]
@@ -294,17 +405,19 @@ mod tests {
             event(1, "p", start("closed")),
             event(2, "p", start("open")),
             event(3, "p", end("closed")),
-            // The same id ended in another project closes nothing here.
-            event(4, "q", end("open")),
+            event(4, "p", start("open-elsewhere")),
+            // Ids are the studio's keys: an end under another project still
+            // closes the start (the write path then refuses one of them).
+            event(5, "q", end("open-elsewhere")),
             // An end whose start came earlier, and a rejected entry.
-            event(5, "p", end("earlier")),
+            event(6, "p", end("earlier")),
             item(false),
         ];
         let (written, held) = split_open_starts(batch);
         let seqs = |items: &[BatchItem]| items.iter().map(|i| i.entry.id.seq).collect::<Vec<_>>();
         assert_eq!(seqs(&held), [2]);
-        assert_eq!(seqs(&written), [0, 1, 3, 4, 5, 0]);
-        assert!(written[5].parsed.is_err());
+        assert_eq!(seqs(&written), [0, 1, 3, 4, 5, 6, 0]);
+        assert!(written[6].parsed.is_err());
     }
 
     #[test]

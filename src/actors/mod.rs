@@ -27,6 +27,7 @@ use crate::bounds::BoundsSettings;
 use crate::config::{ClaimSettings, DatabaseSettings, LimitSettings, PipelineSettings};
 use crate::health::Health;
 use crate::retention::{Horizons, RetentionSettings};
+use crate::write_path::Studio;
 
 /// What every actor of a replica shares, with the settings groups that one
 /// actor needs (`S`): the supervisor holds them all and hands each actor
@@ -38,6 +39,8 @@ pub struct Shared<S> {
     pub redis: redis::Client,
     /// Retention horizons: refreshed by the retention worker, read by writers.
     pub horizons: Arc<Horizons>,
+    /// The price cache and project rule of the studio's tables, for writers.
+    pub studio: Arc<Studio>,
 }
 
 impl<S> Shared<S> {
@@ -48,6 +51,7 @@ impl<S> Shared<S> {
             health: self.health.clone(),
             redis: self.redis.clone(),
             horizons: self.horizons.clone(),
+            studio: self.studio.clone(),
         }
     }
 }

@@ -281,13 +281,13 @@ async fn commit_and_ack(
     // Logged once (and again when the error changes), each retry at debug.
     let problems = OnceLog::default();
     loop {
-        match write_path::commit_isolating(
-            &pool,
-            &settings.pipeline.stream,
-            &shared.horizons,
-            &mut items,
-        )
-        .await
+        let destination = write_path::Destination {
+            pool: &pool,
+            stream: &settings.pipeline.stream,
+            horizons: &shared.horizons,
+            studio: &shared.studio,
+        };
+        match write_path::commit_isolating(destination, &mut items).await
         {
             Ok(isolated) => {
                 if isolated > 0 {

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+pub use llm::StudioUsage;
 pub use parse::parse_entry;
 pub use payload::{expand_data, Json};
 pub use reject::{Reason, Rejection};
@@ -128,6 +129,15 @@ pub enum EventBody {
 }
 
 impl TraceEvent {
+    /// The observation an observation event is about.
+    pub fn observation_id(&self) -> Option<&str> {
+        match &self.body {
+            EventBody::TraceStart(_) => None,
+            EventBody::ObservationStart { observation_id, .. }
+            | EventBody::ObservationEnd { observation_id, .. } => Some(observation_id),
+        }
+    }
+
     /// The wire event type, as a bounded metric label.
     pub fn event_type(&self) -> &'static str {
         match &self.body {
@@ -139,27 +149,34 @@ impl TraceEvent {
     }
 }
 
+/// The studio's `observationtype` enum: a type outside it is stored as SPAN,
+/// with the original kept in the row's meta.
+pub const OBSERVATION_TYPES: [&str; 5] = ["SPAN", "GENERATION", "EVENT", "TOOL", "AGENT"];
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TraceStart {
     pub name: Option<String>,
     pub user_id: Option<String>,
     pub session_id: Option<String>,
-    pub run_id: Option<String>,
-    pub meta: Option<Json>,
+    /// data.tags (the studio's default: an empty list).
+    pub tags: Option<Json>,
     /// data.timestamp, else the publish time.
     pub timestamp: DateTime<Utc>,
-    /// Keys of data without a column of their own.
+    /// The studio's `meta`: data.meta's keys plus every key of data without
+    /// a column of its own (run_id, unknown keys, `_fields`, repairs).
     pub metadata: Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservationStart {
     pub name: Option<String>,
+    /// One of [`OBSERVATION_TYPES`] (anything else was moved to metadata).
     pub observation_type: Option<String>,
     pub parent_observation_id: Option<String>,
     pub input: Option<Json>,
     /// data.start_time, else the publish time.
     pub start_time: DateTime<Utc>,
+    /// data.meta's keys plus every key of data without a column.
     pub metadata: Json,
 }
 
@@ -167,20 +184,23 @@ pub struct ObservationStart {
 pub struct ObservationEnd {
     /// True for observation_error.
     pub is_error: bool,
+    /// One of [`OBSERVATION_TYPES`]; replaces the start's.
     pub observation_type: Option<String>,
     /// data.level, else DEFAULT (end) or ERROR (error).
     pub level: String,
     pub output: Option<Json>,
-    /// data.status_message, else data.error.
+    /// observation_error: data.error, else data.status_message (the studio's
+    /// order); observation_end: data.status_message.
     pub status_message: Option<String>,
     /// data.end_time, else the publish time.
     pub end_time: DateTime<Utc>,
+    /// data.meta's keys plus every key of data without a column.
     pub metadata: Json,
-    /// Telemetry of an LLM call, when the output carries it.
-    pub llm: Option<LlmUsage>,
+    /// Model and tokens as the studio reads them from the output.
+    pub llm: Option<StudioUsage>,
 }
 
-/// What the SDK reports of an LLM call inside a GENERATION's output.
+/// Superseded by [`StudioUsage`]; kept until llm.rs drops its old reader.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LlmUsage {
     pub model: Option<String>,

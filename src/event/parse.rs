@@ -10,8 +10,11 @@ use super::payload::{kind, REPAIRS_KEY};
 use super::{
     expand_data, parse_epoch_seconds, parse_iso_time, EventBody, Heartbeat, Json, Limits,
     ObservationEnd, ObservationStart, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
-    TraceStart,
+    TraceStart, OBSERVATION_TYPES,
 };
+
+/// Where an observation type outside the studio's enum is kept.
+pub const ORIGINAL_TYPE_KEY: &str = "_ingest_original_type";
 
 /// Recorded in metadata when a self-referencing parent is dropped.
 pub const SELF_PARENT: &str = "parent_observation_id equal to the observation's own id dropped";
@@ -209,8 +212,7 @@ impl<'a> EventFields<'a> {
             name: self.take_bounded_text("name")?,
             user_id: self.take_bounded_text("user_id")?,
             session_id: self.take_bounded_text("session_id")?,
-            run_id: self.take_text("run_id")?,
-            meta: self.take_json("meta"),
+            tags: self.take_json("tags"),
             timestamp: self.take_time("timestamp")?.unwrap_or(published_at),
             metadata: self.metadata(),
         })
@@ -235,7 +237,7 @@ impl<'a> EventFields<'a> {
         }
         Ok(ObservationStart {
             name: self.take_bounded_text("name")?,
-            observation_type: self.take_text("type")?,
+            observation_type: self.take_type()?,
             parent_observation_id: parent,
             input: self.take_json("input"),
             start_time: self.take_time("start_time")?.unwrap_or(published_at),
@@ -260,20 +262,27 @@ impl<'a> EventFields<'a> {
         // The model goes to an indexed column; output keeps it whole.
         let llm = output
             .as_ref()
-            .and_then(super::llm::usage)
+            .and_then(super::llm::studio_usage)
             .map(|mut usage| {
                 usage.model = self.bounded("output._llm_model", usage.model.take());
                 usage
             });
+        let status_message = self.take_text("status_message")?;
+        // The studio's consumer: an error's message is data.error first.
+        let status_message = if is_error {
+            error.or(status_message)
+        } else {
+            status_message
+        };
         Ok(ObservationEnd {
             is_error,
-            observation_type: self.take_text("type")?,
+            observation_type: self.take_type()?,
             level: self
                 .take_text("level")?
                 .unwrap_or_else(|| default_level.to_owned()),
             llm,
             output: output.as_ref().map(Json::from_value),
-            status_message: self.take_text("status_message")?.or(error),
+            status_message,
             end_time: self.take_time("end_time")?.unwrap_or(published_at),
             metadata: self.metadata(),
         })
@@ -320,6 +329,22 @@ impl<'a> EventFields<'a> {
                 format!("data.{key} must be text, got a JSON {}", kind(&other)),
             )),
         }
+    }
+
+    /// data.type when it is one of the studio's [`OBSERVATION_TYPES`]; any
+    /// other type is kept in metadata (`_ingest_original_type`) and counted,
+    /// and the row takes the default.
+    fn take_type(&mut self) -> Result<Option<String>, Rejection> {
+        let Some(text) = self.take_text("type")? else {
+            return Ok(None);
+        };
+        if OBSERVATION_TYPES.contains(&text.as_str()) {
+            return Ok(Some(text));
+        }
+        metrics::counter!(crate::metrics::UNKNOWN_TYPES).increment(1);
+        self.data
+            .insert(ORIGINAL_TYPE_KEY.to_owned(), Value::String(text));
+        Ok(None)
     }
 
     /// [`Self::take_text`] cut to [`MAX_INDEXED_TEXT_BYTES`].
@@ -374,10 +399,18 @@ impl<'a> EventFields<'a> {
         }
     }
 
-    /// What no column took: the rest of data, plus unknown top-level fields
-    /// under `_fields` so that nothing a producer sends is thrown away.
+    /// The studio's `meta`: data.meta's keys (a meta that is not an object
+    /// is kept under `_meta`), then what no column took: the rest of data,
+    /// plus unknown top-level fields under `_fields`, so that nothing a
+    /// producer sends is thrown away. The rest wins a clash.
     fn metadata(&mut self) -> Json {
-        let mut rest = std::mem::take(&mut self.data);
+        let meta = self.data.remove("meta");
+        let mut rest = match meta {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(object)) => object,
+            Some(other) => Map::from_iter([("_meta".to_owned(), other)]),
+        };
+        rest.extend(std::mem::take(&mut self.data));
         let extra: Map<String, Value> = self
             .fields
             .iter()

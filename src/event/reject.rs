@@ -21,10 +21,15 @@ pub enum Reason {
     Decompression,
     RejectedByPostgres,
     TooManyDeliveries,
+    /// The project is not in the studio's `projects` table (replayable once
+    /// it is created).
+    UnknownProject,
+    /// The trace or observation id is already stored under another project.
+    ProjectMismatch,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::NulCharacter,
@@ -40,6 +45,8 @@ impl Reason {
         Reason::Decompression,
         Reason::RejectedByPostgres,
         Reason::TooManyDeliveries,
+        Reason::UnknownProject,
+        Reason::ProjectMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +66,8 @@ impl Reason {
             Reason::Decompression => "decompression_failed",
             Reason::RejectedByPostgres => "rejected_by_postgres",
             Reason::TooManyDeliveries => "too_many_deliveries",
+            Reason::UnknownProject => "unknown_project",
+            Reason::ProjectMismatch => "project_mismatch",
         }
     }
 }

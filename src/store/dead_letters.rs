@@ -19,7 +19,7 @@ pub struct DeadLetter<'a> {
 }
 
 const INSERT: &str = "
-INSERT INTO ingest_dead_letters
+INSERT INTO swisper_ingest.dead_letters
     (stream, stream_entry_id, fields, reason_code, reason, delivery_count, event_type, trace_id)
 SELECT $1, * FROM UNNEST($2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int4[], $7::text[], $8::text[])
 ON CONFLICT (stream, stream_entry_id) DO NOTHING";
@@ -195,7 +195,7 @@ pub async fn list(
     let sql = format!(
         "SELECT id, stream, stream_entry_id, reason_code, reason, delivery_count, event_type, trace_id,
                 created_at, replayed_at, replayed_entry_id, fields
-         FROM ingest_dead_letters WHERE {SELECT_WHERE} ORDER BY id LIMIT $6"
+         FROM swisper_ingest.dead_letters WHERE {SELECT_WHERE} ORDER BY id LIMIT $6"
     );
     let mut params = selection.params().to_vec();
     params.push(&limit);
@@ -226,7 +226,7 @@ pub async fn mark_replayed(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE ingest_dead_letters SET replayed_at = now(), replayed_entry_id = $2 WHERE id = $1",
+            "UPDATE swisper_ingest.dead_letters SET replayed_at = now(), replayed_entry_id = $2 WHERE id = $1",
             &[&id, &new_entry_id],
         )
         .await?;
@@ -237,7 +237,7 @@ pub async fn purge(
     client: &tokio_postgres::Client,
     selection: &Selection,
 ) -> Result<u64, tokio_postgres::Error> {
-    let sql = format!("DELETE FROM ingest_dead_letters WHERE {SELECT_WHERE}");
+    let sql = format!("DELETE FROM swisper_ingest.dead_letters WHERE {SELECT_WHERE}");
     client.execute(&sql, &selection.params()).await
 }
 

@@ -10,7 +10,7 @@ use super::{JsonbText, Pool, StoreError};
 use crate::event::Heartbeat;
 
 const UPSERT: &str = "
-INSERT INTO sdk_heartbeats AS h (project_id, sdk_version, first_seen_at, last_seen_at, metadata)
+INSERT INTO swisper_ingest.sdk_heartbeats AS h (project_id, sdk_version, first_seen_at, last_seen_at, metadata)
 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::jsonb[])
 ON CONFLICT (project_id, sdk_version) DO UPDATE SET
     first_seen_at = LEAST(h.first_seen_at, EXCLUDED.first_seen_at),
@@ -69,7 +69,7 @@ pub async fn newest_per_project(
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            "SELECT project_id, max(last_seen_at) AS newest FROM sdk_heartbeats \
+            "SELECT project_id, max(last_seen_at) AS newest FROM swisper_ingest.sdk_heartbeats \
              WHERE last_seen_at > now() - make_interval(days => $1) GROUP BY project_id \
              ORDER BY newest DESC, project_id LIMIT $2",
             &[&window_days, &i64::from(limit)],

@@ -1,12 +1,25 @@
 //! Schema migrations: the SQL files in `migrations/`, embedded at build time
 //! and applied by refinery under a transaction-scoped advisory lock, so that
 //! replicas started together never race, directly or through a pooler.
+//!
+//! Everything of ours lives in the schema `swisper_ingest`, the migration
+//! history included (`swisper_ingest.refinery_schema_history`): the studio's
+//! `public` holds only the studio's tables, which V2 creates when no studio
+//! is there (and upgrades from this service's earlier layout, which had its
+//! own tables in `public`).
 
 use crate::connect::postgres::PgTarget;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
+
+/// Our schema, created before refinery runs so that its history table can
+/// live there.
+pub const SCHEMA: &str = "swisper_ingest";
+
+/// refinery's history table.
+const HISTORY: &str = "swisper_ingest.refinery_schema_history";
 
 /// Any number that no other tool uses as an advisory lock on this database.
 const MIGRATION_LOCK: i64 = 0x5357_4953_5045_5201; // "SWISPER" + 1
@@ -17,6 +30,8 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("cannot take the migration lock: {0}")]
     Lock(#[source] tokio_postgres::Error),
+    #[error("cannot create the schema {SCHEMA}: {0}")]
+    Schema(#[source] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
 }
@@ -37,7 +52,7 @@ pub async fn applied_version(
 ) -> Result<Option<i32>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one(
-            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            "SELECT to_regclass('swisper_ingest.refinery_schema_history') IS NOT NULL",
             &[],
         )
         .await?
@@ -46,7 +61,10 @@ pub async fn applied_version(
         return Ok(None);
     }
     client
-        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .query_one(
+            "SELECT max(version) FROM swisper_ingest.refinery_schema_history",
+            &[],
+        )
         .await
         .map(|row| row.get(0))
 }
@@ -99,10 +117,13 @@ pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
         .map_err(MigrateError::Connect)?;
     let lock_driver = tokio::spawn(lock_connection);
     lock_migrations(&locker).await.map_err(MigrateError::Lock)?;
-    let report = embedded::migrations::runner()
-        .set_abort_divergent(true)
-        .run_async(&mut client)
-        .await;
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        .await
+        .map_err(MigrateError::Schema)?;
+    let mut runner = embedded::migrations::runner().set_abort_divergent(true);
+    runner.set_migration_table_name(HISTORY);
+    let report = runner.run_async(&mut client).await;
     // Ending the transaction releases the lock (so would the connection's end).
     let _ = locker.batch_execute("COMMIT").await;
     drop(locker);

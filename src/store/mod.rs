@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, migrations, and the statements of the write path.
-//! Plain async functions over a client; no actor in sight.
+//! Plain async functions over a client; no actor in sight. The studio's
+//! tables are in `public`; everything of ours is in `swisper_ingest`.
 
 mod arrays;
 pub mod dead_letters;
@@ -7,6 +8,7 @@ pub mod heartbeats;
 mod jsonb;
 pub mod migrate;
 pub mod pool;
+pub mod projects;
 pub mod retention;
 pub mod rows;
 
@@ -36,6 +38,11 @@ pub enum StoreError {
     /// retry the same rows later.
     #[error("postgres is unavailable: {0}")]
     Unavailable(String),
+    /// Another writer inserted a row this transaction meant to insert as new
+    /// (23505 on an INSERT of rows that were absent when locked): run the
+    /// transaction again at once, when the row is found and merged.
+    #[error("another writer stored one of these rows first: {0}")]
+    Conflict(String),
 }
 
 /// The ways a reachable Postgres refuses every write.
@@ -64,6 +71,7 @@ impl StoreError {
             StoreError::StatementTimeout(_) => "statement_timeout",
             StoreError::CannotWrite { kind, .. } => kind.label(),
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Conflict(_) => "conflict",
         }
     }
 }

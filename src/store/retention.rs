@@ -44,7 +44,7 @@ pub async fn try_lock(client: &Client) -> Result<bool, StoreError> {
 pub async fn overrides(client: &impl GenericClient) -> Result<Vec<(String, i32)>, StoreError> {
     let rows = client
         .query(
-            "SELECT project_id, days FROM retention_projects ORDER BY project_id",
+            "SELECT project_id, days FROM swisper_ingest.retention_projects ORDER BY project_id",
             &[],
         )
         .await?;
@@ -54,7 +54,7 @@ pub async fn overrides(client: &impl GenericClient) -> Result<Vec<(String, i32)>
 pub async fn set_override(client: &Client, project: &str, days: i32) -> Result<(), StoreError> {
     client
         .execute(
-            "INSERT INTO retention_projects (project_id, days) VALUES ($1, $2)
+            "INSERT INTO swisper_ingest.retention_projects (project_id, days) VALUES ($1, $2)
              ON CONFLICT (project_id) DO UPDATE SET days = EXCLUDED.days, updated_at = now()",
             &[&project, &days],
         )
@@ -66,7 +66,7 @@ pub async fn set_override(client: &Client, project: &str, days: i32) -> Result<(
 pub async fn unset_override(client: &Client, project: &str) -> Result<bool, StoreError> {
     let removed = client
         .execute(
-            "DELETE FROM retention_projects WHERE project_id = $1",
+            "DELETE FROM swisper_ingest.retention_projects WHERE project_id = $1",
             &[&project],
         )
         .await?;
@@ -74,14 +74,15 @@ pub async fn unset_override(client: &Client, project: &str) -> Result<bool, Stor
 }
 
 /// Every project that has traces: a loose index scan (one probe of the
-/// (project_id, first_seen_at) index per project), cheap with millions of rows.
+/// state's (project_id, first_seen_at) index per project), cheap with
+/// millions of rows.
 pub async fn projects(client: &Client) -> Result<Vec<String>, StoreError> {
     let rows = client
         .query(
             "WITH RECURSIVE p AS (
-                 (SELECT project_id FROM traces ORDER BY project_id LIMIT 1)
+                 (SELECT project_id FROM swisper_ingest.trace_state ORDER BY project_id LIMIT 1)
                  UNION ALL
-                 SELECT (SELECT t.project_id FROM traces t WHERE t.project_id > p.project_id
+                 SELECT (SELECT t.project_id FROM swisper_ingest.trace_state t WHERE t.project_id > p.project_id
                          ORDER BY t.project_id LIMIT 1)
                  FROM p WHERE p.project_id IS NOT NULL)
              SELECT project_id FROM p WHERE project_id IS NOT NULL",
@@ -98,7 +99,7 @@ pub async fn oldest_trace(
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     let row = client
         .query_one(
-            "SELECT min(first_seen_at) FROM traces WHERE project_id = $1",
+            "SELECT min(first_seen_at) FROM swisper_ingest.trace_state WHERE project_id = $1",
             &[&project],
         )
         .await?;
@@ -117,14 +118,15 @@ pub struct Forgotten {
 /// for each.
 ///
 /// Why it never leaves a half trace while writers run: every write batch
-/// touches the row of each trace it writes (INSERT ... ON CONFLICT locks the
-/// row) before it writes the trace's observations, and holds that lock until
-/// it commits. Here the traces are locked first (SKIP LOCKED: a trace being
-/// written now waits for the next batch, and no lock order can deadlock with
-/// the writers), and the observations are deleted by a later statement, whose
-/// snapshot includes every writer that committed before the lock was taken.
-/// A writer that comes after finds the trace locked, waits for this commit,
-/// and then sees the tombstone (`forgotten_among`).
+/// locks the studio row of each trace it writes (`FOR NO KEY UPDATE`, or the
+/// INSERT of a new one) before it writes the trace's observations, and holds
+/// that lock until it commits. Here the studio rows are locked first
+/// (`FOR UPDATE SKIP LOCKED`: a trace being written now waits for the next
+/// batch, and no lock order can deadlock with the writers; `FOR UPDATE` also
+/// excludes the foreign-key checks of new observations), and the rows are
+/// deleted by later statements. A writer that comes after finds the trace
+/// locked, waits for this commit, and then sees the tombstone
+/// (`forgotten_among`).
 pub async fn forget_traces(
     client: &mut Client,
     project: &str,
@@ -134,32 +136,34 @@ pub async fn forget_traces(
     let tx = client.transaction().await?;
     let ids: Vec<String> = tx
         .query(
-            "SELECT id FROM traces WHERE project_id = $1 AND first_seen_at < $2
-             ORDER BY first_seen_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+            "SELECT s.id FROM swisper_ingest.trace_state s
+             JOIN public.traces t ON t.id = s.id
+             WHERE s.project_id = $1 AND s.first_seen_at < $2
+             ORDER BY s.first_seen_at LIMIT $3 FOR UPDATE OF t SKIP LOCKED",
             &[&project, &cut, &limit],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // State whose studio row is gone (the studio deleted its project).
+    tx.execute(
+        "DELETE FROM swisper_ingest.trace_state s
+         WHERE s.id IN (SELECT id FROM swisper_ingest.trace_state
+                        WHERE project_id = $1 AND first_seen_at < $2
+                        ORDER BY first_seen_at LIMIT $3)
+           AND NOT EXISTS (SELECT 1 FROM public.traces t WHERE t.id = s.id)",
+        &[&project, &cut, &limit],
+    )
+    .await?;
     if ids.is_empty() {
-        tx.rollback().await?;
+        tx.commit().await?;
         return Ok(Forgotten::default());
     }
-    let observations = tx
-        .execute(
-            "DELETE FROM observations WHERE trace_id = ANY($1) AND project_id = $2",
-            &[&ids, &project],
-        )
-        .await?;
-    let traces = tx
-        .execute(
-            "DELETE FROM traces WHERE id = ANY($1) AND project_id = $2",
-            &[&ids, &project],
-        )
-        .await?;
+    let observations = delete_traces(&tx, &ids).await?;
+    let traces = ids.len() as u64;
     tx.execute(
-        "INSERT INTO retention_tombstones (trace_id, project_id)
+        "INSERT INTO swisper_ingest.retention_tombstones (trace_id, project_id)
          SELECT unnest($1::text[]), $2
          ON CONFLICT (trace_id, project_id) DO UPDATE SET forgotten_at = now()",
         &[&ids, &project],
@@ -170,6 +174,45 @@ pub async fn forget_traces(
         traces,
         observations,
     })
+}
+
+/// Deletes these traces (locked by the caller, or locked here by the
+/// DELETE itself before anything else), their observations and the merge
+/// state of both; returns how many observations went.
+async fn delete_traces<S: AsRef<str> + tokio_postgres::types::ToSql + Sync>(
+    tx: &Transaction<'_>,
+    ids: &[S],
+) -> Result<u64, StoreError> {
+    // The trace rows first: deleting one locks it, and the studio's foreign
+    // key cascades to its observations under that lock.
+    let locked: Vec<String> = tx
+        .query(
+            "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let observations = tx
+        .execute(
+            "DELETE FROM public.observations WHERE trace_id = ANY($1)",
+            &[&locked],
+        )
+        .await?;
+    tx.execute("DELETE FROM public.traces WHERE id = ANY($1)", &[&ids])
+        .await?;
+    tx.execute(
+        "DELETE FROM swisper_ingest.observation_state WHERE trace_id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM swisper_ingest.trace_state WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    Ok(observations)
 }
 
 /// Deletes up to `limit` rows of a table by its time column, oldest first;
@@ -183,19 +226,19 @@ async fn forget_oldest(
 ) -> Result<u64, StoreError> {
     let sql = match table {
         OldRows::DeadLetters => {
-            "DELETE FROM ingest_dead_letters WHERE id IN (
-                 SELECT id FROM ingest_dead_letters WHERE created_at < $1
+            "DELETE FROM swisper_ingest.dead_letters WHERE id IN (
+                 SELECT id FROM swisper_ingest.dead_letters WHERE created_at < $1
                  ORDER BY created_at LIMIT $2)"
         }
         OldRows::Tombstones => {
-            "DELETE FROM retention_tombstones WHERE (trace_id, project_id) IN (
-                 SELECT trace_id, project_id FROM retention_tombstones WHERE forgotten_at < $1
+            "DELETE FROM swisper_ingest.retention_tombstones WHERE (trace_id, project_id) IN (
+                 SELECT trace_id, project_id FROM swisper_ingest.retention_tombstones WHERE forgotten_at < $1
                  ORDER BY forgotten_at LIMIT $2)"
         }
         // One row per project and SDK version: a small table.
         OldRows::Heartbeats => {
-            "DELETE FROM sdk_heartbeats WHERE ctid IN (
-                 SELECT ctid FROM sdk_heartbeats WHERE last_seen_at < $1 LIMIT $2)"
+            "DELETE FROM swisper_ingest.sdk_heartbeats WHERE ctid IN (
+                 SELECT ctid FROM swisper_ingest.sdk_heartbeats WHERE last_seen_at < $1 LIMIT $2)"
         }
     };
     Ok(client.execute(sql, &[&cut, &limit]).await?)
@@ -212,7 +255,7 @@ pub enum OldRows {
 impl OldRows {
     pub fn table(self) -> &'static str {
         match self {
-            OldRows::DeadLetters => "ingest_dead_letters",
+            OldRows::DeadLetters => "dead_letters",
             OldRows::Heartbeats => "sdk_heartbeats",
             OldRows::Tombstones => "retention_tombstones",
         }
@@ -242,7 +285,7 @@ pub async fn forgotten_among(
     let rows = tx
         .query(
             "SELECT t.trace_id, t.project_id
-             FROM retention_tombstones t
+             FROM swisper_ingest.retention_tombstones t
              JOIN unnest($1::text[], $2::text[]) AS w(trace_id, project_id)
                USING (trace_id, project_id)",
             &[&ids, &projects],
@@ -263,7 +306,7 @@ pub async fn forget_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Resu
     }
     let (ids, projects) = unzip(traces);
     tx.execute(
-        "INSERT INTO retention_tombstones (trace_id, project_id)
+        "INSERT INTO swisper_ingest.retention_tombstones (trace_id, project_id)
          SELECT * FROM unnest($1::text[], $2::text[])
          ON CONFLICT (trace_id, project_id) DO NOTHING",
         &[&ids, &projects],
@@ -274,22 +317,23 @@ pub async fn forget_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Resu
 
 /// In the write path's transaction: removes the rows of forgotten traces
 /// that this very transaction wrote (a writer racing the retention batch).
+/// A trace id stored under another project is not touched.
 pub async fn remove_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Result<(), StoreError> {
     if traces.is_empty() {
         return Ok(());
     }
     let (ids, projects) = unzip(traces);
-    tx.execute(
-        "DELETE FROM observations o USING unnest($1::text[], $2::text[]) AS g(trace_id, project_id)
-         WHERE o.trace_id = g.trace_id AND o.project_id = g.project_id",
-        &[&ids, &projects],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM traces t USING unnest($1::text[], $2::text[]) AS g(trace_id, project_id)
-         WHERE t.id = g.trace_id AND t.project_id = g.project_id",
-        &[&ids, &projects],
-    )
-    .await?;
+    let owned: Vec<String> = tx
+        .query(
+            "SELECT t.id FROM public.traces t
+             JOIN unnest($1::text[], $2::text[]) AS g(trace_id, project_id)
+               ON t.id = g.trace_id AND t.project_id = g.project_id",
+            &[&ids, &projects],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    delete_traces(tx, &owned).await?;
     Ok(())
 }

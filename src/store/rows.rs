@@ -1,215 +1,692 @@
-//! Writing merged rows: one `INSERT ... SELECT * FROM unnest(<one array per
-//! column>) ON CONFLICT` per table, which applies the same newest-version-wins
-//! rule as [`crate::merge`], so batches on any replica combine correctly.
-//! Each row crosses the wire and is written by Postgres once: no staging
-//! table, nothing to sort (rows come in key order from the merge), and no
-//! session state, so it works behind a transaction pooler.
+//! Writing merged rows into the studio's own `traces` and `observations`.
+//!
+//! The studio's rows have no room for versions, so each row's merge state
+//! (the version of each column group, see [`crate::merge`]) lives beside it
+//! in `swisper_ingest.trace_state` / `observation_state`. One transaction:
+//! 1. [`lock`]: the studio rows the batch touches are locked in id order
+//!    (`FOR NO KEY UPDATE`, which leaves foreign-key checks free) and read
+//!    with their state;
+//! 2. [`plan`] (pure): which groups of which rows the batch's events win,
+//!    and the columns the studio combines from several groups (type, meta,
+//!    start_time before the start arrives);
+//! 3. [`write`]: rows new to the database are inserted whole, existing rows
+//!    get only the groups they lost, and the state follows.
+//!
+//! A new row that another writer inserted meanwhile makes the INSERT fail
+//! with a unique violation: [`StoreError::Conflict`], and the caller runs the
+//! transaction again, when the row is found and merged instead.
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
 
-use tokio_postgres::types::{ToSql, Type};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 use super::arrays::column;
 use super::{JsonbText, StoreError};
-use crate::event::{LlmUsage, ObservationEnd, ObservationStart, TraceStart};
-use crate::merge::{ObservationRow, Rows, TraceRow};
+use crate::cost::{decimal_text, Costs, PriceBook};
+use crate::event::{ObservationEnd, ObservationStart, TraceStart};
+use crate::merge::{ObservationRow, Rows, TraceRow, Version};
 
-/// A column and its Postgres type: binary COPY does no casts, so the type
-/// sent must be the column's.
-type Column = (&'static str, Type);
+/// The studio's defaults (its consumer's `data.get("name", ...)`).
+const UNNAMED_TRACE: &str = "unnamed_trace";
+const UNNAMED_OBSERVATION: &str = "unnamed_observation";
+const DEFAULT_TYPE: &str = "SPAN";
+const DEFAULT_LEVEL: &str = "DEFAULT";
 
-/// Column groups of a table: the version column that decides the group and
-/// the columns it carries.
-struct Group {
-    version: &'static str,
-    columns: &'static [Column],
-    /// Whether a newer version alone rewrites the row. Not for a trace's
-    /// `seen` group: its only column is part of the key, so a newer event
-    /// changes nothing, and each batch with events of a trace would rewrite
-    /// its row (4 times per trace under backlog, docs/benchmarks.md).
-    rewrites: bool,
+/// A studio row the batch touches, as locked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTrace {
+    pub project_id: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    /// None before a trace_start; a row written by someone else (the studio's
+    /// own consumer) counts as started by the oldest possible version.
+    pub start_version: Option<Version>,
+    /// False for a row with no state of ours: its state is written now.
+    pub has_state: bool,
 }
 
-/// One target table: the single source of its column list, types and merge
-/// statement.
-struct Table {
-    name: &'static str,
-    id: &'static str,
-    /// The primary key: (id, project_id), so that one project's events never
-    /// touch another project's row with the same id.
-    key: &'static [&'static str],
-    /// Merged by GREATEST/LEAST rather than by a version.
-    extremes: &'static [(Column, &'static str)],
-    groups: &'static [Group],
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObservation {
+    /// The project of its trace (or of its state).
+    pub project_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub seen_version: Version,
+    pub start_version: Option<Version>,
+    pub end_version: Option<Version>,
+    pub start_type: Option<String>,
+    pub end_type: Option<String>,
+    pub start_meta: Option<String>,
+    pub end_meta: Option<String>,
 }
 
-const TRACES: Table = Table {
-    name: "traces",
-    id: "id",
-    key: &["id", "project_id"],
-    extremes: &[(("first_seen_at", Type::TIMESTAMPTZ), "LEAST")],
-    groups: &[
-        Group {
-            version: "seen_version",
-            rewrites: false,
-            columns: &[("project_id", Type::TEXT)],
-        },
-        Group {
-            version: "start_version",
-            rewrites: true,
-            columns: &[
-                ("name", Type::TEXT),
-                ("user_id", Type::TEXT),
-                ("session_id", Type::TEXT),
-                ("run_id", Type::TEXT),
-                ("meta", Type::JSONB),
-                ("metadata", Type::JSONB),
-                ("start_timestamp", Type::TIMESTAMPTZ),
-            ],
-        },
-    ],
-};
+/// What the database holds of the batch's rows, keyed by id.
+#[derive(Debug, Default, Clone)]
+pub struct Stored {
+    pub traces: BTreeMap<String, StoredTrace>,
+    pub observations: BTreeMap<String, StoredObservation>,
+}
 
-const OBSERVATIONS: Table = Table {
-    name: "observations",
-    id: "id",
-    key: &["id", "project_id"],
-    extremes: &[],
-    groups: &[
-        Group {
-            version: "seen_version",
-            rewrites: true,
-            columns: &[("trace_id", Type::TEXT), ("project_id", Type::TEXT)],
-        },
-        Group {
-            version: "start_version",
-            rewrites: true,
-            columns: &[
-                ("name", Type::TEXT),
-                ("start_type", Type::TEXT),
-                ("parent_observation_id", Type::TEXT),
-                ("input", Type::JSONB),
-                ("start_time", Type::TIMESTAMPTZ),
-                ("start_metadata", Type::JSONB),
-            ],
-        },
-        Group {
-            version: "end_version",
-            rewrites: true,
-            columns: &[
-                ("end_type", Type::TEXT),
-                ("end_level", Type::TEXT),
-                ("output", Type::JSONB),
-                ("status_message", Type::TEXT),
-                ("end_time", Type::TIMESTAMPTZ),
-                ("end_metadata", Type::JSONB),
-                ("llm_model", Type::TEXT),
-                ("llm_prompt_tokens", Type::INT8),
-                ("llm_completion_tokens", Type::INT8),
-                ("llm_total_tokens", Type::INT8),
-                ("llm_cached_tokens", Type::INT8),
-                ("llm_thoughts_tokens", Type::INT8),
-                ("llm_duration_ms", Type::FLOAT8),
-            ],
-        },
-    ],
-};
+fn naive(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
+}
 
-impl Table {
-    /// Columns in parameter order: id, extremes, then each group's version
-    /// and columns.
-    fn columns(&self) -> Vec<Column> {
-        let mut columns = vec![(self.id, Type::TEXT)];
-        columns.extend(self.extremes.iter().map(|(column, _)| column.clone()));
-        for group in self.groups {
-            columns.push((group.version, Type::BYTEA));
-            columns.extend(group.columns.iter().cloned());
+fn version_of(bytes: Option<&[u8]>) -> Option<Version> {
+    bytes.and_then(Version::from_bytes)
+}
+
+/// Locks the studio rows of these ids (in id order: two writers never
+/// deadlock) and reads them with their merge state. Ids must be sorted.
+pub async fn lock(
+    tx: &Transaction<'_>,
+    trace_ids: &[&str],
+    observation_ids: &[&str],
+) -> Result<Stored, StoreError> {
+    let mut stored = Stored::default();
+    if !trace_ids.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
+                        s.first_seen_at, s.start_version
+                 FROM public.traces t
+                 LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
+                 WHERE t.id = ANY($1) ORDER BY t.id FOR NO KEY UPDATE OF t",
+                &[&trace_ids],
+            )
+            .await?;
+        for row in rows {
+            let has_state: bool = row.get(3);
+            let timestamp: NaiveDateTime = row.get(2);
+            let trace = if has_state {
+                StoredTrace {
+                    project_id: row.get(1),
+                    first_seen_at: row.get(4),
+                    start_version: version_of(row.get(5)),
+                    has_state,
+                }
+            } else {
+                StoredTrace {
+                    project_id: row.get(1),
+                    first_seen_at: timestamp.and_utc(),
+                    start_version: Some(Version::OLDEST),
+                    has_state,
+                }
+            };
+            stored.traces.insert(row.get(0), trace);
         }
-        columns
     }
-
-    fn names(&self) -> String {
-        self.columns()
-            .iter()
-            .map(|(name, _)| *name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Each group's columns move only when the staged version is newer; the
-    /// WHERE clause skips rows that would not change (pure duplicates).
-    fn merge_statement(&self) -> String {
-        let columns = self.names();
-        let newer = |version: &str| format!("ingest_newer(EXCLUDED.{version}, t.{version})");
-        let mut sets = Vec::new();
-        let mut changes = Vec::new();
-        for ((column, _), function) in self.extremes {
-            sets.push(format!(
-                "{column} = {function}(t.{column}, EXCLUDED.{column})"
-            ));
-            changes.push(format!(
-                "{function}(t.{column}, EXCLUDED.{column}) IS DISTINCT FROM t.{column}"
-            ));
+    if !observation_ids.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
+                        s.seen_version, s.start_version, s.end_version,
+                        CASE WHEN s.id IS NULL THEN o.type::text ELSE s.start_type END,
+                        s.end_type,
+                        CASE WHEN s.id IS NULL THEN o.meta::text ELSE s.start_meta::text END,
+                        s.end_meta::text, o.end_time IS NOT NULL
+                 FROM public.observations o
+                 LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
+                 LEFT JOIN public.traces tr ON tr.id = o.trace_id
+                 WHERE o.id = ANY($1) ORDER BY o.id FOR NO KEY UPDATE OF o",
+                &[&observation_ids],
+            )
+            .await?;
+        for row in rows {
+            let has_state: bool = row.get(1);
+            let observation = if has_state {
+                StoredObservation {
+                    project_id: row.get(3),
+                    trace_id: row.get(2),
+                    seen_version: version_of(row.get(4)).unwrap_or(Version::OLDEST),
+                    start_version: version_of(row.get(5)),
+                    end_version: version_of(row.get(6)),
+                    start_type: row.get(7),
+                    end_type: row.get(8),
+                    start_meta: row.get(9),
+                    end_meta: row.get(10),
+                }
+            } else {
+                // Written by someone else: its start (and end, when it has
+                // an end time) count as the oldest possible versions.
+                let ended: bool = row.get(11);
+                StoredObservation {
+                    project_id: row.get(3),
+                    trace_id: row.get(2),
+                    seen_version: Version::OLDEST,
+                    start_version: Some(Version::OLDEST),
+                    end_version: ended.then_some(Version::OLDEST),
+                    start_type: row.get(7),
+                    end_type: None,
+                    start_meta: row.get(9),
+                    end_meta: None,
+                }
+            };
+            stored.observations.insert(row.get(0), observation);
         }
-        for group in self.groups {
-            let wins = newer(group.version);
-            let names = group.columns.iter().map(|(name, _)| *name);
-            for column in names.chain([group.version]) {
-                sets.push(format!(
-                    "{column} = CASE WHEN {wins} THEN EXCLUDED.{column} ELSE t.{column} END"
-                ));
+    }
+    Ok(stored)
+}
+
+/// A trace row to insert or update: its final studio columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceWrite<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    /// True when a trace_start is (now) known: name, user, session, meta and
+    /// tags are written; otherwise only the timestamp moves.
+    pub started: bool,
+    pub name: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub meta: Option<&'a str>,
+    pub tags: &'a str,
+    /// None keeps the stored one (a started trace's time is its start's).
+    pub timestamp: Option<NaiveDateTime>,
+    /// The state that goes with it.
+    pub first_seen_at: DateTime<Utc>,
+    pub start_version: Option<Version>,
+}
+
+/// An observation row to insert or update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservationWrite<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    /// Which groups this batch wins (all that it has, for a new row).
+    pub seen_wins: bool,
+    pub start_wins: bool,
+    pub end_wins: bool,
+    pub trace_id: &'a str,
+    pub start: Option<&'a ObservationStart>,
+    pub end: Option<&'a ObservationEnd>,
+    /// Combined from both groups, always written.
+    pub observation_type: String,
+    pub meta: Option<String>,
+    /// The start's time, or the end's while no start is known; None keeps
+    /// the stored one.
+    pub start_time: Option<NaiveDateTime>,
+    pub costs: Option<Costs>,
+    /// The state that goes with it.
+    pub seen_version: Version,
+    pub start_version: Option<Version>,
+    pub end_version: Option<Version>,
+    pub start_type: Option<&'a str>,
+    pub end_type: Option<&'a str>,
+    pub start_meta: Option<&'a str>,
+    pub end_meta: Option<&'a str>,
+}
+
+/// What one transaction writes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Plan<'a> {
+    pub new_traces: Vec<TraceWrite<'a>>,
+    pub changed_traces: Vec<TraceWrite<'a>>,
+    pub new_observations: Vec<ObservationWrite<'a>>,
+    pub changed_observations: Vec<ObservationWrite<'a>>,
+}
+
+fn newer(incoming: Option<Version>, stored: Option<Version>) -> bool {
+    match (incoming, stored) {
+        (Some(incoming), Some(stored)) => incoming > stored,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+fn max_version(a: Option<Version>, b: Option<Version>) -> Option<Version> {
+    a.max(b)
+}
+
+/// Decides what the batch's merged rows change, given what is stored. Pure.
+pub fn plan<'a>(rows: &'a Rows<'a>, stored: &'a Stored, prices: &PriceBook) -> Plan<'a> {
+    let mut plan = Plan::default();
+    for row in &rows.traces {
+        match stored.traces.get(row.id) {
+            None => plan.new_traces.push(trace_write(row, None)),
+            Some(existing) => {
+                if let Some(write) = trace_change(row, existing) {
+                    plan.changed_traces.push(write);
+                }
             }
-            if group.rewrites {
-                changes.push(wins);
+        }
+    }
+    for row in &rows.observations {
+        let existing = stored.observations.get(row.id);
+        if let Some(write) = observation_write(row, existing, prices) {
+            if existing.is_some() {
+                plan.changed_observations.push(write);
+            } else {
+                plan.new_observations.push(write);
             }
         }
-        sets.push("updated_at = now()".to_owned());
-        // One array parameter per column, cast to the column's type. Rows
-        // arrive in key order (the merge's BTreeMap), so two replicas lock
-        // them in the same order.
-        let arrays: Vec<String> = self
-            .columns()
-            .iter()
-            .enumerate()
-            .map(|(index, (_, ty))| format!("${}::{}[]", index + 1, ty.name()))
-            .collect();
-        format!(
-            "INSERT INTO {table} AS t ({columns}) \
-             SELECT * FROM unnest({arrays}) \
-             ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {changes}",
-            table = self.name,
-            arrays = arrays.join(", "),
-            key = self.key.join(", "),
-            sets = sets.join(", "),
-            changes = changes.join(" OR "),
-        )
+    }
+    plan
+}
+
+/// The trace's final columns when its start (if any) is this row's.
+fn trace_write<'a>(row: &'a TraceRow<'a>, stored_first_seen: Option<DateTime<Utc>>) -> TraceWrite<'a> {
+    let first_seen_at = stored_first_seen.map_or(row.first_seen_at, |s| s.min(row.first_seen_at));
+    let start: Option<&TraceStart> = row.start.map(|s| s.value);
+    TraceWrite {
+        id: row.id,
+        project_id: row.project_id,
+        started: start.is_some(),
+        name: start.map(|s| s.name.as_deref().unwrap_or(UNNAMED_TRACE)),
+        user_id: start.and_then(|s| s.user_id.as_deref()),
+        session_id: start.and_then(|s| s.session_id.as_deref()),
+        meta: start.map(|s| s.metadata.as_str()),
+        tags: start
+            .and_then(|s| s.tags.as_ref())
+            .map_or("[]", |t| t.as_str()),
+        timestamp: Some(naive(start.map_or(first_seen_at, |s| s.timestamp))),
+        first_seen_at,
+        start_version: row.start.map(|s| s.version),
     }
 }
 
-/// Built once from the table specs.
-static MERGE_TRACES: LazyLock<String> = LazyLock::new(|| TRACES.merge_statement());
-static MERGE_OBSERVATIONS: LazyLock<String> = LazyLock::new(|| OBSERVATIONS.merge_statement());
+fn trace_change<'a>(row: &'a TraceRow<'a>, stored: &StoredTrace) -> Option<TraceWrite<'a>> {
+    let incoming = row.start.map(|s| s.version);
+    let first_seen_at = stored.first_seen_at.min(row.first_seen_at);
+    if newer(incoming, stored.start_version) {
+        let mut write = trace_write(row, Some(stored.first_seen_at));
+        write.first_seen_at = first_seen_at;
+        return Some(write);
+    }
+    let earlier = first_seen_at < stored.first_seen_at;
+    if !earlier && stored.has_state {
+        return None;
+    }
+    // Only the time moves, and only while no trace_start is known; a row of
+    // someone else's gets its state.
+    let moves = earlier && stored.start_version.is_none();
+    Some(TraceWrite {
+        id: row.id,
+        project_id: row.project_id,
+        started: false,
+        name: None,
+        user_id: None,
+        session_id: None,
+        meta: None,
+        tags: "[]",
+        timestamp: moves.then(|| naive(first_seen_at)),
+        first_seen_at,
+        start_version: stored.start_version,
+    })
+}
 
-/// Merges both tables inside the caller's transaction.
-pub async fn write_rows(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<(), StoreError> {
-    for chunk in chunks(&rows.traces, trace_bytes) {
-        write_traces(tx, chunk).await?;
+/// Keys of the start's meta, then the end's (which win a clash); None when
+/// both are empty, as the studio leaves meta NULL.
+fn combined_meta(start: Option<&str>, end: Option<&str>) -> Option<String> {
+    let object = |text: Option<&str>| -> Map<String, Value> {
+        match text.map(serde_json::from_str::<Value>) {
+            Some(Ok(Value::Object(map))) => map,
+            Some(Ok(Value::Null)) | None => Map::new(),
+            Some(Ok(other)) => Map::from_iter([("_meta".to_owned(), other)]),
+            Some(Err(_)) => Map::new(),
+        }
+    };
+    let mut meta = object(start);
+    meta.extend(object(end));
+    (!meta.is_empty()).then(|| Value::Object(meta).to_string())
+}
+
+fn non_empty(json: &str) -> Option<&str> {
+    (json != "{}").then_some(json)
+}
+
+fn observation_write<'a>(
+    row: &'a ObservationRow<'a>,
+    stored: Option<&'a StoredObservation>,
+    prices: &PriceBook,
+) -> Option<ObservationWrite<'a>> {
+    let incoming_start = row.start.map(|s| s.version);
+    let incoming_end = row.end.map(|e| e.version);
+    let (seen_wins, start_wins, end_wins) = match stored {
+        None => (true, incoming_start.is_some(), incoming_end.is_some()),
+        Some(s) => (
+            row.seen.version > s.seen_version,
+            newer(incoming_start, s.start_version),
+            newer(incoming_end, s.end_version),
+        ),
+    };
+    if !(seen_wins || start_wins || end_wins) {
+        return None;
     }
-    for chunk in chunks(&rows.observations, observation_bytes) {
-        write_observations(tx, chunk).await?;
+    let start = start_wins.then(|| row.start.map(|s| s.value)).flatten();
+    let end = end_wins.then(|| row.end.map(|e| e.value)).flatten();
+    let stored_field = |f: fn(&'a StoredObservation) -> Option<&'a str>| stored.and_then(f);
+    let start_type = match start {
+        Some(s) => s.observation_type.as_deref(),
+        None => stored_field(|s| s.start_type.as_deref()),
+    };
+    let end_type = match end {
+        Some(e) => e.observation_type.as_deref(),
+        None => stored_field(|s| s.end_type.as_deref()),
+    };
+    let start_meta = match start {
+        Some(s) => non_empty(s.metadata.as_str()),
+        None => stored_field(|s| s.start_meta.as_deref()),
+    };
+    let end_meta = match end {
+        Some(e) => non_empty(e.metadata.as_str()),
+        None => stored_field(|s| s.end_meta.as_deref()),
+    };
+    let start_version = max_version(incoming_start, stored.and_then(|s| s.start_version));
+    let end_version = max_version(incoming_end, stored.and_then(|s| s.end_version));
+    let start_time = match (start, end) {
+        (Some(s), _) => Some(naive(s.start_time)),
+        // No start known yet: the end's time stands in (NOT NULL column).
+        (None, Some(e)) if start_version.is_none() => Some(naive(e.end_time)),
+        _ => None,
+    };
+    let costs = end
+        .and_then(|e| e.llm.as_ref())
+        .and_then(|usage| usage.billable())
+        .and_then(|(model, prompt, completion)| {
+            prices.cost(row.project_id, model, prompt, completion)
+        });
+    Some(ObservationWrite {
+        id: row.id,
+        project_id: row.project_id,
+        seen_wins,
+        start_wins,
+        end_wins,
+        trace_id: if seen_wins {
+            row.seen.value
+        } else {
+            stored
+                .and_then(|s| s.trace_id.as_deref())
+                .unwrap_or(row.seen.value)
+        },
+        start,
+        end,
+        observation_type: end_type.or(start_type).unwrap_or(DEFAULT_TYPE).to_owned(),
+        meta: combined_meta(start_meta, end_meta),
+        start_time,
+        costs,
+        seen_version: match stored {
+            Some(s) => s.seen_version.max(row.seen.version),
+            None => row.seen.version,
+        },
+        start_version,
+        end_version,
+        start_type,
+        end_type,
+        start_meta,
+        end_meta,
+    })
+}
+
+/// Executes the plan: inserts first (traces before the observations that
+/// refer to them), then updates, then the merge state.
+pub async fn write(tx: &Transaction<'_>, plan: &Plan<'_>) -> Result<(), StoreError> {
+    insert_traces(tx, &plan.new_traces).await?;
+    update_traces(tx, &plan.changed_traces).await?;
+    for chunk in chunks(&plan.new_observations, observation_bytes) {
+        insert_observations(tx, chunk).await?;
     }
+    for chunk in chunks(&plan.changed_observations, observation_bytes) {
+        update_observations(tx, chunk).await?;
+    }
+    let traces: Vec<&TraceWrite> = plan.new_traces.iter().chain(&plan.changed_traces).collect();
+    upsert_trace_state(tx, &traces).await?;
+    let observations: Vec<&ObservationWrite> = plan
+        .new_observations
+        .iter()
+        .chain(&plan.changed_observations)
+        .collect();
+    upsert_observation_state(tx, &observations).await?;
+    Ok(())
+}
+
+/// A unique violation on an INSERT of rows that were not there when locked:
+/// another writer inserted one meanwhile.
+fn conflict_or(error: tokio_postgres::Error) -> StoreError {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(super::describe(&error))
+    } else {
+        error.into()
+    }
+}
+
+async fn insert_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.project_id),
+        &column(rows, |r| r.name),
+        &column(rows, |r| r.user_id),
+        &column(rows, |r| r.session_id),
+        &column(rows, |r| r.meta),
+        &column(rows, |r| r.tags),
+        &column(rows, |r| r.timestamp),
+    ];
+    tx.execute(
+        "INSERT INTO public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
+         SELECT id, project_id, name, user_id, session_id, meta::json, tags::json, ts
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamp[])
+              AS u(id, project_id, name, user_id, session_id, meta, tags, ts)",
+        &params,
+    )
+    .await
+    .map_err(conflict_or)?;
+    Ok(())
+}
+
+async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.started),
+        &column(rows, |r| r.name),
+        &column(rows, |r| r.user_id),
+        &column(rows, |r| r.session_id),
+        &column(rows, |r| r.meta),
+        &column(rows, |r| r.tags),
+        &column(rows, |r| r.timestamp),
+    ];
+    tx.execute(
+        "UPDATE public.traces t SET
+             name = CASE WHEN u.started THEN u.name ELSE t.name END,
+             user_id = CASE WHEN u.started THEN u.user_id ELSE t.user_id END,
+             session_id = CASE WHEN u.started THEN u.session_id ELSE t.session_id END,
+             meta = CASE WHEN u.started THEN u.meta::json ELSE t.meta END,
+             tags = CASE WHEN u.started THEN u.tags::json ELSE t.tags END,
+             \"timestamp\" = COALESCE(u.ts, t.\"timestamp\")
+         FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamp[])
+              AS u(id, started, name, user_id, session_id, meta, tags, ts)
+         WHERE t.id = u.id",
+        &params,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_trace_state(tx: &Transaction<'_>, rows: &[&TraceWrite<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 4] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.project_id),
+        &column(rows, |r| r.first_seen_at),
+        &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
+    ];
+    tx.execute(
+        "INSERT INTO swisper_ingest.trace_state AS s (id, project_id, first_seen_at, start_version)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bytea[])
+         ON CONFLICT (id) DO UPDATE SET project_id = EXCLUDED.project_id,
+             first_seen_at = EXCLUDED.first_seen_at, start_version = EXCLUDED.start_version",
+        &params,
+    )
+    .await?;
+    Ok(())
+}
+
+fn start<'a>(row: &ObservationWrite<'a>) -> Option<&'a ObservationStart> {
+    row.start
+}
+
+fn end<'a>(row: &ObservationWrite<'a>) -> Option<&'a ObservationEnd> {
+    row.end
+}
+
+fn cost_text(row: &ObservationWrite<'_>, pick: fn(&Costs) -> &rust_decimal::Decimal) -> Option<String> {
+    row.costs.as_ref().map(|c| decimal_text(pick(c)))
+}
+
+/// The observation columns in parameter order, shared by INSERT and UPDATE.
+fn observation_params<'r>(rows: &'r [ObservationWrite<'r>]) -> Vec<Box<dyn ToSql + Sync + 'r>> {
+    vec![
+        Box::new(column(rows, |r| r.id)),
+        Box::new(column(rows, |r| r.trace_id)),
+        Box::new(column(rows, |r| start(r).and_then(|s| s.parent_observation_id.as_deref()))),
+        Box::new(column(rows, |r| r.observation_type.as_str())),
+        Box::new(column(rows, |r| {
+            start(r).map(|s| s.name.as_deref().unwrap_or(UNNAMED_OBSERVATION))
+        })),
+        Box::new(column(rows, |r| r.start_time)),
+        Box::new(column(rows, |r| end(r).map(|e| naive(e.end_time)))),
+        Box::new(column(rows, |r| start(r).and_then(|s| s.input.as_ref()).map(|j| j.as_str()))),
+        Box::new(column(rows, |r| end(r).and_then(|e| e.output.as_ref()).map(|j| j.as_str()))),
+        Box::new(column(rows, |r| r.meta.as_deref())),
+        Box::new(column(rows, |r| {
+            end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.model.as_deref())
+        })),
+        Box::new(column(rows, |r| end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.prompt_tokens))),
+        Box::new(column(rows, |r| {
+            end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.completion_tokens)
+        })),
+        Box::new(column(rows, |r| end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.total_tokens))),
+        Box::new(column(rows, |r| end(r).map_or(DEFAULT_LEVEL, |e| e.level.as_str()))),
+        Box::new(column(rows, |r| end(r).and_then(|e| e.status_message.as_deref()))),
+        Box::new(column(rows, |r| cost_text(r, |c| &c.input))),
+        Box::new(column(rows, |r| cost_text(r, |c| &c.output))),
+        Box::new(column(rows, |r| cost_text(r, |c| &c.total))),
+        Box::new(column(rows, |r| r.seen_wins)),
+        Box::new(column(rows, |r| r.start_wins)),
+        Box::new(column(rows, |r| r.end_wins)),
+    ]
+}
+
+const OBSERVATION_UNNEST: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::text[], $6::timestamp[], $7::timestamp[], $8::text[], $9::text[], $10::text[], \
+     $11::text[], $12::int4[], $13::int4[], $14::int4[], $15::text[], $16::text[], \
+     $17::text[], $18::text[], $19::text[], $20::bool[], $21::bool[], $22::bool[]) \
+     AS u(id, trace_id, parent, type, name, start_time, end_time, input, output, meta, \
+     model, prompt_tokens, completion_tokens, total_tokens, level, status_message, \
+     input_cost, output_cost, total_cost, seen, started, ended)";
+
+async fn insert_observations(
+    tx: &Transaction<'_>,
+    rows: &[ObservationWrite<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params = observation_params(rows);
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    let sql = format!(
+        "INSERT INTO public.observations (id, trace_id, parent_observation_id, type, name,
+             start_time, end_time, input, output, meta, model, prompt_tokens,
+             completion_tokens, total_tokens, level, status_message, calculated_input_cost,
+             calculated_output_cost, calculated_total_cost)
+         SELECT id, trace_id, parent, type::observationtype, name, start_time, end_time,
+             input::json, output::json, meta::json, model, prompt_tokens, completion_tokens,
+             total_tokens, level, status_message, input_cost::numeric, output_cost::numeric,
+             total_cost::numeric
+         FROM {OBSERVATION_UNNEST}"
+    );
+    tx.execute(sql.as_str(), &params).await.map_err(conflict_or)?;
+    Ok(())
+}
+
+async fn update_observations(
+    tx: &Transaction<'_>,
+    rows: &[ObservationWrite<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params = observation_params(rows);
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    let sql = format!(
+        "UPDATE public.observations o SET
+             trace_id = CASE WHEN u.seen THEN u.trace_id ELSE o.trace_id END,
+             parent_observation_id = CASE WHEN u.started THEN u.parent ELSE o.parent_observation_id END,
+             name = CASE WHEN u.started THEN u.name ELSE o.name END,
+             input = CASE WHEN u.started THEN u.input::json ELSE o.input END,
+             start_time = COALESCE(u.start_time, o.start_time),
+             type = u.type::observationtype,
+             meta = u.meta::json,
+             end_time = CASE WHEN u.ended THEN u.end_time ELSE o.end_time END,
+             output = CASE WHEN u.ended THEN u.output::json ELSE o.output END,
+             model = CASE WHEN u.ended THEN u.model ELSE o.model END,
+             prompt_tokens = CASE WHEN u.ended THEN u.prompt_tokens ELSE o.prompt_tokens END,
+             completion_tokens = CASE WHEN u.ended THEN u.completion_tokens ELSE o.completion_tokens END,
+             total_tokens = CASE WHEN u.ended THEN u.total_tokens ELSE o.total_tokens END,
+             level = CASE WHEN u.ended THEN u.level ELSE o.level END,
+             status_message = CASE WHEN u.ended THEN u.status_message ELSE o.status_message END,
+             calculated_input_cost = CASE WHEN u.ended THEN u.input_cost::numeric ELSE o.calculated_input_cost END,
+             calculated_output_cost = CASE WHEN u.ended THEN u.output_cost::numeric ELSE o.calculated_output_cost END,
+             calculated_total_cost = CASE WHEN u.ended THEN u.total_cost::numeric ELSE o.calculated_total_cost END
+         FROM {OBSERVATION_UNNEST}
+         WHERE o.id = u.id"
+    );
+    tx.execute(sql.as_str(), &params).await?;
+    Ok(())
+}
+
+async fn upsert_observation_state(
+    tx: &Transaction<'_>,
+    rows: &[&ObservationWrite<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &column(rows, |r| r.id),
+        &column(rows, |r| r.trace_id),
+        &column(rows, |r| r.project_id),
+        &column(rows, |r| r.seen_version.as_bytes()),
+        &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
+        &column(rows, |r| r.end_version.as_ref().map(Version::as_bytes)),
+        &column(rows, |r| r.start_type),
+        &column(rows, |r| r.end_type),
+        &column(rows, |r| r.start_meta.map(JsonbText)),
+        &column(rows, |r| r.end_meta.map(JsonbText)),
+    ];
+    tx.execute(
+        "INSERT INTO swisper_ingest.observation_state AS s (id, trace_id, project_id,
+             seen_version, start_version, end_version, start_type, end_type, start_meta, end_meta)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                              $6::bytea[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[])
+         ON CONFLICT (id) DO UPDATE SET trace_id = EXCLUDED.trace_id,
+             project_id = EXCLUDED.project_id, seen_version = EXCLUDED.seen_version,
+             start_version = EXCLUDED.start_version, end_version = EXCLUDED.end_version,
+             start_type = EXCLUDED.start_type, end_type = EXCLUDED.end_type,
+             start_meta = EXCLUDED.start_meta, end_meta = EXCLUDED.end_meta",
+        &params,
+    )
+    .await?;
     Ok(())
 }
 
 /// Most bytes of row data in one statement. A statement's parameters are
-/// built in memory whole (COPY streamed them), so a transaction of big rows
-/// goes in several statements and what the writer holds stays near the
-/// memory budget; a batch of ordinary rows (~3 KB each) is one statement.
+/// built in memory whole, so a transaction of big rows goes in several
+/// statements and what the writer holds stays near the memory budget; a
+/// batch of ordinary rows (~3 KB each) is one statement.
 const STATEMENT_BYTES: usize = 8 << 20;
 
 /// Consecutive runs of `rows` of at most [`STATEMENT_BYTES`] each (at least
-/// one row), in order: the key order that every replica locks rows in.
+/// one row), in order: the id order that every replica locks rows in.
 fn chunks<R>(rows: &[R], bytes: fn(&R) -> usize) -> impl Iterator<Item = &[R]> {
     let mut rest = rows;
     std::iter::from_fn(move || {
@@ -235,118 +712,17 @@ fn json_len(json: Option<&crate::event::Json>) -> usize {
     json.map_or(0, |j| j.as_str().len())
 }
 
-/// About what a trace row weighs in a statement's parameters.
-fn trace_bytes(row: &TraceRow<'_>) -> usize {
-    let start = row.start.map(|s| s.value);
-    256 + row.id.len()
-        + json_len(start.and_then(|s| s.meta.as_ref()))
-        + json_len(start.map(|s| &s.metadata))
-}
-
 /// About what an observation row weighs in a statement's parameters.
-fn observation_bytes(row: &ObservationRow<'_>) -> usize {
-    let start = row.start.map(|s| s.value);
-    let end = row.end.map(|e| e.value);
+fn observation_bytes(row: &ObservationWrite<'_>) -> usize {
     256 + row.id.len()
-        + json_len(start.and_then(|s| s.input.as_ref()))
-        + json_len(start.map(|s| &s.metadata))
-        + json_len(end.and_then(|e| e.output.as_ref()))
-        + json_len(end.map(|e| &e.metadata))
-}
-
-fn jsonb(json: Option<&crate::event::Json>) -> Option<JsonbText<'_>> {
-    json.map(|j| JsonbText(j.as_str()))
-}
-
-async fn write_traces(tx: &Transaction<'_>, rows: &[TraceRow<'_>]) -> Result<(), StoreError> {
-    fn start<'a>(row: &TraceRow<'a>) -> Option<&'a TraceStart> {
-        row.start.map(|s| s.value)
-    }
-    let columns: [&(dyn ToSql + Sync); 12] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.first_seen_at),
-        &column(rows, |r| r.seen.version.as_bytes()),
-        &column(rows, |r| r.seen.value),
-        &column(rows, |r| r.start.as_ref().map(|s| s.version.as_bytes())),
-        &column(rows, |r| start(r).and_then(|s| s.name.as_deref())),
-        &column(rows, |r| start(r).and_then(|s| s.user_id.as_deref())),
-        &column(rows, |r| start(r).and_then(|s| s.session_id.as_deref())),
-        &column(rows, |r| start(r).and_then(|s| s.run_id.as_deref())),
-        &column(rows, |r| jsonb(start(r).and_then(|s| s.meta.as_ref()))),
-        &column(rows, |r| jsonb(start(r).map(|s| &s.metadata))),
-        &column(rows, |r| start(r).map(|s| s.timestamp)),
-    ];
-    tx.execute(MERGE_TRACES.as_str(), &columns).await?;
-    Ok(())
-}
-
-async fn write_observations(
-    tx: &Transaction<'_>,
-    rows: &[ObservationRow<'_>],
-) -> Result<(), StoreError> {
-    fn start<'a>(row: &ObservationRow<'a>) -> Option<&'a ObservationStart> {
-        row.start.map(|s| s.value)
-    }
-    fn end<'a>(row: &ObservationRow<'a>) -> Option<&'a ObservationEnd> {
-        row.end.map(|e| e.value)
-    }
-    fn llm<'a>(row: &ObservationRow<'a>) -> Option<&'a LlmUsage> {
-        end(row).and_then(|e| e.llm.as_ref())
-    }
-    let columns: [&(dyn ToSql + Sync); 25] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.seen.version.as_bytes()),
-        &column(rows, |r| r.seen.value.trace_id),
-        &column(rows, |r| r.seen.value.project_id),
-        &column(rows, |r| r.start.as_ref().map(|s| s.version.as_bytes())),
-        &column(rows, |r| start(r).and_then(|s| s.name.as_deref())),
-        &column(rows, |r| {
-            start(r).and_then(|s| s.observation_type.as_deref())
-        }),
-        &column(rows, |r| {
-            start(r).and_then(|s| s.parent_observation_id.as_deref())
-        }),
-        &column(rows, |r| jsonb(start(r).and_then(|s| s.input.as_ref()))),
-        &column(rows, |r| start(r).map(|s| s.start_time)),
-        &column(rows, |r| jsonb(start(r).map(|s| &s.metadata))),
-        &column(rows, |r| r.end.as_ref().map(|e| e.version.as_bytes())),
-        &column(rows, |r| end(r).and_then(|e| e.observation_type.as_deref())),
-        &column(rows, |r| end(r).map(|e| e.level.as_str())),
-        &column(rows, |r| jsonb(end(r).and_then(|e| e.output.as_ref()))),
-        &column(rows, |r| end(r).and_then(|e| e.status_message.as_deref())),
-        &column(rows, |r| end(r).map(|e| e.end_time)),
-        &column(rows, |r| jsonb(end(r).map(|e| &e.metadata))),
-        &column(rows, |r| llm(r).and_then(|l| l.model.as_deref())),
-        &column(rows, |r| llm(r).and_then(|l| l.prompt_tokens)),
-        &column(rows, |r| llm(r).and_then(|l| l.completion_tokens)),
-        &column(rows, |r| llm(r).and_then(|l| l.total_tokens)),
-        &column(rows, |r| llm(r).and_then(|l| l.cached_tokens)),
-        &column(rows, |r| llm(r).and_then(|l| l.thoughts_tokens)),
-        &column(rows, |r| llm(r).and_then(|l| l.duration_ms)),
-    ];
-    tx.execute(MERGE_OBSERVATIONS.as_str(), &columns).await?;
-    Ok(())
+        + json_len(row.start.and_then(|s| s.input.as_ref()))
+        + json_len(row.end.and_then(|e| e.output.as_ref()))
+        + row.meta.as_ref().map_or(0, String::len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parameter_order_is_id_extremes_then_groups() {
-        let names: Vec<&str> = TRACES.columns().iter().map(|(name, _)| *name).collect();
-        assert_eq!(
-            &names[..5],
-            [
-                "id",
-                "first_seen_at",
-                "seen_version",
-                "project_id",
-                "start_version"
-            ]
-        );
-        assert_eq!(OBSERVATIONS.columns().len(), 25);
-    }
 
     #[test]
     fn chunks_cut_by_bytes_keep_order_and_take_a_huge_row_alone() {
@@ -370,24 +746,15 @@ mod tests {
             ]
         );
         assert_eq!(chunks(&[] as &[usize], |r| *r).count(), 0);
-        let small = vec![10; 100];
-        assert_eq!(chunks(&small, |r| *r).count(), 1);
     }
 
     #[test]
-    fn each_column_is_an_array_of_its_type() {
-        let sql = OBSERVATIONS.merge_statement();
-        assert!(sql.contains("unnest($1::text[], $2::bytea[], $3::text[]"));
-        assert!(sql.contains("$9::jsonb[]"));
-        assert!(sql.contains("$25::float8[])"));
-    }
-
-    #[test]
-    fn merge_statement_moves_each_group_by_its_version() {
-        let sql = OBSERVATIONS.merge_statement();
-        assert!(sql.contains(
-            "output = CASE WHEN ingest_newer(EXCLUDED.end_version, t.end_version) THEN EXCLUDED.output ELSE t.output END"
-        ));
-        assert!(sql.contains("ON CONFLICT (id, project_id) DO UPDATE"));
+    fn meta_takes_the_ends_keys_over_the_starts_and_is_null_when_empty() {
+        assert_eq!(
+            combined_meta(Some(r#"{"a":1,"b":1}"#), Some(r#"{"b":2}"#)).as_deref(),
+            Some(r#"{"a":1,"b":2}"#)
+        );
+        assert_eq!(combined_meta(None, Some("{}")), None);
+        assert_eq!(combined_meta(None, None), None);
     }
 }
