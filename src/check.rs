@@ -71,6 +71,9 @@ pub struct PostgresReport {
     pub schema_version: Option<i32>,
     /// Newest migration this binary carries.
     pub binary_schema_version: i32,
+    /// Whose the studio's tables are, and whether every column the service
+    /// uses is there.
+    pub studio: Option<crate::store::studio_schema::StudioSchema>,
     pub error: Option<String>,
 }
 
@@ -262,6 +265,13 @@ async fn check_postgres(
             problems.push(message);
         }
     }
+    match crate::store::studio_schema::inspect(&client).await {
+        Ok(studio) => {
+            problems.extend(studio.problems.iter().cloned());
+            report.studio = Some(studio);
+        }
+        Err(error) => problems.push(format!("studio schema: cannot read the catalog: {error}")),
+    }
     Ok(report)
 }
 
@@ -363,6 +373,9 @@ impl std::fmt::Display for Report {
                 or_dash(&p.schema_version),
                 p.binary_schema_version
             )?;
+            if let Some(studio) = &p.studio {
+                writeln!(f, "studio    {studio}")?;
+            }
         }
         if self.ok {
             writeln!(f, "check passed")

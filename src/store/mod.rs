@@ -11,6 +11,7 @@ pub mod pool;
 pub mod projects;
 pub mod retention;
 pub mod rows;
+pub mod studio_schema;
 
 pub use jsonb::JsonbText;
 pub use pool::{connect_pool, Pool};
