@@ -1,11 +1,14 @@
 //! swisper-ingest: the ingestion service of SwisperStudio observability.
 //!
 //! Applications publish trace events with `XADD observability:events`; this
-//! service reads them in a Redis consumer group and stores them in PostgreSQL.
+//! service reads them in a Redis consumer group and stores them in
+//! SwisperStudio's own PostgreSQL tables (`traces`, `observations`), with its
+//! own state (merge versions, dead letters, heartbeats, retention) in the
+//! schema `swisper_ingest`.
 //!
 //! ```text
 //! Redis stream ──▶ Consumer × N ─┐            (weighed XREADGROUP, own connection each)
-//!                  Claimer ──────┼─▶ Writer ──▶ PostgreSQL   (COPY → merge → COMMIT)
+//!                  Claimer ──────┼─▶ Writer ──▶ PostgreSQL   (lock rows → merge → write → COMMIT)
 //!                                │      └────▶ XACK          (only after COMMIT)
 //!                  LagMonitor    └ Supervisor restarts any of them with backoff
 //! ```
@@ -14,7 +17,9 @@
 //! - [`merge`] folds events into rows; the result is independent of order and
 //!   duplicates, which makes at-least-once delivery store exactly-once rows.
 //! - [`write_path`] commits a batch: rows and dead letters in one transaction,
-//!   isolating any entry that Postgres rejects.
+//!   isolating any entry that Postgres rejects; [`store::rows`] decides what
+//!   the batch changes in the studio's rows, [`cost`] prices LLM calls as the
+//!   studio does.
 //! - [`memory_budget`] bounds what a replica holds in bytes; [`weighed_read`]
 //!   reads only what fits it, with Redis's delivery count on every path.
 //! - [`store`] and [`redis_stream`] are the plain async I/O; [`actors`] are

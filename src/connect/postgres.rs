@@ -306,6 +306,8 @@ mod tests {
         DatabaseSettings {
             database_url: url.parse().unwrap(),
             db_pool_size: 1,
+            create_projects: crate::store::projects::CreateProjects::Auto,
+            price_refresh_secs: 30,
         }
         .target()
     }

@@ -723,6 +723,164 @@ fn observation_bytes(row: &ObservationWrite<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{EventBody, Json, StreamId, TraceEvent};
+    use crate::merge::merge;
+    use chrono::TimeZone;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_762_336_800 + second, 0).unwrap()
+    }
+
+    fn event(seq: u64, body: EventBody) -> TraceEvent {
+        TraceEvent {
+            entry_id: StreamId { ms: 1, seq },
+            trace_id: "t".into(),
+            project_id: "p".into(),
+            published_at: at(seq as i64),
+            body,
+        }
+    }
+
+    fn start(seq: u64, kind: Option<&str>) -> TraceEvent {
+        event(
+            seq,
+            EventBody::ObservationStart {
+                observation_id: "o".into(),
+                fields: ObservationStart {
+                    name: Some("node".into()),
+                    observation_type: kind.map(str::to_owned),
+                    start_time: at(seq as i64),
+                    metadata: Json::from_value(&serde_json::json!({"a": 1, "b": "start"})),
+                    ..ObservationStart::default()
+                },
+            },
+        )
+    }
+
+    fn end(seq: u64, kind: Option<&str>) -> TraceEvent {
+        event(
+            seq,
+            EventBody::ObservationEnd {
+                observation_id: "o".into(),
+                fields: ObservationEnd {
+                    observation_type: kind.map(str::to_owned),
+                    level: "WARNING".into(),
+                    end_time: at(seq as i64),
+                    metadata: Json::from_value(&serde_json::json!({"b": "end"})),
+                    ..ObservationEnd::default()
+                },
+            },
+        )
+    }
+
+    /// The state a plan leaves, as the next transaction would read it.
+    fn stored_after(plan: &Plan<'_>) -> Stored {
+        let mut stored = Stored::default();
+        for t in plan.new_traces.iter().chain(&plan.changed_traces) {
+            stored.traces.insert(
+                t.id.to_owned(),
+                StoredTrace {
+                    project_id: Some(t.project_id.to_owned()),
+                    first_seen_at: t.first_seen_at,
+                    start_version: t.start_version,
+                    has_state: true,
+                },
+            );
+        }
+        for o in plan.new_observations.iter().chain(&plan.changed_observations) {
+            stored.observations.insert(
+                o.id.to_owned(),
+                StoredObservation {
+                    project_id: Some(o.project_id.to_owned()),
+                    trace_id: Some(o.trace_id.to_owned()),
+                    seen_version: o.seen_version,
+                    start_version: o.start_version,
+                    end_version: o.end_version,
+                    start_type: o.start_type.map(str::to_owned),
+                    end_type: o.end_type.map(str::to_owned),
+                    start_meta: o.start_meta.map(str::to_owned),
+                    end_meta: o.end_meta.map(str::to_owned),
+                },
+            );
+        }
+        stored
+    }
+
+    #[test]
+    fn an_end_before_its_start_stands_in_for_the_start_until_it_arrives() {
+        let prices = PriceBook::default();
+        let end = [end(2, None)];
+        let rows = merge(end.iter());
+        let empty = Stored::default();
+        let first = plan(&rows, &empty, &prices);
+        let new = &first.new_observations[0];
+        assert_eq!(new.start_time, Some(naive(at(2))), "the end's time stands in");
+        assert!(new.start.is_none(), "no name or input before the start");
+        assert_eq!(new.observation_type, "SPAN");
+        assert_eq!(new.meta.as_deref(), Some(r#"{"b":"end"}"#));
+
+        let stored = stored_after(&first);
+        let start = [start(1, Some("TOOL"))];
+        let rows = merge(start.iter());
+        let second = plan(&rows, &stored, &prices);
+        let changed = &second.changed_observations[0];
+        assert!(changed.start_wins && !changed.end_wins && !changed.seen_wins);
+        assert_eq!(changed.start_time, Some(naive(at(1))));
+        assert_eq!(changed.observation_type, "TOOL");
+        assert_eq!(changed.meta.as_deref(), Some(r#"{"a":1,"b":"end"}"#), "the end's keys win");
+    }
+
+    #[test]
+    fn the_ends_type_replaces_the_starts_in_either_order() {
+        let prices = PriceBook::default();
+        let events = [start(1, Some("SPAN")), end(2, Some("GENERATION"))];
+        for order in [[0, 1], [1, 0]] {
+            let mut stored = Stored::default();
+            let mut last = String::new();
+            for index in order {
+                let one = [events[index].clone()];
+                let rows = merge(one.iter());
+                let step = plan(&rows, &stored, &prices);
+                let write = step
+                    .new_observations
+                    .iter()
+                    .chain(&step.changed_observations)
+                    .next()
+                    .unwrap();
+                last = write.observation_type.clone();
+                stored = stored_after(&step);
+            }
+            assert_eq!(last, "GENERATION");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_changes_nothing() {
+        let prices = PriceBook::default();
+        let events = [start(1, None), end(2, None)];
+        let rows = merge(events.iter());
+        let empty = Stored::default();
+        let first = plan(&rows, &empty, &prices);
+        let stored = stored_after(&first);
+        let again = plan(&rows, &stored, &prices);
+        assert_eq!(again, Plan::default());
+    }
+
+    #[test]
+    fn a_trace_without_its_start_takes_its_oldest_events_time_until_the_start() {
+        let prices = PriceBook::default();
+        let late = [end(5, None)];
+        let rows = merge(late.iter());
+        let empty = Stored::default();
+        let first = plan(&rows, &empty, &prices);
+        assert_eq!(first.new_traces[0].timestamp, Some(naive(at(5))));
+        assert_eq!(first.new_traces[0].name, None);
+        let stored = stored_after(&first);
+        let earlier = [end(3, None)];
+        let rows = merge(earlier.iter());
+        let second = plan(&rows, &stored, &prices);
+        assert_eq!(second.changed_traces[0].timestamp, Some(naive(at(3))));
+    }
 
     #[test]
     fn chunks_cut_by_bytes_keep_order_and_take_a_huge_row_alone() {
