@@ -1,10 +1,12 @@
-//! One batch of stream entries to one committed transaction: parse, merge,
-//! upsert the rows, record SDK heartbeats, dead-letter what cannot be
-//! stored, COMMIT. When Postgres rejects the data, the batch is split in
-//! halves until the entry at fault is alone, and only that entry becomes a
-//! dead letter. A statement timeout splits the batch the same way, but a
-//! single entry that still times out is handed back for a retry, never
-//! dead-lettered: a held lock or a slow disk is not the entry's fault.
+//! One batch of stream entries to one committed transaction: parse, lock
+//! the studio rows it touches, settle each event's project, merge, write the
+//! rows, record SDK heartbeats, dead-letter what cannot be stored, COMMIT.
+//! When Postgres rejects the data, the batch is split in halves until the
+//! entry at fault is alone, and only that entry becomes a dead letter. A
+//! statement timeout splits the batch the same way; a single entry that
+//! still times out is dead-lettered only when entries of its kind were
+//! stored meanwhile (its own fault), never when nothing could be (a held
+//! lock or a slow disk is not the entry's fault).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -304,31 +306,129 @@ fn record_costs(plan: &rows::Plan<'_>) {
 
 /// Like [`commit`], but an entry that Postgres refuses becomes a dead letter
 /// instead of failing its neighbours. Returns how many entries were isolated.
-pub fn commit_isolating<'a>(
+///
+/// A statement timeout splits the batch the same way. A single entry that
+/// still times out is set aside while the rest is written; then, if entries
+/// of its kind (trace or observation rows) were stored meanwhile, the fault
+/// is the entry's: it is tried alone a few more times and then dead-lettered
+/// (`statement_timeout`), so that one entry never stops a writer. If nothing
+/// of its kind could be stored, the database is the problem (a held lock, a
+/// slow disk): the error goes back to the caller, which retries with
+/// backoff, and nothing is dead-lettered.
+pub async fn commit_isolating(
+    to: Destination<'_>,
+    items: &mut [BatchItem],
+) -> Result<usize, StoreError> {
+    let mut round = Round::default();
+    isolate(to, items, 0, &mut round).await?;
+    for index in std::mem::take(&mut round.timed_out) {
+        let kind = Kind::of(&items[index]);
+        if !round.committed.contains(&kind) {
+            return Err(StoreError::StatementTimeout(format!(
+                "entry {} times out and no {kind:?} row could be stored either",
+                items[index].entry.id
+            )));
+        }
+        if !retry_alone(to, &mut items[index..=index]).await? {
+            let detail = format!(
+                "writing this entry alone ran past statement_timeout {} times while other entries were stored; replay it once the database can take it (a higher statement_timeout)",
+                SINGLE_TIMEOUT_ATTEMPTS + 1
+            );
+            tracing::warn!(entry = %items[index].entry.id, %detail, "entry isolated as dead letter");
+            items[index].parsed = Err(Rejection::new(Reason::StatementTimeout, detail));
+            commit(to, &mut items[index..=index]).await?;
+            round.isolated += 1;
+        }
+    }
+    Ok(round.isolated)
+}
+
+/// Tries to write an entry that timed out once more on its own, with a
+/// short backoff; false when it kept timing out.
+async fn retry_alone(to: Destination<'_>, item: &mut [BatchItem]) -> Result<bool, StoreError> {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    for _ in 0..SINGLE_TIMEOUT_ATTEMPTS {
+        tokio::time::sleep(backoff.next_delay()).await;
+        match commit(to, item).await {
+            Ok(()) => return Ok(true),
+            Err(StoreError::StatementTimeout(_)) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(false)
+}
+
+/// Retries of an entry that timed out alone before it is dead-lettered.
+const SINGLE_TIMEOUT_ATTEMPTS: usize = 2;
+
+/// What a batch's rows are written to: the studio table a timeout is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Trace,
+    Observation,
+    Other,
+}
+
+impl Kind {
+    fn of(item: &BatchItem) -> Self {
+        match &item.parsed {
+            Ok(Parsed::Trace(event)) if event.observation_id().is_some() => Kind::Observation,
+            Ok(Parsed::Trace(_)) => Kind::Trace,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// One isolation round over a batch.
+#[derive(Default)]
+struct Round {
+    isolated: usize,
+    /// Kinds of rows stored in this round.
+    committed: Vec<Kind>,
+    /// Indices (in the whole batch) of single entries that timed out.
+    timed_out: Vec<usize>,
+}
+
+fn isolate<'a>(
     to: Destination<'a>,
     items: &'a mut [BatchItem],
-) -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + 'a>> {
+    offset: usize,
+    round: &'a mut Round,
+) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + 'a>> {
     Box::pin(async move {
         match commit(to, items).await {
-            Ok(()) => Ok(0),
+            Ok(()) => {
+                for item in items.iter() {
+                    let kind = Kind::of(item);
+                    if !round.committed.contains(&kind) {
+                        round.committed.push(kind);
+                    }
+                }
+                Ok(())
+            }
             Err(StoreError::Data(error)) if items.len() == 1 => {
                 let detail = format!("postgres rejected this entry: {}", describe(&error));
                 tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
                 items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
                 commit(to, items).await?;
-                Ok(1)
+                round.isolated += 1;
+                Ok(())
             }
             Err(StoreError::Data(error)) => {
                 tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
-                split(to, items).await
+                split(to, items, offset, round).await
             }
-            // Halves finish sooner; a single entry goes back to the caller,
-            // which retries it with backoff.
-            Err(StoreError::StatementTimeout(message)) if items.len() > 1 => {
+            Err(StoreError::StatementTimeout(message)) => {
                 metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "statement_timeout")
                     .increment(1);
+                if items.len() == 1 {
+                    tracing::debug!(entry = %items[0].entry.id, %message, "statement timeout of a single entry; set aside");
+                    round.timed_out.push(offset);
+                    return Ok(());
+                }
                 tracing::warn!(size = items.len(), %message, "statement timeout; splitting the batch");
-                split(to, items).await
+                split(to, items, offset, round).await
             }
             Err(other) => Err(other),
         }
@@ -337,10 +437,16 @@ pub fn commit_isolating<'a>(
 
 /// Commits each half on its own; the halves that committed stay committed
 /// when a later one fails (their entries are rewritten idempotently on retry).
-async fn split(to: Destination<'_>, items: &mut [BatchItem]) -> Result<usize, StoreError> {
-    let (left, right) = items.split_at_mut(items.len() / 2);
-    let isolated = commit_isolating(to, left).await?;
-    Ok(isolated + commit_isolating(to, right).await?)
+async fn split(
+    to: Destination<'_>,
+    items: &mut [BatchItem],
+    offset: usize,
+    round: &mut Round,
+) -> Result<(), StoreError> {
+    let middle = items.len() / 2;
+    let (left, right) = items.split_at_mut(middle);
+    isolate(to, left, offset, round).await?;
+    isolate(to, right, offset + middle, round).await
 }
 
 #[cfg(test)]

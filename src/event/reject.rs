@@ -26,10 +26,13 @@ pub enum Reason {
     UnknownProject,
     /// The trace or observation id is already stored under another project.
     ProjectMismatch,
+    /// Its write alone kept running past `statement_timeout` while entries
+    /// of the same kind were stored (the entry's fault, not the database's).
+    StatementTimeout,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::NulCharacter,
@@ -47,6 +50,7 @@ impl Reason {
         Reason::TooManyDeliveries,
         Reason::UnknownProject,
         Reason::ProjectMismatch,
+        Reason::StatementTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Reason {
             Reason::TooManyDeliveries => "too_many_deliveries",
             Reason::UnknownProject => "unknown_project",
             Reason::ProjectMismatch => "project_mismatch",
+            Reason::StatementTimeout => "statement_timeout",
         }
     }
 }
