@@ -83,7 +83,9 @@ pub struct TraceRow<'a> {
     pub id: &'a str,
     /// The same for every event of the row (the smallest, should two differ).
     pub project_id: &'a str,
-    /// Publish time of the oldest event: the trace's time until trace_start.
+    /// When Redis received the trace's oldest entry (its stream id, the
+    /// server's clock): the trace's time until its trace_start, and always
+    /// its time for retention, which no producer's clock can move.
     pub first_seen_at: DateTime<Utc>,
     pub start: Option<Versioned<&'a TraceStart>>,
 }
@@ -182,7 +184,7 @@ fn rows_of<'a>(
     let mut trace = TraceRow {
         id: &event.trace_id,
         project_id: &event.project_id,
-        first_seen_at: event.published_at,
+        first_seen_at: event.entry_id.time(),
         start: None,
     };
     let observation = |id: &'a str| ObservationRow {

@@ -26,6 +26,17 @@ pub struct StreamId {
     pub seq: u64,
 }
 
+impl StreamId {
+    /// When Redis added the entry, by the Redis server's clock (the id's
+    /// milliseconds): a time no producer can claim.
+    pub fn time(&self) -> DateTime<Utc> {
+        i64::try_from(self.ms)
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)

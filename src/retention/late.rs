@@ -2,14 +2,19 @@
 //! (it would resurrect half a trace); it is acked and counted with the
 //! outcome `expired`, never dead-lettered.
 //!
-//! A trace's time is the publish time of its oldest event, so two checks
-//! find every late event:
-//! - by its own publish time ([`expire_old`], no I/O): an event older than
-//!   its project's horizon proves that its trace is due, whatever else
-//!   arrived; its trace is forgotten as a whole in the same transaction;
+//! Times come from the Redis server's clock, never from a producer's: a
+//! trace's time is when Redis received its oldest entry (the entry id), and
+//! an event's time is its own entry id's. So two checks find every late
+//! event:
+//! - by its own entry id ([`expire_old`], no I/O): an entry older than its
+//!   project's horizon proves that its trace is due, whatever else arrived;
+//!   its trace is forgotten as a whole in the same transaction;
 //! - by tombstone ([`settle`]): an event of a trace that spans the cut can
 //!   be inside the horizon while its trace was forgotten already; the
 //!   tombstones of recently forgotten traces catch it.
+//!
+//! A skewed client clock (an event whose `timestamp` is a month old) moves
+//! nothing: its entry id is as new as the entry.
 //!
 //! Events of traces inside the window pass both checks untouched, so the
 //! merge's "same rows in any order, with duplicates" holds for them as
@@ -25,15 +30,15 @@ use crate::event::{Parsed, Reason, Rejection};
 use crate::store::{retention, StoreError};
 use crate::write_path::BatchItem;
 
-/// Marks events published before their project's horizon as expired;
-/// returns how many.
+/// Marks events whose entry Redis received before their project's horizon
+/// as expired; returns how many.
 pub fn expire_old(items: &mut [BatchItem], horizons: &Horizons, now: DateTime<Utc>) -> usize {
     let mut expired = 0;
     for item in items.iter_mut() {
         let due = match &item.parsed {
             Ok(Parsed::Trace(event)) => horizons
                 .cut(&event.project_id, now)
-                .is_some_and(|cut| event.published_at < cut),
+                .is_some_and(|cut| event.entry_id.time() < cut),
             _ => false,
         };
         if due {
@@ -113,9 +118,15 @@ mod tests {
     use crate::event::{EventBody, StreamEntry, StreamId, TraceEvent, TraceStart};
     use crate::retention::test_settings;
 
-    fn item(project: &str, age_secs: i64, now: DateTime<Utc>) -> BatchItem {
+    /// An entry Redis received `age_secs` ago, whose producer claims it was
+    /// published `claimed_age_secs` ago.
+    fn entry(project: &str, age_secs: i64, claimed_age_secs: i64, now: DateTime<Utc>) -> BatchItem {
+        let received = now - chrono::Duration::seconds(age_secs);
         let entry = StreamEntry {
-            id: StreamId { ms: 1, seq: 0 },
+            id: StreamId {
+                ms: received.timestamp_millis() as u64,
+                seq: 0,
+            },
             fields: Vec::new(),
             deliveries: 1,
         };
@@ -123,13 +134,32 @@ mod tests {
             entry_id: entry.id,
             trace_id: format!("t-{project}-{age_secs}"),
             project_id: project.to_owned(),
-            published_at: now - chrono::Duration::seconds(age_secs),
+            published_at: now - chrono::Duration::seconds(claimed_age_secs),
             body: EventBody::TraceStart(TraceStart::default()),
         };
         BatchItem {
             entry,
             parsed: Ok(Parsed::Trace(event)),
         }
+    }
+
+    fn item(project: &str, age_secs: i64, now: DateTime<Utc>) -> BatchItem {
+        entry(project, age_secs, age_secs, now)
+    }
+
+    #[test]
+    fn a_producers_clock_expires_nothing() {
+        let settings = test_settings(&["--retention-days", "30", "--retention-unit-secs", "1"]);
+        let horizons = Horizons::new(&settings);
+        horizons.set_overrides([]);
+        let now = Utc::now();
+        let day = 24 * 3600;
+        // Received now, claiming to be 31 days old: kept.
+        let mut skewed = vec![entry("p", 1, 31 * day, now)];
+        assert_eq!(expire_old(&mut skewed, &horizons, now), 0);
+        // Received 31 seconds ago with a fresh claim, horizon 30 s: expired.
+        let mut old = vec![entry("p", 31, 0, now)];
+        assert_eq!(expire_old(&mut old, &horizons, now), 1);
     }
 
     #[test]
