@@ -192,7 +192,12 @@ pub struct DatabaseSettings {
     /// Unknown projects: `auto` creates them when this service created the
     /// studio's tables itself (a standalone database) and dead-letters their
     /// events (`unknown_project`, replayable) in front of a studio.
-    #[arg(long, env = "OBSERVABILITY_CREATE_PROJECTS", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "OBSERVABILITY_CREATE_PROJECTS",
+        value_enum,
+        default_value = "auto"
+    )]
     pub create_projects: crate::store::projects::CreateProjects,
 
     /// How often each replica re-reads the studio's model_pricing (seconds).

@@ -291,7 +291,11 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
 
 /// Counts each end with LLM usage by whether it got a cost.
 fn record_costs(plan: &rows::Plan<'_>) {
-    for write in plan.new_observations.iter().chain(&plan.changed_observations) {
+    for write in plan
+        .new_observations
+        .iter()
+        .chain(&plan.changed_observations)
+    {
         let Some(usage) = write.end.and_then(|e| e.llm.as_ref()) else {
             continue;
         };

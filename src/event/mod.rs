@@ -211,18 +211,6 @@ pub struct ObservationEnd {
     pub llm: Option<StudioUsage>,
 }
 
-/// Superseded by [`StudioUsage`]; kept until llm.rs drops its old reader.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct LlmUsage {
-    pub model: Option<String>,
-    pub prompt_tokens: Option<i64>,
-    pub completion_tokens: Option<i64>,
-    pub total_tokens: Option<i64>,
-    pub cached_tokens: Option<i64>,
-    pub thoughts_tokens: Option<i64>,
-    pub duration_ms: Option<f64>,
-}
-
 /// An SDK liveness event: no trace, just "this application is running".
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {

@@ -265,7 +265,10 @@ pub fn plan<'a>(rows: &'a Rows<'a>, stored: &'a Stored, prices: &PriceBook) -> P
 }
 
 /// The trace's final columns when its start (if any) is this row's.
-fn trace_write<'a>(row: &'a TraceRow<'a>, stored_first_seen: Option<DateTime<Utc>>) -> TraceWrite<'a> {
+fn trace_write<'a>(
+    row: &'a TraceRow<'a>,
+    stored_first_seen: Option<DateTime<Utc>>,
+) -> TraceWrite<'a> {
     let first_seen_at = stored_first_seen.map_or(row.first_seen_at, |s| s.min(row.first_seen_at));
     let start: Option<&TraceStart> = row.start.map(|s| s.value);
     TraceWrite {
@@ -509,7 +512,10 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
     Ok(())
 }
 
-async fn upsert_trace_state(tx: &Transaction<'_>, rows: &[&TraceWrite<'_>]) -> Result<(), StoreError> {
+async fn upsert_trace_state(
+    tx: &Transaction<'_>,
+    rows: &[&TraceWrite<'_>],
+) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -538,35 +544,62 @@ fn end<'a>(row: &ObservationWrite<'a>) -> Option<&'a ObservationEnd> {
     row.end
 }
 
-fn cost_text(row: &ObservationWrite<'_>, pick: fn(&Costs) -> &rust_decimal::Decimal) -> Option<String> {
+fn cost_text(
+    row: &ObservationWrite<'_>,
+    pick: fn(&Costs) -> &rust_decimal::Decimal,
+) -> Option<String> {
     row.costs.as_ref().map(|c| decimal_text(pick(c)))
 }
 
 /// The observation columns in parameter order, shared by INSERT and UPDATE.
-fn observation_params<'r>(rows: &'r [ObservationWrite<'r>]) -> Vec<Box<dyn ToSql + Sync + 'r>> {
+fn observation_params<'r>(
+    rows: &'r [ObservationWrite<'r>],
+) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
     vec![
         Box::new(column(rows, |r| r.id)),
         Box::new(column(rows, |r| r.trace_id)),
-        Box::new(column(rows, |r| start(r).and_then(|s| s.parent_observation_id.as_deref()))),
+        Box::new(column(rows, |r| {
+            start(r).and_then(|s| s.parent_observation_id.as_deref())
+        })),
         Box::new(column(rows, |r| r.observation_type.as_str())),
         Box::new(column(rows, |r| {
             start(r).map(|s| s.name.as_deref().unwrap_or(UNNAMED_OBSERVATION))
         })),
         Box::new(column(rows, |r| r.start_time)),
         Box::new(column(rows, |r| end(r).map(|e| naive(e.end_time)))),
-        Box::new(column(rows, |r| start(r).and_then(|s| s.input.as_ref()).map(|j| j.as_str()))),
-        Box::new(column(rows, |r| end(r).and_then(|e| e.output.as_ref()).map(|j| j.as_str()))),
+        Box::new(column(rows, |r| {
+            start(r).and_then(|s| s.input.as_ref()).map(|j| j.as_str())
+        })),
+        Box::new(column(rows, |r| {
+            end(r).and_then(|e| e.output.as_ref()).map(|j| j.as_str())
+        })),
         Box::new(column(rows, |r| r.meta.as_deref())),
         Box::new(column(rows, |r| {
-            end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.model.as_deref())
+            end(r)
+                .and_then(|e| e.llm.as_ref())
+                .and_then(|l| l.model.as_deref())
         })),
-        Box::new(column(rows, |r| end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.prompt_tokens))),
         Box::new(column(rows, |r| {
-            end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.completion_tokens)
+            end(r)
+                .and_then(|e| e.llm.as_ref())
+                .and_then(|l| l.prompt_tokens)
         })),
-        Box::new(column(rows, |r| end(r).and_then(|e| e.llm.as_ref()).and_then(|l| l.total_tokens))),
-        Box::new(column(rows, |r| end(r).map_or(DEFAULT_LEVEL, |e| e.level.as_str()))),
-        Box::new(column(rows, |r| end(r).and_then(|e| e.status_message.as_deref()))),
+        Box::new(column(rows, |r| {
+            end(r)
+                .and_then(|e| e.llm.as_ref())
+                .and_then(|l| l.completion_tokens)
+        })),
+        Box::new(column(rows, |r| {
+            end(r)
+                .and_then(|e| e.llm.as_ref())
+                .and_then(|l| l.total_tokens)
+        })),
+        Box::new(column(rows, |r| {
+            end(r).map_or(DEFAULT_LEVEL, |e| e.level.as_str())
+        })),
+        Box::new(column(rows, |r| {
+            end(r).and_then(|e| e.status_message.as_deref())
+        })),
         Box::new(column(rows, |r| cost_text(r, |c| &c.input))),
         Box::new(column(rows, |r| cost_text(r, |c| &c.output))),
         Box::new(column(rows, |r| cost_text(r, |c| &c.total))),
@@ -604,7 +637,9 @@ async fn insert_observations(
              total_cost::numeric
          FROM {OBSERVATION_UNNEST}"
     );
-    tx.execute(sql.as_str(), &params).await.map_err(conflict_or)?;
+    tx.execute(sql.as_str(), &params)
+        .await
+        .map_err(conflict_or)?;
     Ok(())
 }
 
@@ -787,7 +822,11 @@ mod tests {
                 },
             );
         }
-        for o in plan.new_observations.iter().chain(&plan.changed_observations) {
+        for o in plan
+            .new_observations
+            .iter()
+            .chain(&plan.changed_observations)
+        {
             stored.observations.insert(
                 o.id.to_owned(),
                 StoredObservation {
@@ -814,7 +853,11 @@ mod tests {
         let empty = Stored::default();
         let first = plan(&rows, &empty, &prices);
         let new = &first.new_observations[0];
-        assert_eq!(new.start_time, Some(naive(at(2))), "the end's time stands in");
+        assert_eq!(
+            new.start_time,
+            Some(naive(at(2))),
+            "the end's time stands in"
+        );
         assert!(new.start.is_none(), "no name or input before the start");
         assert_eq!(new.observation_type, "SPAN");
         assert_eq!(new.meta.as_deref(), Some(r#"{"b":"end"}"#));
@@ -827,7 +870,11 @@ mod tests {
         assert!(changed.start_wins && !changed.end_wins && !changed.seen_wins);
         assert_eq!(changed.start_time, Some(naive(at(1))));
         assert_eq!(changed.observation_type, "TOOL");
-        assert_eq!(changed.meta.as_deref(), Some(r#"{"a":1,"b":"end"}"#), "the end's keys win");
+        assert_eq!(
+            changed.meta.as_deref(),
+            Some(r#"{"a":1,"b":"end"}"#),
+            "the end's keys win"
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("projects", "updated_at", "timestamp without time zone"),
     ("projects", "tracing_enabled", "boolean"),
     ("model_pricing", "project_id", "character varying"),
-    ("model_pricing", "hosting_provider", "character varying(100)"),
+    (
+        "model_pricing",
+        "hosting_provider",
+        "character varying(100)",
+    ),
     ("model_pricing", "model_name", "character varying(200)"),
     ("model_pricing", "input_price_per_million", "numeric"),
     ("model_pricing", "output_price_per_million", "numeric"),
@@ -91,7 +95,10 @@ pub async fn inspect(client: &impl GenericClient) -> Result<StudioSchema, tokio_
         .map(|row| row.get::<_, bool>(0))
     {
         Some(true) => client
-            .query_opt("SELECT version_num::text FROM public.alembic_version LIMIT 1", &[])
+            .query_opt(
+                "SELECT version_num::text FROM public.alembic_version LIMIT 1",
+                &[],
+            )
             .await?
             .map(|row| row.get(0)),
         _ => None,

@@ -50,15 +50,19 @@ pub fn refuse_mismatches(events: &Events<'_>, stored: &Stored) -> Refused {
             Some(trace) => trace.project_id.as_deref(),
             None => trace_projects.get(event.trace_id.as_str()).map(|(_, p)| *p),
         };
-        let observation_project = event.observation_id().and_then(|id| {
-            match stored.observations.get(id) {
-                Some(observation) => observation.project_id.as_deref(),
-                None => observation_projects.get(id).map(|(_, p)| *p),
-            }
-        });
-        let conflict = [("trace", trace_project), ("observation", observation_project)]
-            .into_iter()
-            .find_map(|(what, owner)| owner.filter(|owner| *owner != project).map(|o| (what, o)));
+        let observation_project =
+            event
+                .observation_id()
+                .and_then(|id| match stored.observations.get(id) {
+                    Some(observation) => observation.project_id.as_deref(),
+                    None => observation_projects.get(id).map(|(_, p)| *p),
+                });
+        let conflict = [
+            ("trace", trace_project),
+            ("observation", observation_project),
+        ]
+        .into_iter()
+        .find_map(|(what, owner)| owner.filter(|owner| *owner != project).map(|o| (what, o)));
         if let Some((what, owner)) = conflict {
             refused.insert(
                 *index,
@@ -144,10 +148,20 @@ mod tests {
             let refused = refuse_mismatches(&events, &Stored::default());
             let refused_project: Vec<&str> = refused
                 .keys()
-                .map(|i| events.iter().find(|(j, _)| j == i).unwrap().1.project_id.as_str())
+                .map(|i| {
+                    events
+                        .iter()
+                        .find(|(j, _)| j == i)
+                        .unwrap()
+                        .1
+                        .project_id
+                        .as_str()
+                })
                 .collect();
             assert_eq!(refused_project, ["p2"]);
-            assert!(refused.values().all(|r| r.reason == Reason::ProjectMismatch));
+            assert!(refused
+                .values()
+                .all(|r| r.reason == Reason::ProjectMismatch));
         }
     }
 
@@ -175,7 +189,10 @@ mod tests {
         let b = event(2, "u", "known", None);
         let events = [(0, &a), (1, &b)];
         let mut refused = Refused::new();
-        assert_eq!(projects_of_new_traces(&events, &refused, &Stored::default()), ["known", "new"]);
+        assert_eq!(
+            projects_of_new_traces(&events, &refused, &Stored::default()),
+            ["known", "new"]
+        );
         refuse_unknown(&events, &["new".to_owned()], &mut refused);
         assert_eq!(refused[&0].reason, Reason::UnknownProject);
         assert!(!refused.contains_key(&1));
