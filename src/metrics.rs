@@ -107,7 +107,10 @@ fn describe() {
         COSTS,
         "Observation ends with LLM usage, by outcome (priced, no_price: the model has no row in model_pricing, not_billable: no model or zero counts)."
     );
-    describe_gauge!(PRICES, "Rows of model_pricing in this replica's price cache.");
+    describe_gauge!(
+        PRICES,
+        "Rows of model_pricing in this replica's price cache."
+    );
     describe_histogram!(BATCH_SIZE, "Entries per committed write batch.");
     describe_histogram!(
         WRITE_DURATION,

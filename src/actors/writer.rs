@@ -287,8 +287,7 @@ async fn commit_and_ack(
             horizons: &shared.horizons,
             studio: &shared.studio,
         };
-        match write_path::commit_isolating(destination, &mut items).await
-        {
+        match write_path::commit_isolating(destination, &mut items).await {
             Ok(isolated) => {
                 if isolated > 0 {
                     metrics::counter!(m::POSTGRES_ERRORS, "kind" => "data")
