@@ -181,7 +181,7 @@ fn describe() {
     );
     describe_counter!(
         RETENTION_FORGOTTEN,
-        "Rows forgotten by retention, by table (traces, observations, ingest_dead_letters, sdk_heartbeats, retention_tombstones)."
+        "Rows forgotten by retention, by table (traces, observations, dead_letters, sdk_heartbeats, retention_tombstones)."
     );
     describe_gauge!(
         RETENTION_BEHIND,

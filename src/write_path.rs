@@ -217,6 +217,7 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     let mut client = to.pool.get().await?;
     let tx = client.transaction().await?;
     let prices = to.studio.prices.current(&*tx).await?;
+    metrics::gauge!(crate::metrics::PRICES).set(prices.len() as f64);
     let creates_projects = to.studio.creates_projects(&*tx).await?;
 
     let events: Vec<(usize, &TraceEvent)> = items

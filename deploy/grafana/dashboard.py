@@ -136,7 +136,7 @@ def build():
                "short", backlog, [(1000, "yellow"), (10000, "red")]), 3, 4)
     L.add(stat("Stored / s", "Entries stored per second, all replicas.", "ops",
                f'sum(rate(swisper_ingest_events_total{{{POD}, outcome="stored"}}[$__rate_interval]))'), 3, 4)
-    L.add(stat("Dead letters (1h)", "Entries written to ingest_dead_letters in the last hour.", "short",
+    L.add(stat("Dead letters (1h)", "Entries written to swisper_ingest.dead_letters in the last hour.", "short",
                f"sum(increase(swisper_ingest_dead_letters_total{{{POD}}}[1h]))", [(1, "red")]), 3, 4)
     L.add(stat("Oldest pending", "Age of the oldest delivered but unacknowledged entry.", "s",
                f"max(swisper_ingest_oldest_pending_age_seconds{{{SEL}}})", [(60, "yellow"), (300, "red")]), 3, 4)
@@ -181,8 +181,17 @@ def build():
     L.add(timeseries("Write duration", "Time to commit one batch, retries included.", "s",
                      *quantiles("swisper_ingest_write_duration_seconds")), 12, 8)
 
+    L.row("Studio tables")
+    L.add(timeseries("LLM costs", "Observation ends with LLM usage per second, by outcome: priced (calculated_*_cost written), no_price (the model has no row in the studio's model_pricing), not_billable (no model, or a zero token count). Costs are computed as the studio does.", "ops",
+                     (f"sum by (outcome) (rate(swisper_ingest_costs_total{{{POD}}}[$__rate_interval]))", "{{outcome}}"),
+                     stack=True), 12, 8)
+    L.add(timeseries("Projects, conflicts, unknown types", "Projects created on first sight (standalone databases), transactions run again because another writer inserted one of their new rows first, and observation types outside the studio's enum (stored as SPAN, the original in meta._ingest_original_type); per second.", "ops",
+                     (f"sum(rate(swisper_ingest_projects_created_total{{{POD}}}[$__rate_interval])) or vector(0)", "projects created"),
+                     (f"sum(rate(swisper_ingest_write_conflicts_total{{{POD}}}[$__rate_interval])) or vector(0)", "write conflicts"),
+                     (f"sum(rate(swisper_ingest_unknown_observation_types_total{{{POD}}}[$__rate_interval])) or vector(0)", "unknown types")), 12, 8)
+
     L.row("Errors")
-    L.add(timeseries("Dead letters by reason", "Entries dead-lettered per second; see ingest_dead_letters.reason.", "ops",
+    L.add(timeseries("Dead letters by reason", "Entries dead-lettered per second; see swisper_ingest.dead_letters.reason_code. unknown_project and project_mismatch have alerts of their own.", "ops",
                      (f"sum by (reason) (rate(swisper_ingest_dead_letters_total{{{POD}}}[$__rate_interval]))", "{{reason}}")), 8, 8)
     L.add(timeseries("Redis and Postgres errors", "Failed Redis commands by operation; failed Postgres writes by kind.", "ops",
                      (f"sum by (operation) (rate(swisper_ingest_redis_errors_total{{{POD}}}[$__rate_interval]))", "redis {{operation}}"),

@@ -146,13 +146,17 @@ pub async fn forget_traces(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // State whose studio row is gone (the studio deleted its project).
+    // State whose studio row is gone (the studio deleted the trace or its
+    // project), with its observations' state.
     tx.execute(
-        "DELETE FROM swisper_ingest.trace_state s
-         WHERE s.id IN (SELECT id FROM swisper_ingest.trace_state
-                        WHERE project_id = $1 AND first_seen_at < $2
-                        ORDER BY first_seen_at LIMIT $3)
-           AND NOT EXISTS (SELECT 1 FROM public.traces t WHERE t.id = s.id)",
+        "WITH gone AS (
+             DELETE FROM swisper_ingest.trace_state s
+             WHERE s.id IN (SELECT id FROM swisper_ingest.trace_state
+                            WHERE project_id = $1 AND first_seen_at < $2
+                            ORDER BY first_seen_at LIMIT $3)
+               AND NOT EXISTS (SELECT 1 FROM public.traces t WHERE t.id = s.id)
+             RETURNING s.id)
+         DELETE FROM swisper_ingest.observation_state o USING gone WHERE o.trace_id = gone.id",
         &[&project, &cut, &limit],
     )
     .await?;

@@ -49,6 +49,10 @@ COUNTERS = {
     "process_cpu_seconds_total": [{}],
     "swisper_ingest_retention_forgotten_rows_total": [{"table": "traces"}, {"table": "observations"}],
     "swisper_ingest_retention_errors_total": [{}],
+    "swisper_ingest_costs_total": [{"outcome": o} for o in ("priced", "no_price", "not_billable")],
+    "swisper_ingest_projects_created_total": [{}],
+    "swisper_ingest_write_conflicts_total": [{}],
+    "swisper_ingest_unknown_observation_types_total": [{}],
 }
 GAUGES = {
     "swisper_ingest_stream_length": [{}],
