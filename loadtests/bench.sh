@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of swisper-ingest against its yardstick, PostgreSQL's own bulk
-# load (COPY) of exactly the rows a run produced. Starts its own Redis and
+# load (COPY) of exactly the rows a run produced in SwisperStudio's tables
+# (public.traces and public.observations, with the project row they refer to). Starts its own Redis and
 # PostgreSQL on loopback (scripts/services.sh, in a temp folder removed at the
 # end), builds the service and `loadgen` in release mode, runs the scenarios
 # and writes the results table to loadtests/results/<date>[-quick].md (and
@@ -19,7 +20,8 @@
 #
 # Scenarios (goals, not assertions):
 #   1 drain a backlog of 200,000 realistic events, seed-format (plain JSON)
-#     and SDK-like (gzip+base64); yardstick: COPY of its final rows. Every
+#     and SDK-like (gzip+base64); yardstick: COPY of its final rows (also
+#     timed: COPY of the merge state the service keeps beside them). Every
 #     variant (this build, --baseline, --lever) drains the same backlog in
 #     the same run, in rotating order; ratios are within a run
 #   2 steady 5,000 events/s for 60 s: end-to-end latency (commit - publish)
@@ -224,7 +226,8 @@ drain() {
   stop_service "$svc_pid"
 }
 
-# Columns COPY can load (not the generated ones), in table order.
+# Columns COPY can load (not the generated ones), in table order; TABLE is
+# schema-qualified.
 copy_columns() {
   psql "$base/$1" -Atc "SELECT string_agg(quote_ident(attname), ',' ORDER BY attnum) FROM pg_attribute
     WHERE attrelid = '$2'::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
@@ -238,27 +241,51 @@ started=$(date +%s)
 # Each workload's backlog is drained by every variant (this build, the
 # baseline binary, each lever) in turn, the order rotating run by run, and
 # then loaded by the yardstick COPY: ratios are taken within one run.
+# The studio's rows the drain produced (public.traces and observations, and
+# the projects they refer to) and the merge state the service keeps beside
+# them (swisper_ingest.trace_state and observation_state).
+studio_tables=(public.projects public.traces public.observations)
+state_tables=(swisper_ingest.trace_state swisper_ingest.observation_state)
 copy_rows() { # DB: exports the drain's final rows (the yardstick's input)
-  tcols=$(copy_columns "$1" traces)
-  ocols=$(copy_columns "$1" observations)
+  declare -gA copy_cols=()
   rm -rf "$work/rows" && mkdir -p "$work/rows" && chmod 777 "$work/rows"
-  psql "$base/$1" -q -c "\\copy (SELECT $tcols FROM traces) TO '$work/rows/traces.copy'" \
-    -c "\\copy (SELECT $ocols FROM observations) TO '$work/rows/observations.copy'"
-  rows=$(psql "$base/$1" -Atc "SELECT (SELECT count(*) FROM traces) + (SELECT count(*) FROM observations)")
-  obs_rows=$(psql "$base/$1" -Atc "SELECT count(*) FROM observations")
+  local table args=()
+  for table in "${studio_tables[@]}" "${state_tables[@]}"; do
+    copy_cols[$table]=$(copy_columns "$1" "$table")
+    args+=(-c "\\copy (SELECT ${copy_cols[$table]} FROM $table) TO '$work/rows/$table.copy'")
+  done
+  psql "$base/$1" -q "${args[@]}"
+  rows=$(psql "$base/$1" -Atc "SELECT (SELECT count(*) FROM public.traces) + (SELECT count(*) FROM public.observations)")
+  obs_rows=$(psql "$base/$1" -Atc "SELECT count(*) FROM public.observations")
 }
-yardstick_copy() { # DB: sets copy_s and copy_cpu_pg
+copy_in() { # DB TABLE...: COPY FROM of each table's rows in one transaction; prints the backend pid
+  local db=$1 table args=(-c "SELECT pg_backend_pid()")
+  shift
+  for table; do
+    args+=(-c "\\copy $table(${copy_cols[$table]}) FROM '$work/rows/$table.copy'")
+  done
+  psql "$base/$db" -qAt -1 "${args[@]}"
+}
+wait_backend_gone() { # the session's backend counts in the postmaster's cutime once reaped
+  for _ in $(seq 1 100); do [[ -e /proc/$1 ]] || break; sleep 0.05; done
+}
+yardstick_copy() { # DB: sets copy_s and copy_cpu_pg (the studio's rows), state_copy_s and state_copy_cpu_pg
   fresh_db "$1"
-  local pg0 t0 t1
+  # The studio tables of a fresh database are standalone ones (migrate made
+  # them): they come with the studio's default user, nothing else.
+  local pg0 t0 t1 backend
   pg0=$(pg_cpu) t0=$(date +%s.%N)
-  local backend
-  backend=$(psql "$base/$1" -qAt -1 -c "SELECT pg_backend_pid()" -c "\\copy traces($tcols) FROM '$work/rows/traces.copy'" \
-    -c "\\copy observations($ocols) FROM '$work/rows/observations.copy'")
+  backend=$(copy_in "$1" "${studio_tables[@]}")
   t1=$(date +%s.%N)
   copy_s=$(echo "$t1 - $t0" | bc)
-  # The session's backend counts in the postmaster's cutime once reaped.
-  for _ in $(seq 1 100); do [[ -e /proc/$backend ]] || break; sleep 0.05; done
+  wait_backend_gone "$backend"
   copy_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  pg0=$(pg_cpu) t0=$(date +%s.%N)
+  backend=$(copy_in "$1" "${state_tables[@]}")
+  t1=$(date +%s.%N)
+  state_copy_s=$(echo "$t1 - $t0" | bc)
+  wait_backend_gone "$backend"
+  state_copy_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
   drop_db "$1"
 }
 if wanted 1 || wanted 4; then
@@ -311,9 +338,12 @@ for wl in "${workloads[@]}"; do
     log "yardstick ($wl): COPY run $run/$runs"
     yardstick_copy yard
     yard_extra='{}'
-    [[ $wl == "${workloads[-1]}" ]] && yard_extra='{"yardstick": "time", "note": "psql \\copy (text) of every traces and observations row the drain produced, into empty tables of the same schema (migrations applied) in a fresh database"}'
+    [[ $wl == "${workloads[-1]}" ]] && yard_extra='{"yardstick": "time", "note": "psql \\copy (text) of every public.traces and public.observations row the drain produced (and its project row), into the empty studio tables of a fresh database (swisper-ingest migrate: standalone)"}'
     record "yardstick" "COPY of the final rows ($rows rows, $wl), one transaction" "s" "$copy_s" "$yard_extra"
     record "yardstick" "CPU postgres of that COPY ($wl)" "s" "$copy_cpu_pg"
+    record "yardstick" "then COPY of their merge state (swisper_ingest.trace_state, observation_state; $wl)" "s" "$state_copy_s" \
+      '{"note": "not part of the yardstick: what the service writes beside the studio rows"}'
+    record "yardstick" "CPU postgres of that merge-state COPY ($wl)" "s" "$state_copy_cpu_pg"
     [[ $wl == "${workloads[-1]}" ]] && record "yardstick" "COPY rate in events/s ($wl)" "events/s" "$(echo "$wl_events / $copy_s" | bc -l)" '{"yardstick": "rate"}'
     record "yardstick" "COPY rate in observation rows/s ($wl)" "rows/s" "$(echo "$obs_rows / $copy_s" | bc -l)"
     for i in $(seq 0 $((n - 1))); do
@@ -323,6 +353,8 @@ for wl in "${workloads[@]}"; do
       record "$sc" "CPU postgres / COPY's CPU postgres (same run): $vname" "×" "$(echo "${d_pg[$i]} / $copy_cpu_pg" | bc -l)" \
         '{"target": "≤ 1.2", "limit": {"op": "<=", "value": 1.2}}'
       record "$sc" "CPU service + postgres / COPY's CPU: $vname" "×" "$(echo "(${d_svc[$i]} + ${d_pg[$i]}) / $copy_cpu_pg" | bc -l)"
+      record "$sc" "drain time / COPY time with the merge state (same run): $vname" "×" \
+        "$(echo "${d_time[$i]} / ($copy_s + $state_copy_s)" | bc -l)"
     done
   done
 done
@@ -557,7 +589,9 @@ retention_run() { # NAME on|off
   local pub=$!
   : >"$work/$name-sizes.txt"
   while kill -0 "$pub" 2>/dev/null; do
-    psql "$base/$name" -Atc "SELECT round(extract(epoch FROM now()) - $since), pg_total_relation_size('traces') + pg_total_relation_size('observations')" \
+    psql "$base/$name" -Atc "SELECT round(extract(epoch FROM now()) - $since),
+      pg_total_relation_size('public.traces') + pg_total_relation_size('public.observations'),
+      pg_total_relation_size('swisper_ingest.trace_state') + pg_total_relation_size('swisper_ingest.observation_state')" \
       >>"$work/$name-sizes.txt" 2>/dev/null || true
     sleep 5
   done
@@ -592,7 +626,8 @@ if wanted 6; then
       record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $ret_cpu_pg / $RET_SECS" | bc -l)"
       sizes=$(awk -F'|' '{printf "%s%d s: %.0f MB", (NR > 1 ? ", " : ""), $1, $2 / 1048576}' "$work/$name-sizes.txt")
       record "$sc" "traces + observations size at the end" "MB" "$(tail -1 "$work/$name-sizes.txt" | awk -F'|' '{printf "%.1f", $2 / 1048576}')" \
-        "$(jq -nc --arg s "$sizes" '{"note": ("pg_total_relation_size over time: " + $s)}')"
+        "$(jq -nc --arg s "$sizes" '{"note": ("pg_total_relation_size of public.traces + public.observations over time: " + $s)}')"
+      record "$sc" "their merge state's size at the end (swisper_ingest)" "MB" "$(tail -1 "$work/$name-sizes.txt" | awk -F'|' '{printf "%.1f", $3 / 1048576}')"
       forgotten_traces=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="traces"}')
       forgotten_obs=$(metric_of 'swisper_ingest_retention_forgotten_rows_total{table="observations"}')
       record "$sc" "traces forgotten by retention" "" "$forgotten_traces"

@@ -2,7 +2,10 @@
 # The main job end to end on local defaults: installs and starts Redis and
 # PostgreSQL on loopback when missing (scripts/services.sh), builds and runs
 # swisper-ingest, publishes a small sample workload of traces in the SDK's
-# wire format, shows them stored, and says where to look. The service keeps
+# wire format, shows them stored in SwisperStudio's own tables
+# (public.traces and public.observations; the database is standalone, so the
+# service creates the studio's tables and the project on first sight), and
+# says where to look. The service keeps
 # running until Ctrl-C (then drains and exits); `--once` stops it right after.
 #
 #   scripts/run.sh [--once]
@@ -77,14 +80,23 @@ for t in 1 2 3 4 5; do
 done
 
 for _ in $(seq 1 100); do
-  stored=$(psql_cmd -tAc "SELECT count(*) FROM observations WHERE trace_id LIKE 'sample-$run_id-%' AND end_time IS NOT NULL")
+  stored=$(psql_cmd -tAc "SELECT count(*) FROM public.observations WHERE trace_id LIKE 'sample-$run_id-%' AND end_time IS NOT NULL")
   [[ $stored == 25 ]] && break
   sleep 0.1
 done
 echo "==> stored: $stored of 25 observations"
-psql_cmd -c "SELECT id, name, user_id, session_id, \"timestamp\" FROM traces WHERE id LIKE 'sample-$run_id-%' ORDER BY id"
+if [[ $stored != 25 ]]; then
+  echo "the sample traces were not all stored within 10 s; the service log: $log" >&2
+  tail -n 20 "$log" >&2
+  exit 1
+fi
+# Times are the studio's: timestamp without time zone, in UTC.
+psql_cmd -c "SELECT id, name, user_id, session_id, project_id, meta::jsonb ->> 'run_id' AS run_id, \"timestamp\"
+             FROM public.traces WHERE id LIKE 'sample-$run_id-%' ORDER BY id"
 psql_cmd -c "SELECT trace_id, name, type, level, parent_observation_id IS NOT NULL AS nested, status_message
-             FROM observations WHERE trace_id = 'sample-$run_id-3' ORDER BY start_time, name"
+             FROM public.observations WHERE trace_id = 'sample-$run_id-3' ORDER BY start_time, name"
+dead=$(psql_cmd -tAc "SELECT count(*) FROM swisper_ingest.dead_letters")
+echo "==> dead letters: $dead"
 echo "==> metrics (http://127.0.0.1:$port/metrics):"
 curl -fs "http://127.0.0.1:$port/metrics" | grep -E '^swisper_ingest_(events_total|group_lag|pending_entries|ready) ' || true
 curl -fs "http://127.0.0.1:$port/metrics" | grep -E '^swisper_ingest_events_total' || true
@@ -93,7 +105,9 @@ cat <<MSG
 Where to look:
   status JSON   curl http://127.0.0.1:$port/api/v1/observability/metrics
   metrics       curl http://127.0.0.1:$port/metrics
-  database      psql -h 127.0.0.1 -p $PG_PORT -U postgres -d swisper_ingest   (tables traces, observations, ingest_dead_letters)
+  database      psql -h 127.0.0.1 -p $PG_PORT -U postgres -d swisper_ingest
+                (the studio's public.traces, observations, projects; ours in schema swisper_ingest:
+                 dead_letters, sdk_heartbeats, trace_state, observation_state)
   stream        redis-cli -p $REDIS_PORT XINFO GROUPS observability:events
   service log   $log
   publish more  OBSERVABILITY_REDIS_URL=$OBSERVABILITY_REDIS_URL, stream observability:events (see docs/event-format.md)

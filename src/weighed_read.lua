@@ -37,6 +37,8 @@ local max_deliveries = tonumber(ARGV[11])
 local cursor = ARGV[12]
 local min_idle = ARGV[13]
 
+-- expanded_size: begin (tests/crafted_payloads.rs runs this block alone and
+-- compares it with its Rust mirror, weighed_read::find_weighed_data)
 local B64 = {}
 for i = 1, 64 do
   B64[string.byte('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', i)] = i - 1
@@ -44,21 +46,30 @@ end
 B64[string.byte('-')] = 62
 B64[string.byte('_')] = 63
 
--- The size compressed data expands to: gzip's trailer (ISIZE, the last four
--- bytes, little-endian) read from the end of the base64 text of "_data".
--- Anything unreadable counts as the largest expansion allowed.
+-- The size compressed data expands to, as the SDK writes it:
+-- {"_compressed": true, "_data": "<base64 of one gzip member>"}. The first
+-- "_data" key followed by a string, wherever it is (a plain find runs at C
+-- speed; Lua's pattern matcher would cost tens of microseconds), whose text
+-- starts as gzip does ("H4sI": 1f 8b 08) weighs what gzip's trailer declares
+-- (ISIZE, its last four bytes, little-endian). Anything else weighs as no
+-- expansion: the parser inflates only gzip, only the text weighed here, one
+-- member, and never past the size read here (src/event/payload.rs), so
+-- that what it holds is never more than what was weighed.
 local function expanded_size(data)
-  -- The SDK writes {"_compressed": true, "_data": "..."}: the key is near the
-  -- start, and scanning a long uncompressed document for it would be slow.
-  -- (A plain find: Lua's pattern matcher costs tens of microseconds here.)
-  local _, key_end = string.find(string.sub(data, 1, 256), '"_data"', 1, true)
-  if not key_end then return 0 end
-  local _, open = string.find(data, '^%s*:%s*"', key_end + 1)
-  if not open then return 0 end
+  local init = 1
+  local open
+  while true do
+    local at, key_end = string.find(data, '"_data"', init, true)
+    if not at then return 0 end
+    local _, quote = string.find(data, '^%s*:%s*"', key_end + 1)
+    if quote then open = quote; break end
+    init = at + 1
+  end
   local close = string.find(data, '"', open + 1, true)
-  if not close then return max_expanded end
+  if not close then return 0 end
+  if string.sub(data, open + 1, open + 4) ~= 'H4sI' then return 0 end
   local len = close - open - 1
-  if len < 8 or len % 4 ~= 0 then return max_expanded end
+  if len < 8 or len % 4 ~= 0 then return 0 end
   local bytes = {}
   for quad = 0, 1 do
     local n, pad = 0, 0
@@ -66,7 +77,7 @@ local function expanded_size(data)
       local c = string.byte(data, close - 8 + quad * 4 + i - 1)
       local v = B64[c]
       if c == 61 then v = 0; pad = pad + 1 end
-      if v == nil then return max_expanded end
+      if v == nil then return 0 end
       n = n * 64 + v
     end
     table.insert(bytes, math.floor(n / 65536) % 256)
@@ -74,10 +85,11 @@ local function expanded_size(data)
     if pad < 1 then table.insert(bytes, n % 256) end
   end
   local k = #bytes
-  if k < 4 then return max_expanded end
+  if k < 4 then return 0 end
   local size = bytes[k - 3] + bytes[k - 2] * 256 + bytes[k - 1] * 65536 + bytes[k] * 16777216
   return math.min(size, max_expanded)
 end
+-- expanded_size: end
 
 local function raw_size(fields)
   local raw = 0
@@ -103,16 +115,15 @@ end
 
 if mode == 'new' then
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  local last, entries_read = nil, nil
+  local last = nil
   if ok then
     for _, g in ipairs(groups) do
-      local name, delivered, read = nil, nil, nil
+      local name, delivered = nil, nil
       for i = 1, #g, 2 do
         if g[i] == 'name' then name = g[i + 1] end
         if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-        if g[i] == 'entries-read' then read = g[i + 1] end
       end
-      if name == group then last, entries_read = delivered, read end
+      if name == group then last = delivered end
     end
   end
   if not last then return redis.error_reply('NOGROUP No such key or consumer group') end
@@ -131,34 +142,27 @@ if mode == 'new' then
         break
       end
       total = total + w
-      table.insert(picked, row)
+      table.insert(picked, row[1])
       start = '(' .. row[1]
       if w > 262144 then chunk = 1 else chunk = math.min(chunk * 2, 32) end
     end
   end
   if #picked == 0 then return {'empty', 0, last, {}, {}, {}, {}} end
+  -- Delivered by Redis's own consumer-group logic, which keeps the group's
+  -- books (pending entries, last-delivered-id, entries-read and so lag)
+  -- whatever was trimmed or deleted before: the next #picked entries after
+  -- the group's last delivered id, the very ones weighed (the script runs
+  -- atomically). Setting entries-read here instead (XGROUP SETID ...
+  -- ENTRIESREAD) left lag wrong for good after a trim or an XDEL (issue 17).
+  -- The reply is dropped; the caller fetches the fields with XRANGE
+  -- (returning bulk data through Lua is several times slower).
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #picked, 'STREAMS', stream, '>')
+  local delivered = reply and reply[1] and reply[1][2] or {}
   local ids, counts = {}, {}
-  for i, row in ipairs(picked) do ids[i] = row[1]; counts[i] = 1 end
-  -- The caller fetches the fields with XRANGE: returning them through Lua,
-  -- or even receiving XREADGROUP's reply here, is several times slower.
-  local known_read = nil
-  if type(entries_read) == 'number' then known_read = entries_read
-  elseif last == '0-0' then known_read = 0 end
-  if known_read then
-    -- Delivered as XREADGROUP > would: pending to this consumer, delivered
-    -- once, the group's position and entries-read (its lag) after them.
-    for first = 1, #ids, 200 do
-      local args = {stream, group, consumer, 0}
-      for i = first, math.min(first + 199, #ids) do table.insert(args, ids[i]) end
-      table.insert(args, 'RETRYCOUNT'); table.insert(args, 1)
-      table.insert(args, 'FORCE'); table.insert(args, 'JUSTID')
-      redis.call('XCLAIM', unpack(args))
-    end
-    redis.call('XGROUP', 'SETID', stream, group, ids[#ids], 'ENTRIESREAD', known_read + #ids)
-  else
-    -- Redis does not know how far the group has read: let XREADGROUP work
-    -- it out (slower, the reply is dropped).
-    redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #ids, 'STREAMS', stream, '>')
+  for i, row in ipairs(delivered) do ids[i] = row[1]; counts[i] = 1 end
+  reply, delivered = nil, nil
+  if #ids ~= #picked or ids[#ids] ~= picked[#picked] then
+    return redis.error_reply('ERR weighed read: XREADGROUP delivered other entries than the ones weighed')
   end
   return {'ok', total, last, ids, counts, {}, {}}
 end

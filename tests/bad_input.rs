@@ -89,15 +89,20 @@ fn catalogue() -> Vec<(&'static str, Fields, Expect)> {
         ("SQL-looking strings", observation("o24", "observation_start", r#"{"name":"'); DROP TABLE traces; --","input":{"q":"1 OR 1=1"}}"#),
             Stored("SELECT name = '''); DROP TABLE traces; --' AND input->>'q' = '1 OR 1=1' FROM observations WHERE id = 'o24'")),
         ("huge numbers", observation("o25", "observation_start", r#"{"input":{"big":123456789012345678901234567890,"tiny":1e-400,"huge":1e400}}"#),
-            Stored("SELECT (input->>'big') = '123456789012345678901234567890' AND (input->'huge')::numeric = 1e400 FROM observations WHERE id = 'o25'")),
+            Stored("SELECT (input->>'big') = '123456789012345678901234567890' AND (input::jsonb->'huge')::numeric = 1e400 FROM observations WHERE id = 'o25'")),
         ("Python NaN and Infinity", observation("o26", "observation_end", r#"{"output":{"score":NaN,"max":Infinity}}"#),
-            Stored("SELECT output = '{\"max\": null, \"score\": null}' AND metadata ? '_ingest_repairs' FROM observations WHERE id = 'o26'")),
+            Stored("SELECT output::jsonb = '{\"max\": null, \"score\": null}' AND meta::jsonb ? '_ingest_repairs' FROM observations WHERE id = 'o26'")),
         ("an observation whose parent is itself", observation("o27", "observation_start", r#"{"name":"loop","parent_observation_id":"o27"}"#),
-            Stored("SELECT parent_observation_id IS NULL AND name = 'loop' AND metadata ? '_ingest_repairs' FROM observations WHERE id = 'o27'")),
+            Stored("SELECT parent_observation_id IS NULL AND name = 'loop' AND meta::jsonb ? '_ingest_repairs' FROM observations WHERE id = 'o27'")),
         ("an end for an observation that never started", observation("o28", "observation_end", r#"{"output":{"a":1},"level":"WARNING"}"#),
-            Stored("SELECT name IS NULL AND level = 'WARNING' AND output->>'a' = '1' AND type = 'SPAN' FROM observations WHERE id = 'o28'")),
+            Stored("SELECT name IS NULL AND level = 'WARNING' AND output->>'a' = '1' AND type = 'SPAN' AND end_time IS NOT NULL FROM observations WHERE id = 'o28'")),
         ("an unknown extra field", { let mut f = start("o29"); f.push((b"sdk".to_vec(), b"x".to_vec())); f },
-            Stored("SELECT metadata->'_fields'->>'sdk' = 'x' FROM observations WHERE id = 'o29'")),
+            Stored("SELECT meta->'_fields'->>'sdk' = 'x' FROM observations WHERE id = 'o29'")),
+        ("an observation type outside the studio's enum", observation("o30", "observation_start", r#"{"name":"r","type":"RETRIEVER"}"#),
+            Stored("SELECT type = 'SPAN' AND meta->>'_ingest_original_type' = 'RETRIEVER' FROM observations WHERE id = 'o30'")),
+        // Ids are global in the studio's tables: bad-trace is p's (its first
+        // stored event, o24, came first).
+        ("an event of another project for a stored trace", with(start("o31"), b"project_id", b"q"), DeadLetter("project_mismatch")),
     ]
 }
 
@@ -136,7 +141,7 @@ async fn every_bad_input_class_is_dead_lettered_or_stored_and_neighbours_survive
         )
         .await
             == neighbours
-            && count(&db, "SELECT count(*) FROM ingest_dead_letters").await
+            && count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await
                 == expected_dead.len() as i64
     })
     .await;
@@ -144,7 +149,7 @@ async fn every_bad_input_class_is_dead_lettered_or_stored_and_neighbours_survive
 
     let rows = db
         .query(
-            "SELECT stream_entry_id, reason_code, reason FROM ingest_dead_letters",
+            "SELECT stream_entry_id, reason_code, reason FROM swisper_ingest.dead_letters",
             &[],
         )
         .await

@@ -3,7 +3,9 @@
 //! database, statements timing out behind a lock, connections refused as too
 //! many, a full disk, a pgbouncer in transaction mode that loses its server
 //! tables; and the input bounds: one project's events never touching another
-//! project's rows, over-long indexed text truncated, heartbeat series capped.
+//! project's rows (ids are the studio's keys: the first project keeps the
+//! row, the other's events are dead letters), over-long indexed text
+//! truncated, heartbeat series capped.
 //!
 //! Every fault is confined to a role of the test's own (role settings,
 //! connection limits, its backends terminated), or, for a full disk, to
@@ -128,7 +130,7 @@ async fn cannot_write_then_recover(
     );
     let db = env.db().await;
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     fault_ends.await;
@@ -138,7 +140,7 @@ async fn cannot_write_then_recover(
         service.log()
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0,
         "the {kind} fault caused dead letters"
     );
@@ -315,8 +317,8 @@ async fn disk_full_retries_unready_and_loses_nothing() {
     // New rows need new pages (fillfactor 10), and a filler takes every page
     // the disk has left.
     db.batch_execute(
-        "ALTER TABLE observations SET TABLESPACE tiny;
-         ALTER TABLE observations SET (fillfactor = 10);
+        "ALTER TABLE public.observations SET TABLESPACE tiny;
+         ALTER TABLE public.observations SET (fillfactor = 10);
          CREATE TABLE filler (x text) TABLESPACE tiny;
          ALTER TABLE filler ALTER x SET STORAGE PLAIN;",
     )
@@ -431,11 +433,12 @@ async fn statement_timeouts_split_then_retry_without_dead_letters() {
         .await;
     let service = tenant.spawn("timeout", &[]);
     warm_up(&tenant, &service).await;
-    // Another session holds a lock on observations: every merge waits past
-    // the role's statement_timeout.
+    // Another session holds a lock on the studio's observations: every
+    // merge of an observation waits past the role's statement_timeout, and
+    // since no observation can be stored, no entry is the one at fault.
     let locker = tenant.env.db().await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE observations IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE public.observations IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     cannot_write_then_recover(&tenant.env, &service, "statement_timeout", async {
@@ -444,8 +447,12 @@ async fn statement_timeouts_split_then_retry_without_dead_letters() {
     .await;
 }
 
+/// Ids are the studio's keys: a trace id reused by another project stays
+/// the row of the project stored first (the oldest event's, by publish time
+/// then entry id, when both arrive together), and the other project's
+/// events are dead letters `project_mismatch`, whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn projects_reusing_ids_get_rows_of_their_own() {
+async fn projects_reusing_ids_keep_the_first_projects_rows_and_dead_letter_the_others() {
     let env = TestEnv::new("project_ids").await;
     let service = env.spawn("tenancy", &[]);
     service.wait_ready(LONG);
@@ -473,11 +480,24 @@ async fn projects_reusing_ids_get_rows_of_their_own() {
         env.publish(&mut redis, &as_fields(&event));
     }
     let db = env.db().await;
-    assert!(wait_for_ended_observations(&db, 12, LONG).await);
-    for trace in ["shared-1", "shared-2"] {
+    let settled = wait_for_async(LONG, || async {
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 14
+            && count(
+                &db,
+                "SELECT count(*) FROM public.observations WHERE end_time IS NOT NULL",
+            )
+            .await
+                == 6
+    })
+    .await;
+    assert!(settled, "log: {}", service.log());
+    for (trace, owner, name, user, refused) in [
+        ("shared-1", "project-b", "intruder", "user-b", "project-a"),
+        ("shared-2", "project-a", "chat", "user-1", "project-b"),
+    ] {
         let rows = db
             .query(
-                "SELECT project_id, name, user_id FROM traces WHERE id = $1 ORDER BY project_id",
+                "SELECT project_id, name, user_id FROM public.traces WHERE id = $1",
                 &[&trace],
             )
             .await
@@ -486,31 +506,84 @@ async fn projects_reusing_ids_get_rows_of_their_own() {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        assert_eq!(
-            rows,
-            [
-                ("project-a".into(), "chat".into(), "user-1".into()),
-                ("project-b".into(), "intruder".into(), "user-b".into())
-            ],
-            "{trace}"
-        );
-        let per_project = db
+        assert_eq!(rows, [(owner.into(), name.into(), user.into())], "{trace}");
+        // Its observations are the owner's: their start and end both came
+        // from the owner's events (the intruder's error is not there).
+        let observations = db
             .query(
-                "SELECT project_id, count(*) FROM observations WHERE trace_id = $1 GROUP BY 1 ORDER BY 1",
+                "SELECT o.id, t.project_id, s.project_id, o.level
+                 FROM public.observations o
+                 JOIN public.traces t ON t.id = o.trace_id
+                 JOIN swisper_ingest.observation_state s ON s.id = o.id
+                 WHERE o.trace_id = $1 ORDER BY o.id",
                 &[&trace],
             )
             .await
             .unwrap();
-        let per_project: Vec<(String, i64)> =
-            per_project.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let observations: Vec<(String, String, String, String)> = observations
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
         assert_eq!(
-            per_project,
-            [("project-a".into(), 3), ("project-b".into(), 3)]
+            observations,
+            [
+                (
+                    format!("{trace}-child"),
+                    owner.into(),
+                    owner.into(),
+                    "DEFAULT".into()
+                ),
+                (
+                    format!("{trace}-grandchild"),
+                    owner.into(),
+                    owner.into(),
+                    "ERROR".into()
+                ),
+                (
+                    format!("{trace}-root"),
+                    owner.into(),
+                    owner.into(),
+                    "DEFAULT".into()
+                ),
+            ],
+            "{trace}"
         );
+        assert_eq!(
+            count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM swisper_ingest.trace_state
+                     WHERE id = '{trace}' AND project_id = '{owner}'"
+                )
+            )
+            .await,
+            1
+        );
+        // Every event of the other project is a dead letter, kept whole.
+        let letters = db
+            .query(
+                "SELECT reason_code, reason, fields @> jsonb_build_array(jsonb_build_array('project_id', $2::text))
+                 FROM swisper_ingest.dead_letters WHERE trace_id = $1",
+                &[&trace, &refused],
+            )
+            .await
+            .unwrap();
+        assert_eq!(letters.len(), 7, "{trace}");
+        for letter in &letters {
+            assert_eq!(letter.get::<_, String>(0), "project_mismatch");
+            assert!(
+                letter.get::<_, String>(1).contains(owner),
+                "{}",
+                letter.get::<_, String>(1)
+            );
+            assert!(letter.get::<_, bool>(2), "the refused project's entry");
+        }
     }
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
-        0
+        service
+            .metric("swisper_ingest_dead_letters_total{reason=\"project_mismatch\"}")
+            .unwrap_or(0.0),
+        14.0
     );
 }
 
@@ -557,7 +630,7 @@ async fn over_long_session_id_is_stored_truncated_and_heartbeat_series_are_cappe
     assert!(stored, "trace not stored; log: {}", service.log());
     let row = db
         .query_one(
-            "SELECT session_id, metadata->'_ingest_repairs' FROM traces WHERE id = 'long-session'",
+            "SELECT session_id, meta->'_ingest_repairs' FROM public.traces WHERE id = 'long-session'",
             &[],
         )
         .await
@@ -570,7 +643,7 @@ async fn over_long_session_id_is_stored_truncated_and_heartbeat_series_are_cappe
         serde_json::json!(["data.session_id truncated from 6000 to 1024 bytes (indexed column)"])
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     // Five projects heard, three series exported.
@@ -729,7 +802,7 @@ async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
         service.log()
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     service.wait_ready(LONG);

@@ -31,25 +31,58 @@ async fn seed_trace_is_stored_with_every_field() {
     assert!(stored, "observations not stored; log: {}", service.log());
 
     let trace = db
-        .query_one("SELECT project_id, name, user_id, session_id, meta, \"timestamp\" FROM traces WHERE id = 'trace-a'", &[])
+        .query_one(
+            "SELECT project_id, name, user_id, session_id, meta, tags, \"timestamp\", input, output
+             FROM public.traces WHERE id = 'trace-a'",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(trace.get::<_, String>(0), "project-1");
+    assert_eq!(
+        trace.get::<_, Option<String>>(0).as_deref(),
+        Some("project-1")
+    );
     assert_eq!(trace.get::<_, Option<String>>(1).as_deref(), Some("chat"));
     assert_eq!(trace.get::<_, Option<String>>(2).as_deref(), Some("user-1"));
     assert_eq!(
         trace.get::<_, Option<String>>(3).as_deref(),
         Some("session-1")
     );
-    assert_eq!(trace.get::<_, Option<serde_json::Value>>(4), None);
-    let timestamp: chrono::DateTime<chrono::Utc> = trace.get(5);
-    assert_eq!(timestamp.to_rfc3339(), "2025-11-05T10:00:00.000001+00:00");
+    // A trace_start with nothing beyond its columns: meta {}, tags [].
+    assert_eq!(
+        trace.get::<_, Option<serde_json::Value>>(4),
+        Some(json!({}))
+    );
+    assert_eq!(
+        trace.get::<_, Option<serde_json::Value>>(5),
+        Some(json!([]))
+    );
+    // The studio's timestamps are UTC without a zone.
+    let timestamp: chrono::NaiveDateTime = trace.get(6);
+    assert_eq!(
+        timestamp.and_utc().to_rfc3339(),
+        "2025-11-05T10:00:00.000001+00:00"
+    );
+    assert_eq!(trace.get::<_, Option<serde_json::Value>>(7), None);
+    assert_eq!(trace.get::<_, Option<serde_json::Value>>(8), None);
+    // The project was created on first sight (this database stands alone).
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.projects WHERE id = 'project-1' AND name = 'project-1'"
+        )
+        .await,
+        1
+    );
 
     let rows = db
         .query(
-            "SELECT id, trace_id, project_id, parent_observation_id, type, name, input, output,
-                    start_time, end_time, level, status_message, metadata
-             FROM observations ORDER BY start_time",
+            "SELECT o.id, o.trace_id, t.project_id, o.parent_observation_id, o.type::text, o.name,
+                    o.input, o.output, o.start_time, o.end_time, o.level, o.status_message, o.meta,
+                    o.model, o.prompt_tokens::text, o.completion_tokens::text, o.total_tokens::text,
+                    o.calculated_total_cost::text
+             FROM public.observations o JOIN public.traces t ON t.id = o.trace_id
+             ORDER BY o.start_time",
             &[],
         )
         .await
@@ -57,14 +90,17 @@ async fn seed_trace_is_stored_with_every_field() {
     let summary: Vec<_> = rows
         .iter()
         .map(|r| {
-            let start: chrono::DateTime<chrono::Utc> = r.get(8);
-            let end: chrono::DateTime<chrono::Utc> = r.get(9);
+            let start: chrono::NaiveDateTime = r.get(8);
+            let end: chrono::NaiveDateTime = r.get(9);
             json!({
                 "id": r.get::<_, String>(0), "trace": r.get::<_, String>(1), "project": r.get::<_, String>(2),
                 "parent": r.get::<_, Option<String>>(3), "type": r.get::<_, String>(4), "name": r.get::<_, Option<String>>(5),
                 "input": r.get::<_, Option<serde_json::Value>>(6), "output": r.get::<_, Option<serde_json::Value>>(7),
-                "start": start.to_rfc3339(), "end": end.to_rfc3339(), "level": r.get::<_, String>(10),
-                "status": r.get::<_, Option<String>>(11), "metadata": r.get::<_, serde_json::Value>(12),
+                "start": start.and_utc().to_rfc3339(), "end": end.and_utc().to_rfc3339(), "level": r.get::<_, String>(10),
+                "status": r.get::<_, Option<String>>(11), "meta": r.get::<_, Option<serde_json::Value>>(12),
+                "llm": [r.get::<_, Option<String>>(13), r.get::<_, Option<String>>(14),
+                        r.get::<_, Option<String>>(15), r.get::<_, Option<String>>(16),
+                        r.get::<_, Option<String>>(17)],
             })
         })
         .collect();
@@ -74,16 +110,37 @@ async fn seed_trace_is_stored_with_every_field() {
             json!({"id": "trace-a-root", "trace": "trace-a", "project": "project-1", "parent": null, "type": "AGENT",
                    "name": "agent", "input": {"messages": ["in-0"]}, "output": {"answer": "out-0"},
                    "start": "2025-11-05T10:00:00+00:00", "end": "2025-11-05T10:00:10.250+00:00",
-                   "level": "DEFAULT", "status": null, "metadata": {}}),
+                   "level": "DEFAULT", "status": null, "meta": null, "llm": [null, null, null, null, null]}),
             json!({"id": "trace-a-child", "trace": "trace-a", "project": "project-1", "parent": "trace-a-root",
                    "type": "SPAN", "name": "planner", "input": {"messages": ["in-1"]}, "output": {"answer": "out-1"},
                    "start": "2025-11-05T10:00:01+00:00", "end": "2025-11-05T10:00:11.250+00:00",
-                   "level": "DEFAULT", "status": null, "metadata": {}}),
+                   "level": "DEFAULT", "status": null, "meta": null, "llm": [null, null, null, null, null]}),
             json!({"id": "trace-a-grandchild", "trace": "trace-a", "project": "project-1", "parent": "trace-a-child",
                    "type": "GENERATION", "name": "llm", "input": {"messages": ["in-2"]}, "output": null,
                    "start": "2025-11-05T10:00:02+00:00", "end": "2025-11-05T10:00:09.500+00:00",
-                   "level": "ERROR", "status": "model timeout", "metadata": {"error": "model timeout"}}),
+                   "level": "ERROR", "status": "model timeout", "meta": {"error": "model timeout"},
+                   "llm": [null, null, null, null, null]}),
         ]
+    );
+    // Our merge state beside each row: every group's version is known.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM swisper_ingest.observation_state
+             WHERE trace_id = 'trace-a' AND project_id = 'project-1'
+               AND start_version IS NOT NULL AND end_version IS NOT NULL"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM swisper_ingest.trace_state
+             WHERE id = 'trace-a' AND project_id = 'project-1' AND start_version IS NOT NULL"
+        )
+        .await,
+        1
     );
     // Everything stored was acked: nothing pending for the group.
     let acked = wait_for(WAIT, || {
@@ -103,7 +160,7 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     // accepts: it must be isolated from its batch, not fail it.
     env.db()
         .await
-        .batch_execute("ALTER TABLE observations ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM 'poison')")
+        .batch_execute("ALTER TABLE public.observations ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM 'poison')")
         .await
         .unwrap();
     let mut redis = env.redis();
@@ -223,7 +280,8 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     );
     let db = env.db().await;
     let done = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await == expected.len() as i64
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await
+            == expected.len() as i64
             && count(
                 &db,
                 "SELECT count(*) FROM observations WHERE trace_id = 'good-trace'",
@@ -240,7 +298,7 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
 
     let rows = db
         .query(
-            "SELECT stream_entry_id, reason_code, reason, stream FROM ingest_dead_letters",
+            "SELECT stream_entry_id, reason_code, reason, stream FROM swisper_ingest.dead_letters",
             &[],
         )
         .await
@@ -270,7 +328,7 @@ async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM sdk_heartbeats WHERE project_id = 'p' AND sdk_version = '0.14.3'"
+            "SELECT count(*) FROM swisper_ingest.sdk_heartbeats WHERE project_id = 'p' AND sdk_version = '0.14.3'"
         )
         .await,
         1
@@ -470,7 +528,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     env.migrate();
     let db = env.db().await;
     db.batch_execute(
-        "ALTER TABLE observations ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM 'poison')",
+        "ALTER TABLE public.observations ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM 'poison')",
     )
     .await
     .unwrap();
@@ -490,7 +548,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     let service = env.spawn("replayer", &[("OBSERVABILITY_SKIP_MIGRATIONS", "true")]);
     assert!(
         wait_for_async(WAIT, || async {
-            count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 1
+            count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 1
         })
         .await,
         "log: {}",
@@ -511,7 +569,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("refusing"));
 
-    db.batch_execute("ALTER TABLE observations DROP CONSTRAINT no_poison")
+    db.batch_execute("ALTER TABLE public.observations DROP CONSTRAINT no_poison")
         .await
         .unwrap();
     let replayed = admin(&env, &["replay", "--reason", "rejected_by_postgres"]);
@@ -537,7 +595,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM ingest_dead_letters WHERE replayed_at IS NOT NULL"
+            "SELECT count(*) FROM swisper_ingest.dead_letters WHERE replayed_at IS NOT NULL"
         )
         .await,
         1
@@ -550,7 +608,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     let purged = admin(&env, &["purge", "--id", &id, "--include-replayed"]);
     assert!(String::from_utf8_lossy(&purged.stdout).contains("1 purged"));
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
 }
@@ -584,7 +642,7 @@ async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_strea
     let db = env.db().await;
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await < 20,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await < 20,
         "kept dead-lettering past the limit"
     );
     service.terminate();
@@ -593,14 +651,14 @@ async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_strea
     // are dead-lettered, every one of them, and nothing else.
     let service = env.spawn("poisoned", &[("OBSERVABILITY_POISON_RUN", "0")]);
     let all = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 60
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 60
     })
     .await;
     assert!(all, "log: {}", service.log());
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM ingest_dead_letters WHERE reason_code = 'unknown_event_type'"
+            "SELECT count(*) FROM swisper_ingest.dead_letters WHERE reason_code = 'unknown_event_type'"
         )
         .await,
         60

@@ -76,7 +76,7 @@ async fn postgres_outage_loses_nothing() {
         traces as i64
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0,
         "the outage caused dead letters"
     );

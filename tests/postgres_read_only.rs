@@ -105,7 +105,7 @@ async fn read_only_server_keeps_everything_pending_and_exits_non_zero_on_a_stuck
         service.log()
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     service.wait_ready(LONG);

@@ -81,7 +81,7 @@ async fn redis_restart_with_persistence_loses_nothing() {
         service.log()
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     let mut redis = env.redis();

@@ -29,15 +29,36 @@ fn epoch_secs() -> f64 {
         .as_secs_f64()
 }
 
+/// XADD with an explicit entry id: an entry Redis received at `ms` (by its
+/// own clock, which is what lateness is measured by). Only while `ms` is
+/// past the stream's last id: before anything newer was added.
+fn publish_received_at(
+    env: &TestEnv,
+    redis: &mut redis::Connection,
+    ms: i64,
+    seq: u64,
+    fields: &[(&str, &str)],
+) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&env.stream).arg(format!("{ms}-{seq}"));
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    let _: String = cmd.query(redis).expect("xadd with an explicit id");
+}
+
 /// A trace: trace_start and two observations (start and end), all published
-/// with the publish time `ts` (epoch seconds).
+/// with the publish time `ts` (epoch seconds); received by Redis now, or at
+/// `ts` when `backlog` (explicit entry ids, see [`publish_received_at`]).
 fn publish_trace(
     env: &TestEnv,
     redis: &mut redis::Connection,
     trace: &str,
     project: &str,
     ts: f64,
+    backlog: bool,
 ) {
+    let ms = (ts * 1000.0) as i64;
     let ts = format!("{ts:.6}");
     let head = |event_type: &'static str| {
         vec![
@@ -69,9 +90,13 @@ fn publish_trace(
         ));
         events.push(end);
     }
-    for event in events {
+    for (seq, event) in events.iter().enumerate() {
         let fields: Vec<(&str, &str)> = event.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        env.publish(redis, &fields);
+        if backlog {
+            publish_received_at(env, redis, ms, seq as u64, &fields);
+        } else {
+            env.publish(redis, &fields);
+        }
     }
 }
 
@@ -103,7 +128,7 @@ impl Publisher {
                 }
                 let id = format!("{prefix}-{n}");
                 let ts = epoch_secs();
-                publish_trace(&env, &mut redis, &id, &project, ts);
+                publish_trace(&env, &mut redis, &id, &project, ts, false);
                 published2.lock().unwrap().push((id, ts));
                 n += 1;
             }
@@ -187,7 +212,7 @@ fn cli(env: &TestEnv, args: &[&str]) -> String {
 
 async fn traces_of(db: &Client, project: &str) -> i64 {
     db.query_one(
-        "SELECT count(*) FROM traces WHERE project_id = $1",
+        "SELECT count(*) FROM public.traces WHERE project_id = $1",
         &[&project],
     )
     .await
@@ -196,16 +221,21 @@ async fn traces_of(db: &Client, project: &str) -> i64 {
 }
 
 /// Traces that are not whole: a trace row without its two ended
-/// observations, or observations without their trace. One statement, so
-/// one snapshot: a retention batch is seen entirely or not at all.
+/// observations, observations without their trace, or merge state left
+/// without its studio row. One statement, so one snapshot: a retention
+/// batch is seen entirely or not at all.
 async fn broken_traces(db: &Client, observations: i64) -> i64 {
     count(
         db,
         &format!(
-            "SELECT (SELECT count(*) FROM traces t WHERE (SELECT count(*) FROM observations o
+            "SELECT (SELECT count(*) FROM public.traces t WHERE (SELECT count(*) FROM public.observations o
                    WHERE o.trace_id = t.id AND o.end_time IS NOT NULL) <> {observations})
-              + (SELECT count(*) FROM observations o WHERE NOT EXISTS
-                   (SELECT 1 FROM traces t WHERE t.id = o.trace_id))"
+              + (SELECT count(*) FROM public.observations o WHERE NOT EXISTS
+                   (SELECT 1 FROM public.traces t WHERE t.id = o.trace_id))
+              + (SELECT count(*) FROM swisper_ingest.trace_state s WHERE NOT EXISTS
+                   (SELECT 1 FROM public.traces t WHERE t.id = s.id))
+              + (SELECT count(*) FROM swisper_ingest.observation_state s WHERE NOT EXISTS
+                   (SELECT 1 FROM public.observations o WHERE o.id = s.id))"
         ),
     )
     .await
@@ -269,18 +299,36 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     let service = spawn(&env, "replica-a", &retention_env("8", &[]));
     service.wait_ready(WAIT);
 
+    // Late events: entries Redis received three horizons ago (a backlog),
+    // added before anything newer.
+    let mut redis = env.redis();
+    let late_published: u32 = 20;
+    for i in 0..late_published {
+        publish_received_at(
+            &env,
+            &mut redis,
+            ((epoch_secs() - 3.0 * HORIZON) * 1000.0) as i64,
+            u64::from(i),
+            &[
+                ("event_type", "trace_start"),
+                ("trace_id", &format!("late-{i}")),
+                ("project_id", "p-steady"),
+                ("timestamp", &format!("{:.6}", epoch_secs() - 3.0 * HORIZON)),
+            ],
+        );
+    }
     let mut publisher = Publisher::start(&env, "p-steady", "steady", RATE);
     let started = Instant::now();
     let mut samples = Vec::new(); // (seconds since start, window, total bytes)
-    let mut late_published = 0;
-    let mut redis = env.redis();
     while started.elapsed().as_secs_f64() < HORIZON * f64::from(HORIZONS) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let row = db
             .query_one(
                 "SELECT extract(epoch FROM now() - min(first_seen_at))::float8,
-                        (pg_total_relation_size('traces') + pg_total_relation_size('observations'))::float8
-                 FROM traces",
+                        (pg_total_relation_size('public.traces') + pg_total_relation_size('public.observations')
+                         + pg_total_relation_size('swisper_ingest.trace_state')
+                         + pg_total_relation_size('swisper_ingest.observation_state'))::float8
+                 FROM swisper_ingest.trace_state",
                 &[],
             )
             .await
@@ -291,20 +339,6 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
             window.unwrap_or(0.0),
             row.get::<_, f64>(1),
         ));
-        // A few events of traces published three horizons ago: late.
-        if late_published < 20 {
-            let id = format!("late-{late_published}");
-            env.publish(
-                &mut redis,
-                &[
-                    ("event_type", "trace_start"),
-                    ("trace_id", &id),
-                    ("project_id", "p-steady"),
-                    ("timestamp", &format!("{:.6}", epoch_secs() - 3.0 * HORIZON)),
-                ],
-            );
-            late_published += 1;
-        }
     }
     let published = publisher.stop();
     assert!(
@@ -324,8 +358,8 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     let ids: Vec<&str> = inside.iter().map(|s| s.as_str()).collect();
     let present: i64 = db
         .query_one(
-            "SELECT count(*) FROM traces t WHERE t.id = ANY($1) AND
-                    (SELECT count(*) FROM observations o WHERE o.trace_id = t.id AND o.end_time IS NOT NULL) = 2",
+            "SELECT count(*) FROM public.traces t WHERE t.id = ANY($1) AND
+                    (SELECT count(*) FROM public.observations o WHERE o.trace_id = t.id AND o.end_time IS NOT NULL) = 2",
             &[&ids],
         )
         .await
@@ -349,7 +383,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM traces WHERE id = '{forgotten}'")
+            &format!("SELECT count(*) FROM public.traces WHERE id = '{forgotten}'")
         )
         .await,
         0
@@ -382,13 +416,17 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
         )
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM traces WHERE id LIKE 'late-%'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM public.traces WHERE id LIKE 'late-%'"
+        )
+        .await,
         0
     );
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM observations WHERE trace_id = '{forgotten}'")
+            &format!("SELECT count(*) FROM public.observations WHERE trace_id = '{forgotten}'")
         )
         .await,
         0
@@ -424,7 +462,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     for chunk in samples.chunks(4) {
         let s = chunk[0];
         figures.push(format!(
-            "  t={:>5.1} s  window {:>5.1} s  traces+observations {:>7.0} kB",
+            "  t={:>5.1} s  window {:>5.1} s  traces+observations+state {:>7.0} kB",
             s.0,
             s.1,
             s.2 / 1024.0
@@ -489,15 +527,23 @@ async fn per_project_horizons() {
     let db = env.db().await;
     let mut redis = env.redis();
     let now = epoch_secs();
+    // A backlog Redis received earlier (explicit entry ids, so first):
+    // late by the global horizon (30) but not by its project's (3600): stored.
+    publish_trace(&env, &mut redis, "long-old", "long", now - 100.0, true);
+    // Late by its project's horizon (2): refused.
+    publish_trace(&env, &mut redis, "short-old", "short", now - 5.0, true);
     for i in 0..10 {
         for project in ["short", "global", "long"] {
-            publish_trace(&env, &mut redis, &format!("{project}-{i}"), project, now);
+            publish_trace(
+                &env,
+                &mut redis,
+                &format!("{project}-{i}"),
+                project,
+                now,
+                false,
+            );
         }
     }
-    // Late by the global horizon (30) but not by its project's (3600): stored.
-    publish_trace(&env, &mut redis, "long-old", "long", now - 100.0);
-    // Late by its project's horizon (2): refused.
-    publish_trace(&env, &mut redis, "short-old", "short", now - 5.0);
     assert!(
         wait_for_async(WAIT, || async { traces_of(&db, "long").await == 11 }).await,
         "log: {}",
@@ -548,32 +594,31 @@ async fn per_project_horizons() {
     );
 }
 
-/// Today's schema (V1..V3) with data in it, then the retention migration:
-/// no row lost or changed; then retention forgets exactly the old traces.
+/// A populated database of this service's earlier layout (its own
+/// traces and observations in public, V1..V5 of that release), upgraded to
+/// the studio's tables: no row lost, each trace's time for retention kept in
+/// its state, dead letters and heartbeats moved as they were; then retention
+/// forgets exactly the old traces from the studio's tables and our state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_of_a_populated_database() {
-    mod before {
-        refinery::embed_migrations!("migrations");
-    }
     let env = TestEnv::new("retention_upgrade").await;
-    let mut db = env.db().await;
-    let report = before::migrations::runner()
-        .set_target(refinery::Target::Version(3))
-        .run_async(&mut db)
+    let db = env.db().await;
+    db.batch_execute(include_str!("fixtures/legacy_main_layout.sql"))
         .await
-        .expect("migrate to V3");
-    assert_eq!(report.applied_migrations().len(), 3);
+        .expect("the earlier layout");
     // 240 traces an hour apart (plus 30 minutes, away from any day
     // boundary) over 10 days, two projects, 3 observations each; dead
     // letters and heartbeats.
     db.batch_execute(
-        "INSERT INTO traces (id, project_id, seen_version, first_seen_at, name, start_timestamp, meta)
+        "INSERT INTO traces (id, project_id, seen_version, first_seen_at, start_version, name, start_timestamp, meta)
          SELECT 'up-' || i, 'p' || (i % 2), '\\x00'::bytea, now() - (i * interval '1 hour') - interval '30 minutes',
-                'run ' || i, now() - (i * interval '1 hour'), jsonb_build_object('i', i)
+                '\\x02'::bytea, 'run ' || i, now() - (i * interval '1 hour'), jsonb_build_object('i', i)
          FROM generate_series(0, 239) i;
-         INSERT INTO observations (id, trace_id, project_id, seen_version, name, start_type, input, output, start_time, end_time, end_level)
-         SELECT 'up-' || i || '-' || k, 'up-' || i, 'p' || (i % 2), '\\x01'::bytea, 'step ' || k, 'SPAN',
-                jsonb_build_object('q', repeat('x', 100)), jsonb_build_object('a', k), now(), now(), 'DEFAULT'
+         INSERT INTO observations (id, trace_id, project_id, seen_version, start_version, end_version, name,
+                                   start_type, input, output, start_time, end_time, end_level)
+         SELECT 'up-' || i || '-' || k, 'up-' || i, 'p' || (i % 2), '\\x01'::bytea, '\\x01'::bytea,
+                '\\x01'::bytea, 'step ' || k, 'SPAN', jsonb_build_object('q', repeat('x', 100)),
+                jsonb_build_object('a', k), now(), now(), 'DEFAULT'
          FROM generate_series(0, 239) i, generate_series(0, 2) k;
          INSERT INTO ingest_dead_letters (stream, stream_entry_id, fields, reason_code, reason, delivery_count, created_at)
          SELECT 's', i || '-0', '[]', 'invalid_data', 'bad', 1, now() - (i * interval '1 day')
@@ -584,22 +629,73 @@ async fn upgrade_of_a_populated_database() {
     )
     .await
     .unwrap();
-    let fingerprint = "SELECT (SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY id)) FROM traces t)
-                           || (SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY id)) FROM observations o)
-                           || (SELECT count(*) || ':' || md5(string_agg(d::text, ',' ORDER BY id)) FROM ingest_dead_letters d)
-                           || (SELECT count(*) || ':' || md5(string_agg(h::text, ',' ORDER BY project_id)) FROM sdk_heartbeats h)";
-    let before: String = db.query_one(fingerprint, &[]).await.unwrap().get(0);
+    // What must survive the upgrade, in the old tables, then in the new ones.
+    let fingerprint = |traces: &str, observations: &str, dead_letters: &str, heartbeats: &str| {
+        format!(
+            "SELECT (SELECT count(*) || ':' || md5(string_agg(t.id || '/' || t.project_id || '/' || t.first_seen_at::text || '/' || t.name, ',' ORDER BY t.id)) FROM {traces})
+                 || (SELECT count(*) || ':' || md5(string_agg(o.id || '/' || o.trace_id || '/' || o.output::jsonb::text || '/' || o.level, ',' ORDER BY o.id)) FROM {observations})
+                 || (SELECT count(*) || ':' || md5(string_agg(d::text, ',' ORDER BY id)) FROM {dead_letters} d)
+                 || (SELECT count(*) || ':' || md5(string_agg(h::text, ',' ORDER BY project_id)) FROM {heartbeats} h)"
+        )
+    };
+    let before: String = db
+        .query_one(
+            &fingerprint(
+                "public.traces t",
+                "public.observations o",
+                "public.ingest_dead_letters",
+                "public.sdk_heartbeats",
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
 
     env.migrate();
-    let after: String = db.query_one(fingerprint, &[]).await.unwrap().get(0);
-    assert_eq!(before, after, "the migration changed or lost rows");
+    let after: String = db
+        .query_one(
+            &fingerprint(
+                "(SELECT t.id, t.project_id, s.first_seen_at, t.name
+                  FROM public.traces t JOIN swisper_ingest.trace_state s ON s.id = t.id) t",
+                "public.observations o",
+                "swisper_ingest.dead_letters",
+                "swisper_ingest.sdk_heartbeats",
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after, "the upgrade changed or lost rows");
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM pg_indexes WHERE indexname = 'traces_project_first_seen_idx'"
+            "SELECT count(*) FROM swisper_ingest.observation_state s
+             JOIN public.observations o ON o.id = s.id AND o.trace_id = s.trace_id"
+        )
+        .await,
+        720
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_indexes
+             WHERE schemaname = 'swisper_ingest' AND indexname = 'trace_state_project_first_seen_idx'"
         )
         .await,
         1
+    );
+    // Nothing of the old layout is left in public.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN
+             ('ingest_dead_letters', 'sdk_heartbeats', 'retention_projects', 'retention_tombstones',
+              'refinery_schema_history')"
+        )
+        .await,
+        0
     );
 
     // Retention on with real days: 5 days for traces (120 of 240 stay),
@@ -618,28 +714,39 @@ async fn upgrade_of_a_populated_database() {
     );
     service.wait_ready(WAIT);
     let done = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM traces").await == 120
-            && count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 3
+        count(&db, "SELECT count(*) FROM public.traces").await == 120
+            && count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 3
     })
     .await;
     assert!(done, "log: {}", service.log());
-    assert_eq!(count(&db, "SELECT count(*) FROM observations").await, 360);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.observations").await,
+        360
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.trace_state").await,
+        120
+    );
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM traces WHERE first_seen_at < now() - interval '5 days'"
+            "SELECT count(*) FROM swisper_ingest.trace_state WHERE first_seen_at < now() - interval '5 days'"
         )
         .await,
         0
     );
     assert_eq!(broken_traces(&db, 3).await, 0);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM sdk_heartbeats").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.sdk_heartbeats").await,
         1,
         "the heartbeat unheard for 20 days is forgotten"
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM retention_tombstones").await,
+        count(
+            &db,
+            "SELECT count(*) FROM swisper_ingest.retention_tombstones"
+        )
+        .await,
         120
     );
 }

@@ -3,12 +3,20 @@
 //! dead-lettered), and measure end-to-end latency and drain time from the
 //! database itself.
 //!
+//! The rows are SwisperStudio's own (`public.traces`, `public.observations`);
+//! the service keeps each row's merge state beside it, in
+//! `swisper_ingest.trace_state` and `observation_state` (the versions of the
+//! events that filled it), and its dead letters in `swisper_ingest.dead_letters`.
+//!
 //! Latency is exact when the server runs with `track_commit_timestamp = on`:
-//! a row's last version was written by the transaction that stored its newest
-//! event, `pg_xact_commit_timestamp(xmin)` is when that transaction committed,
-//! and the first 8 bytes of `seen_version` are that event's publish time in
-//! µs. So every trace row and observation row gives one sample: commit minus
-//! publish of its newest event (an observation's end, a trace's last event),
+//! `pg_xact_commit_timestamp(xmin)` of a studio row is when the transaction
+//! that last wrote it committed, and the first 8 bytes of a version are the
+//! publish time of the event it stands for, in µs. An observation row was
+//! last written by the transaction that stored its newest event
+//! (`observation_state.seen_version`: its end, as a rule); a trace row by the
+//! one that stored its trace_start (`trace_state.start_version`; the trace's
+//! first event while none is stored), since later events of the trace leave
+//! the trace row alone. So every row gives one sample, commit minus publish:
 //! about half of all events. The service's own histogram (every event, coarse
 //! buckets) is read from /metrics as a cross-check.
 
@@ -77,6 +85,11 @@ pub struct Verification {
     pub observations_ended: i64,
     pub observations_error: i64,
     pub dead_letters: i64,
+    /// Studio rows without their merge state in swisper_ingest (should be 0).
+    pub rows_without_state: i64,
+    /// Project ids of the run without a row in public.projects (should be 0:
+    /// a standalone database creates them on first sight).
+    pub missing_projects: i64,
     pub missing_traces: u64,
     pub missing_observations: u64,
     pub unexpected_rows: u64,
@@ -89,7 +102,9 @@ pub struct Verification {
     pub drain_events_per_second: Option<f64>,
     pub service: Vec<ServiceMetrics>,
     /// Row writes as Postgres counted them: an observation whose start and
-    /// end land in different transactions is inserted, then updated.
+    /// end land in different transactions is inserted, then updated. The
+    /// studio's tables ("traces", "observations"), then the merge state
+    /// ("trace_state", "observation_state").
     pub table_writes: Vec<TableWrites>,
 }
 
@@ -153,13 +168,22 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         .await
         .context("connect to postgres")?;
     tokio::spawn(connection);
-    let row = db
-        .query_one("SELECT count(*), count(start_version) FROM traces", &[])
-        .await?;
-    (v.traces, v.traces_started) = (row.get(0), row.get(1));
+    // A trace's name and an observation's name are NULL until its start is
+    // stored (then the start's name, or the studio's default name).
     let row = db
         .query_one(
-            "SELECT count(*), count(start_version), count(end_time), count(*) FILTER (WHERE level = 'ERROR') FROM observations",
+            "SELECT count(*), count(t.name), count(*) FILTER (WHERE s.id IS NULL) \
+             FROM public.traces t LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id",
+            &[],
+        )
+        .await?;
+    (v.traces, v.traces_started) = (row.get(0), row.get(1));
+    let traces_without_state: i64 = row.get(2);
+    let row = db
+        .query_one(
+            "SELECT count(*), count(o.name), count(o.end_time), \
+                    count(*) FILTER (WHERE o.level = 'ERROR'), count(*) FILTER (WHERE s.id IS NULL) \
+             FROM public.observations o LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id",
             &[],
         )
         .await?;
@@ -169,21 +193,47 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         v.observations_ended,
         v.observations_error,
     ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    v.rows_without_state = traces_without_state + row.get::<_, i64>(4);
     v.dead_letters = db
-        .query_one("SELECT count(*) FROM ingest_dead_letters", &[])
+        .query_one("SELECT count(*) FROM swisper_ingest.dead_letters", &[])
         .await?
         .get(0);
+    let mut projects: Vec<&str> = summaries.iter().map(|s| s.project_id.as_str()).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    let found: i64 = db
+        .query_one(
+            "SELECT count(*) FROM public.projects WHERE id = ANY($1)",
+            &[&projects],
+        )
+        .await?
+        .get(0);
+    v.missing_projects = projects.len() as i64 - found;
 
     let track: String = db
         .query_one("SHOW track_commit_timestamp", &[])
         .await?
         .get(0);
     let with_commit = track == "on";
-    let commit_column = if with_commit {
-        "(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::int8"
-    } else {
-        "NULL::int8"
+    let commit_of = |alias: &str| {
+        if with_commit {
+            format!("(extract(epoch FROM pg_xact_commit_timestamp({alias}.xmin)) * 1000000)::int8")
+        } else {
+            "NULL::int8".to_owned()
+        }
     };
+    // id, the version of the event the row's last write stored (None: no
+    // version), the µs of the trace's first event, the commit.
+    let trace_sql = format!(
+        "SELECT t.id, s.start_version, (extract(epoch FROM s.first_seen_at) * 1000000)::int8, {} \
+         FROM public.traces t LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id",
+        commit_of("t")
+    );
+    let observation_sql = format!(
+        "SELECT o.id, s.seen_version, NULL::int8, {} \
+         FROM public.observations o LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id",
+        commit_of("o")
+    );
     let mut expected_traces = HashSet::new();
     let mut expected_observations = HashSet::new();
     for s in &summaries {
@@ -196,20 +246,15 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
     }
     let mut latencies = Vec::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
-    for (table, expected, missing) in [
-        ("traces", &mut expected_traces, &mut v.missing_traces),
+    for (sql, expected, missing) in [
+        (&trace_sql, &mut expected_traces, &mut v.missing_traces),
         (
-            "observations",
+            &observation_sql,
             &mut expected_observations,
             &mut v.missing_observations,
         ),
     ] {
-        let rows = db
-            .query(
-                &format!("SELECT id, seen_version, {commit_column} FROM {table}"),
-                &[],
-            )
-            .await?;
+        let rows = db.query(sql.as_str(), &[]).await?;
         for row in rows {
             let id: &str = row.get(0);
             if !expected.remove(id) {
@@ -218,9 +263,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
                 v.unexpected_rows += 1;
                 continue;
             }
-            let version: &[u8] = row.get(1);
-            let commit: Option<i64> = row.get(2);
-            if let (Some(commit), Some(published)) = (commit, published_micros(version)) {
+            let version: Option<&[u8]> = row.get(1);
+            let first_seen: Option<i64> = row.get(2);
+            let commit: Option<i64> = row.get(3);
+            let published = version.and_then(published_micros).or(first_seen);
+            if let (Some(commit), Some(published)) = (commit, published) {
                 latencies.push((commit - published) as f64 / 1e3);
                 first = first.min(commit);
                 last = last.max(commit);
@@ -250,7 +297,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
     for row in db
         .query(
             "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
-             WHERE relname IN ('traces', 'observations') ORDER BY relname",
+             WHERE (schemaname = 'public' AND relname IN ('traces', 'observations')) \
+                OR (schemaname = 'swisper_ingest' AND relname IN ('trace_state', 'observation_state')) \
+             ORDER BY schemaname = 'swisper_ingest', relname DESC",
             &[],
         )
         .await?
@@ -314,6 +363,18 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
     }
     if v.dead_letters > 0 {
         v.problems.push(format!("{} dead letters", v.dead_letters));
+    }
+    if v.rows_without_state > 0 {
+        v.problems.push(format!(
+            "{} studio rows without their merge state in swisper_ingest",
+            v.rows_without_state
+        ));
+    }
+    if v.missing_projects > 0 {
+        v.problems.push(format!(
+            "{} project ids without a row in public.projects",
+            v.missing_projects
+        ));
     }
     v.ok = v.problems.is_empty();
     let exit_ok = v.ok || args.no_fail;

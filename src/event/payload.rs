@@ -192,14 +192,78 @@ mod tests {
         assert!(!map.contains_key("_compressed"));
     }
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn wire(compressed: &[u8]) -> String {
+        format!(
+            r#"{{"_compressed": true, "_data": "{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode(compressed)
+        )
+    }
+
+    fn document(len: usize) -> String {
+        format!(r#"{{"input":"{}"}}"#, "a".repeat(len))
+    }
+
+    // Crafted payloads (issue 17): data that would inflate past its weight.
+
     #[test]
-    fn zlib_is_accepted_too() {
+    fn a_second_gzip_member_is_refused() {
+        // Its trailer is the last four bytes: an empty second member would
+        // make the whole weigh as no expansion.
+        let mut two = gzip(document(200_000).as_bytes());
+        two.extend(gzip(b""));
+        let err = expand_data(&wire(&two), 1 << 20).unwrap_err();
+        assert_eq!(err.reason, Reason::Decompression, "{}", err.detail);
+        assert!(err.detail.contains("member"), "{}", err.detail);
+        // The other way round too: a small member, then a big one.
+        let mut two = gzip(br#"{"a":1}"#);
+        two.extend(gzip(document(200_000).as_bytes()));
+        let err = expand_data(&wire(&two), 1 << 20).unwrap_err();
+        assert_eq!(err.reason, Reason::Decompression, "{}", err.detail);
+    }
+
+    #[test]
+    fn zlib_is_refused_as_not_what_the_sdk_writes() {
         let mut encoder =
             flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(br#"{"a":1}"#).unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap());
-        let map = expand_data(&format!(r#"{{"_compressed":true,"_data":"{b64}"}}"#), 1024).unwrap();
-        assert_eq!(map["a"], 1);
+        let err = expand_data(&wire(&encoder.finish().unwrap()), 1024).unwrap_err();
+        assert_eq!(err.reason, Reason::Decompression, "{}", err.detail);
+        assert!(err.detail.contains("zlib"), "{}", err.detail);
+    }
+
+    #[test]
+    fn a_duplicate_data_key_is_refused() {
+        // The weigher reads the first, a JSON parser keeps the last.
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let wire = format!(
+            r#"{{"_compressed": true, "_data": "{}", "_data": "{}"}}"#,
+            b64(&gzip(br#"{"a":1}"#)),
+            b64(&gzip(document(200_000).as_bytes()))
+        );
+        let err = expand_data(&wire, 1 << 20).unwrap_err();
+        assert_eq!(err.reason, Reason::Decompression, "{}", err.detail);
+    }
+
+    #[test]
+    fn a_trailer_declaring_less_than_the_data_stops_inflation_at_the_declared_size() {
+        let lying = |len: usize| {
+            let mut bytes = gzip(document(len).as_bytes());
+            let n = bytes.len();
+            bytes[n - 4..].copy_from_slice(&1000u32.to_le_bytes());
+            wire(&bytes)
+        };
+        // Inflation stops at the 1,000 bytes weighed, long before the limit.
+        for len in [12_000, 2 << 20] {
+            let err = expand_data(&lying(len), 1 << 20).unwrap_err();
+            assert_eq!(err.reason, Reason::Decompression, "{len}: {}", err.detail);
+            assert!(err.detail.contains("1000 bytes"), "{}", err.detail);
+        }
     }
 
     #[test]

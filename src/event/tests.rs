@@ -39,7 +39,8 @@ const TS: &str = "1762336800.25";
 #[test]
 fn seed_trace_start_fills_every_field() {
     let data = json!({"name": "chat", "user_id": "u1", "session_id": "s1",
-                      "timestamp": "2025-11-05T10:00:00.5", "meta": {"k": "v"}, "extra": 7});
+                      "timestamp": "2025-11-05T10:00:00.5", "meta": {"k": "v", "extra": 1},
+                      "extra": 7, "run_id": "r1", "tags": ["a", "b"]});
     let event = trace_event(&[
         ("event_type", "trace_start"),
         ("trace_id", "t1"),
@@ -57,8 +58,43 @@ fn seed_trace_start_fills_every_field() {
     assert_eq!(start.user_id.as_deref(), Some("u1"));
     assert_eq!(start.session_id.as_deref(), Some("s1"));
     assert_eq!(start.timestamp.timestamp_micros(), 1_762_336_800_500_000);
-    assert_eq!(metadata(start.meta.as_ref().unwrap()), json!({"k": "v"}));
-    assert_eq!(metadata(&start.metadata), json!({"extra": 7}));
+    assert_eq!(metadata(start.tags.as_ref().unwrap()), json!(["a", "b"]));
+    // The studio's meta: data.meta's keys, then every key without a column
+    // (run_id included), which win a clash.
+    assert_eq!(
+        metadata(&start.metadata),
+        json!({"k": "v", "extra": 7, "run_id": "r1"})
+    );
+}
+
+#[test]
+fn a_bare_trace_start_has_no_tags_and_empty_meta_and_a_non_object_meta_is_kept() {
+    let event = trace_event(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+    ]);
+    let EventBody::TraceStart(start) = event.body else {
+        panic!()
+    };
+    assert_eq!(start.name, None);
+    assert_eq!(start.tags, None);
+    assert_eq!(start.timestamp, event.published_at);
+    assert_eq!(metadata(&start.metadata), json!({}));
+
+    let event = trace_event(&[
+        ("event_type", "trace_start"),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("data", r#"{"meta":[1,2],"tags":null}"#),
+    ]);
+    let EventBody::TraceStart(start) = event.body else {
+        panic!()
+    };
+    assert_eq!(start.tags, None);
+    assert_eq!(metadata(&start.metadata), json!({"_meta": [1, 2]}));
 }
 
 #[test]
@@ -122,6 +158,107 @@ fn seed_observation_events_parse() {
     };
     assert_eq!(fields.level, "ERROR");
     assert_eq!(fields.status_message.as_deref(), Some("boom"));
+}
+
+#[test]
+fn observation_fields_follow_the_studios_columns() {
+    let observation = |event_type: &str, data: Value| {
+        trace_event(&[
+            ("event_type", event_type),
+            ("trace_id", "t1"),
+            ("project_id", "p1"),
+            ("timestamp", TS),
+            ("observation_id", "o1"),
+            ("data", &data.to_string()),
+        ])
+        .body
+    };
+
+    // An error's status message is data.error first; `error` has no column
+    // and stays in meta.
+    let EventBody::ObservationEnd { fields, .. } = observation(
+        "observation_error",
+        json!({"error": "boom", "status_message": "other"}),
+    ) else {
+        panic!()
+    };
+    assert_eq!(fields.status_message.as_deref(), Some("boom"));
+    assert_eq!(metadata(&fields.metadata), json!({"error": "boom"}));
+    // An end's is data.status_message, and its level defaults to DEFAULT.
+    let EventBody::ObservationEnd { fields, .. } = observation(
+        "observation_end",
+        json!({"error": "boom", "status_message": "other"}),
+    ) else {
+        panic!()
+    };
+    assert_eq!(fields.status_message.as_deref(), Some("other"));
+    assert_eq!(fields.level, "DEFAULT");
+    assert_eq!(fields.end_time.timestamp_micros(), 1_762_336_800_250_000);
+
+    // A type outside the studio's enum is kept in meta; the row takes the
+    // default.
+    let EventBody::ObservationStart { fields, .. } = observation(
+        "observation_start",
+        json!({"type": "RETRIEVER", "meta": {"k": 1}}),
+    ) else {
+        panic!()
+    };
+    assert_eq!(fields.observation_type, None);
+    assert_eq!(
+        metadata(&fields.metadata),
+        json!({"k": 1, "_ingest_original_type": "RETRIEVER"})
+    );
+    assert_eq!(parse::ORIGINAL_TYPE_KEY, "_ingest_original_type");
+
+    // The LLM call as the studio reads it from the output, which is kept whole.
+    let output = json!({"_llm_model": "gpt-4o",
+                        "_llm_tokens": {"prompt": 10, "completion": 5, "total": 15, "cached": 2},
+                        "_llm_latency": {"duration_ms": 12.5}});
+    let EventBody::ObservationEnd { fields, .. } =
+        observation("observation_end", json!({ "output": output }))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        fields.llm,
+        Some(StudioUsage {
+            model: Some("gpt-4o".into()),
+            prompt_tokens: Some(10),
+            completion_tokens: Some(5),
+            total_tokens: Some(15),
+            estimated: false,
+        })
+    );
+    assert_eq!(metadata(fields.output.as_ref().unwrap()), output);
+    assert_eq!(metadata(&fields.metadata), json!({}));
+
+    // No total: estimated from the text (0.75 tokens a word).
+    let output = json!({"_llm_tokens": {"prompt": 100},
+                        "_llm_messages": [{"role": "user", "content": "one two three four"}],
+                        "_llm_result": "a b c d e f g h"});
+    let EventBody::ObservationEnd { fields, .. } =
+        observation("observation_end", json!({ "output": output }))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        fields.llm,
+        Some(StudioUsage {
+            model: None,
+            prompt_tokens: Some(3),
+            completion_tokens: Some(6),
+            total_tokens: Some(9),
+            estimated: true,
+        })
+    );
+
+    // An output without LLM keys has no usage.
+    let EventBody::ObservationEnd { fields, .. } =
+        observation("observation_end", json!({"output": {"answer": 1}}))
+    else {
+        panic!()
+    };
+    assert_eq!(fields.llm, None);
 }
 
 #[test]

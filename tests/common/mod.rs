@@ -606,3 +606,123 @@ pub async fn public_schema_catalog(client: &tokio_postgres::Client) -> Vec<Strin
     lines.sort();
     lines
 }
+
+// ---------------------------------------------------------------------------
+// Helpers of tests/studio.rs and tests/studio_schema.rs.
+
+/// A connection target for the library's own functions (`store::migrate::run`).
+pub fn pg_target(database_url: &str) -> swisper_ingest::connect::postgres::PgTarget {
+    swisper_ingest::config::DatabaseSettings {
+        database_url: database_url.parse().expect("a database url"),
+        db_pool_size: 2,
+        create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
+        price_refresh_secs: 30,
+    }
+    .target()
+    .expect("a postgres target")
+}
+
+/// The group's `lag` and `pending` as XINFO GROUPS reports them (lag None
+/// when Redis cannot tell).
+pub fn group_lag_pending(
+    conn: &mut redis::Connection,
+    stream: &str,
+    group: &str,
+) -> Option<(Option<i64>, i64)> {
+    let reply: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query(conn)
+        .ok()?;
+    let redis::Value::Array(groups) = reply else {
+        return None;
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    groups.iter().find_map(|g| {
+        let redis::Value::Array(fields) = g else {
+            return None;
+        };
+        let mut name = None;
+        let mut lag = None;
+        let mut pending = None;
+        for pair in fields.chunks(2) {
+            let [k, v] = pair else { continue };
+            match text(k).as_deref() {
+                Some("name") => name = text(v),
+                Some("lag") => {
+                    lag = match v {
+                        redis::Value::Int(n) => Some(*n),
+                        _ => None,
+                    }
+                }
+                Some("pending") => {
+                    if let redis::Value::Int(n) = v {
+                        pending = Some(*n)
+                    }
+                }
+                _ => {}
+            }
+        }
+        (name.as_deref() == Some(group)).then_some((lag, pending?))
+    })
+}
+
+/// Every entry of the stream delivered to the group and acknowledged: lag 0
+/// (or, where Redis cannot tell the lag, the group's last delivered id is
+/// the stream's last id) and nothing pending.
+pub fn group_drained(conn: &mut redis::Connection, stream: &str, group: &str) -> bool {
+    match group_lag_pending(conn, stream, group) {
+        Some((Some(lag), pending)) => lag == 0 && pending == 0,
+        Some((None, 0)) => {
+            let last = |reply: redis::Value, key: &str| -> Option<String> {
+                let redis::Value::Array(fields) = reply else {
+                    return None;
+                };
+                fields.chunks(2).find_map(|pair| match pair {
+                    [redis::Value::BulkString(k), redis::Value::BulkString(v)]
+                        if k == key.as_bytes() =>
+                    {
+                        Some(String::from_utf8_lossy(v).into_owned())
+                    }
+                    _ => None,
+                })
+            };
+            let stream_info: Option<redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(stream)
+                .query(conn)
+                .ok();
+            let groups: Option<redis::Value> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query(conn)
+                .ok();
+            let generated = stream_info.and_then(|r| last(r, "last-generated-id"));
+            let delivered = match groups {
+                Some(redis::Value::Array(groups)) => groups.into_iter().find_map(|g| {
+                    let name = last(g.clone(), "name")?;
+                    (name == group)
+                        .then(|| last(g, "last-delivered-id"))
+                        .flatten()
+                }),
+                _ => None,
+            };
+            generated.is_some() && generated == delivered
+        }
+        _ => false,
+    }
+}
+
+/// `data` as the SDK sends it over 1 KB: `{"_compressed": true, "_data":
+/// base64(gzip(json))}`.
+pub fn compressed_data(json_text: &str) -> String {
+    use base64::Engine as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json_text.as_bytes()).expect("gzip");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"));
+    serde_json::json!({"_compressed": true, "_data": encoded}).to_string()
+}

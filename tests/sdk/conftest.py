@@ -20,6 +20,8 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -44,6 +46,12 @@ REQUIRED_ENV = (
 )
 
 SDK_VERSION = "0.14.3"
+
+# The studio's default prices (model_pricing rows without a project) that the
+# test puts in place before the graphs run: model -> (hosting provider,
+# input price, output price per million tokens). The provider is the one the
+# studio derives from the model name.
+PRICES = {"gpt-4o-mini": ("openai", Decimal("0.15"), Decimal("0.60"))}
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,29 @@ def db(e2e: E2E) -> psycopg.Connection:
     conn.execute("SET statement_timeout = '10s'")
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def pricing(db) -> dict:
+    """PRICES as the studio's default model_pricing rows. run.sh starts the
+    service with OBSERVABILITY_PRICE_REFRESH_SECS=1: after a second every
+    write sees them, whenever the service first read the table."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for model, (provider, input_price, output_price) in PRICES.items():
+        db.execute(
+            "INSERT INTO public.model_pricing (id, project_id, hosting_provider, model_name,"
+            " input_price_per_million, output_price_per_million, created_at, updated_at, type, description)"
+            " VALUES (%s, NULL, %s, %s, %s, %s, %s, %s, 'llm', 'sdk e2e test price')",
+            (f"sdk-e2e-{model}", provider, model, input_price, output_price, now, now),
+        )
+    time.sleep(1.2)
+    return PRICES
+
+
+def naive_utc(value: Optional[datetime]) -> Optional[datetime]:
+    """An aware time as the studio's `timestamp without time zone` columns
+    hold it (UTC)."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value is not None else None
 
 
 def query(conn: psycopg.Connection, sql: str, params=()) -> list[dict]:

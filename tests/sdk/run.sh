@@ -2,8 +2,10 @@
 # End-to-end test of swisper-ingest against the real client, the Python SDK
 # swisper-studio-sdk (pinned in tests/sdk/requirements.txt, installed from
 # PyPI into a virtualenv in the tool cache): real LangGraph graphs traced by
-# the SDK, published to a Redis stream, stored by the real binary, checked in
-# PostgreSQL (tests/sdk/test_sdk_e2e.py).
+# the SDK, published to a Redis stream, stored by the real binary in
+# SwisperStudio's own tables (public.traces, public.observations; the
+# service's state in schema swisper_ingest), checked in PostgreSQL
+# (tests/sdk/test_sdk_e2e.py).
 #
 #   tests/sdk/run.sh [PYTEST ARGS...]
 #   tests/sdk/run.sh --overhead [--runs N]   the SDK's cost per graph run
@@ -13,7 +15,9 @@
 # (as after `scripts/services.sh up DIR; source DIR/env`); when either is
 # unset it starts its own with scripts/services.sh in a temporary folder and
 # removes them at the end. Creates a fresh database sdk_e2e_<random> and a
-# fresh stream, builds and starts `swisper-ingest serve` on them, runs pytest,
+# fresh stream (a standalone database: the service creates the studio's tables
+# and the SDK's project), builds and starts `swisper-ingest serve` on them
+# (re-reading model_pricing every second, for the test's prices), runs pytest,
 # always stops the service by its PID (SIGTERM, then wait), and exits with
 # pytest's status. The database is dropped after a passing run and kept after
 # a failing one (its name and the service log are printed).
@@ -205,6 +209,7 @@ OBSERVABILITY_REDIS_URL="$OBSERVABILITY_REDIS_URL" \
   OBSERVABILITY_CONSUMER_NAME="sdk-e2e" \
   OBSERVABILITY_HTTP_ADDR="$http_addr" \
   OBSERVABILITY_BLOCK_MS=200 \
+  OBSERVABILITY_PRICE_REFRESH_SECS=1 \
   RUST_LOG="${RUST_LOG:-info}" \
   NO_COLOR=1 \
   "$binary" serve >"$work/service.log" 2>&1 &
@@ -252,9 +257,9 @@ while time.monotonic() - t0 < 30:
         break
     time.sleep(0.2)
 with psycopg.connect(os.environ["SDK_E2E_DATABASE_URL"]) as c:
-    traces, = c.execute("SELECT count(*) FROM traces").fetchone()
-    observations, = c.execute("SELECT count(*) FROM observations").fetchone()
-    letters, = c.execute("SELECT count(*) FROM ingest_dead_letters").fetchone()
+    traces, = c.execute("SELECT count(*) FROM public.traces").fetchone()
+    observations, = c.execute("SELECT count(*) FROM public.observations").fetchone()
+    letters, = c.execute("SELECT count(*) FROM swisper_ingest.dead_letters").fetchone()
 print(f"\nservice: {r.xlen(stream)} stream entries, group lag {g.get('lag')}, pending {g['pending']}; "
       f"stored {traces} traces, {observations} observations, {letters} dead letters")
 PY

@@ -8,9 +8,13 @@ stream). Two kinds of truth are checked:
   themselves, must be what Postgres holds as the observation's input and
   output (decompressed), in the right place of the tree;
 * wire truth: every entry the SDK wrote to the stream (read back with XRANGE
-  and expanded) must be stored by the rules of docs/event-format.md: the
-  end's type and level, status_message else error, keys without a column in
-  metadata, no row that the stream did not ask for, no dead letter.
+  and expanded) must be stored in SwisperStudio's own tables (public.traces,
+  public.observations) by the agreed layout (/tmp/plan/STUDIO_LAYOUT.md,
+  src/store/rows.rs): the end's type and level, an error's message as
+  status_message, data.meta's keys and every key without a column in `meta`,
+  model and token counts by the studio's rule (estimated when the SDK reports
+  no total), costs from model_pricing, no row that the stream did not ask
+  for, no dead letter; the merge state beside the rows in swisper_ingest.
 
 The tests run in file order and share one SDK loop: the heartbeat test needs
 the heartbeats started by the first graph run, and the consumer-check test
@@ -19,6 +23,7 @@ stops the service, so it comes last.
 
 import json
 import os
+from decimal import Decimal
 import signal
 import subprocess
 import sys
@@ -29,7 +34,7 @@ from datetime import datetime, timezone
 from typing import Optional, TypedDict
 
 import pytest
-from conftest import SDK_VERSION, WireEvent, http_get, query, read_stream, wait_for
+from conftest import PRICES, SDK_VERSION, WireEvent, http_get, naive_utc, query, read_stream, wait_for
 
 MAIN_GRAPH = "sdk_e2e_agent"
 INNER_GRAPH = "inner_agent"
@@ -60,15 +65,18 @@ RUN_OK_INPUT = {
 HITL_INPUT = {"user_message": "Book a train to the capital!", "chat_id": "chat-e2e-3"}
 HITL_ANSWER = "Zurich"
 
+# The studio's LLM columns of observations and their types. Cached and
+# thought tokens and the latency have no column: they stay in the output.
 LLM_COLUMNS = {
-    "llm_model": "text",
-    "llm_prompt_tokens": "bigint",
-    "llm_completion_tokens": "bigint",
-    "llm_total_tokens": "bigint",
-    "llm_cached_tokens": "bigint",
-    "llm_thoughts_tokens": "bigint",
-    "llm_duration_ms": "double precision",
+    "model": "character varying",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "total_tokens": "integer",
+    "calculated_input_cost": "numeric",
+    "calculated_output_cost": "numeric",
+    "calculated_total_cost": "numeric",
 }
+OBSERVATION_TYPES = {"SPAN", "GENERATION", "EVENT", "TOOL", "AGENT"}
 
 
 def jsonable(value):
@@ -198,6 +206,15 @@ def build_graphs() -> dict:
     main.add_edge(MAIN_NODES[-1], END)
 
     async def plan(state: HitlState) -> dict:
+        # An LLM call whose provider reports no usage: the SDK sends null
+        # token counts, which the studio's rule estimates from the text.
+        from swisper.gateways.llm.adapter import GenerateRequest, Message, SwisperLLMAdapter
+
+        adapter = SwisperLLMAdapter(agent_node="plan", config={"model": LLM_MODEL, "fake_usage": False})
+        await adapter.generate(
+            GenerateRequest(messages=[Message("system", SYSTEM_PROMPT), Message("user", state["user_message"])]),
+            config={"model": LLM_MODEL},
+        )
         out = {"plan": "train"}
         record("plan", state, out)
         return out
@@ -242,11 +259,35 @@ class Runs:
         return next(e for e in self.wire if e.event_type == "trace_start" and e.trace_id == trace_id)
 
     def rows(self, trace_id: str) -> list:
-        return query(self.db, "SELECT * FROM observations WHERE trace_id = %s ORDER BY start_time, id", (trace_id,))
+        return observation_rows(self.db, "o.trace_id = %s", (trace_id,))
 
     def trace_row(self, trace_id: str) -> Optional[dict]:
-        rows = query(self.db, "SELECT * FROM traces WHERE id = %s", (trace_id,))
+        rows = query(self.db, TRACE_SQL + " WHERE t.id = %s", (trace_id,))
         return rows[0] if rows else None
+
+
+# The studio's rows, with what the service keeps beside them: the trace's
+# project (observations have no project column), the types of the start and
+# the end (the row holds the combined one), when each kind of event was
+# stored, and the trace's first sight.
+OBSERVATION_SQL = """
+    SELECT o.*, t.project_id,
+           s.start_type, s.end_type,
+           s.start_version IS NOT NULL AS has_start, s.end_version IS NOT NULL AS has_end
+    FROM public.observations o
+    LEFT JOIN public.traces t ON t.id = o.trace_id
+    LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
+"""
+TRACE_SQL = """
+    SELECT t.*, t.meta::jsonb ->> 'run_id' AS run_id,
+           s.first_seen_at, s.start_version IS NOT NULL AS has_start
+    FROM public.traces t
+    LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
+"""
+
+
+def observation_rows(db, where: str = "true", params=()) -> list:
+    return query(db, OBSERVATION_SQL + f" WHERE {where} ORDER BY o.start_time, o.id", params)
 
 
 def wire_complete(wire: list) -> bool:
@@ -263,7 +304,7 @@ def stored(db, wire: list) -> bool:
     """Every observation of the wire has its row, closed when the wire closed it."""
     ends = {e.observation_id for e in wire if e.event_type in ("observation_end", "observation_error")}
     ids = {e.observation_id for e in wire if e.observation_id}
-    rows = query(db, "SELECT id, end_version IS NOT NULL AS closed FROM observations")
+    rows = query(db, "SELECT id, end_time IS NOT NULL AS closed FROM public.observations")
     by_id = {r["id"]: r["closed"] for r in rows}
     return all(i in by_id and (by_id[i] or i not in ends) for i in ids)
 
@@ -276,7 +317,7 @@ def group_drained(redis_client, e2e) -> bool:
 
 
 @pytest.fixture(scope="module")
-def runs(sdk, e2e, redis_client, db) -> Runs:
+def runs(sdk, pricing, e2e, redis_client, db) -> Runs:
     apps = build_graphs()
     results: dict = {}
 
@@ -323,41 +364,150 @@ def newest(events: list) -> Optional[WireEvent]:
     return max(events, key=lambda e: e.order) if events else None
 
 
-START_COLUMNS = {"name", "type", "parent_observation_id", "input", "start_time"}
-END_COLUMNS = {"type", "level", "output", "status_message", "end_time"}
+# Keys of data with a column (project_id: the field wins, data's is dropped).
+TRACE_COLUMNS = {"name", "user_id", "session_id", "tags", "timestamp", "project_id"}
+START_COLUMNS = {"name", "type", "parent_observation_id", "input", "start_time", "project_id"}
+END_COLUMNS = {"type", "level", "output", "status_message", "end_time", "project_id"}
+
+
+def event_meta(data: dict, columns: set, typed: bool = False) -> dict:
+    """The studio's `meta` from one event: data.meta's keys (a meta that is
+    not an object under "_meta"), then every key without a column (these win
+    a clash); a type outside the studio's enum under _ingest_original_type."""
+    meta = data.get("meta")
+    out = dict(meta) if isinstance(meta, dict) else ({} if meta is None else {"_meta": meta})
+    out.update((k, v) for k, v in data.items() if k not in columns and k != "meta")
+    if typed and data.get("type") is not None and data["type"] not in OBSERVATION_TYPES:
+        out["_ingest_original_type"] = data["type"]
+    return out
+
+
+def studio_type(value) -> Optional[str]:
+    return value if value in OBSERVATION_TYPES else None
+
+
+def int4(value) -> Optional[int]:
+    """A token count the studio's int4 columns hold (src/event/llm.rs)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and -(2**31) <= value < 2**31 else None
+
+
+def studio_usage(output) -> dict:
+    """model, prompt/completion/total tokens as SwisperStudio's consumer reads
+    an output: from _llm_tokens; when its total is missing or 0, each count
+    estimated as int(words * 0.75) of _llm_messages[].content and
+    _llm_result (unless both estimates are 0)."""
+    usage = {"model": None, "prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+    if not isinstance(output, dict) or ("_llm_tokens" not in output and "_llm_model" not in output):
+        return usage
+    if isinstance(output.get("_llm_model"), str):
+        usage["model"] = output["_llm_model"]
+    if "_llm_tokens" not in output:
+        return usage
+    tokens = output["_llm_tokens"] if isinstance(output["_llm_tokens"], dict) else {}
+    for column, key in (("prompt_tokens", "prompt"), ("completion_tokens", "completion"), ("total_tokens", "total")):
+        usage[column] = int4(tokens.get(key))
+    if not usage["total_tokens"]:
+        messages = output.get("_llm_messages")
+        prompt = sum(
+            int(len(str(m["content"]).split()) * 0.75)
+            for m in (messages if isinstance(messages, list) else [])
+            if isinstance(m, dict) and "content" in m
+        )
+        result = output.get("_llm_result")
+        completion = int(len(str(result).split()) * 0.75) if result else 0
+        if prompt > 0 or completion > 0:
+            usage.update(prompt_tokens=int4(prompt), completion_tokens=int4(completion), total_tokens=int4(prompt + completion))
+    return usage
+
+
+def studio_costs(model, prompt, completion) -> dict:
+    """calculated_*_cost as the studio computes them: tokens / 1e6 * the
+    price per million, the total from the unrounded two, each rounded
+    half-even to 6 decimals; only for a priced model and non-zero counts."""
+    none = {"calculated_input_cost": None, "calculated_output_cost": None, "calculated_total_cost": None}
+    if not (model and prompt and completion) or model not in PRICES:
+        return none
+    _, input_price, output_price = PRICES[model]
+    cost_in = Decimal(prompt) / Decimal(10**6) * input_price
+    cost_out = Decimal(completion) / Decimal(10**6) * output_price
+    q = Decimal("0.000001")
+    return {
+        "calculated_input_cost": cost_in.quantize(q),
+        "calculated_output_cost": cost_out.quantize(q),
+        "calculated_total_cost": (cost_in + cost_out).quantize(q),
+    }
+
+
+def publish_time(event: WireEvent) -> datetime:
+    return datetime.fromtimestamp(float(event.timestamp), timezone.utc)
 
 
 def expected_observation(events: list) -> dict:
-    """The row docs/event-format.md promises for one observation's events."""
+    """The studio row the agreed layout promises for one observation's events
+    (times naive UTC, as the studio's columns hold them)."""
     start = newest([e for e in events if e.event_type == "observation_start"])
     end = newest([e for e in events if e.event_type in ("observation_end", "observation_error")])
     sd = (start.data or {}) if start else {}
     ed = (end.data or {}) if end else {}
-    exp = {"trace_id": events[0].trace_id, "project_id": events[0].project_id}
+    exp = {"trace_id": events[0].trace_id, "project_id": events[0].project_id,
+           "has_start": start is not None, "has_end": end is not None}
+    end_time = (parse_time(ed.get("end_time")) or publish_time(end)) if end else None
     if start:
         exp.update(
-            name=sd.get("name"),
-            start_type=sd.get("type"),
+            name=sd.get("name") if sd.get("name") is not None else "unnamed_observation",
+            start_type=studio_type(sd.get("type")),
             parent_observation_id=sd.get("parent_observation_id") or None,
             input=sd.get("input"),
-            start_time=parse_time(sd.get("start_time")) or datetime.fromtimestamp(float(start.timestamp), timezone.utc),
-        )
-    if end:
-        default_level = "ERROR" if end.event_type == "observation_error" else "DEFAULT"
-        exp.update(
-            end_type=ed.get("type"),
-            level=ed.get("level") or default_level,
-            output=ed.get("output"),
-            status_message=ed.get("status_message") or ed.get("error"),
-            end_time=parse_time(ed.get("end_time")),
+            start_time=naive_utc(parse_time(sd.get("start_time")) or publish_time(start)),
         )
     else:
-        exp["level"] = "DEFAULT"
-    exp["type"] = ed.get("type") or sd.get("type") or "SPAN"
-    metadata = {k: v for k, v in sd.items() if k not in START_COLUMNS}
-    metadata.update({k: v for k, v in ed.items() if k not in END_COLUMNS})
-    exp["metadata"] = metadata
+        # Until its start arrives: no name, the end's time as start_time.
+        exp.update(name=None, parent_observation_id=None, input=None, start_time=naive_utc(end_time))
+    if end:
+        is_error = end.event_type == "observation_error"
+        error = ed.get("error")
+        if error is not None and not isinstance(error, str):
+            error = json.dumps(error, separators=(",", ":"))
+        status = ed.get("status_message")
+        exp.update(
+            end_type=studio_type(ed.get("type")),
+            level=ed["level"] if ed.get("level") is not None else ("ERROR" if is_error else "DEFAULT"),
+            output=ed.get("output"),
+            status_message=(error if error is not None else status) if is_error else status,
+            end_time=naive_utc(end_time),
+        )
+        usage = studio_usage(ed.get("output"))
+    else:
+        exp.update(level="DEFAULT", output=None, status_message=None, end_time=None)
+        usage = studio_usage(None)
+    exp.update(usage)
+    exp.update(studio_costs(usage["model"], usage["prompt_tokens"], usage["completion_tokens"]))
+    exp["type"] = studio_type(ed.get("type")) or studio_type(sd.get("type")) or "SPAN"
+    meta = event_meta(sd, START_COLUMNS, typed=True) if start else {}
+    meta.update(event_meta(ed, END_COLUMNS, typed=True) if end else {})
+    exp["meta"] = meta or None
     return exp
+
+
+def expected_trace(start: WireEvent, events: list) -> dict:
+    """The studio row of a trace whose trace_start is stored."""
+    d = start.data or {}
+    return {
+        "project_id": start.project_id,
+        "name": d["name"] if d.get("name") is not None else "unnamed_trace",
+        "user_id": d.get("user_id"),
+        "session_id": d.get("session_id"),
+        "meta": event_meta(d, TRACE_COLUMNS),
+        "tags": d["tags"] if d.get("tags") is not None else [],
+        "timestamp": naive_utc(parse_time(d.get("timestamp")) or publish_time(start)),
+        "input": None,
+        "output": None,
+        "has_start": True,
+    }
 
 
 def by_name(rows: list, name: str, type_: Optional[str] = None) -> list:
@@ -405,19 +555,31 @@ def test_sdk_published_what_this_test_relies_on(runs):
 
 
 def test_no_dead_letters(runs, db, e2e):
-    letters = query(db, "SELECT stream_entry_id, event_type, reason_code, reason FROM ingest_dead_letters WHERE stream = %s", (e2e.stream,))
+    letters = query(
+        db,
+        "SELECT stream_entry_id, event_type, reason_code, reason FROM swisper_ingest.dead_letters WHERE stream = %s",
+        (e2e.stream,),
+    )
     assert letters == [], f"the service dead-lettered SDK entries: {letters}"
-    assert query(db, "SELECT count(*) AS n FROM ingest_dead_letters")[0]["n"] == 0
+    assert query(db, "SELECT count(*) AS n FROM swisper_ingest.dead_letters")[0]["n"] == 0
 
 
-def test_rows_are_exactly_what_the_stream_asked_for(runs, db):
+def test_rows_are_exactly_what_the_stream_asked_for(runs, db, e2e):
     events = [e for e in runs.wire if e.event_type != "heartbeat"]
     trace_ids = {e.trace_id for e in events}
     observation_ids = {e.observation_id for e in events if e.observation_id}
-    stored_traces = {r["id"] for r in query(db, "SELECT id FROM traces")}
-    stored_observations = {r["id"] for r in query(db, "SELECT id FROM observations")}
+    stored_traces = {r["id"] for r in query(db, "SELECT id FROM public.traces")}
+    stored_observations = {r["id"] for r in query(db, "SELECT id FROM public.observations")}
     assert stored_traces == trace_ids
     assert stored_observations == observation_ids
+    # Every studio row has its merge state beside it, and nothing else has.
+    assert {r["id"] for r in query(db, "SELECT id FROM swisper_ingest.trace_state")} == trace_ids
+    assert {r["id"] for r in query(db, "SELECT id FROM swisper_ingest.observation_state")} == observation_ids
+    # A fresh database is standalone: the service created the studio's
+    # tables and the SDK's project on first sight (name = id).
+    assert query(db, "SELECT created_studio_schema FROM swisper_ingest.installation") == [{"created_studio_schema": True}]
+    projects = query(db, "SELECT id, name, tracing_enabled, deleted_at FROM public.projects")
+    assert projects == [{"id": e2e.project_id, "name": e2e.project_id, "tracing_enabled": True, "deleted_at": None}]
 
 
 def test_traces_match_trace_start(runs, db):
@@ -425,13 +587,11 @@ def test_traces_match_trace_start(runs, db):
         start = runs.trace_start(trace_id)
         row = runs.trace_row(trace_id)
         assert row is not None, f"trace {trace_id} not stored"
-        d = start.data
-        got = {k: row[k] for k in ("name", "user_id", "session_id", "run_id", "project_id")}
-        want = {"name": d["name"], "user_id": d["user_id"], "session_id": d["session_id"],
-                "run_id": d["run_id"], "project_id": start.project_id}
+        want = expected_trace(start, runs.wire_of(trace_id))
+        got = {k: row[k] for k in want}
         assert got == want, f"trace {trace_id}"
-        assert row["start_timestamp"] == parse_time(d["timestamp"])
-        assert row["timestamp"] == parse_time(d["timestamp"])
+        d = start.data
+        assert row["run_id"] == d["run_id"] and row["meta"]["run_id"] == d["run_id"]
         first_publish = min(float(e.timestamp) for e in runs.wire_of(trace_id))
         assert abs(row["first_seen_at"].timestamp() - first_publish) < 0.001
     # What the SDK derives from the input state, as it reached the row.
@@ -444,13 +604,14 @@ def test_traces_match_trace_start(runs, db):
 
 def test_every_observation_matches_its_events(runs, db):
     """Wire truth: each stored observation is what its events say (types from
-    the end, levels, status_message else error, expanded input and output,
-    times, and every key without a column kept in metadata)."""
+    the end, levels, an error's message as status_message, expanded input and
+    output, naive UTC times, meta, model, tokens and costs by the studio's
+    rules)."""
     events = defaultdict(list)
     for e in runs.wire:
         if e.observation_id:
             events[e.observation_id].append(e)
-    rows = {r["id"]: r for r in query(db, "SELECT * FROM observations")}
+    rows = {r["id"]: r for r in observation_rows(db)}
     problems = []
     for obs_id, evs in events.items():
         row = rows.get(obs_id)
@@ -460,11 +621,11 @@ def test_every_observation_matches_its_events(runs, db):
         exp = expected_observation(evs)
         label = f"{exp.get('name')} ({obs_id[:8]})"
         for key, want in exp.items():
-            if key == "metadata":
-                for mkey, mwant in want.items():
-                    got = (row["metadata"] or {}).get(mkey, "<absent>")
+            if key == "meta" and isinstance(want, dict) and isinstance(row["meta"], dict):
+                for mkey in sorted(set(want) | set(row["meta"])):
+                    mwant, got = want.get(mkey, "<absent>"), row["meta"].get(mkey, "<absent>")
                     if got != mwant:
-                        problems.append(f"{label}: metadata.{mkey}: expected {mwant!r}, got {got!r}")
+                        problems.append(f"{label}: meta.{mkey}: expected {str(mwant)[:200]!r}, got {str(got)[:200]!r}")
                 continue
             if row[key] != want:
                 problems.append(f"{label}: {key}: expected {str(want)[:200]!r}, got {str(row[key])[:200]!r}")
@@ -480,6 +641,7 @@ def check_main_tree(runs, trace_id: str, failed: bool, call: int):
     )
     research = one(rows, "research_agent")
     assert research["start_type"] == "SPAN" and research["end_type"] == "AGENT", "the end's type must replace the start's"
+    assert research["type"] == "AGENT"
     assert children(rows, research) == [("inner_agent", "AGENT"), ("lookup_facts", "SPAN")]
     inner = one(rows, INNER_GRAPH)
     assert children(rows, inner) == [("inner_step", "SPAN")]
@@ -502,18 +664,19 @@ def check_main_tree(runs, trace_id: str, failed: bool, call: int):
 
     # Levels as the SDK sent them.
     assert one(rows, "review")["level"] == "WARNING"
-    assert one(rows, "review")["metadata"].get("errors") == TOOL_ERRORS
+    assert one(rows, "review")["meta"].get("errors") == TOOL_ERRORS
     assert one(rows, "geo_lookup", "TOOL")["level"] == "ERROR"
     for name in ("intake", "research_agent", "lookup_facts", "inner_step"):
         assert one(rows, name)["level"] == "DEFAULT", name
     assert one(rows, INNER_GRAPH)["level"] == "DEFAULT"
 
-    # run_id: on the trace, and in every node's meta.
+    # run_id: in the trace's meta, and in every node's (data.meta's keys
+    # are meta's own).
     run_id = runs.trace_row(trace_id)["run_id"]
     assert run_id == runs.trace_start(trace_id).data["run_id"]
     for name in ("intake", "research_agent", "llm_node", "review", "finalize", "lookup_facts"):
-        meta = one(rows, name, "SPAN" if name == "llm_node" else None)["metadata"].get("meta")
-        assert meta and meta.get("run_id") == run_id, f"{name}: metadata.meta = {meta!r}"
+        meta = one(rows, name, "SPAN" if name == "llm_node" else None)["meta"]
+        assert meta and meta.get("run_id") == run_id, f"{name}: meta = {meta!r}"
     return rows, root, finalize
 
 
@@ -521,13 +684,13 @@ def test_failing_run_tree_levels_and_error(runs):
     rows, root, finalize = check_main_tree(runs, runs.trace_fail, failed=True, call=0)
     assert finalize["level"] == "ERROR"
     assert finalize["status_message"] == FAIL_MESSAGE
-    assert finalize["metadata"].get("error") == FAIL_MESSAGE
+    assert finalize["meta"].get("error") == FAIL_MESSAGE
     assert finalize["output"] is None and finalize["end_time"] is not None
     # The root AGENT's observation_error has `error` and no status_message:
     # the service takes the error as the status message.
     assert root["level"] == "ERROR"
     assert root["status_message"] == FAIL_MESSAGE
-    assert root["metadata"].get("error") == FAIL_MESSAGE
+    assert root["meta"].get("error") == FAIL_MESSAGE
     assert root["output"] is None and root["end_time"] is not None
 
 
@@ -543,13 +706,11 @@ def test_successful_run_tree_and_final_state(runs):
 
 
 def test_llm_generation_and_columns(runs, db):
-    missing = [c for c in LLM_COLUMNS if column_exists(db, "observations", c) is None]
-    if missing:
-        pytest.fail(f"LLM columns missing from observations: {', '.join(missing)}")
     wrong = {c: column_exists(db, "observations", c) for c, t in LLM_COLUMNS.items() if column_exists(db, "observations", c) != t}
-    assert not wrong, f"LLM columns of the wrong type: {wrong} (expected {LLM_COLUMNS})"
+    assert not wrong, f"LLM columns of observations missing or of the wrong type: {wrong} (expected {LLM_COLUMNS})"
     from swisper.gateways.llm.adapter import FAKE_LATENCY_S, FAKE_TEXT, FAKE_USAGE
 
+    assert LLM_MODEL in PRICES, "the test's model_pricing row"
     for call, trace_id in enumerate((runs.trace_fail, runs.trace_ok)):
         rows = runs.rows(trace_id)
         gen = one(rows, "llm_node", "GENERATION")
@@ -566,19 +727,57 @@ def test_llm_generation_and_columns(runs, db):
         assert out["_llm_tokens"] == {"total": 42, "prompt": 30, "completion": 12, "cached": 5, "thoughts": 7}
         duration = out["_llm_latency"]["duration_ms"]
         assert duration >= FAKE_LATENCY_S * 1000
+        # The SDK's counts, as reported (total given: nothing estimated), and
+        # the costs at the test's price: 30 × 0.15 / 1e6 = 0.0000045 rounds
+        # half-even to 0.000004; the total comes from the unrounded costs
+        # (0.0000117 -> 0.000012, not 0.000004 + 0.000007).
         got = {c: gen[c] for c in LLM_COLUMNS}
         want = {
-            "llm_model": LLM_MODEL,
-            "llm_prompt_tokens": FAKE_USAGE.prompt_tokens,
-            "llm_completion_tokens": FAKE_USAGE.completion_tokens,
-            "llm_total_tokens": FAKE_USAGE.total_tokens,
-            "llm_cached_tokens": FAKE_USAGE.cached_tokens,
-            "llm_thoughts_tokens": FAKE_USAGE.thoughts_tokens,
-            "llm_duration_ms": duration,
+            "model": LLM_MODEL,
+            "prompt_tokens": FAKE_USAGE.prompt_tokens,
+            "completion_tokens": FAKE_USAGE.completion_tokens,
+            "total_tokens": FAKE_USAGE.total_tokens,
+            "calculated_input_cost": Decimal("0.000004"),
+            "calculated_output_cost": Decimal("0.000007"),
+            "calculated_total_cost": Decimal("0.000012"),
         }
         assert got == want
+        assert [str(gen[c]) for c in LLM_COLUMNS if c.startswith("calculated_")] == ["0.000004", "0.000007", "0.000012"]
+        # Cached and thought tokens and the latency have no column: they are
+        # read from the output.
+        inside = query(
+            db,
+            "SELECT (output::jsonb -> '_llm_tokens' ->> 'cached')::int AS cached,"
+            " (output::jsonb -> '_llm_tokens' ->> 'thoughts')::int AS thoughts,"
+            " (output::jsonb -> '_llm_latency' ->> 'duration_ms')::float8 AS duration_ms"
+            " FROM public.observations WHERE id = %s",
+            (gen["id"],),
+        )
+        assert inside == [{"cached": FAKE_USAGE.cached_tokens, "thoughts": FAKE_USAGE.thoughts_tokens, "duration_ms": duration}]
         # The node itself carries no telemetry in 0.14.3: its columns stay empty.
         assert all(r[c] is None for r in rows if r["id"] != gen["id"] for c in LLM_COLUMNS)
+
+
+def test_llm_tokens_estimated_when_the_provider_reports_none(runs):
+    """The HITL plan node's LLM call has no usage: the SDK sends null counts,
+    and the studio's rule estimates them at 0.75 tokens a word (each part
+    int-truncated), then prices them."""
+    from swisper.gateways.llm.adapter import FAKE_TEXT
+
+    rows = runs.rows(runs.trace_hitl)
+    gen = one(rows, "plan", "GENERATION")
+    assert gen["parent_observation_id"] == one(rows, "plan", "SPAN")["id"]
+    out = gen["output"]
+    assert out["_llm_tokens"].get("total") is None, out["_llm_tokens"]
+    words = len(SYSTEM_PROMPT.split()), len(HITL_INPUT["user_message"].split()), len(FAKE_TEXT.split())
+    assert words == (3, 6, 6)
+    prompt = int(words[0] * 0.75) + int(words[1] * 0.75)  # 2 + 4
+    completion = int(words[2] * 0.75)  # 4
+    assert (gen["model"], gen["prompt_tokens"], gen["completion_tokens"], gen["total_tokens"]) == (
+        LLM_MODEL, prompt, completion, prompt + completion)
+    # 6 × 0.15 / 1e6 = 0.0000009, 4 × 0.60 / 1e6 = 0.0000024, total 0.0000033.
+    assert (gen["calculated_input_cost"], gen["calculated_output_cost"], gen["calculated_total_cost"]) == (
+        Decimal("0.000001"), Decimal("0.000002"), Decimal("0.000003"))
 
 
 def test_hitl_pause_and_resume_in_one_trace(runs):
@@ -597,10 +796,9 @@ def test_hitl_pause_and_resume_in_one_trace(runs):
     assert resumed["level"] == "DEFAULT" and resumed["type"] == "AGENT"
     assert resumed["input"] == {"_command_resume": HITL_ANSWER}
     assert resumed["output"] == jsonable(runs.results["hitl_resumed"])
-    assert resumed["metadata"].get("is_hitl_continuation") is True
-    assert resumed["metadata"].get("hitl_user_response") == HITL_ANSWER
-    meta = resumed["metadata"].get("meta") or {}
-    assert meta.get("run_id") == runs.trace_row(runs.trace_hitl)["run_id"], meta
+    assert resumed["meta"].get("is_hitl_continuation") is True
+    assert resumed["meta"].get("hitl_user_response") == HITL_ANSWER
+    assert resumed["meta"].get("run_id") == runs.trace_row(runs.trace_hitl)["run_id"], resumed["meta"]
     asks = sorted(by_name(rows, "ask_user"), key=lambda r: r["start_time"])
     assert len(asks) == 2, "the interrupted node runs again on resume, as a new observation"
     assert asks[0]["level"] == "WAITING" and asks[0]["parent_observation_id"] == paused["id"]
@@ -609,7 +807,7 @@ def test_hitl_pause_and_resume_in_one_trace(runs):
     assert asks[0]["output"] is None
     assert asks[1]["level"] == "DEFAULT" and asks[1]["parent_observation_id"] == resumed["id"]
     assert asks[1]["output"] == {"city": HITL_ANSWER}
-    assert one(rows, "plan")["parent_observation_id"] == paused["id"]
+    assert one(rows, "plan", "SPAN")["parent_observation_id"] == paused["id"]
 
 
 # ------------------------------------------------------------------ 2. SDK heartbeats
@@ -617,7 +815,8 @@ def test_hitl_pause_and_resume_in_one_trace(runs):
 
 def test_sdk_heartbeats_are_stored_not_traced(runs, sdk, e2e, redis_client, db):
     """The SDK's heartbeat task started with the first traced ainvoke and
-    beats every 10 s; each beat updates sdk_heartbeats, never traces."""
+    beats every 10 s; each beat updates swisper_ingest.sdk_heartbeats, never
+    the studio's traces."""
     beats = wait_for(
         "two SDK heartbeats on the stream (10 s apart)",
         lambda: (lambda b: b if len(b) >= 2 else None)(
@@ -632,22 +831,22 @@ def test_sdk_heartbeats_are_stored_not_traced(runs, sdk, e2e, redis_client, db):
     newest_beat = max(float(b.timestamp) for b in beats)
 
     def row():
-        rows = query(db, "SELECT * FROM sdk_heartbeats WHERE project_id = %s", (e2e.project_id,))
+        rows = query(db, "SELECT * FROM swisper_ingest.sdk_heartbeats WHERE project_id = %s", (e2e.project_id,))
         return rows if rows and rows[0]["last_seen_at"].timestamp() >= newest_beat - 0.001 else None
 
-    rows = wait_for("sdk_heartbeats to hold the newest heartbeat", row, timeout=15)
+    rows = wait_for("swisper_ingest.sdk_heartbeats to hold the newest heartbeat", row, timeout=15)
     assert len(rows) == 1 and rows[0]["sdk_version"] == SDK_VERSION, rows
     oldest_beat = min(float(b.timestamp) for b in beats)
     assert abs(rows[0]["first_seen_at"].timestamp() - oldest_beat) < 0.001
     assert rows[0]["last_seen_at"] > rows[0]["first_seen_at"]
     assert isinstance(rows[0]["metadata"], dict)
-    everything = query(db, "SELECT project_id, sdk_version FROM sdk_heartbeats")
+    everything = query(db, "SELECT project_id, sdk_version FROM swisper_ingest.sdk_heartbeats")
     assert everything == [{"project_id": e2e.project_id, "sdk_version": SDK_VERSION}]
 
     # Never a trace: the traces are exactly those of the graph runs.
     trace_ids = {e.trace_id for e in read_stream(redis_client, e2e.stream) if e.event_type != "heartbeat"}
-    assert {r["id"] for r in query(db, "SELECT id FROM traces")} == trace_ids
-    assert query(db, "SELECT count(*) AS n FROM ingest_dead_letters")[0]["n"] == 0
+    assert {r["id"] for r in query(db, "SELECT id FROM public.traces")} == trace_ids
+    assert query(db, "SELECT count(*) AS n FROM swisper_ingest.dead_letters")[0]["n"] == 0
 
     # What an operator watches: the age of the project's newest heartbeat.
     series = f'swisper_ingest_sdk_heartbeat_age_seconds{{project_id="{e2e.project_id}"}}'

@@ -6,7 +6,8 @@ config=None, on_thinking_chunk=None)` and `stream`, a request with
 `messages` (role, content), and a response with `text` and `usage`
 (total/prompt/completion/cached/thoughts tokens). No network: the answer and
 its usage are fixed (FAKE_USAGE), after a short sleep that stands for the
-provider's latency.
+provider's latency. A config with `"fake_usage": False` answers without usage,
+as a provider that reports none (the SDK then sends null token counts).
 """
 
 import asyncio
@@ -57,7 +58,9 @@ class SwisperLLMAdapter:
 
     async def generate(self, request: GenerateRequest, config: Optional[dict] = None, on_thinking_chunk=None):
         await asyncio.sleep(FAKE_LATENCY_S)
-        return GenerateResponse(text=FAKE_TEXT, usage=FAKE_USAGE)
+        settings = {**self._config, **(config or {})}
+        usage = FAKE_USAGE if settings.get("fake_usage", True) else None
+        return GenerateResponse(text=FAKE_TEXT, usage=usage)
 
     async def stream(self, request, config=None):
         raise NotImplementedError("the test uses generate() only")
