@@ -253,10 +253,19 @@ impl<'a> EventFields<'a> {
         let default_level = if is_error { "ERROR" } else { "DEFAULT" };
         // `error` has no column: it stays in metadata, and is the status
         // message when none is given.
+        // The studio's `data.get("error") or data.get("status_message")`:
+        // an error that Python finds false ("", 0, false, [], {}) gives way.
         let error = match self.data.get("error") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) if n.as_f64() != Some(0.0) => Some(n.to_string()),
+            Some(Value::Bool(true)) => Some("True".to_owned()),
+            Some(other @ (Value::Array(_) | Value::Object(_)))
+                if other.as_array().is_some_and(|a| !a.is_empty())
+                    || other.as_object().is_some_and(|o| !o.is_empty()) =>
+            {
+                Some(other.to_string())
+            }
+            _ => None,
         };
         let output = self.data.remove("output").filter(|v| !v.is_null());
         // The model goes to an indexed column; output keeps it whole.
@@ -277,15 +286,26 @@ impl<'a> EventFields<'a> {
         Ok(ObservationEnd {
             is_error,
             observation_type: self.take_type()?,
-            level: self
-                .take_text("level")?
-                .unwrap_or_else(|| default_level.to_owned()),
+            level: self.level(is_error, default_level)?,
             llm,
             output: output.as_ref().map(Json::from_value),
             status_message,
             end_time: self.take_time("end_time")?.unwrap_or(published_at),
             metadata: self.metadata(),
         })
+    }
+
+    /// data.level, else the default; an error is always ERROR, as the studio
+    /// stores it (another level it carries is kept in meta as `level`).
+    fn level(&mut self, is_error: bool, default_level: &str) -> Result<String, Rejection> {
+        let given = self.take_text("level")?;
+        if !is_error {
+            return Ok(given.unwrap_or_else(|| default_level.to_owned()));
+        }
+        if let Some(other) = given.filter(|level| level != "ERROR") {
+            self.data.insert("level".to_owned(), Value::String(other));
+        }
+        Ok("ERROR".to_owned())
     }
 
     /// The top-level field wins over data.project_id; both are accepted. The
