@@ -7,7 +7,16 @@
 //! a restart, claims of idle ones, reloads of a held batch) and reports
 //! Redis's own delivery count for each, so the delivery limit holds whichever
 //! path reads an entry.
+//!
+//! New entries are delivered by XREADGROUP run inside the script, so that
+//! Redis keeps the group's books (entries-read, hence lag) after trims and
+//! deletions as it does for any consumer.
+//!
+//! What compressed `data` expands to is weighed by the script's
+//! `expanded_size`; [`find_weighed_data`] is its mirror in Rust, byte for
+//! byte, and the parser never inflates more than it (src/event/payload.rs).
 
+use std::ops::Range;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -19,6 +28,119 @@ use crate::redis_stream::{bad_reply, bytes, parse_entries, parse_id, StreamError
 
 const SCRIPT: &str = include_str!("weighed_read.lua");
 const COMMAND: &str = "weighed read";
+
+/// What the weigher (`expanded_size` in weighed_read.lua) reads of a `data`
+/// field: the `_data` text it found and what that text declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeighedData {
+    /// Where the `_data` text is in the field, between its quotes.
+    pub text: Range<usize>,
+    /// What gzip's trailer declares (ISIZE, modulo 2^32) when the text is
+    /// weighed as gzip; `None`: weighed as no expansion (not gzip, or not
+    /// readable), which the parser must then refuse to inflate.
+    pub declared: Option<u64>,
+}
+
+/// Lua's `%s`: isspace in the C locale.
+fn is_lua_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+fn find_from(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| from + i)
+}
+
+fn base64_value(c: u8) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' | b'-' => 62,
+        b'/' | b'_' => 63,
+        _ => return None,
+    }))
+}
+
+/// The size gzip's trailer declares, from the last eight base64 characters
+/// of `text`, when `text` starts as gzip does (`H4sI`: 1f 8b 08).
+fn gzip_declared(text: &[u8]) -> Option<u64> {
+    if !text.starts_with(b"H4sI") {
+        return None;
+    }
+    let len = text.len();
+    if len < 8 || len % 4 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(6);
+    for quad in 0..2 {
+        let (mut n, mut pad) = (0u32, 0);
+        for i in 0..4 {
+            let c = text[len - 8 + quad * 4 + i];
+            let v = if c == b'=' {
+                pad += 1;
+                0
+            } else {
+                base64_value(c)?
+            };
+            n = n * 64 + v;
+        }
+        bytes.push((n >> 16) as u8);
+        if pad < 2 {
+            bytes.push((n >> 8) as u8);
+        }
+        if pad < 1 {
+            bytes.push(n as u8);
+        }
+    }
+    let k = bytes.len();
+    if k < 4 {
+        return None;
+    }
+    let isize = u32::from_le_bytes([bytes[k - 4], bytes[k - 3], bytes[k - 2], bytes[k - 1]]);
+    Some(u64::from(isize))
+}
+
+/// The `_data` text the weigher reads in `data`: after the first `"_data"`
+/// followed by `:` and a string (spaces allowed around the colon), up to the
+/// next quote. `None` when there is none (weighed as no expansion).
+pub fn find_weighed_data(data: &[u8]) -> Option<WeighedData> {
+    const KEY: &[u8] = b"\"_data\"";
+    let skip_spaces = |mut i: usize| {
+        while data.get(i).copied().is_some_and(is_lua_space) {
+            i += 1;
+        }
+        i
+    };
+    let mut from = 0;
+    let open = loop {
+        let at = find_from(data, KEY, from)?;
+        let colon = skip_spaces(at + KEY.len());
+        if data.get(colon) == Some(&b':') {
+            let quote = skip_spaces(colon + 1);
+            if data.get(quote) == Some(&b'"') {
+                break quote;
+            }
+        }
+        from = at + 1;
+    };
+    let close = open + 1 + data[open + 1..].iter().position(|&b| b == b'"')?;
+    let text = open + 1..close;
+    let declared = gzip_declared(&data[text.clone()]);
+    Some(WeighedData { text, declared })
+}
+
+/// The expansion an entry's `data` field is weighed with (the script's
+/// `expanded_size`): what its gzip trailer declares, at most
+/// `max_expanded`; 0 for anything the parser will not inflate.
+pub fn expanded_size(data: &[u8], max_expanded: u64) -> u64 {
+    find_weighed_data(data)
+        .and_then(|weighed| weighed.declared)
+        .map_or(0, |declared| declared.min(max_expanded))
+}
 
 /// The least a read waits for before asking Redis: enough for a batch of
 /// small entries; a heavier first entry asks for its own weight.
@@ -87,6 +209,9 @@ pub async fn read_within_budget(
     mode: &Mode,
 ) -> Result<Read, StreamError> {
     let mut wanted: Option<u64> = None;
+    // Pending ids found deleted (and acked) by a try that then needed more
+    // budget: reported with the page finally read.
+    let mut deleted_before: Vec<StreamId> = Vec::new();
     loop {
         let mut reservation = match wanted {
             None => {
@@ -99,22 +224,45 @@ pub async fn read_within_budget(
         let limit = reservation.bytes();
         let whole = reservation.is_whole_budget();
         match read_weighed(conn, request, mode, limit, whole, budget.total_bytes()).await? {
-            Reply::Page(chosen) => {
+            Reply::Page(mut chosen) => {
                 reservation.shrink_to(chosen.weight);
                 let contiguous = matches!(mode, Mode::New);
+                if !deleted_before.is_empty() {
+                    deleted_before.append(&mut chosen.deleted);
+                    chosen.deleted = deleted_before;
+                }
                 let page = fetch(conn, request, chosen, contiguous).await?;
                 return Ok(Read::Page(page, reservation));
             }
-            Reply::Empty { next } => return Ok(Read::Empty { next }),
-            Reply::Need(weight) => wanted = Some(weight),
+            Reply::Empty { next } if deleted_before.is_empty() => return Ok(Read::Empty { next }),
+            Reply::Empty { next } => {
+                reservation.shrink_to(0);
+                let page = Page {
+                    deleted: deleted_before,
+                    next,
+                    ..Page::default()
+                };
+                return Ok(Read::Page(page, reservation));
+            }
+            Reply::Need { weight, deleted } => {
+                wanted = Some(weight);
+                deleted_before.extend(deleted);
+            }
         }
     }
 }
 
 enum Reply {
     Page(Chosen),
-    Need(u64),
-    Empty { next: String },
+    /// The first entry alone weighs `weight`; pending ids found deleted
+    /// before it were acked.
+    Need {
+        weight: u64,
+        deleted: Vec<StreamId>,
+    },
+    Empty {
+        next: String,
+    },
 }
 
 async fn read_weighed(
@@ -170,9 +318,8 @@ fn parse_reply(reply: Value) -> Result<Reply, StreamError> {
     let next =
         String::from_utf8_lossy(&bytes(COMMAND, parts.next().unwrap_or(Value::Nil))?).into_owned();
     match status.as_slice() {
-        b"need" => return Ok(Reply::Need(weight)),
+        b"need" | b"ok" => {}
         b"empty" => return Ok(Reply::Empty { next }),
-        b"ok" => {}
         _ => return Err(bad_reply(COMMAND, &Value::BulkString(status))),
     }
     let mut array = || match parts.next() {
@@ -182,6 +329,9 @@ fn parse_reply(reply: Value) -> Result<Reply, StreamError> {
     let ids = ids_of(array()?)?;
     let counts = array()?;
     let deleted = ids_of(array()?)?;
+    if status == b"need" {
+        return Ok(Reply::Need { weight, deleted });
+    }
     let unloaded = array()?
         .into_iter()
         .map(|pair| match pair {
@@ -342,4 +492,115 @@ async fn fetch(
         page.deleted.extend(gone);
     }
     Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use std::io::Write;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    const MAX: u64 = 1 << 20;
+
+    /// The weigher's table (the same cases run through the Lua function
+    /// itself in tests/crafted_payloads.rs): data, expected expansion.
+    #[test]
+    fn expanded_size_table() {
+        let doc = |n: usize| format!(r#"{{"input":"{}"}}"#, "a".repeat(n));
+        let sdk = |n: usize| {
+            format!(
+                r#"{{"_compressed": true, "_data": "{}"}}"#,
+                b64(&gzip(doc(n).as_bytes()))
+            )
+        };
+        let mut two = gzip(doc(5_000).as_bytes());
+        two.extend(gzip(b""));
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(doc(5_000).as_bytes()).unwrap();
+        let zlib = zlib.finish().unwrap();
+        let late = format!(
+            r#"{{"_compressed": true, "note": "{}", "_data": "{}"}}"#,
+            "n".repeat(300),
+            b64(&gzip(doc(5_000).as_bytes()))
+        );
+        let cases: Vec<(String, u64)> = vec![
+            // As the SDK writes it; base64 ending in "", "=" and "==".
+            (sdk(3_000), doc(3_000).len() as u64),
+            (sdk(3_001), doc(3_001).len() as u64),
+            (sdk(3_002), doc(3_002).len() as u64),
+            // No spaces, or more of them, around the colon.
+            (sdk(10).replace("\": \"", "\":\""), doc(10).len() as u64),
+            (
+                sdk(10).replace("\": \"", "\" \t:\n \""),
+                doc(10).len() as u64,
+            ),
+            // `_data` past byte 256: found all the same.
+            (late, doc(5_000).len() as u64),
+            // Capped at the largest expansion allowed.
+            (sdk(2 << 20), MAX),
+            // Not compressed, or nothing to read: no expansion.
+            (doc(100), 0),
+            (r#"{"_compressed": true}"#.to_owned(), 0),
+            (r#"{"_data": 5}"#.to_owned(), 0),
+            (r#"{"_data": "H4sIAAAA"#.to_owned(), 0),
+            // Not gzip: weighed as no expansion (the parser refuses it).
+            (
+                format!(r#"{{"_compressed": true, "_data": "{}"}}"#, b64(&zlib)),
+                0,
+            ),
+            (
+                r#"{"_compressed": true, "_data": "aGVsbG8gd29ybGQ="}"#.to_owned(),
+                0,
+            ),
+            // gzip-looking but not readable base64: no expansion.
+            (
+                r#"{"_compressed": true, "_data": "H4sIAAAAAA"}"#.to_owned(),
+                0,
+            ),
+            (
+                r#"{"_compressed": true, "_data": "H4sIAAAA*AAA"}"#.to_owned(),
+                0,
+            ),
+            // Two members: the last trailer, the empty member's 0.
+            (
+                format!(r#"{{"_compressed": true, "_data": "{}"}}"#, b64(&two)),
+                0,
+            ),
+            // The first "_data" key followed by a string is the one weighed.
+            (
+                format!(
+                    r#"{{"a": "_data", "_data": 1, "_compressed": true, "_data": "{}", "_data": "{}"}}"#,
+                    b64(&gzip(doc(10).as_bytes())),
+                    b64(&gzip(doc(5_000).as_bytes()))
+                ),
+                doc(10).len() as u64,
+            ),
+        ];
+        for (data, expected) in cases {
+            assert_eq!(
+                expanded_size(data.as_bytes(), MAX),
+                expected,
+                "{}",
+                &data[..data.len().min(120)]
+            );
+        }
+    }
+
+    #[test]
+    fn the_weighed_text_is_located() {
+        let data = r#"{"_compressed": true, "_data":  "H4sIabcd"}"#;
+        let weighed = find_weighed_data(data.as_bytes()).unwrap();
+        assert_eq!(&data[weighed.text.clone()], "H4sIabcd");
+        assert_eq!(find_weighed_data(br#"{"x": "_data"}"#), None);
+    }
 }

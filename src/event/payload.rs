@@ -1,5 +1,12 @@
 //! The `data` field: JSON text, possibly gzip-compressed by the SDK, checked
 //! for what PostgreSQL's jsonb would refuse.
+//!
+//! Compressed data is inflated only as the SDK writes it (one gzip member,
+//! Python's `gzip.compress`, under the one `_data` key) and never past what
+//! Redis weighed it at before delivering it (`expanded_size` in
+//! src/weighed_read.lua, mirrored by `weighed_read::find_weighed_data`):
+//! the memory budget covers what the parser holds. Anything else is a dead
+//! letter with its reason (`decompression_failed`), not a bigger allocation.
 
 use std::io::Read;
 
@@ -7,6 +14,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::{Reason, Rejection};
+use crate::weighed_read;
 
 /// Serialized JSON that jsonb accepts (no NUL anywhere, valid UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +55,7 @@ pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, 
                 ))
             }
         };
-        let inflated = inflate(&encoded, max_expanded_bytes)?;
+        let inflated = inflate(text, &encoded, max_expanded_bytes as u64)?;
         let text = String::from_utf8(inflated).map_err(|e| {
             Rejection::new(
                 Reason::InvalidUtf8,
@@ -95,25 +103,44 @@ fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, Rejection>
     }
 }
 
-/// base64, then gzip (or zlib, told apart by their magic bytes), stopping at
-/// the limit so that a small bomb cannot expand into memory.
-fn inflate(encoded: &str, limit: usize) -> Result<Vec<u8>, Rejection> {
-    let compressed = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| Rejection::new(Reason::Decompression, format!("_data is not base64: {e}")))?;
-    let reader: Box<dyn Read + '_> = match compressed.as_slice() {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(compressed.as_slice())),
-        [0x78, ..] => Box::new(flate2::read::ZlibDecoder::new(compressed.as_slice())),
-        _ => {
-            return Err(Rejection::new(
-                Reason::Decompression,
-                "_data is neither gzip nor zlib",
-            ))
-        }
+/// base64, then one gzip member, stopping at the size Redis weighed it at.
+/// `data` is the whole field, `encoded` the `_data` text parsed from it.
+fn inflate(data: &str, encoded: &str, limit: u64) -> Result<Vec<u8>, Rejection> {
+    let refuse = |detail: String| Err(Rejection::new(Reason::Decompression, detail));
+    // The text weighed must be the text inflated: a second `_data` key (a
+    // JSON parser keeps the last, the weigher reads the first) or an escaped
+    // one would be inflated unweighed.
+    let weighed = weighed_read::find_weighed_data(data.as_bytes())
+        .filter(|weighed| data.as_bytes()[weighed.text.clone()] == *encoded.as_bytes());
+    let Some(weighed) = weighed else {
+        return refuse(
+            "_data is not the text the memory budget weighed: the SDK writes one \"_data\" key, \
+             unescaped (a duplicate or escaped key is refused)"
+                .to_owned(),
+        );
     };
-    let mut out = Vec::new();
-    reader
-        .take(limit as u64 + 1)
+    let Some(declared) = weighed.declared else {
+        return refuse(format!(
+            "_data is {}, not what the SDK writes (base64 of one gzip member)",
+            describe(encoded)
+        ));
+    };
+    if declared > limit {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!(
+                "compressed data expands beyond the limit of {limit} bytes (its gzip trailer declares {declared})"
+            ),
+        ));
+    }
+    let compressed = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| Rejection::new(Reason::Decompression, format!("_data is not base64: {e}")))?;
+    let mut decoder = flate2::bufread::GzDecoder::new(compressed.as_slice());
+    // The size is known: no doubling growth past it.
+    let mut out = Vec::with_capacity(declared as usize + 1);
+    (&mut decoder)
+        .take(declared + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
             Rejection::new(
@@ -121,13 +148,35 @@ fn inflate(encoded: &str, limit: usize) -> Result<Vec<u8>, Rejection> {
                 format!("_data does not inflate: {e}"),
             )
         })?;
-    if out.len() > limit {
-        return Err(Rejection::new(
-            Reason::TooLarge,
-            format!("compressed data expands beyond the limit of {limit} bytes"),
+    if out.len() as u64 > declared {
+        return refuse(format!(
+            "_data inflates past the {declared} bytes its gzip trailer (its last four bytes) \
+             declares: a trailer that does not match the data, or more than one gzip member"
+        ));
+    }
+    let rest = decoder.into_inner();
+    if !rest.is_empty() {
+        return refuse(format!(
+            "_data holds more than one gzip member ({} bytes after the first); the SDK writes one",
+            rest.len()
         ));
     }
     Ok(out)
+}
+
+/// What non-gzip `_data` looks like, for the dead letter.
+fn describe(encoded: &str) -> &'static str {
+    let head = encoded
+        .get(..4)
+        .and_then(|head| base64::engine::general_purpose::STANDARD.decode(head).ok());
+    match head.as_deref() {
+        Some([0x78, ..]) => "zlib",
+        Some([0x1f, 0x8b, ..]) => {
+            "gzip that cannot be read (its length or last characters are not base64)"
+        }
+        Some(_) => "neither gzip nor zlib",
+        None => "not base64",
+    }
 }
 
 pub(super) fn kind(value: &Value) -> &'static str {
@@ -264,6 +313,23 @@ mod tests {
             assert_eq!(err.reason, Reason::Decompression, "{len}: {}", err.detail);
             assert!(err.detail.contains("1000 bytes"), "{}", err.detail);
         }
+    }
+
+    #[test]
+    fn data_after_byte_256_is_weighed_at_what_it_inflates_to() {
+        let inner = document(200_000);
+        let wire = format!(
+            r#"{{"_compressed": true, "note": "{}", "_data": "{}"}}"#,
+            "n".repeat(300),
+            base64::engine::general_purpose::STANDARD.encode(gzip(inner.as_bytes()))
+        );
+        assert!(wire.find("_data").unwrap() > 256);
+        assert_eq!(
+            crate::weighed_read::expanded_size(wire.as_bytes(), 1 << 20),
+            inner.len() as u64
+        );
+        let map = expand_data(&wire, 1 << 20).unwrap();
+        assert_eq!(map["input"].as_str().map(str::len), Some(200_000));
     }
 
     #[test]
