@@ -768,7 +768,11 @@ mod tests {
 
     fn event(seq: u64, body: EventBody) -> TraceEvent {
         TraceEvent {
-            entry_id: StreamId { ms: 1, seq },
+            // Received by Redis at second `seq`.
+            entry_id: StreamId {
+                ms: at(seq as i64).timestamp_millis() as u64,
+                seq: 0,
+            },
             trace_id: "t".into(),
             project_id: "p".into(),
             published_at: at(seq as i64),
