@@ -5,8 +5,10 @@
 //! - `parse_entry`: one entry to a typed event, by event type, plain and
 //!   compressed;
 //! - `prepare`: a writer batch of 1,000 mixed entries parsed (what the writer
-//!   does before each COPY);
+//!   does before each transaction), the studio's token reading included;
 //! - `merge`: the same 1,000 events folded into rows;
+//! - `plan`: those rows turned into the studio's columns (type, meta, start
+//!   time, costs from a price book), as for rows new to the database;
 //! - `inflate`: the gzip step alone, as the service does it (a fresh decoder
 //!   per entry) and with one reused decoder state, to size that lever.
 //!
@@ -21,8 +23,13 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use swisper_ingest::cost::{provider_of, Price, PriceBook};
 use swisper_ingest::event::{parse_entry, Limits, Parsed, StreamEntry, StreamId};
 use swisper_ingest::merge;
+use swisper_ingest::store::rows;
 use swisper_ingest::write_path;
 
 const WORDS: &[&str] = &[
@@ -249,6 +256,32 @@ fn batches(c: &mut Criterion) {
         assert_eq!(events.len() as u64, n, "every entry parses");
         group.bench_function("merge", |b| {
             b.iter(|| merge::merge(black_box(events.iter().copied())))
+        });
+        // The model the GENERATIONs report, priced by default.
+        let mut prices = PriceBook::default();
+        prices.insert(
+            None,
+            provider_of("gpt-4o"),
+            "gpt-4o",
+            Price {
+                input_per_million: Decimal::from_str("2.5").unwrap(),
+                output_per_million: Decimal::from_str("10").unwrap(),
+            },
+        );
+        let merged = merge::merge(events.iter().copied());
+        let stored = rows::Stored::default();
+        let plan = rows::plan(&merged, &stored, &prices);
+        assert_eq!(
+            plan.new_observations.len(),
+            merged.observations.len(),
+            "every row is new"
+        );
+        assert!(
+            plan.new_observations.iter().any(|o| o.costs.is_some()),
+            "the GENERATIONs are priced"
+        );
+        group.bench_function("plan (studio columns, costs)", |b| {
+            b.iter(|| rows::plan(black_box(&merged), &stored, &prices))
         });
         group.finish();
     }

@@ -79,7 +79,7 @@ async fn assert_all_stored(env: &TestEnv, traces: usize, services: &[&Service]) 
     assert_eq!(count(&db, "SELECT count(*) FROM observations WHERE level = 'ERROR' AND status_message = 'model timeout'").await, traces as i64);
     assert_eq!(count(&db, "SELECT count(*) FROM observations o WHERE parent_observation_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM observations p WHERE p.id = o.parent_observation_id)").await, 0, "nesting broken");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0,
         "dead letters"
     );
@@ -149,15 +149,23 @@ async fn killed_replica_pending_entries_are_claimed_by_the_other() {
     ));
 }
 
+/// Every studio row and our merge state beside it, as text.
 async fn snapshot(db: &tokio_postgres::Client) -> Vec<String> {
     db.query(
-        "SELECT row_to_json(o)::text FROM observations o ORDER BY id",
+        "SELECT * FROM (
+             SELECT 'observation ' || o.id AS key, row_to_json(o)::text FROM public.observations o
+             UNION ALL SELECT 'observation_state ' || s.id, row_to_json(s)::text
+                 FROM swisper_ingest.observation_state s
+             UNION ALL SELECT 'trace ' || t.id, row_to_json(t)::text FROM public.traces t
+             UNION ALL SELECT 'trace_state ' || s.id, row_to_json(s)::text
+                 FROM swisper_ingest.trace_state s
+         ) rows ORDER BY key COLLATE \"C\"",
         &[],
     )
     .await
     .unwrap()
     .iter()
-    .map(|r| r.get::<_, String>(0))
+    .map(|r| r.get::<_, String>(1))
     .collect()
 }
 
@@ -181,7 +189,12 @@ async fn a_crash_between_commit_and_ack_changes_nothing_on_redelivery() {
     assert!(!status.success(), "the crash hook did not fire");
     let db = env.db().await;
     let before = snapshot(&db).await;
-    assert_eq!(before.len(), 60, "the batch was committed before the crash");
+    // 20 traces and 60 observations, each with its state.
+    assert_eq!(
+        before.len(),
+        160,
+        "the batch was committed before the crash"
+    );
     let pending_before = pending_all(&mut redis, &env.stream, &env.group).len();
     assert_eq!(
         pending_before, 140,
@@ -200,7 +213,7 @@ async fn a_crash_between_commit_and_ack_changes_nothing_on_redelivery() {
     let after = snapshot(&db).await;
     assert_eq!(
         before, after,
-        "redelivery changed stored rows (updated_at included)"
+        "redelivery changed stored rows or their merge state"
     );
     report_figure(&format!(
         "crash between COMMIT and XACK: {pending_before} entries redelivered, 0 rows changed"

@@ -144,7 +144,7 @@ async fn a_backlog_of_big_entries_drains_within_the_memory_bound() {
     let (hwm_kib, _) = memory_kib(pid).expect("read /proc status");
     assert!(done, "backlog not stored; log: {}", service.log());
     assert_backlog_stored(&env, BIG_ENTRIES, EXPANDING_ENTRIES, traces).await;
-    let dead = count(&db, "SELECT count(*) FROM ingest_dead_letters").await;
+    let dead = count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await;
     assert_eq!(dead, 0, "dead letters");
     let peak_mib = hwm_kib / 1024;
     report_figure(&format!(
@@ -224,14 +224,14 @@ async fn under_a_memory_limit_the_backlog_drains_and_an_entry_too_big_to_hold_is
         let db = &db;
         async move {
             count(db, "SELECT count(*) FROM observations").await == expected
-                && count(db, "SELECT count(*) FROM ingest_dead_letters").await == 1
+                && count(db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 1
         }
     })
     .await;
     assert!(drained, "restarts {restarts}; log: {}", service.log());
     let letters = dead_letters(
         &db.query(
-            "SELECT stream_entry_id, reason_code FROM ingest_dead_letters",
+            "SELECT stream_entry_id, reason_code FROM swisper_ingest.dead_letters",
             &[],
         )
         .await
@@ -334,14 +334,14 @@ async fn own_pending_re_reads_and_claims_count_deliveries() {
     let service = env.spawn("own", &[("OBSERVABILITY_CONSUMERS", "1")]);
     let db = env.db().await;
     let done = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 6
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 6
             && count(&db, "SELECT count(*) FROM observations").await == 6
     })
     .await;
     assert!(done, "log: {}", service.log());
     let mut letters: Vec<String> = db
         .query(
-            "SELECT stream_entry_id FROM ingest_dead_letters WHERE reason_code = 'too_many_deliveries'",
+            "SELECT stream_entry_id FROM swisper_ingest.dead_letters WHERE reason_code = 'too_many_deliveries'",
             &[],
         )
         .await
@@ -451,7 +451,7 @@ async fn a_poisoned_batch_is_held_without_inflating_deliveries_and_the_way_out_k
     );
     let db = env.db().await;
     assert_eq!(
-        count(&db, "SELECT count(*) FROM ingest_dead_letters").await,
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
     assert_eq!(count(&db, "SELECT count(*) FROM observations").await, 0);
@@ -500,13 +500,13 @@ async fn a_poisoned_batch_is_held_without_inflating_deliveries_and_the_way_out_k
     let _b = env.spawn("replica-b", &off);
     let done = wait_for_async(WAIT, || async {
         count(&db, "SELECT count(*) FROM observations").await == 15
-            && count(&db, "SELECT count(*) FROM ingest_dead_letters").await == 40
+            && count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 40
     })
     .await;
     assert!(done, "log: {}", a.log());
     let reasons: Vec<(String, i64)> = db
         .query(
-            "SELECT reason_code, count(*) FROM ingest_dead_letters GROUP BY 1",
+            "SELECT reason_code, count(*) FROM swisper_ingest.dead_letters GROUP BY 1",
             &[],
         )
         .await

@@ -686,6 +686,16 @@ async fn upgrade_of_a_populated_database() {
         .await,
         1
     );
+    // Our migration history is ours, in our schema.
+    let versions: String = db
+        .query_one(
+            "SELECT array_agg(version ORDER BY version)::text FROM swisper_ingest.refinery_schema_history",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, "{1,2}");
     // Nothing of the old layout is left in public.
     assert_eq!(
         count(

@@ -401,15 +401,18 @@ struct Pricing {
 /// `cost_calculation_service.extract_provider_from_model`.
 fn studio_provider(model: &str) -> &'static str {
     let m = model.to_lowercase();
-    if m.starts_with("inference-") {
-        "kvant"
-    } else if m.starts_with("meta-llama/") || m.starts_with("deepseek-ai/") {
-        "kvant"
-    } else if m.starts_with("qwen/") || m.starts_with("baai/") {
-        "kvant"
-    } else if m.starts_with("ibm-granite/") || m.starts_with("google/") {
-        "kvant"
-    } else if m.starts_with("swiss-ai/") || m.starts_with("mistralai/") {
+    const KVANT: [&str; 9] = [
+        "inference-",
+        "meta-llama/",
+        "deepseek-ai/",
+        "qwen/",
+        "baai/",
+        "ibm-granite/",
+        "google/",
+        "swiss-ai/",
+        "mistralai/",
+    ];
+    if KVANT.iter().any(|prefix| m.starts_with(prefix)) {
         "kvant"
     } else if m.contains("azure") {
         "azure"
@@ -1932,7 +1935,7 @@ async fn an_unknown_type_is_a_span_with_the_original_in_meta() {
     create_project(&db, "p").await;
     let service = spawn(&env, "type");
     let mut clock = Clock(Utc::now() - Span::minutes(5));
-    let events = vec![
+    let events = [
         trace_start(&mut clock, "typed", "p", json!({"name": "typed"})),
         observation(
             &mut clock,
@@ -2008,7 +2011,7 @@ async fn events_of_another_project_for_a_stored_id_are_refused() {
     let observations_before = our_observations(&db).await;
     assert_eq!(traces_before["t-shared"].project_id.as_deref(), Some("pa"));
 
-    let intruders = vec![
+    let intruders = [
         trace_start(
             &mut clock,
             "t-shared",

@@ -145,6 +145,8 @@ async fn postgres(url: &str) -> tokio_postgres::Client {
     let settings = DatabaseSettings {
         database_url: url.parse().unwrap(),
         db_pool_size: 1,
+        create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
+        price_refresh_secs: 30,
     };
     settings.target().unwrap().connect().await.unwrap()
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio_postgres::NoTls;
+use tokio_postgres::{IsolationLevel, NoTls};
 
 use crate::publish::Summary;
 use crate::stats::Distribution;
@@ -92,6 +92,11 @@ pub struct Verification {
     pub missing_projects: i64,
     pub missing_traces: u64,
     pub missing_observations: u64,
+    /// swisper_ingest_retention_forgotten_rows_total of the services
+    /// (--metrics-url, summed) just before and just after the rows were
+    /// counted: with retention running, the missing rows must lie between.
+    pub forgotten_before: Option<ForgottenRows>,
+    pub forgotten_after: Option<ForgottenRows>,
     pub unexpected_rows: u64,
     /// "commit_timestamp" (exact, per row) or "none".
     pub latency_source: String,
@@ -106,6 +111,49 @@ pub struct Verification {
     /// studio's tables ("traces", "observations"), then the merge state
     /// ("trace_state", "observation_state").
     pub table_writes: Vec<TableWrites>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct ForgottenRows {
+    pub traces: f64,
+    pub observations: f64,
+}
+
+/// What retention has forgotten so far, summed over the services; None
+/// without --metrics-url or when one cannot be read.
+fn forgotten_rows(urls: &[String]) -> Option<ForgottenRows> {
+    if urls.is_empty() {
+        return None;
+    }
+    let mut total = ForgottenRows::default();
+    for url in urls {
+        let text = http_get(url, "/metrics").ok()?;
+        total.traces += counter(
+            &text,
+            "swisper_ingest_retention_forgotten_rows_total",
+            "table=\"traces\"",
+        );
+        total.observations += counter(
+            &text,
+            "swisper_ingest_retention_forgotten_rows_total",
+            "table=\"observations\"",
+        );
+    }
+    Some(total)
+}
+
+/// Sum of a counter's series whose labels include `label` (`name="value"`).
+pub fn counter(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.split(',').any(|l| l.trim_end_matches('}') == label))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -164,13 +212,23 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         }
     }
 
-    let (db, connection) = tokio_postgres::connect(&args.database_url, NoTls)
+    let (mut db, connection) = tokio_postgres::connect(&args.database_url, NoTls)
         .await
         .context("connect to postgres")?;
     tokio::spawn(connection);
+    // Every row is counted in one snapshot, and what retention had forgotten
+    // is read from the service just before and just after it: the rows
+    // forgotten as of the snapshot lie between the two.
+    v.forgotten_before = forgotten_rows(&args.metrics_url);
+    let tx = db
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     // A trace's name and an observation's name are NULL until its start is
     // stored (then the start's name, or the studio's default name).
-    let row = db
+    let row = tx
         .query_one(
             "SELECT count(*), count(t.name), count(*) FILTER (WHERE s.id IS NULL) \
              FROM public.traces t LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id",
@@ -179,7 +237,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         .await?;
     (v.traces, v.traces_started) = (row.get(0), row.get(1));
     let traces_without_state: i64 = row.get(2);
-    let row = db
+    let row = tx
         .query_one(
             "SELECT count(*), count(o.name), count(o.end_time), \
                     count(*) FILTER (WHERE o.level = 'ERROR'), count(*) FILTER (WHERE s.id IS NULL) \
@@ -194,14 +252,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         v.observations_error,
     ) = (row.get(0), row.get(1), row.get(2), row.get(3));
     v.rows_without_state = traces_without_state + row.get::<_, i64>(4);
-    v.dead_letters = db
+    v.dead_letters = tx
         .query_one("SELECT count(*) FROM swisper_ingest.dead_letters", &[])
         .await?
         .get(0);
     let mut projects: Vec<&str> = summaries.iter().map(|s| s.project_id.as_str()).collect();
     projects.sort_unstable();
     projects.dedup();
-    let found: i64 = db
+    let found: i64 = tx
         .query_one(
             "SELECT count(*) FROM public.projects WHERE id = ANY($1)",
             &[&projects],
@@ -210,7 +268,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         .get(0);
     v.missing_projects = projects.len() as i64 - found;
 
-    let track: String = db
+    let track: String = tx
         .query_one("SHOW track_commit_timestamp", &[])
         .await?
         .get(0);
@@ -254,7 +312,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
             &mut v.missing_observations,
         ),
     ] {
-        let rows = db.query(sql.as_str(), &[]).await?;
+        let rows = tx.query(sql.as_str(), &[]).await?;
         for row in rows {
             let id: &str = row.get(0);
             if !expected.remove(id) {
@@ -292,6 +350,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
             v.drain_seconds = Some(at - since);
         }
     }
+    tx.commit().await?;
+    v.forgotten_after = forgotten_rows(&args.metrics_url);
     // Statistics reach the view with a delay of up to a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for row in db
@@ -601,6 +661,14 @@ mod tests {
         assert_eq!(h.count, 100.0);
         assert!((h.quantile(0.5).unwrap() - 0.01).abs() < 1e-9);
         assert!((h.quantile(0.75).unwrap() - 0.055).abs() < 1e-9);
+    }
+
+    #[test]
+    fn counters_sum_the_series_with_the_label() {
+        let text = "# TYPE c counter\nc{table=\"traces\"} 3\nc{table=\"observations\"} 15\nc{replica=\"a\",table=\"traces\"} 2\nd{table=\"traces\"} 9\n";
+        assert_eq!(counter(text, "c", "table=\"traces\""), 5.0);
+        assert_eq!(counter(text, "c", "table=\"observations\""), 15.0);
+        assert_eq!(counter(text, "c", "table=\"dead_letters\""), 0.0);
     }
 
     #[test]

@@ -76,6 +76,24 @@ fn version_of(bytes: Option<&[u8]>) -> Option<Version> {
     bytes.and_then(Version::from_bytes)
 }
 
+/// Locks the rows of these ids and returns those that exist. A statement of
+/// its own: a lock that had to wait returns the row as committed meanwhile,
+/// but a table joined in the same statement would still be read as it was
+/// before the wait (PostgreSQL re-checks only the locked row), so the state
+/// is read by the next statement, which sees every commit before the lock.
+async fn lock_ids(
+    tx: &Transaction<'_>,
+    sql: &str,
+    ids: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .query(sql, &[&ids])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// Locks the studio rows of these ids (in id order: two writers never
 /// deadlock) and reads them with their merge state. Ids must be sorted.
 pub async fn lock(
@@ -85,14 +103,20 @@ pub async fn lock(
 ) -> Result<Stored, StoreError> {
     let mut stored = Stored::default();
     if !trace_ids.is_empty() {
+        let locked = lock_ids(
+            tx,
+            "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            trace_ids,
+        )
+        .await?;
         let rows = tx
             .query(
                 "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
                         s.first_seen_at, s.start_version
                  FROM public.traces t
                  LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
-                 WHERE t.id = ANY($1) ORDER BY t.id FOR NO KEY UPDATE OF t",
-                &[&trace_ids],
+                 WHERE t.id = ANY($1)",
+                &[&locked],
             )
             .await?;
         for row in rows {
@@ -117,6 +141,12 @@ pub async fn lock(
         }
     }
     if !observation_ids.is_empty() {
+        let locked = lock_ids(
+            tx,
+            "SELECT id FROM public.observations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            observation_ids,
+        )
+        .await?;
         let rows = tx
             .query(
                 "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
@@ -128,8 +158,8 @@ pub async fn lock(
                  FROM public.observations o
                  LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
                  LEFT JOIN public.traces tr ON tr.id = o.trace_id
-                 WHERE o.id = ANY($1) ORDER BY o.id FOR NO KEY UPDATE OF o",
-                &[&observation_ids],
+                 WHERE o.id = ANY($1)",
+                &[&locked],
             )
             .await?;
         for row in rows {

@@ -9,12 +9,13 @@ stream). Two kinds of truth are checked:
   output (decompressed), in the right place of the tree;
 * wire truth: every entry the SDK wrote to the stream (read back with XRANGE
   and expanded) must be stored in SwisperStudio's own tables (public.traces,
-  public.observations) by the agreed layout (/tmp/plan/STUDIO_LAYOUT.md,
-  src/store/rows.rs): the end's type and level, an error's message as
-  status_message, data.meta's keys and every key without a column in `meta`,
-  model and token counts by the studio's rule (estimated when the SDK reports
-  no total), costs from model_pricing, no row that the stream did not ask
-  for, no dead letter; the merge state beside the rows in swisper_ingest.
+  public.observations) as docs/event-format.md says: the end's type and
+  level (an error's always ERROR), an error's message as status_message,
+  data.meta's keys and every key without a column in `meta`, model and
+  token counts by the studio's rule (estimated when the SDK reports no
+  total), costs from model_pricing, times as naive UTC, no row that the
+  stream did not ask for, no dead letter, and the merge state beside every
+  row in schema swisper_ingest.
 
 The tests run in file order and share one SDK loop: the heartbeat test needs
 the heartbeats started by the first graph run, and the consumer-check test
@@ -368,6 +369,8 @@ def newest(events: list) -> Optional[WireEvent]:
 TRACE_COLUMNS = {"name", "user_id", "session_id", "tags", "timestamp", "project_id"}
 START_COLUMNS = {"name", "type", "parent_observation_id", "input", "start_time", "project_id"}
 END_COLUMNS = {"type", "level", "output", "status_message", "end_time", "project_id"}
+# An error's level other than ERROR has no column: it is kept in meta.
+ERROR_COLUMNS = END_COLUMNS - {"level"}
 
 
 def event_meta(data: dict, columns: set, typed: bool = False) -> dict:
@@ -447,8 +450,8 @@ def publish_time(event: WireEvent) -> datetime:
 
 
 def expected_observation(events: list) -> dict:
-    """The studio row the agreed layout promises for one observation's events
-    (times naive UTC, as the studio's columns hold them)."""
+    """The studio row docs/event-format.md promises for one observation's
+    events (times naive UTC, as the studio's columns hold them)."""
     start = newest([e for e in events if e.event_type == "observation_start"])
     end = newest([e for e in events if e.event_type in ("observation_end", "observation_error")])
     sd = (start.data or {}) if start else {}
@@ -469,15 +472,22 @@ def expected_observation(events: list) -> dict:
         exp.update(name=None, parent_observation_id=None, input=None, start_time=naive_utc(end_time))
     if end:
         is_error = end.event_type == "observation_error"
-        error = ed.get("error")
-        if error is not None and not isinstance(error, str):
-            error = json.dumps(error, separators=(",", ":"))
         status = ed.get("status_message")
+        if is_error:
+            # As the studio stores an error: always level ERROR (another
+            # level it carries stays in meta), and `error or status_message`.
+            level = "ERROR"
+            ed = {k: v for k, v in ed.items() if k != "level" or v not in (None, "ERROR")}
+            error = ed.get("error")
+            if error:
+                status = error if isinstance(error, str) else "True" if error is True else json.dumps(error, separators=(",", ":"))
+        else:
+            level = ed["level"] if ed.get("level") is not None else "DEFAULT"
         exp.update(
             end_type=studio_type(ed.get("type")),
-            level=ed["level"] if ed.get("level") is not None else ("ERROR" if is_error else "DEFAULT"),
+            level=level,
             output=ed.get("output"),
-            status_message=(error if error is not None else status) if is_error else status,
+            status_message=status,
             end_time=naive_utc(end_time),
         )
         usage = studio_usage(ed.get("output"))
@@ -488,12 +498,13 @@ def expected_observation(events: list) -> dict:
     exp.update(studio_costs(usage["model"], usage["prompt_tokens"], usage["completion_tokens"]))
     exp["type"] = studio_type(ed.get("type")) or studio_type(sd.get("type")) or "SPAN"
     meta = event_meta(sd, START_COLUMNS, typed=True) if start else {}
-    meta.update(event_meta(ed, END_COLUMNS, typed=True) if end else {})
+    if end:
+        meta.update(event_meta(ed, ERROR_COLUMNS if end.event_type == "observation_error" else END_COLUMNS, typed=True))
     exp["meta"] = meta or None
     return exp
 
 
-def expected_trace(start: WireEvent, events: list) -> dict:
+def expected_trace(start: WireEvent) -> dict:
     """The studio row of a trace whose trace_start is stored."""
     d = start.data or {}
     return {
@@ -587,7 +598,7 @@ def test_traces_match_trace_start(runs, db):
         start = runs.trace_start(trace_id)
         row = runs.trace_row(trace_id)
         assert row is not None, f"trace {trace_id} not stored"
-        want = expected_trace(start, runs.wire_of(trace_id))
+        want = expected_trace(start)
         got = {k: row[k] for k in want}
         assert got == want, f"trace {trace_id}"
         d = start.data
