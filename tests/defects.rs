@@ -217,6 +217,29 @@ impl Direct {
         }
     }
 
+    /// Commits one item in a writer of its own (a task), with the horizon
+    /// of 60 scaled seconds; returns the item as the write path left it.
+    fn spawn_commit(
+        &self,
+        item: BatchItem,
+    ) -> tokio::task::JoinHandle<Result<Vec<BatchItem>, swisper_ingest::store::StoreError>> {
+        let pool = self.pool.clone();
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            let horizons = Horizons::new(&retention_settings("60"));
+            horizons.set_overrides([]);
+            let studio = Studio::new(CreateProjects::Auto, Duration::from_secs(30));
+            let to = Destination {
+                pool: &pool,
+                stream: &stream,
+                horizons: &horizons,
+                studio: &studio,
+            };
+            let mut items = vec![item];
+            commit(to, &mut items).await.map(|_| items)
+        })
+    }
+
     fn to(&self) -> Destination<'_> {
         Destination {
             pool: &self.pool,
@@ -337,23 +360,7 @@ async fn forgetting_a_trace_while_a_writer_holds_it_leaves_nothing() {
     .unwrap();
 
     // W1: a late event of x makes it forget x; it must wait for W2.
-    let w1 = {
-        let pool = direct.pool.clone();
-        let stream = direct.stream.clone();
-        tokio::spawn(async move {
-            let horizons = Horizons::new(&retention_settings("60"));
-            horizons.set_overrides([]);
-            let studio = Studio::new(CreateProjects::Auto, Duration::from_secs(30));
-            let to = Destination {
-                pool: &pool,
-                stream: &stream,
-                horizons: &horizons,
-                studio: &studio,
-            };
-            let mut late = vec![item(3, 120, end("o1"))];
-            commit(to, &mut late).await.map(|_| late)
-        })
-    };
+    let w1 = direct.spawn_commit(item(3, 120, end("o1")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!w1.is_finished(), "W1 waits for the trace W2 holds");
     w2.commit().await.unwrap();
@@ -407,23 +414,7 @@ async fn a_writer_after_a_forget_does_not_resurrect_half_a_trace() {
         tx
     };
     // W2: a fresh event of x (inside the horizon) arrives meanwhile.
-    let w2 = {
-        let pool = direct.pool.clone();
-        let stream = direct.stream.clone();
-        tokio::spawn(async move {
-            let horizons = Horizons::new(&retention_settings("60"));
-            horizons.set_overrides([]);
-            let studio = Studio::new(CreateProjects::Auto, Duration::from_secs(30));
-            let to = Destination {
-                pool: &pool,
-                stream: &stream,
-                horizons: &horizons,
-                studio: &studio,
-            };
-            let mut fresh = vec![item(9, 0, end("o1"))];
-            commit(to, &mut fresh).await.map(|_| fresh)
-        })
-    };
+    let w2 = direct.spawn_commit(item(9, 0, end("o1")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!w2.is_finished(), "W2 waits for the trace W1 holds");
     forgotten.commit().await.unwrap();

@@ -483,30 +483,39 @@ fn conflict_or(error: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// The trace columns in parameter order, shared by INSERT and UPDATE.
+fn trace_params<'r>(rows: &'r [TraceWrite<'r>]) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
+    vec![
+        Box::new(column(rows, |r| r.id)),
+        Box::new(column(rows, |r| r.project_id)),
+        Box::new(column(rows, |r| r.started)),
+        Box::new(column(rows, |r| r.name)),
+        Box::new(column(rows, |r| r.user_id)),
+        Box::new(column(rows, |r| r.session_id)),
+        Box::new(column(rows, |r| r.meta)),
+        Box::new(column(rows, |r| r.tags)),
+        Box::new(column(rows, |r| r.timestamp)),
+    ]
+}
+
+const TRACE_UNNEST: &str = "unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::timestamp[]) \
+     AS u(id, project_id, started, name, user_id, session_id, meta, tags, ts)";
+
 async fn insert_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.project_id),
-        &column(rows, |r| r.name),
-        &column(rows, |r| r.user_id),
-        &column(rows, |r| r.session_id),
-        &column(rows, |r| r.meta),
-        &column(rows, |r| r.tags),
-        &column(rows, |r| r.timestamp),
-    ];
-    tx.execute(
+    let params = trace_params(rows);
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    let sql = format!(
         "INSERT INTO public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
          SELECT id, project_id, name, user_id, session_id, meta::json, tags::json, ts
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::timestamp[])
-              AS u(id, project_id, name, user_id, session_id, meta, tags, ts)",
-        &params,
-    )
-    .await
-    .map_err(conflict_or)?;
+         FROM {TRACE_UNNEST}"
+    );
+    tx.execute(sql.as_str(), &params)
+        .await
+        .map_err(conflict_or)?;
     Ok(())
 }
 
@@ -514,17 +523,9 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
     if rows.is_empty() {
         return Ok(());
     }
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.started),
-        &column(rows, |r| r.name),
-        &column(rows, |r| r.user_id),
-        &column(rows, |r| r.session_id),
-        &column(rows, |r| r.meta),
-        &column(rows, |r| r.tags),
-        &column(rows, |r| r.timestamp),
-    ];
-    tx.execute(
+    let params = trace_params(rows);
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    let sql = format!(
         "UPDATE public.traces t SET
              name = CASE WHEN u.started THEN u.name ELSE t.name END,
              user_id = CASE WHEN u.started THEN u.user_id ELSE t.user_id END,
@@ -532,13 +533,10 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
              meta = CASE WHEN u.started THEN u.meta::json ELSE t.meta END,
              tags = CASE WHEN u.started THEN u.tags::json ELSE t.tags END,
              \"timestamp\" = COALESCE(u.ts, t.\"timestamp\")
-         FROM unnest($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::timestamp[])
-              AS u(id, started, name, user_id, session_id, meta, tags, ts)
-         WHERE t.id = u.id",
-        &params,
-    )
-    .await?;
+         FROM {TRACE_UNNEST}
+         WHERE t.id = u.id"
+    );
+    tx.execute(sql.as_str(), &params).await?;
     Ok(())
 }
 
