@@ -615,3 +615,133 @@ async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_mean
 
     assert_eq!(stored(&pool, "locked").await, expected(&events));
 }
+
+/// New rows go in by COPY; one that another writer inserted after this
+/// writer looked (its transaction still open, so invisible to the lock)
+/// makes the COPY meet a unique violation: the transaction runs again, finds
+/// the row, and merges into it. Nothing is lost, duplicated or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
+    let env = common::TestEnv::new("store_merge_copy").await;
+    let settings = DatabaseSettings {
+        database_url: env.database_url.parse().unwrap(),
+        db_pool_size: 4,
+        create_projects: CreateProjects::Auto,
+        price_refresh_secs: 30,
+    };
+    let target = settings.target().unwrap();
+    migrate::run(&target).await.unwrap();
+    let pool = connect_pool(&target, settings.db_pool_size).unwrap();
+    let studio = settings.studio();
+    let horizons = Horizons::fixed(None);
+
+    // Another writer, mid-transaction: the trace and its observation's start.
+    let mut other = common::connect(&env.database_url).await;
+    let other = other.transaction().await.unwrap();
+    other
+        .batch_execute(
+            "INSERT INTO public.projects (id, name, created_at, updated_at)
+                 VALUES ('p', 'p', now(), now()) ON CONFLICT DO NOTHING;
+             INSERT INTO public.traces (id, project_id, name, tags, \"timestamp\")
+                 VALUES ('copy-t', 'p', 'other', '[]', '2025-11-05 10:00:00');
+             INSERT INTO public.observations (id, trace_id, type, name, start_time, level)
+                 VALUES ('copy-o', 'copy-t', 'TOOL', 'started elsewhere', '2025-11-05 10:00:01', 'DEFAULT');",
+        )
+        .await
+        .unwrap();
+
+    // This writer: the observation's end, with the trace new to it.
+    let end = TraceEvent {
+        entry_id: StreamId {
+            ms: at(9, 0).timestamp_millis() as u64,
+            seq: 0,
+        },
+        trace_id: "copy-t".into(),
+        project_id: "p".into(),
+        published_at: at(9, 0),
+        body: EventBody::ObservationEnd {
+            observation_id: "copy-o".into(),
+            fields: ObservationEnd {
+                level: "WARNING".into(),
+                output: Some(Json::from_value(&json!({"done": true}))),
+                end_time: at(9, 0),
+                metadata: Json::from_value(&json!({})),
+                ..ObservationEnd::default()
+            },
+        },
+    };
+    let writer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut batch = vec![item(&end)];
+            let to = Destination {
+                pool: &pool,
+                stream: "stream",
+                horizons: &horizons,
+                studio: &studio,
+            };
+            commit(to, &mut batch).await.map(|_| batch)
+        })
+    };
+    // The COPY waits on the other writer's uncommitted key; let it commit.
+    let admin = common::connect(&env.database_url).await;
+    assert!(
+        common::wait_for_async(std::time::Duration::from_secs(10), || async {
+            common::count(
+                &admin,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        })
+        .await,
+        "the COPY waits for the other writer's row"
+    );
+    other.commit().await.unwrap();
+    let batch = writer
+        .await
+        .unwrap()
+        .expect("the transaction ran again and merged");
+    assert!(
+        matches!(batch[0].parsed, Ok(Parsed::Trace(_))),
+        "not a dead letter"
+    );
+
+    let row = admin
+        .query_one(
+            "SELECT o.name, o.type::text, o.level, o.output::text, t.name, s.end_version IS NOT NULL
+             FROM public.observations o JOIN public.traces t ON t.id = o.trace_id
+             JOIN swisper_ingest.observation_state s ON s.id = o.id WHERE o.id = 'copy-o'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, String, String, String, String, bool) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    assert_eq!(
+        got,
+        (
+            "started elsewhere".into(),
+            "TOOL".into(),
+            "WARNING".into(),
+            r#"{"done":true}"#.into(),
+            "other".into(),
+            true
+        ),
+        "the end merged into the row the other writer stored"
+    );
+    assert_eq!(
+        common::count(&admin, "SELECT count(*) FROM public.observations").await,
+        1
+    );
+    assert_eq!(
+        common::count(&admin, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0
+    );
+}

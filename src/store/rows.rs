@@ -9,10 +9,11 @@
 //! 2. [`plan`] (pure): which groups of which rows the batch's events win,
 //!    and the columns the studio combines from several groups (type, meta,
 //!    start_time before the start arrives);
-//! 3. [`write`]: rows new to the database are inserted whole, existing rows
-//!    get only the groups they lost, and the state follows.
+//! 3. [`write`]: rows new to the database go in whole by binary COPY
+//!    ([`super::copy`]), existing rows get only the groups they lost, and
+//!    the state follows.
 //!
-//! A new row that another writer inserted meanwhile makes the INSERT fail
+//! A new row that another writer inserted meanwhile makes the COPY fail
 //! with a unique violation: [`StoreError::Conflict`], and the caller runs the
 //! transaction again, when the row is found and merged instead.
 
@@ -247,6 +248,20 @@ pub struct ObservationWrite<'a> {
     pub end_meta: Option<&'a str>,
 }
 
+impl ObservationWrite<'_> {
+    /// The start's name, the studio's default when it has none; NULL before
+    /// the start arrives.
+    pub fn name(&self) -> Option<&str> {
+        self.start
+            .map(|s| s.name.as_deref().unwrap_or(UNNAMED_OBSERVATION))
+    }
+
+    /// The end's level; DEFAULT until an end is stored.
+    pub fn level(&self) -> &str {
+        self.end.map_or(DEFAULT_LEVEL, |e| e.level.as_str())
+    }
+}
+
 /// What one transaction writes.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Plan<'a> {
@@ -454,11 +469,9 @@ fn observation_write<'a>(
 /// Executes the plan: inserts first (traces before the observations that
 /// refer to them), then updates, then the merge state.
 pub async fn write(tx: &Transaction<'_>, plan: &Plan<'_>) -> Result<(), StoreError> {
-    insert_traces(tx, &plan.new_traces).await?;
+    super::copy::traces(tx, &plan.new_traces).await?;
     update_traces(tx, &plan.changed_traces).await?;
-    for chunk in chunks(&plan.new_observations, observation_bytes) {
-        insert_observations(tx, chunk).await?;
-    }
+    super::copy::observations(tx, &plan.new_observations).await?;
     for chunk in chunks(&plan.changed_observations, observation_bytes) {
         update_observations(tx, chunk).await?;
     }
@@ -473,9 +486,9 @@ pub async fn write(tx: &Transaction<'_>, plan: &Plan<'_>) -> Result<(), StoreErr
     Ok(())
 }
 
-/// A unique violation on an INSERT of rows that were not there when locked:
+/// A unique violation on a COPY of rows that were not there when locked:
 /// another writer inserted one meanwhile.
-fn conflict_or(error: tokio_postgres::Error) -> StoreError {
+pub(super) fn conflict_or(error: tokio_postgres::Error) -> StoreError {
     if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
         StoreError::Conflict(super::describe(&error))
     } else {
@@ -501,23 +514,6 @@ fn trace_params<'r>(rows: &'r [TraceWrite<'r>]) -> Vec<Box<dyn ToSql + Sync + Se
 const TRACE_UNNEST: &str = "unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], \
      $6::text[], $7::text[], $8::text[], $9::timestamp[]) \
      AS u(id, project_id, started, name, user_id, session_id, meta, tags, ts)";
-
-async fn insert_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let params = trace_params(rows);
-    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
-    let sql = format!(
-        "INSERT INTO public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
-         SELECT id, project_id, name, user_id, session_id, meta::json, tags::json, ts
-         FROM {TRACE_UNNEST}"
-    );
-    tx.execute(sql.as_str(), &params)
-        .await
-        .map_err(conflict_or)?;
-    Ok(())
-}
 
 async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
@@ -590,9 +586,7 @@ fn observation_params<'r>(
             start(r).and_then(|s| s.parent_observation_id.as_deref())
         })),
         Box::new(column(rows, |r| r.observation_type.as_str())),
-        Box::new(column(rows, |r| {
-            start(r).map(|s| s.name.as_deref().unwrap_or(UNNAMED_OBSERVATION))
-        })),
+        Box::new(column(rows, |r| r.name())),
         Box::new(column(rows, |r| r.start_time)),
         Box::new(column(rows, |r| end(r).map(|e| naive(e.end_time)))),
         Box::new(column(rows, |r| {
@@ -622,9 +616,7 @@ fn observation_params<'r>(
                 .and_then(|e| e.llm.as_ref())
                 .and_then(|l| l.total_tokens)
         })),
-        Box::new(column(rows, |r| {
-            end(r).map_or(DEFAULT_LEVEL, |e| e.level.as_str())
-        })),
+        Box::new(column(rows, |r| r.level())),
         Box::new(column(rows, |r| {
             end(r).and_then(|e| e.status_message.as_deref())
         })),
@@ -644,32 +636,6 @@ const OBSERVATION_UNNEST: &str = "unnest($1::text[], $2::text[], $3::text[], $4:
      AS u(id, trace_id, parent, type, name, start_time, end_time, input, output, meta, \
      model, prompt_tokens, completion_tokens, total_tokens, level, status_message, \
      input_cost, output_cost, total_cost, seen, started, ended)";
-
-async fn insert_observations(
-    tx: &Transaction<'_>,
-    rows: &[ObservationWrite<'_>],
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let params = observation_params(rows);
-    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
-    let sql = format!(
-        "INSERT INTO public.observations (id, trace_id, parent_observation_id, type, name,
-             start_time, end_time, input, output, meta, model, prompt_tokens,
-             completion_tokens, total_tokens, level, status_message, calculated_input_cost,
-             calculated_output_cost, calculated_total_cost)
-         SELECT id, trace_id, parent, type::observationtype, name, start_time, end_time,
-             input::json, output::json, meta::json, model, prompt_tokens, completion_tokens,
-             total_tokens, level, status_message, input_cost::numeric, output_cost::numeric,
-             total_cost::numeric
-         FROM {OBSERVATION_UNNEST}"
-    );
-    tx.execute(sql.as_str(), &params)
-        .await
-        .map_err(conflict_or)?;
-    Ok(())
-}
 
 async fn update_observations(
     tx: &Transaction<'_>,

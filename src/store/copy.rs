@@ -1,0 +1,198 @@
+//! Rows new to the database go into the studio's tables by binary COPY, as
+//! the design card says: no ON CONFLICT probe, no arrays to unpack. Which
+//! rows are new is known from the lock (`rows::lock`); a row that another
+//! writer inserted meanwhile makes the COPY fail with a unique violation,
+//! and the caller runs the transaction again, when the row is found and
+//! merged instead ([`super::StoreError::Conflict`]).
+//!
+//! Binary COPY does no casts, so each value is sent as its column's type:
+//! json as its text, the `observationtype` enum as its label (its type's oid
+//! is read from the database once), costs as numeric.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, BytesMut};
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
+use tokio_postgres::Transaction;
+
+use super::rows::{conflict_or, ObservationWrite, TraceWrite};
+use super::StoreError;
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+/// JSON text sent as `json` (whose binary form is the text itself).
+#[derive(Debug)]
+struct JsonText<'a>(&'a str);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+/// An enum label (binary form: the label's text).
+#[derive(Debug)]
+struct EnumLabel<'a>(&'a str);
+
+impl ToSql for EnumLabel<'_> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Enum(_))
+    }
+
+    to_sql_checked!();
+}
+
+/// The studio's `observationtype`, read once per process (its oid does not
+/// change while the database exists).
+async fn observation_type(tx: &Transaction<'_>) -> Result<Type, StoreError> {
+    static TYPE: OnceLock<Type> = OnceLock::new();
+    if let Some(ty) = TYPE.get() {
+        return Ok(ty.clone());
+    }
+    let row = tx
+        .query_one(
+            "SELECT t.oid, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
+             FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+             WHERE t.oid = 'public.observationtype'::regtype GROUP BY t.oid",
+            &[],
+        )
+        .await?;
+    let ty = Type::new(
+        "observationtype".to_owned(),
+        row.get(0),
+        Kind::Enum(row.get(1)),
+        "public".to_owned(),
+    );
+    Ok(TYPE.get_or_init(|| ty).clone())
+}
+
+pub async fn traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(
+            "COPY public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
+             FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::JSON,
+        Type::JSON,
+        Type::TIMESTAMP,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for row in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &row.id,
+                &row.project_id,
+                &row.name,
+                &row.user_id,
+                &row.session_id,
+                &row.meta.map(JsonText),
+                &JsonText(row.tags),
+                &row.timestamp,
+            ])
+            .await
+            .map_err(conflict_or)?;
+    }
+    writer.finish().await.map_err(conflict_or)?;
+    Ok(())
+}
+
+pub async fn observations(
+    tx: &Transaction<'_>,
+    rows: &[ObservationWrite<'_>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let kind = observation_type(tx).await?;
+    let sink = tx
+        .copy_in(
+            "COPY public.observations (id, trace_id, parent_observation_id, type, name,
+                 start_time, end_time, input, output, meta, model, prompt_tokens,
+                 completion_tokens, total_tokens, level, status_message, calculated_input_cost,
+                 calculated_output_cost, calculated_total_cost)
+             FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        kind,
+        Type::VARCHAR,
+        Type::TIMESTAMP,
+        Type::TIMESTAMP,
+        Type::JSON,
+        Type::JSON,
+        Type::JSON,
+        Type::VARCHAR,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::NUMERIC,
+        Type::NUMERIC,
+        Type::NUMERIC,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for row in rows {
+        let start = row.start;
+        let end = row.end;
+        let llm = end.and_then(|e| e.llm.as_ref());
+        let costs = row.costs.as_ref();
+        writer
+            .as_mut()
+            .write(&[
+                &row.id,
+                &row.trace_id,
+                &start.and_then(|s| s.parent_observation_id.as_deref()),
+                &EnumLabel(&row.observation_type),
+                &row.name(),
+                &row.start_time,
+                &end.map(|e| e.end_time.naive_utc()),
+                &start.and_then(|s| s.input.as_ref()).map(|j| JsonText(j.as_str())),
+                &end.and_then(|e| e.output.as_ref()).map(|j| JsonText(j.as_str())),
+                &row.meta.as_deref().map(JsonText),
+                &llm.and_then(|l| l.model.as_deref()),
+                &llm.and_then(|l| l.prompt_tokens),
+                &llm.and_then(|l| l.completion_tokens),
+                &llm.and_then(|l| l.total_tokens),
+                &row.level(),
+                &end.and_then(|e| e.status_message.as_deref()),
+                &costs.map(|c| c.input),
+                &costs.map(|c| c.output),
+                &costs.map(|c| c.total),
+            ])
+            .await
+            .map_err(conflict_or)?;
+    }
+    writer.finish().await.map_err(conflict_or)?;
+    Ok(())
+}
