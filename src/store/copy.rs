@@ -177,8 +177,11 @@ pub async fn observations(
                 &row.name(),
                 &row.start_time,
                 &end.map(|e| e.end_time.naive_utc()),
-                &start.and_then(|s| s.input.as_ref()).map(|j| JsonText(j.as_str())),
-                &end.and_then(|e| e.output.as_ref()).map(|j| JsonText(j.as_str())),
+                &start
+                    .and_then(|s| s.input.as_ref())
+                    .map(|j| JsonText(j.as_str())),
+                &end.and_then(|e| e.output.as_ref())
+                    .map(|j| JsonText(j.as_str())),
                 &row.meta.as_deref().map(JsonText),
                 &llm.and_then(|l| l.model.as_deref()),
                 &llm.and_then(|l| l.prompt_tokens),
