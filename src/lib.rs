@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! Redis stream ──▶ Consumer × N ─┐            (weighed XREADGROUP, own connection each)
-//!                  Claimer ──────┼─▶ Writer ──▶ PostgreSQL   (lock rows → merge → write → COMMIT)
+//!                  Claimer ──────┼─▶ Writer ──▶ PostgreSQL   (lock rows → merge → COPY/update → COMMIT)
 //!                                │      └────▶ XACK          (only after COMMIT)
 //!                  LagMonitor    └ Supervisor restarts any of them with backoff
 //! ```
