@@ -102,101 +102,129 @@ pub async fn lock(
     trace_ids: &[&str],
     observation_ids: &[&str],
 ) -> Result<Stored, StoreError> {
-    let mut stored = Stored::default();
-    if !trace_ids.is_empty() {
-        let locked = lock_ids(
-            tx,
-            "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            trace_ids,
+    Ok(Stored {
+        traces: lock_traces(tx, trace_ids).await?,
+        observations: lock_observations(tx, observation_ids).await?,
+    })
+}
+
+async fn lock_traces(
+    tx: &Transaction<'_>,
+    ids: &[&str],
+) -> Result<BTreeMap<String, StoredTrace>, StoreError> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let locked = lock_ids(
+        tx,
+        "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        ids,
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
+                    s.first_seen_at, s.start_version
+             FROM public.traces t
+             LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
+             WHERE t.id = ANY($1)",
+            &[&locked],
         )
         .await?;
-        let rows = tx
-            .query(
-                "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
-                        s.first_seen_at, s.start_version
-                 FROM public.traces t
-                 LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
-                 WHERE t.id = ANY($1)",
-                &[&locked],
-            )
-            .await?;
-        for row in rows {
-            let has_state: bool = row.get(3);
-            let timestamp: NaiveDateTime = row.get(2);
-            let trace = if has_state {
-                StoredTrace {
-                    project_id: row.get(1),
-                    first_seen_at: row.get(4),
-                    start_version: version_of(row.get(5)),
-                    has_state,
-                }
-            } else {
-                StoredTrace {
-                    project_id: row.get(1),
-                    first_seen_at: timestamp.and_utc(),
-                    start_version: Some(Version::OLDEST),
-                    has_state,
-                }
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), StoredTrace::from_row(row)))
+        .collect())
+}
+
+impl StoredTrace {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        let has_state: bool = row.get(3);
+        if has_state {
+            return StoredTrace {
+                project_id: row.get(1),
+                first_seen_at: row.get(4),
+                start_version: version_of(row.get(5)),
+                has_state,
             };
-            stored.traces.insert(row.get(0), trace);
+        }
+        // Written by someone else (the studio's own consumer writes traces
+        // from trace_start): started by the oldest possible version.
+        let timestamp: NaiveDateTime = row.get(2);
+        StoredTrace {
+            project_id: row.get(1),
+            first_seen_at: timestamp.and_utc(),
+            start_version: Some(Version::OLDEST),
+            has_state,
         }
     }
-    if !observation_ids.is_empty() {
-        let locked = lock_ids(
-            tx,
-            "SELECT id FROM public.observations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            observation_ids,
+}
+
+async fn lock_observations(
+    tx: &Transaction<'_>,
+    ids: &[&str],
+) -> Result<BTreeMap<String, StoredObservation>, StoreError> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let locked = lock_ids(
+        tx,
+        "SELECT id FROM public.observations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        ids,
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
+                    s.seen_version, s.start_version, s.end_version,
+                    CASE WHEN s.id IS NULL THEN o.type::text ELSE s.start_type END,
+                    s.end_type,
+                    CASE WHEN s.id IS NULL THEN o.meta::text ELSE s.start_meta::text END,
+                    s.end_meta::text, o.end_time IS NOT NULL
+             FROM public.observations o
+             LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
+             LEFT JOIN public.traces tr ON tr.id = o.trace_id
+             WHERE o.id = ANY($1)",
+            &[&locked],
         )
         .await?;
-        let rows = tx
-            .query(
-                "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
-                        s.seen_version, s.start_version, s.end_version,
-                        CASE WHEN s.id IS NULL THEN o.type::text ELSE s.start_type END,
-                        s.end_type,
-                        CASE WHEN s.id IS NULL THEN o.meta::text ELSE s.start_meta::text END,
-                        s.end_meta::text, o.end_time IS NOT NULL
-                 FROM public.observations o
-                 LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
-                 LEFT JOIN public.traces tr ON tr.id = o.trace_id
-                 WHERE o.id = ANY($1)",
-                &[&locked],
-            )
-            .await?;
-        for row in rows {
-            let has_state: bool = row.get(1);
-            let observation = if has_state {
-                StoredObservation {
-                    project_id: row.get(3),
-                    trace_id: row.get(2),
-                    seen_version: version_of(row.get(4)).unwrap_or(Version::OLDEST),
-                    start_version: version_of(row.get(5)),
-                    end_version: version_of(row.get(6)),
-                    start_type: row.get(7),
-                    end_type: row.get(8),
-                    start_meta: row.get(9),
-                    end_meta: row.get(10),
-                }
-            } else {
-                // Written by someone else: its start (and end, when it has
-                // an end time) count as the oldest possible versions.
-                let ended: bool = row.get(11);
-                StoredObservation {
-                    project_id: row.get(3),
-                    trace_id: row.get(2),
-                    seen_version: Version::OLDEST,
-                    start_version: Some(Version::OLDEST),
-                    end_version: ended.then_some(Version::OLDEST),
-                    start_type: row.get(7),
-                    end_type: None,
-                    start_meta: row.get(9),
-                    end_meta: None,
-                }
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), StoredObservation::from_row(row)))
+        .collect())
+}
+
+impl StoredObservation {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        let has_state: bool = row.get(1);
+        if has_state {
+            return StoredObservation {
+                project_id: row.get(3),
+                trace_id: row.get(2),
+                seen_version: version_of(row.get(4)).unwrap_or(Version::OLDEST),
+                start_version: version_of(row.get(5)),
+                end_version: version_of(row.get(6)),
+                start_type: row.get(7),
+                end_type: row.get(8),
+                start_meta: row.get(9),
+                end_meta: row.get(10),
             };
-            stored.observations.insert(row.get(0), observation);
+        }
+        // Written by someone else: its start (and end, when it has an end
+        // time) count as the oldest possible versions.
+        let ended: bool = row.get(11);
+        StoredObservation {
+            project_id: row.get(3),
+            trace_id: row.get(2),
+            seen_version: Version::OLDEST,
+            start_version: Some(Version::OLDEST),
+            end_version: ended.then_some(Version::OLDEST),
+            start_type: row.get(7),
+            end_type: None,
+            start_meta: row.get(9),
+            end_meta: None,
         }
     }
-    Ok(stored)
 }
 
 /// A trace row to insert or update: its final studio columns.
