@@ -237,17 +237,8 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     let observation_ids: Vec<&str> = observation_ids.into_iter().collect();
     let stored = rows::lock(&tx, &trace_ids, &observation_ids).await?;
 
-    // Decided inside the transaction, applied to the items once it commits.
-    let mut refused = tenancy::refuse_mismatches(&events, &stored);
-    let unknown = {
-        let new_projects = tenancy::projects_of_new_traces(&events, &refused, &stored);
-        projects::missing(&tx, &new_projects).await?
-    };
-    if creates_projects {
-        projects::create(&tx, &unknown).await?;
-    } else {
-        tenancy::refuse_unknown(&events, &unknown, &mut refused);
-    }
+    // Decided inside the transaction, applied to the items once written.
+    let refused = settle_projects(&tx, &events, &stored, creates_projects).await?;
 
     let accepted = events
         .iter()
@@ -278,16 +269,32 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
         .collect();
     heartbeats::upsert(&tx, &beats).await?;
     dead_letters::insert(&tx, to.stream, &letters).await?;
-    drop(letters);
-    drop(plan);
-    drop(merged);
-    drop(stored);
     for (index, rejection) in refused {
         items[index].parsed = Err(rejection);
     }
     late::settle(&tx, items, to.horizons).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Which events are refused for their project (a mismatch with the stored
+/// row, or a project the studio does not know, unless projects are created
+/// on first sight, which happens here).
+async fn settle_projects(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &tenancy::Events<'_>,
+    stored: &rows::Stored,
+    creates_projects: bool,
+) -> Result<tenancy::Refused, StoreError> {
+    let mut refused = tenancy::refuse_mismatches(events, stored);
+    let new_projects = tenancy::projects_of_new_traces(events, &refused, stored);
+    let unknown = projects::missing(tx, &new_projects).await?;
+    if creates_projects {
+        projects::create(tx, &unknown).await?;
+    } else {
+        tenancy::refuse_unknown(events, &unknown, &mut refused);
+    }
+    Ok(refused)
 }
 
 /// Counts each end with LLM usage by whether it got a cost.
