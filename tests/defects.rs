@@ -10,16 +10,14 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use common::{as_fields, count, seed_trace, wait_for_async, TestEnv};
-use swisper_ingest::config::DatabaseSettings;
 use swisper_ingest::event::{
     EventBody, ObservationEnd, ObservationStart, Parsed, StreamEntry, StreamId, TraceEvent,
     TraceStart,
 };
-use swisper_ingest::retention::{Horizons, RetentionSettings};
+use swisper_ingest::retention::Horizons;
 use swisper_ingest::store::projects::CreateProjects;
-use swisper_ingest::store::{connect_pool, migrate, retention, Pool};
+use swisper_ingest::store::{retention, Pool};
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 
 const DAY_SECS: i64 = 24 * 3600;
@@ -198,21 +196,13 @@ struct Direct {
 }
 
 impl Direct {
-    async fn new(env: &TestEnv, retention_days: &str) -> Self {
-        let settings = DatabaseSettings {
-            database_url: env.database_url.parse().unwrap(),
-            db_pool_size: 4,
-            create_projects: CreateProjects::Auto,
-            price_refresh_secs: 30,
-        };
-        let target = settings.target().unwrap();
-        migrate::run(&target).await.unwrap();
-        let horizons = Horizons::new(&retention_settings(retention_days));
-        horizons.set_overrides([]);
+    /// A migrated database and a writer whose horizon is `horizon_secs`.
+    async fn new(env: &TestEnv, horizon_secs: u64) -> Self {
+        let (pool, studio) = common::migrated_pool(&env.database_url).await;
         Self {
-            pool: connect_pool(&target, 4).unwrap(),
-            horizons,
-            studio: Studio::new(CreateProjects::Auto, Duration::from_secs(30)),
+            pool,
+            horizons: horizon(horizon_secs),
+            studio,
             stream: env.stream.clone(),
         }
     }
@@ -226,8 +216,7 @@ impl Direct {
         let pool = self.pool.clone();
         let stream = self.stream.clone();
         tokio::spawn(async move {
-            let horizons = Horizons::new(&retention_settings("60"));
-            horizons.set_overrides([]);
+            let horizons = horizon(60);
             let studio = Studio::new(CreateProjects::Auto, Duration::from_secs(30));
             let to = Destination {
                 pool: &pool,
@@ -323,7 +312,7 @@ async fn remains(db: &tokio_postgres::Client) -> [i64; 4] {
 async fn forgetting_a_trace_while_a_writer_holds_it_leaves_nothing() {
     let env = TestEnv::new("half_trace").await;
     // Horizon 60 s (scaled): entries received 120 s ago are late.
-    let direct = Direct::new(&env, "60").await;
+    let direct = Direct::new(&env, 60).await;
     let mut batch = vec![
         item(0, 120, EventBody::TraceStart(TraceStart::default())),
         item(1, 120, start("o1")),
@@ -331,7 +320,7 @@ async fn forgetting_a_trace_while_a_writer_holds_it_leaves_nothing() {
     ];
     // Stored before the horizon applied to it: written with retention off.
     {
-        let off = Horizons::new(&retention_off());
+        let off = Horizons::fixed(None);
         let to = Destination {
             horizons: &off,
             ..direct.to()
@@ -378,8 +367,8 @@ async fn forgetting_a_trace_while_a_writer_holds_it_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_after_a_forget_does_not_resurrect_half_a_trace() {
     let env = TestEnv::new("half_trace_2").await;
-    let direct = Direct::new(&env, "60").await;
-    let off = Horizons::new(&retention_off());
+    let direct = Direct::new(&env, 60).await;
+    let off = Horizons::fixed(None);
     let mut batch = vec![
         item(0, 120, EventBody::TraceStart(TraceStart::default())),
         item(1, 120, start("o1")),
@@ -477,28 +466,7 @@ async fn a_writer_after_a_forget_does_not_resurrect_half_a_trace() {
     );
 }
 
-fn retention_settings(days: &str) -> RetentionSettings {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        retention: RetentionSettings,
-    }
-    Cli::parse_from([
-        "test",
-        "--retention-days",
-        days,
-        "--retention-unit-secs",
-        "1",
-    ])
-    .retention
-}
-
-/// Retention off: no horizon.
-fn retention_off() -> RetentionSettings {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        retention: RetentionSettings,
-    }
-    Cli::parse_from(["test"]).retention
+/// A retention horizon of `secs`, already loaded (no per-project ones).
+fn horizon(secs: u64) -> Horizons {
+    Horizons::fixed(Some(Duration::from_secs(secs)))
 }

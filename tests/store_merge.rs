@@ -18,7 +18,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
-use swisper_ingest::config::DatabaseSettings;
 use swisper_ingest::cost::{costs, decimal_text, Price};
 use swisper_ingest::event::{
     EventBody, Json, ObservationEnd, ObservationStart, Parsed, StreamEntry, StreamId, StudioUsage,
@@ -27,7 +26,7 @@ use swisper_ingest::event::{
 use swisper_ingest::merge::{merge, Version};
 use swisper_ingest::retention::Horizons;
 use swisper_ingest::store::projects::CreateProjects;
-use swisper_ingest::store::{connect_pool, migrate, Pool};
+use swisper_ingest::store::Pool;
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 
 /// A known model: priced by default, and differently for one project.
@@ -408,15 +407,7 @@ async fn write(pool: &Pool, horizons: &Horizons, studio: &Studio, batches: Vec<V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
     let env = common::TestEnv::new("store_merge").await;
-    let settings = DatabaseSettings {
-        database_url: env.database_url.parse().unwrap(),
-        db_pool_size: 4,
-        create_projects: CreateProjects::Auto,
-        price_refresh_secs: 30,
-    };
-    let target = settings.target().unwrap();
-    migrate::run(&target).await.unwrap();
-    let pool = connect_pool(&target, settings.db_pool_size).unwrap();
+    let (pool, _) = common::migrated_pool(&env.database_url).await;
     {
         let client = pool.get().await.unwrap();
         let price = |p: Price| {
@@ -523,16 +514,8 @@ async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_meanwhile() {
     let env = common::TestEnv::new("store_merge_lock").await;
-    let settings = DatabaseSettings {
-        database_url: env.database_url.parse().unwrap(),
-        db_pool_size: 4,
-        create_projects: CreateProjects::Auto,
-        price_refresh_secs: 30,
-    };
-    let target = settings.target().unwrap();
-    migrate::run(&target).await.unwrap();
-    let pool = connect_pool(&target, settings.db_pool_size).unwrap();
-    let studio = std::sync::Arc::new(settings.studio());
+    let (pool, studio) = common::migrated_pool(&env.database_url).await;
+    let studio = std::sync::Arc::new(studio);
     let horizons = std::sync::Arc::new(Horizons::fixed(None));
 
     let event = |second: i64, redis_second: i64, body: EventBody| TraceEvent {
@@ -623,16 +606,7 @@ async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_mean
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
     let env = common::TestEnv::new("store_merge_copy").await;
-    let settings = DatabaseSettings {
-        database_url: env.database_url.parse().unwrap(),
-        db_pool_size: 4,
-        create_projects: CreateProjects::Auto,
-        price_refresh_secs: 30,
-    };
-    let target = settings.target().unwrap();
-    migrate::run(&target).await.unwrap();
-    let pool = connect_pool(&target, settings.db_pool_size).unwrap();
-    let studio = settings.studio();
+    let (pool, studio) = common::migrated_pool(&env.database_url).await;
     let horizons = Horizons::fixed(None);
 
     // Another writer, mid-transaction: the trace and its observation's start.

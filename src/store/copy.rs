@@ -6,10 +6,8 @@
 //! merged instead ([`super::StoreError::Conflict`]).
 //!
 //! Binary COPY does no casts, so each value is sent as its column's type:
-//! json as its text, the `observationtype` enum as its label (its type's oid
-//! is read from the database once), costs as numeric.
-
-use std::sync::OnceLock;
+//! json as its text, the `observationtype` enum as its label, costs as
+//! numeric.
 
 use bytes::{BufMut, BytesMut};
 use futures_util::pin_mut;
@@ -19,6 +17,7 @@ use tokio_postgres::Transaction;
 
 use super::rows::{conflict_or, ObservationWrite, TraceWrite};
 use super::StoreError;
+use crate::event::OBSERVATION_TYPES;
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
@@ -56,28 +55,17 @@ impl ToSql for EnumLabel<'_> {
     to_sql_checked!();
 }
 
-/// The studio's `observationtype`, read once per process (its oid does not
-/// change while the database exists).
-async fn observation_type(tx: &Transaction<'_>) -> Result<Type, StoreError> {
-    static TYPE: OnceLock<Type> = OnceLock::new();
-    if let Some(ty) = TYPE.get() {
-        return Ok(ty.clone());
-    }
-    let row = tx
-        .query_one(
-            "SELECT t.oid, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
-             FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
-             WHERE t.oid = 'public.observationtype'::regtype GROUP BY t.oid",
-            &[],
-        )
-        .await?;
-    let ty = Type::new(
+/// The studio's `observationtype` as the encoder sees it. Binary COPY sends
+/// no type oids (each field is a length and its bytes, read by the column's
+/// own type), so the oid here is never used: the type only tells
+/// [`EnumLabel`] what it encodes.
+fn observation_type() -> Type {
+    Type::new(
         "observationtype".to_owned(),
-        row.get(0),
-        Kind::Enum(row.get(1)),
+        0,
+        Kind::Enum(OBSERVATION_TYPES.iter().map(|t| (*t).to_owned()).collect()),
         "public".to_owned(),
-    );
-    Ok(TYPE.get_or_init(|| ty).clone())
+    )
 }
 
 pub async fn traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
@@ -129,7 +117,6 @@ pub async fn observations(
     if rows.is_empty() {
         return Ok(());
     }
-    let kind = observation_type(tx).await?;
     let sink = tx
         .copy_in(
             "COPY public.observations (id, trace_id, parent_observation_id, type, name,
@@ -143,7 +130,7 @@ pub async fn observations(
         Type::VARCHAR,
         Type::VARCHAR,
         Type::VARCHAR,
-        kind,
+        observation_type(),
         Type::VARCHAR,
         Type::TIMESTAMP,
         Type::TIMESTAMP,

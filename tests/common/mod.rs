@@ -622,6 +622,26 @@ pub fn pg_target(database_url: &str) -> swisper_ingest::connect::postgres::PgTar
     .expect("a postgres target")
 }
 
+/// A pool of 4 connections on a migrated database, and the studio settings
+/// `serve` would use there: for tests that drive the write path directly.
+pub async fn migrated_pool(
+    database_url: &str,
+) -> (
+    swisper_ingest::store::Pool,
+    swisper_ingest::write_path::Studio,
+) {
+    let target = pg_target(database_url);
+    swisper_ingest::store::migrate::run(&target)
+        .await
+        .expect("migrate");
+    let pool = swisper_ingest::store::connect_pool(&target, 4).expect("a pool");
+    let studio = swisper_ingest::write_path::Studio::new(
+        swisper_ingest::store::projects::CreateProjects::Auto,
+        std::time::Duration::from_secs(30),
+    );
+    (pool, studio)
+}
+
 /// The group's `lag` and `pending` as XINFO GROUPS reports them (lag None
 /// when Redis cannot tell).
 pub fn group_lag_pending(
