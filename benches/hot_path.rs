@@ -30,7 +30,6 @@ use swisper_ingest::cost::{provider_of, Price, PriceBook};
 use swisper_ingest::event::{parse_entry, Limits, Parsed, StreamEntry, StreamId};
 use swisper_ingest::merge;
 use swisper_ingest::store::rows;
-use swisper_ingest::write_path;
 
 const WORDS: &[&str] = &[
     "meeting",
@@ -241,11 +240,11 @@ fn batches(c: &mut Criterion) {
         group.bench_function("prepare (parse all)", |b| {
             b.iter_batched(
                 || entries.clone(),
-                |entries| write_path::prepare(entries, &limits, 10),
+                |entries| swisper_ingest::event::prepare(entries, &limits, 10),
                 BatchSize::LargeInput,
             )
         });
-        let items = write_path::prepare(entries.clone(), &limits, 10);
+        let items = swisper_ingest::event::prepare(entries.clone(), &limits, 10);
         let events: Vec<_> = items
             .iter()
             .filter_map(|item| match &item.parsed {

@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::event::{Limits, StreamEntry};
-use crate::write_path::{self, BatchItem};
+use crate::event::{self, BatchItem, Limits, StreamEntry};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -72,7 +71,7 @@ impl ParsePool {
         self.threads
     }
 
-    /// [`write_path::prepare`] on a pool thread; `weight` is the batch's
+    /// [`event::prepare`] on a pool thread; `weight` is the batch's
     /// reservation in the memory budget.
     pub async fn prepare(
         &self,
@@ -82,7 +81,7 @@ impl ParsePool {
         max_deliveries: u32,
     ) -> Result<Vec<BatchItem>, ParsePanicked> {
         let Some(jobs) = &self.jobs else {
-            return Ok(write_path::prepare(entries, &limits, max_deliveries));
+            return Ok(event::prepare(entries, &limits, max_deliveries));
         };
         let _alone = if weight > HEAVY_BATCH_BYTES {
             Some(self.heavy.lock().await)
@@ -91,7 +90,7 @@ impl ParsePool {
         };
         let (reply, receiver) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = reply.send(write_path::prepare(entries, &limits, max_deliveries));
+            let _ = reply.send(event::prepare(entries, &limits, max_deliveries));
         });
         // The threads live as long as this handle: sending cannot fail
         // unless every thread is gone, which catch_unwind prevents.

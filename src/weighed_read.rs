@@ -463,7 +463,7 @@ async fn fetch(
     for (id, deliveries, fields) in chosen.entries {
         let fields = match fields {
             Fields::Unloaded(size) => vec![(
-                crate::write_path::UNLOADED_FIELD.as_bytes().to_vec(),
+                crate::event::UNLOADED_FIELD.as_bytes().to_vec(),
                 size.to_string().into_bytes(),
             )],
             Fields::ToFetch => {

@@ -3,18 +3,14 @@
 //! through the writer like any batch. It also removes consumers that are
 //! long gone and have nothing pending, as replicas come and go with new names.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
 
-use super::writer::WriteEntries;
+use super::handover::{Handed, Handover};
 use super::ReadSettings;
 use crate::connect::problem::{OnceLog, Problem};
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
-use crate::parse_pool::{ParsePanicked, ParsePool};
 use crate::redis_stream::{self, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
 
@@ -35,14 +31,11 @@ const SWEEP_EVERY: u64 = 10;
 
 pub struct Claimer {
     shared: Shared,
-    name: String,
     conn: ConnectionManager,
-    writer: Recipient<WriteEntries>,
-    stopping: Arc<AtomicBool>,
+    handover: Handover,
     passes: u64,
     /// The replica's memory budget: a claimed page is held like a read one.
     budget: MemoryBudget,
-    parse_pool: ParsePool,
     /// A tick is in flight: skip interval ticks instead of queueing them.
     busy: bool,
     /// A failing pass repeats every interval: logged once, then at debug.
@@ -50,24 +43,19 @@ pub struct Claimer {
 }
 
 impl Claimer {
+    /// `handover.reader` is the claimer's consumer name in the group.
     pub fn new(
         shared: Shared,
-        name: String,
         conn: ConnectionManager,
-        writer: Recipient<WriteEntries>,
-        stopping: Arc<AtomicBool>,
+        handover: Handover,
         budget: MemoryBudget,
-        parse_pool: ParsePool,
     ) -> Self {
         Self {
             shared,
-            name,
             conn,
-            writer,
-            stopping,
+            handover,
             passes: 0,
             budget,
-            parse_pool,
             busy: false,
             problems: OnceLog::default(),
         }
@@ -95,7 +83,7 @@ impl Handler<Tick> for Claimer {
         // A replica that cannot write would only take entries away from one
         // that can, and count deliveries up towards the dead-letter limit.
         let readiness = self.shared.health.readiness();
-        if self.stopping.load(Ordering::Relaxed) || !readiness.ready {
+        if self.shared.health.is_draining() || !readiness.ready {
             self.busy = false;
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
@@ -104,10 +92,8 @@ impl Handler<Tick> for Claimer {
         let pass = claim_pass(
             self.shared.clone(),
             self.budget.clone(),
-            self.parse_pool.clone(),
-            self.name.clone(),
+            self.handover.clone(),
             self.conn.clone(),
-            self.writer.clone(),
             sweep,
         );
         AtomicResponse::new(Box::pin(pass.into_actor(self).map(
@@ -119,12 +105,11 @@ impl Handler<Tick> for Claimer {
                     Err(PassError::Redis(error)) => {
                         metrics::counter!(m::REDIS_ERRORS, "operation" => "xautoclaim")
                             .increment(1);
-                        let problem =
-                            Problem::transient(format!("claimer {}: {error}", claimer.name));
+                        let problem = Problem::transient(format!(
+                            "claimer {}: {error}",
+                            claimer.handover.reader
+                        ));
                         claimer.problems.report("claim idle entries", &problem);
-                    }
-                    Err(PassError::Parse(error)) => {
-                        tracing::error!(claimer = %claimer.name, %error, "claim pass failed");
                     }
                 }
             },
@@ -136,7 +121,7 @@ impl Handler<StopClaiming> for Claimer {
     type Result = ();
 
     fn handle(&mut self, _: StopClaiming, ctx: &mut Context<Self>) {
-        self.stopping.store(true, Ordering::Relaxed);
+        // AtomicResponse above means no pass is in flight here.
         ctx.stop();
     }
 }
@@ -147,8 +132,6 @@ enum PassError {
     Redis(#[from] StreamError),
     #[error("writer gone")]
     WriterGone,
-    #[error(transparent)]
-    Parse(#[from] ParsePanicked),
 }
 
 /// Claims idle entries page by page within the memory budget (one write
@@ -157,10 +140,8 @@ enum PassError {
 async fn claim_pass(
     shared: Shared,
     budget: MemoryBudget,
-    parse_pool: ParsePool,
-    name: String,
+    handover: Handover,
     mut conn: ConnectionManager,
-    writer: Recipient<WriteEntries>,
     sweep: bool,
 ) -> Result<(), PassError> {
     let settings = &shared.settings;
@@ -168,7 +149,7 @@ async fn claim_pass(
     let request = Request {
         stream: &settings.pipeline.stream,
         group: &settings.pipeline.group,
-        consumer: &name,
+        consumer: &handover.reader,
         max_count: settings.pipeline.batch_size as usize,
         weights: Weights::new(settings.limits.max_expanded_bytes),
         max_deliveries: settings.limits.max_deliveries,
@@ -181,43 +162,19 @@ async fn claim_pass(
                 Read::Page(page, reservation) => (page, reservation),
                 Read::Empty { .. } => break,
             };
-        if !page.deleted.is_empty() {
-            metrics::counter!(m::TRIMMED_BEFORE_ACK).increment(page.deleted.len() as u64);
-            tracing::warn!(
-                entries = page.deleted.len(),
-                "pending entries were trimmed before being stored"
-            );
-        }
+        let next = page.next.clone();
         if let (Some(first), Some(last)) = (page.entries.first(), page.entries.last()) {
-            let (first, last) = (first.id, last.id);
             metrics::counter!(m::CLAIMED).increment(page.entries.len() as u64);
-            tracing::info!(claimer = %name, entries = page.entries.len(), %first, %last, "claimed idle entries");
-            let items = parse_pool
-                .prepare(
-                    page.entries,
-                    reservation.bytes(),
-                    settings.limits.entry(),
-                    settings.limits.max_deliveries,
-                )
-                .await?;
-            let sent = writer
-                .send(WriteEntries {
-                    items,
-                    reservation: Some(reservation),
-                })
-                .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "claimed batch not stored; it stays pending")
-                }
-                Err(_) => return Err(PassError::WriterGone),
-            }
+            tracing::info!(claimer = %handover.reader, entries = page.entries.len(), first = %first.id, last = %last.id, "claimed idle entries");
         }
-        if page.next == "0-0" || shared.health.is_draining() {
+        // Whatever is not stored stays pending and is claimed again later.
+        if let Some(Handed::WriterGone) = handover.hand(page, reservation).await {
+            return Err(PassError::WriterGone);
+        }
+        if next == "0-0" || shared.health.is_draining() {
             break;
         }
-        start = page.next;
+        start = next;
     }
     if sweep {
         remove_gone_consumers(&shared, &mut conn).await?;

@@ -15,9 +15,12 @@
 //!   replica at a time) and refreshes every replica's horizons.
 
 pub mod claimer;
+pub mod commit;
 pub mod consumer;
+pub mod handover;
 pub mod lag_monitor;
 pub mod retention;
+pub mod stream_source;
 pub mod supervisor;
 pub mod writer;
 

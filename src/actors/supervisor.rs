@@ -4,7 +4,6 @@
 //! actix's own `Supervisor` restarts only after `ctx.stop()`, never after a
 //! panic, and without backoff, so this one watches `Addr::connected()`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +13,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 
 use super::claimer::{Claimer, StopClaiming};
-use super::consumer::{Consumer, StopReading};
+use super::commit::PostgresStore;
+use super::consumer::{Consumer, Pacing, StopReading};
+use super::handover::Handover;
 use super::lag_monitor::LagMonitor;
 use super::retention::RetentionWorker;
+use super::stream_source::RedisSource;
 use super::writer::{Flush, Writer};
 use super::{MonitorSettings, ReadSettings, RetentionWorkerSettings, WriteSettings};
+use crate::batcher::BatcherSettings;
 use crate::config::ServeSettings;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics as m;
@@ -110,8 +113,6 @@ pub struct Supervisor {
     parse_pool: ParsePool,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
-    /// Tells consumers and the claimer to stop before their next step.
-    stopping: Arc<AtomicBool>,
     /// Each commits one transaction at a time; consumer `i` feeds writer
     /// `i % writers`, so that Postgres works on several batches at once.
     writers: Vec<Child<Writer>>,
@@ -168,7 +169,6 @@ impl Supervisor {
             budget,
             parse_pool,
             writer_arbiters,
-            stopping: Arc::new(AtomicBool::new(false)),
             writers: Vec::new(),
             consumers: Vec::new(),
             claimer: None,
@@ -182,22 +182,50 @@ impl Supervisor {
     }
 
     fn start_writer(&self, index: usize) -> Addr<Writer> {
+        let store = PostgresStore {
+            shared: self.shared.with(self.write.clone()),
+            pool: self.pool.clone(),
+            acker: self.control.clone(),
+        };
+        let pipeline = &self.shared.settings.pipeline;
+        let batching = BatcherSettings {
+            read_batch_size: pipeline.batch_size as usize,
+            write_batch_size: pipeline.write_batch_size as usize,
+            poison_run: self.shared.settings.limits.poison_run,
+            lingers: !pipeline.write_linger().is_zero(),
+        };
         Writer::start(
-            self.shared.with(self.write.clone()),
-            self.pool.clone(),
-            self.control.clone(),
+            Box::new(store),
+            self.shared.health.clone(),
+            batching,
+            pipeline.write_linger(),
             self.writer_arbiters.get(index).map(|a| a.handle()).as_ref(),
         )
     }
 
+    fn handover(&self, reader: String, writer: &Addr<Writer>) -> Handover {
+        Handover {
+            reader,
+            parse_pool: self.parse_pool.clone(),
+            limits: self.read.limits.clone(),
+            writer: writer.clone().recipient(),
+        }
+    }
+
     fn start_consumer(&self, index: usize, writer: &Addr<Writer>) -> Addr<Consumer> {
+        let name = self.consumer_name(index);
+        let shared = self.shared.with(self.read.clone());
+        let pacing = Pacing {
+            batch_size: self.read.pipeline.batch_size as usize,
+            kept_retry: (self.read.claim.idle() / 3)
+                .clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        };
         Consumer::new(
-            self.shared.with(self.read.clone()),
-            self.consumer_name(index),
-            writer.clone().recipient(),
-            self.stopping.clone(),
-            self.budget.clone(),
-            self.parse_pool.clone(),
+            name.clone(),
+            Box::new(RedisSource::new(shared, name.clone(), self.budget.clone())),
+            self.handover(name, writer),
+            self.shared.health.clone(),
+            pacing,
         )
         .start()
     }
@@ -206,12 +234,9 @@ impl Supervisor {
         let name = format!("{}-claimer", self.shared.settings.pipeline.replica_name());
         Claimer::new(
             self.shared.with(self.read.clone()),
-            name,
             self.control.clone(),
-            writer.clone().recipient(),
-            self.stopping.clone(),
+            self.handover(name, writer),
             self.budget.clone(),
-            self.parse_pool.clone(),
         )
         .start()
     }
@@ -234,7 +259,7 @@ impl Supervisor {
     /// address: when the writer is replaced they find it gone, stop, and are
     /// restarted here with the new one (re-reading their own pending entries).
     fn check_children(&mut self) {
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.shared.health.is_draining() {
             return;
         }
         let now = Instant::now();
@@ -314,7 +339,7 @@ impl Handler<Drain> for Supervisor {
     /// Readiness off, stop reading (each consumer finishes its step, whose
     /// batch the writer commits and acks), then flush the writers.
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
-        self.stopping.store(true, Ordering::Relaxed);
+        // The one shutdown signal: every actor checks it before its next step.
         self.shared.health.start_draining();
         let stops: Vec<_> = self
             .consumers

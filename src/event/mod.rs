@@ -1,6 +1,7 @@
 //! The wire contract: one stream entry, parsed into a typed event or rejected
 //! with a precise reason. Pure code, no I/O.
 
+mod batch;
 mod lenient;
 mod llm;
 pub mod parse;
@@ -13,6 +14,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+pub use batch::{prepare, BatchItem, UNLOADED_FIELD};
 pub use llm::StudioUsage;
 pub use parse::parse_entry;
 pub use payload::{expand_data, Json};

@@ -26,9 +26,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 
 use super::Horizons;
-use crate::event::{Parsed, Reason, Rejection};
+use crate::event::{BatchItem, Parsed, Reason, Rejection};
 use crate::store::{retention, StoreError};
-use crate::write_path::BatchItem;
 
 /// Marks events whose entry Redis received before their project's horizon
 /// as expired; returns how many.

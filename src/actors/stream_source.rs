@@ -1,0 +1,189 @@
+//! A consumer's Redis side: weighed reads and waits for new entries, on a
+//! connection of its own (a blocking read holds it), made when needed and
+//! replaced after a transport failure. Behind [`StreamSource`] so that the
+//! consumer actor can be tested without Redis.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{FutureExt, LocalBoxFuture};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::ReadSettings;
+use crate::memory_budget::{MemoryBudget, Weights};
+use crate::metrics as m;
+use crate::redis_stream::{self, StreamError};
+use crate::weighed_read::{self, Mode, Read, Request};
+
+/// The replica's shared state with the readers' settings groups.
+type Shared = super::Shared<ReadSettings>;
+
+/// What a read or a wait can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("connect to redis: {0}")]
+    Connect(#[source] StreamError),
+    #[error("read the group: {0}")]
+    Read(#[source] StreamError),
+    #[error("wait for new entries: {0}")]
+    Wait(#[source] StreamError),
+    /// Redis had lost the group (a restart without persistence, or deleted);
+    /// `recreated` says whether it exists again.
+    #[error("consumer group missing (recreated: {recreated})")]
+    GroupMissing { recreated: bool },
+}
+
+pub trait StreamSource: 'static {
+    /// Reads within the memory budget.
+    fn read(
+        &self,
+        mode: Mode,
+        max_count: usize,
+    ) -> LocalBoxFuture<'static, Result<Read, SourceError>>;
+    /// Waits (up to BLOCK) for an entry after `after`, without taking it.
+    fn wait_for_new(&self, after: String) -> LocalBoxFuture<'static, Result<(), SourceError>>;
+}
+
+/// The production source: one consumer's connection to Redis.
+pub struct RedisSource {
+    shared: Shared,
+    consumer: String,
+    budget: MemoryBudget,
+    conn: Rc<RefCell<Option<MultiplexedConnection>>>,
+}
+
+impl RedisSource {
+    pub fn new(shared: Shared, consumer: String, budget: MemoryBudget) -> Self {
+        Self {
+            shared,
+            consumer,
+            budget,
+            conn: Rc::default(),
+        }
+    }
+}
+
+impl StreamSource for RedisSource {
+    fn read(
+        &self,
+        mode: Mode,
+        max_count: usize,
+    ) -> LocalBoxFuture<'static, Result<Read, SourceError>> {
+        let (shared, consumer, budget, slot) = (
+            self.shared.clone(),
+            self.consumer.clone(),
+            self.budget.clone(),
+            self.conn.clone(),
+        );
+        async move {
+            let mut conn = connection(&shared, &slot).await?;
+            let settings = &shared.settings;
+            let request = Request {
+                stream: &settings.pipeline.stream,
+                group: &settings.pipeline.group,
+                consumer: &consumer,
+                max_count,
+                weights: Weights::new(settings.limits.max_expanded_bytes),
+                max_deliveries: settings.limits.max_deliveries,
+            };
+            match weighed_read::read_within_budget(&mut conn, &budget, &request, &mode).await {
+                Ok(read) => {
+                    shared.health.set_redis(true);
+                    *slot.borrow_mut() = Some(conn);
+                    Ok(read)
+                }
+                Err(error) => {
+                    metrics::counter!(m::REDIS_ERRORS, "operation" => "xreadgroup").increment(1);
+                    read_failed(&shared, &consumer, &slot, conn, error).await
+                }
+            }
+        }
+        .boxed_local()
+    }
+
+    fn wait_for_new(&self, after: String) -> LocalBoxFuture<'static, Result<(), SourceError>> {
+        let (shared, slot) = (self.shared.clone(), self.conn.clone());
+        async move {
+            let mut conn = connection(&shared, &slot).await?;
+            let pipeline = &shared.settings.pipeline;
+            let waited = redis_stream::wait_for_entries(
+                &mut conn,
+                &pipeline.stream,
+                &after,
+                pipeline.block(),
+            )
+            .await;
+            match waited {
+                Ok(()) => {
+                    *slot.borrow_mut() = Some(conn);
+                    Ok(())
+                }
+                Err(error) => {
+                    metrics::counter!(m::REDIS_ERRORS, "operation" => "xread").increment(1);
+                    Err(SourceError::Wait(error))
+                }
+            }
+        }
+        .boxed_local()
+    }
+}
+
+/// The consumer's connection: the one in `slot`, or a new one. It is put
+/// back only after a success: after a transport error a fresh one is cheap
+/// and never reuses a socket in an unknown state.
+async fn connection(
+    shared: &Shared,
+    slot: &RefCell<Option<MultiplexedConnection>>,
+) -> Result<MultiplexedConnection, SourceError> {
+    let existing = slot.borrow_mut().take();
+    if let Some(conn) = existing {
+        return Ok(conn);
+    }
+    connect(shared).await.map_err(|error| {
+        shared.health.set_redis(false);
+        metrics::counter!(m::REDIS_ERRORS, "operation" => "connect").increment(1);
+        SourceError::Connect(error)
+    })
+}
+
+/// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
+/// would fail a blocking read on the client while Redis still delivers. The
+/// margin is wide because a weighed read of entries near the size limits
+/// copies them inside Redis first; a read that times out on the client is
+/// still a delivery in Redis, counted and claimed later.
+async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
+    let block = shared.settings.pipeline.block();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(30)));
+    Ok(shared
+        .redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// A missing group is created again on the same connection, so that the
+/// pipeline resumes by itself; any other error drops the connection.
+async fn read_failed(
+    shared: &Shared,
+    consumer: &str,
+    slot: &RefCell<Option<MultiplexedConnection>>,
+    mut conn: MultiplexedConnection,
+    error: StreamError,
+) -> Result<Read, SourceError> {
+    if !redis_stream::is_missing_group(&error) {
+        shared.health.set_redis(false);
+        return Err(SourceError::Read(error));
+    }
+    shared.health.set_group(false);
+    tracing::warn!(%consumer, "consumer group missing; recreating it");
+    let pipeline = &shared.settings.pipeline;
+    let recreated = redis_stream::ensure_group(&mut conn, &pipeline.stream, &pipeline.group)
+        .await
+        .is_ok();
+    shared.health.set_group(recreated);
+    *slot.borrow_mut() = Some(conn);
+    Err(SourceError::GroupMissing { recreated })
+}
