@@ -397,6 +397,13 @@ def check_runbooks(root):
         section = ops.split(heading, 1)[1].split("\n## ", 1)[0] if heading in ops else ""
         if "redis-cli" not in section and "psql" not in section and "kubectl" not in section:
             problems.append(f"{name}: its runbook section has no command to run")
+    # The runbooks' redis-cli and psql pods must work in every way the chart
+    # connects: deploy/debug-pod.sh copies the service's env and mounts;
+    # a pod that reads only URLs from the Secret fails way B and TLS.
+    if "deploy/debug-pod.sh" not in ops:
+        problems.append("docs/operations.md does not start its debug pods with deploy/debug-pod.sh")
+    if re.search(r'"envFrom":\s*\[\s*\{\s*"secretRef"', ops):
+        problems.append("docs/operations.md still has a debug pod that reads only the URLs from the Secret")
     done(f"{len(alerts)} alerts with runbooks and firing/quiet tests", problems)
 
 
