@@ -223,6 +223,17 @@ def build():
                      (f"max by (pod) (process_open_fds{{{POD}}} {ours})", "{{pod}}"),
                      (f"max(process_max_fds{{{POD}}} {ours})", "limit")), 8, 8)
 
+    L.row("Memory budget")
+    # The budget bounds the weight of the entries a replica holds (read, not
+    # yet committed and acked); docs/operations.md, "The numbers that matter".
+    L.add(timeseries("Memory in hand and budget", "Weight of the entries in hand (read, not yet committed and acked) per replica, against its budget (OBSERVABILITY_MEMORY_BUDGET_BYTES, by default 3/8 of the container's memory limit). At the budget for long while the lag grows: big entries are read a few at a time; raise the memory limit if throughput matters.", "bytes",
+                     (f"max by (pod) (swisper_ingest_memory_in_hand_bytes{{{POD}}})", "in hand {{pod}}"),
+                     (f"max by (pod) (swisper_ingest_memory_budget_bytes{{{POD}}})", "budget {{pod}}")), 8, 8)
+    L.add(timeseries("Memory budget used", "Entries in hand as a share of the budget, per replica; 100% means reads wait for commits.", "percentunit",
+                     (f"max by (pod) (swisper_ingest_memory_in_hand_bytes{{{POD}}}) / max by (pod) (swisper_ingest_memory_budget_bytes{{{POD}}} > 0)", "{{pod}}")), 8, 8)
+    L.add(timeseries("Entries heavier than the budget", "Entries heavier than the whole memory budget, each processed alone, per second and replica (swisper_ingest_oversized_for_budget_total). Often: raise the memory limit, or lower config.maxEntryBytes.", "ops",
+                     (f"sum by (pod) (rate(swisper_ingest_oversized_for_budget_total{{{POD}}}[$__rate_interval])) or vector(0)", "{{pod}}")), 8, 8)
+
     L.row("Retention")
     L.add(timeseries("Retention: rows forgotten", "Rows forgotten per second by table (traces leave with all their observations); docs/operations.md, Retention.", "ops",
                      (f"sum by (table) (rate(swisper_ingest_retention_forgotten_rows_total{{{POD}}}[$__rate_interval]))", "{{table}}")), 8, 8)

@@ -10,8 +10,11 @@
 3. A promtool unit test evaluates each query against synthetic series of
    every swisper_ingest_* metric of the service's contract and expects a
    non-empty result: a misspelt metric or label returns nothing and fails.
+4. Every metric a query selects, and every metric of that contract, is one
+   the service declares in src/metrics.rs (or kube-state-metrics'); and the
+   memory budget's metrics each have a panel.
 
-Usage: check_dashboard.py DASHBOARD.json PROMTOOL WORKDIR
+Usage: check_dashboard.py DASHBOARD.json PROMTOOL WORKDIR METRICS.rs
 """
 
 import json
@@ -53,6 +56,7 @@ COUNTERS = {
     "swisper_ingest_projects_created_total": [{}],
     "swisper_ingest_write_conflicts_total": [{}],
     "swisper_ingest_unknown_observation_types_total": [{}],
+    "swisper_ingest_oversized_for_budget_total": [{}],
 }
 GAUGES = {
     "swisper_ingest_stream_length": [{}],
@@ -71,6 +75,8 @@ GAUGES = {
     "swisper_ingest_retention_behind_seconds": [{}],
     "swisper_ingest_retention_last_run_timestamp_seconds": [{}],
     "swisper_ingest_retention_holder": [{}],
+    "swisper_ingest_memory_budget_bytes": [{}],
+    "swisper_ingest_memory_in_hand_bytes": [{}],
 }
 HISTOGRAMS = {
     "swisper_ingest_batch_size_entries": [1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
@@ -78,6 +84,51 @@ HISTOGRAMS = {
     "swisper_ingest_end_to_end_latency_seconds": [0.001, 0.01, 0.1, 0.5, 1, 5, 30],
     "swisper_ingest_retention_batch_duration_seconds": [0.001, 0.01, 0.1, 0.5, 1, 5, 30],
 }
+
+
+# Metrics the dashboard reads that the service does not export.
+EXTERNAL = {"kube_pod_container_status_restarts_total"}
+# Metrics that must have a panel: what an operator needs to size the memory.
+REQUIRED = {
+    "swisper_ingest_memory_budget_bytes",
+    "swisper_ingest_memory_in_hand_bytes",
+    "swisper_ingest_oversized_for_budget_total",
+}
+
+
+def declared_metrics(metrics_rs):
+    """The metric names src/metrics.rs declares (pub const X: &str = "...")."""
+    text = Path(metrics_rs).read_text(encoding="utf-8")
+    return set(re.findall(r'pub const [A-Z0-9_]+: &str = "([a-z_:][a-z0-9_:]*)";', text))
+
+
+def selected_metrics(expr):
+    """Metric names a query selects: every name with a {selector}, or the
+    whole expression when it is a bare name (label_values(name, label))."""
+    names = set(re.findall(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*$", expr))
+    for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr):
+        names.add(re.sub(r"_(bucket|sum|count)$", "", name) if name.endswith(("_bucket", "_sum", "_count")) else name)
+    return names
+
+
+def check_metrics(found, declared, problems):
+    if not declared:
+        problems.append("no metric names found in src/metrics.rs")
+        return
+    used = set()
+    for where, expr in found:
+        names = selected_metrics(expr)
+        if not names:
+            problems.append(f"{where}: selects no metric with a {{selector}}")
+        for name in names:
+            if name not in declared and name not in EXTERNAL:
+                problems.append(f"{where}: metric {name} is not declared in src/metrics.rs")
+            used.add(name)
+    for name in sorted(set(COUNTERS) | set(GAUGES) | set(HISTOGRAMS)):
+        if name not in declared and name not in EXTERNAL:
+            problems.append(f"contract metric {name} is not declared in src/metrics.rs")
+    for name in sorted(REQUIRED - used):
+        problems.append(f"no panel shows {name}")
 
 
 def fail(problems):
@@ -182,7 +233,7 @@ def check_structure(dash, problems):
 
 
 def main():
-    dash_path, promtool, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    dash_path, promtool, workdir, metrics_rs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         dash = json.loads(Path(dash_path).read_text(encoding="utf-8"))
@@ -193,6 +244,7 @@ def main():
     found = queries(dash, problems)
     if not found:
         problems.append("no queries found")
+    check_metrics(found, declared_metrics(metrics_rs), problems)
     exprs = []
     for where, raw in found:
         expr, left = substitute(raw)

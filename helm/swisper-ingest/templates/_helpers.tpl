@@ -21,13 +21,58 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels of every resource. */}}
+{{/* Labels of every resource: the chart's own, then commonLabels (whose
+     keys the schema keeps apart from the chart's). */}}
 {{- define "swisper-ingest.labels" -}}
+{{ include "swisper-ingest.chartLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "swisper-ingest.chartLabels" -}}
 helm.sh/chart: {{ include "swisper-ingest.chart" . }}
 {{ include "swisper-ingest.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "swisper-ingest.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: swisper-studio
+{{- end }}
+
+{{/* Labels of a resource with labels of its own (serviceMonitor.labels ...):
+     the chart's, then those merged over commonLabels, so that a key in both
+     is written once. Takes (dict "root" $ "extra" DICT). */}}
+{{- define "swisper-ingest.labelsWith" -}}
+{{ include "swisper-ingest.chartLabels" .root }}
+{{- with merge (deepCopy (.extra | default dict)) (deepCopy (.root.Values.commonLabels | default dict)) }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of a pod (the service's, the migration Job's, the helm test
+     pod's): the chart's and the component, then the pod's own labels
+     (e.g. migrations.job.podLabels) over podLabels over commonLabels.
+     Takes (dict "root" $ "component" NAME "own" DICT). */}}
+{{- define "swisper-ingest.podLabels" -}}
+{{- $root := .root -}}
+{{ include "swisper-ingest.chartLabels" $root }}
+app.kubernetes.io/component: {{ .component }}
+{{- $extra := merge (deepCopy (.own | default dict)) (deepCopy ($root.Values.podLabels | default dict)) (deepCopy ($root.Values.commonLabels | default dict)) }}
+{{- range $key, $_ := include "swisper-ingest.chartLabels" $root | fromYaml }}
+{{- $_ := unset $extra $key }}
+{{- end }}
+{{- $_ := unset $extra "app.kubernetes.io/component" }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations of a pod: its own (e.g. migrations.job.podAnnotations) over
+     podAnnotations, so that a Job can turn off a sidecar injector that the
+     service's pods use. Takes (dict "root" $ "own" DICT); may be empty. */}}
+{{- define "swisper-ingest.podAnnotations" -}}
+{{- with merge (deepCopy (.own | default dict)) (deepCopy (.root.Values.podAnnotations | default dict)) }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "swisper-ingest.selectorLabels" -}}
@@ -115,6 +160,44 @@ REDIS_USERNAME: {{ include "swisper-ingest.percentDecode" $parts._0 | b64enc | q
 /etc/swisper-ingest/tls/{{ . }}
 {{- end }}
 
+{{/* Where connection.credentialsFromFiles mounts the credentials. */}}
+{{- define "swisper-ingest.credentialsDir" -}}
+/var/run/secrets/swisper-ingest
+{{- end }}
+
+{{/* The projected sources of the credentials volume (connection.credentialsFromFiles):
+     Redis user name and password, PostgreSQL password, from the Secret keys
+     of way B; empty when there is nothing to mount. Takes (dict "root" $
+     "redis" BOOL): the migration needs PostgreSQL's only. */}}
+{{- define "swisper-ingest.credentialSources" -}}
+{{- $root := .root }}
+{{- $c := $root.Values.connection }}
+{{- if $c.credentialsFromFiles }}
+{{- $r := $c.redis }}
+{{- if and .redis $r.host (or $r.passwordKey $r.usernameKey) }}
+- secret:
+    name: {{ include "swisper-ingest.passwordSecret" (dict "root" $root "c" $r) }}
+    items:
+      {{- with $r.passwordKey }}
+      - key: {{ . }}
+        path: redis-password
+      {{- end }}
+      {{- with $r.usernameKey }}
+      - key: {{ . }}
+        path: redis-username
+      {{- end }}
+{{- end }}
+{{- $p := $c.postgres }}
+{{- if and $p.host $p.passwordKey }}
+- secret:
+    name: {{ include "swisper-ingest.passwordSecret" (dict "root" $root "c" $p) }}
+    items:
+      - key: {{ $p.passwordKey }}
+        path: postgres-password
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when connection.<name>.tls (dict "tls" T) has files to mount. */}}
 {{- define "swisper-ingest.hasTlsFiles" -}}
 {{- if or .tls.ca.secretName .tls.ca.configMapName .tls.clientCert.secretName }}true{{ end }}
@@ -169,11 +252,26 @@ postgres://{{ include "swisper-ingest.urlEscape" $p.username }}@{{ include "swis
 {{- if $r.host }}
 - name: OBSERVABILITY_REDIS_URL
   value: {{ include "swisper-ingest.redisUrl" $root | quote }}
-{{- with $r.username }}
+{{- $files := $root.Values.connection.credentialsFromFiles }}
+{{- $credDir := include "swisper-ingest.credentialsDir" . }}
+{{- if and $r.usernameKey $files }}
+# Re-read at every connection: a rotated Secret is used without a restart.
+- name: OBSERVABILITY_REDIS_USERNAME_FILE
+  value: {{ printf "%s/redis-username" $credDir | quote }}
+{{- else if $r.usernameKey }}
 - name: OBSERVABILITY_REDIS_USERNAME
-  value: {{ . | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "swisper-ingest.passwordSecret" (dict "root" $root "c" $r) }}
+      key: {{ $r.usernameKey }}
+{{- else if $r.username }}
+- name: OBSERVABILITY_REDIS_USERNAME
+  value: {{ $r.username | quote }}
 {{- end }}
-{{- if $r.passwordKey }}
+{{- if and $r.passwordKey $files }}
+- name: OBSERVABILITY_REDIS_PASSWORD_FILE
+  value: {{ printf "%s/redis-password" $credDir | quote }}
+{{- else if $r.passwordKey }}
 - name: OBSERVABILITY_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -211,7 +309,11 @@ postgres://{{ include "swisper-ingest.urlEscape" $p.username }}@{{ include "swis
 {{- if $p.host }}
 - name: DATABASE_URL
   value: {{ include "swisper-ingest.databaseUrl" $root | quote }}
-{{- if $p.passwordKey }}
+{{- if and $p.passwordKey $root.Values.connection.credentialsFromFiles }}
+# Re-read at every connection: a rotated Secret is used without a restart.
+- name: OBSERVABILITY_DATABASE_PASSWORD_FILE
+  value: {{ printf "%s/postgres-password" (include "swisper-ingest.credentialsDir" .) | quote }}
+{{- else if $p.passwordKey }}
 - name: PGPASSWORD
   valueFrom:
     secretKeyRef:
@@ -288,6 +390,15 @@ postgres://{{ include "swisper-ingest.urlEscape" $p.username }}@{{ include "swis
       {{- end }}
 {{- end }}
 {{- end }}
+{{- with include "swisper-ingest.credentialSources" . | trim }}
+- name: credentials
+  projected:
+    # 0440: owner and the pod's fsGroup read. No subPath: the kubelet
+    # updates the files when the Secret changes.
+    defaultMode: 0440
+    sources:
+      {{- . | nindent 6 }}
+{{- end }}
 {{- with $root.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -304,6 +415,11 @@ postgres://{{ include "swisper-ingest.urlEscape" $p.username }}@{{ include "swis
   mountPath: {{ include "swisper-ingest.tlsDir" $name }}
   readOnly: true
 {{- end }}
+{{- end }}
+{{- if include "swisper-ingest.credentialSources" . | trim }}
+- name: credentials
+  mountPath: {{ include "swisper-ingest.credentialsDir" . }}
+  readOnly: true
 {{- end }}
 {{- with $root.Values.extraVolumeMounts }}
 {{ toYaml . }}
@@ -383,6 +499,16 @@ volumeMounts:
 {{- if and $c.host $c.passwordKey (not (include "swisper-ingest.passwordSecret" (dict "root" $ "c" $c))) }}
 {{- fail (printf "connection.%s.passwordKey (%s) names no Secret: set connection.%s.passwordSecret or connection.existingSecret to the Secret that holds the password, or passwordKey: \"\" when the server needs none" $name $c.passwordKey $name) }}
 {{- end }}
+{{- end }}
+{{- $r := $v.connection.redis }}
+{{- if and $r.host $r.usernameKey (not (include "swisper-ingest.passwordSecret" (dict "root" $ "c" $r))) }}
+{{- fail (printf "connection.redis.usernameKey (%s) names no Secret: set connection.redis.passwordSecret or connection.existingSecret to the Secret that holds the user name" $r.usernameKey) }}
+{{- end }}
+{{- if and $r.usernameKey $r.username }}
+{{- fail "connection.redis.username and connection.redis.usernameKey are exclusive: the user name is a value, or a key of the password's Secret" }}
+{{- end }}
+{{- if and $v.connection.credentialsFromFiles (not (include "swisper-ingest.credentialSources" (dict "root" $ "redis" true) | trim)) }}
+{{- fail "connection.credentialsFromFiles mounts the passwords of way B (connection.redis.host or connection.postgres.host, with passwordKey set): there is none here. With URLs from a Secret (way A) the password is in the URL; turn credentialsFromFiles off" }}
 {{- end }}
 {{- if and $v.connection.createSecret $v.connection.redis.tls.enabled (hasPrefix "redis://" $v.connection.redisUrl) }}
 {{- fail "connection.redis.tls.enabled is true but connection.redisUrl is redis:// (plaintext): use rediss://, or turn tls.enabled off" }}
