@@ -24,6 +24,9 @@ pub mod stream_source;
 pub mod supervisor;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use crate::bounds::BoundsSettings;
