@@ -44,6 +44,7 @@ pub mod http;
 pub mod memory_budget;
 pub mod merge;
 pub mod metrics;
+pub mod once_log;
 pub mod parse_pool;
 pub mod process_metrics;
 pub mod redis_stream;

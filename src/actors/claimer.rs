@@ -6,14 +6,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::connect::redis::ConnectionManager;
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
 
 use super::writer::WriteEntries;
 use super::ReadSettings;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::parse_pool::{ParsePanicked, ParsePool};
 use crate::redis_stream::{self, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 
 use super::writer::{WriteEntries, WriteError};
 use super::ReadSettings;
 use crate::backoff::Backoff;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
 use crate::event::StreamId;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::parse_pool::ParsePool;
 use crate::redis_stream::{self, Cursor, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
@@ -169,20 +169,10 @@ fn hold_retry(shared: &Shared) -> Duration {
     (shared.settings.claim.idle() / 3).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
-/// would fail a blocking read on the client while Redis still delivers. The
-/// margin is wide because a weighed read of entries near the size limits
-/// copies them inside Redis first; a read that times out on the client is
-/// still a delivery in Redis, counted and claimed later.
+/// Connects with a response timeout above BLOCK (see `connect::redis`).
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
     let block = shared.settings.pipeline.block();
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(block + Duration::from_secs(30)));
-    Ok(shared
-        .redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+    Ok(shared.redis.open_for_reads(block).await?)
 }
 
 /// What a step hands back to the actor for the next one.

@@ -11,17 +11,18 @@
 
 use std::time::{Duration, Instant};
 
+use crate::connect::redis::ConnectionManager;
 use actix::prelude::*;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
 use super::WriteSettings;
 use crate::backoff::Backoff;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
 use crate::event::{Parsed, StreamId};
 use crate::memory_budget::Reservation;
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::redis_stream;
 use crate::store::Pool;
 use crate::write_path::{self, BatchItem};
