@@ -182,6 +182,7 @@ pub struct RedisSettings {
     /// again at every new connection, so that a rotated password or a fresh
     /// token needs no restart; replaces the password of the URL.
     #[arg(
+        id = "redis_password_file",
         long = "redis-password-file",
         env = "OBSERVABILITY_REDIS_PASSWORD_FILE"
     )]
@@ -235,6 +236,7 @@ pub struct DatabaseSettings {
     /// IAM token needs no restart. Not with a password in DATABASE_URL or
     /// PGPASSWORD.
     #[arg(
+        id = "database_password_file",
         long = "database-password-file",
         env = "OBSERVABILITY_DATABASE_PASSWORD_FILE"
     )]
