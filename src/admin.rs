@@ -96,8 +96,7 @@ pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> any
             let target = redis.target()?;
             redis.warn_if_insecure();
             let mut redis = target
-                .client
-                .get_multiplexed_async_connection()
+                .open(crate::connect::RESPONSE_TIMEOUT)
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!(

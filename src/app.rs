@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use redis::aio::ConnectionManagerConfig;
 
 use crate::actors::supervisor::{Drain, Supervisor};
 use crate::actors::Shared;
 use crate::backoff::Backoff;
 use crate::config::ServeSettings;
-use crate::connect::problem::{self, OnceLog, Problem};
+use crate::connect::problem::{self, Problem};
+use crate::connect::redis::ConnectionManager;
 use crate::health::Health;
 use crate::http::{self, HttpState};
+use crate::once_log::OnceLog;
 use crate::store::{self, migrate};
 use crate::{metrics as m, redis_stream};
 
@@ -130,12 +131,7 @@ async fn start_pipeline(
     }
     let pool = store::connect_pool(&pg, settings.database.db_pool_size)?;
     let control = retry("connect to redis", || async {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        redis
-            .client
-            .get_connection_manager_with_config(config)
+        ConnectionManager::connect(&redis)
             .await
             .map(Ok::<_, std::convert::Infallible>)
             .map_err(|e| {
@@ -164,7 +160,7 @@ async fn start_pipeline(
     let shared = Shared {
         settings: settings.clone(),
         health,
-        redis: redis.client,
+        redis: redis.clone(),
         horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
         studio: Arc::new(settings.database.studio()),
     };

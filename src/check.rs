@@ -4,18 +4,14 @@
 //! schema against this binary's migrations. Passwords never appear.
 
 use std::io::Write;
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::ServeSettings;
 use crate::connect::postgres::SslMode;
-use crate::connect::{problem, Verification};
+use crate::connect::{problem, Verification, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::redis_stream;
 use crate::store::migrate;
-
-/// How long each server gets to answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole report; `ok` decides the exit code.
 #[derive(Debug, Serialize)]
@@ -105,14 +101,7 @@ async fn check_redis(
         group: pipeline.group.clone(),
         ..RedisReport::default()
     };
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(TIMEOUT))
-        .set_response_timeout(Some(TIMEOUT));
-    let mut conn = match target
-        .client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-    {
+    let mut conn = match target.open(RESPONSE_TIMEOUT).await {
         Ok(conn) => conn,
         Err(error) => {
             let problem = problem::redis(&error, target.verification);
@@ -194,7 +183,7 @@ async fn check_postgres(
         binary_schema_version: migrate::latest_version(),
         ..PostgresReport::default()
     };
-    let client = match tokio::time::timeout(TIMEOUT, target.connect()).await {
+    let client = match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
         Ok(Ok(client)) => client,
         Ok(Err(error)) => {
             let problem = problem::postgres(&error, &target);
@@ -203,7 +192,7 @@ async fn check_postgres(
             return Ok(report);
         }
         Err(_) => {
-            let message = format!("postgres: no answer within {}s", TIMEOUT.as_secs());
+            let message = format!("postgres: no answer within {}s", CONNECT_TIMEOUT.as_secs());
             report.error = Some(message.clone());
             problems.push(message);
             return Ok(report);

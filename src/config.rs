@@ -99,6 +99,37 @@ impl FromStr for Secret {
     }
 }
 
+/// The environment variable of the Redis password: no flag, as a command
+/// line is visible to every user of the machine.
+pub const REDIS_PASSWORD: &str = "OBSERVABILITY_REDIS_PASSWORD";
+
+/// A secret from the environment; unset and empty are the same.
+fn secret_from_env(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret)
+}
+
+/// Refuses a URL with a password that came from the command line (the flag
+/// won over the environment variable, or there was none): `ps` shows it.
+fn refuse_password_on_command_line(
+    setting: &'static str,
+    url: &SecretUrl,
+) -> Result<(), ConfigError> {
+    let shown = redact_url(url.expose());
+    let has_password = shown.contains(":***@") || shown.contains("password=***");
+    let from_env = std::env::var(setting).ok().as_deref() == Some(url.expose());
+    if has_password && !from_env {
+        return Err(invalid(
+            setting,
+            "carries a password on the command line, where every user of the machine can \
+             read it; set the environment variable instead, or use a password file",
+        ));
+    }
+    Ok(())
+}
+
 /// A setting that failed validation, named as the operator wrote it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]
@@ -132,14 +163,30 @@ pub struct RedisSettings {
     #[arg(long = "redis-username", env = "OBSERVABILITY_REDIS_USERNAME")]
     pub username: Option<String>,
 
-    /// Password; replaces the password of the URL (so that it can come from a
-    /// Secret without URL-encoding).
+    /// File holding the ACL user (trailing newline ignored), read again at
+    /// every new connection; replaces the user of the URL.
     #[arg(
-        long = "redis-password",
-        env = "OBSERVABILITY_REDIS_PASSWORD",
-        hide_env_values = true
+        long = "redis-username-file",
+        env = "OBSERVABILITY_REDIS_USERNAME_FILE"
     )]
+    pub username_file: Option<PathBuf>,
+
+    /// Password, from the environment only (OBSERVABILITY_REDIS_PASSWORD: a
+    /// command line is visible to every user of the machine); replaces the
+    /// password of the URL, so that it can come from a Secret without
+    /// URL-encoding.
+    #[arg(skip = secret_from_env(REDIS_PASSWORD))]
     pub password: Option<Secret>,
+
+    /// File holding the password or token (trailing newline ignored), read
+    /// again at every new connection, so that a rotated password or a fresh
+    /// token needs no restart; replaces the password of the URL.
+    #[arg(
+        id = "redis_password_file",
+        long = "redis-password-file",
+        env = "OBSERVABILITY_REDIS_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 
     /// PEM bundle of the CA that signed the server's certificate (a private
     /// CA); without it `rediss://` verifies against the system's roots.
@@ -183,6 +230,17 @@ pub struct DatabaseSettings {
         hide_env_values = true
     )]
     pub database_url: SecretUrl,
+
+    /// File holding the password or token (trailing newline ignored), read
+    /// again at every new connection, so that a rotated password or a fresh
+    /// IAM token needs no restart. Not with a password in DATABASE_URL or
+    /// PGPASSWORD.
+    #[arg(
+        id = "database_password_file",
+        long = "database-password-file",
+        env = "OBSERVABILITY_DATABASE_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 
     /// Connections in the writer's pool.
     #[arg(long, env = "OBSERVABILITY_DB_POOL_SIZE", default_value_t = 4,
@@ -493,6 +551,8 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// Checks what clap cannot check value by value.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        refuse_password_on_command_line("DATABASE_URL", &self.database.database_url)?;
+        refuse_password_on_command_line("OBSERVABILITY_REDIS_URL", &self.redis.url)?;
         self.database.target()?;
         self.redis.target()?;
         if self.pipeline.stream.is_empty() {

@@ -45,6 +45,7 @@ pub mod http;
 pub mod memory_budget;
 pub mod merge;
 pub mod metrics;
+pub mod once_log;
 pub mod parse_pool;
 pub mod process_metrics;
 pub mod read_state;

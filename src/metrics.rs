@@ -19,6 +19,7 @@ pub const ACKED: &str = "swisper_ingest_acked_total";
 pub const TRIMMED_BEFORE_ACK: &str = "swisper_ingest_trimmed_before_ack_total";
 pub const REDIS_ERRORS: &str = "swisper_ingest_redis_errors_total";
 pub const POSTGRES_ERRORS: &str = "swisper_ingest_postgres_errors_total";
+pub const AUTH_FAILURES: &str = "swisper_ingest_auth_failures_total";
 pub const ACTOR_RESTARTS: &str = "swisper_ingest_actor_restarts_total";
 pub const CONSUMERS_REMOVED: &str = "swisper_ingest_consumers_removed_total";
 pub const READY: &str = "swisper_ingest_ready";
@@ -149,6 +150,10 @@ fn describe() {
     describe_counter!(
         POSTGRES_ERRORS,
         "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "New connections refused for their credentials, by target (redis, postgres); the next one reads the credentials files again."
     );
     describe_counter!(
         ACTOR_RESTARTS,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{cmd, ErrorKind, RedisError, Value};
+use redis::{cmd, RedisError, Value};
 
 use crate::event::{StreamEntry, StreamId};
 
@@ -358,20 +358,6 @@ pub async fn delete_consumer_if_idle(
         .invoke_async(conn)
         .await?;
     Ok(removed == 1)
-}
-
-/// True for errors after which the connection should be replaced.
-pub fn is_connection_error(error: &StreamError) -> bool {
-    match error {
-        StreamError::Redis(e) => {
-            e.is_io_error()
-                || e.is_timeout()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.kind() == ErrorKind::Io
-        }
-        StreamError::Reply { .. } => false,
-    }
 }
 
 /// The stream's own counters, from XINFO STREAM.

@@ -131,7 +131,9 @@ impl Servers {
             .parse()
             .unwrap(),
             username: None,
+            username_file: None,
             password: None,
+            password_file: None,
             ca_file: Some(self.cert("ca.crt").into()),
             client_cert_file: None,
             client_key_file: None,
@@ -144,6 +146,7 @@ impl Servers {
 async fn postgres(url: &str) -> tokio_postgres::Client {
     let settings = DatabaseSettings {
         database_url: url.parse().unwrap(),
+        password_file: None,
         db_pool_size: 1,
         create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
         price_refresh_secs: 30,

@@ -4,13 +4,14 @@
 //! long gone and have nothing pending, as replicas come and go with new names.
 
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
 
 use super::handover::{Handed, Handover};
 use super::ReadSettings;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
+use crate::connect::redis::ConnectionManager;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::redis_stream::{self, StreamError};
 use crate::weighed_read::{self, Mode, Read, Request};
 

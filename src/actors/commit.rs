@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::{FutureExt, LocalBoxFuture};
-use redis::aio::ConnectionManager;
 
 use super::writer::BatchStore;
 use super::WriteSettings;
 use crate::backoff::Backoff;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
+use crate::connect::redis::ConnectionManager;
 use crate::event::{BatchItem, Parsed, StreamId};
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::redis_stream;
 use crate::store::Pool;
 use crate::write_path;

@@ -11,10 +11,11 @@ use actix::prelude::*;
 use super::handover::{Handed, Handover};
 use super::stream_source::{SourceError, StreamSource};
 use crate::backoff::Backoff;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
 use crate::event::StreamId;
 use crate::health::Health;
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::read_state::{Next, ReadState};
 use crate::weighed_read::Read;
 

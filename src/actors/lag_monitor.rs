@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
+use crate::connect::redis::ConnectionManager;
 use actix::prelude::*;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 
 use super::MonitorSettings;
-use crate::connect::problem::{OnceLog, Problem};
+use crate::connect::problem::Problem;
 use crate::event::StreamId;
 use crate::health::unix_ms;
 use crate::metrics as m;
+use crate::once_log::OnceLog;
 use crate::redis_stream::{self, GroupInfo, GroupState, StreamError, StreamInfo};
 use crate::store::{heartbeats, Pool};
 

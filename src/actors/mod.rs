@@ -42,7 +42,7 @@ use crate::write_path::Studio;
 pub struct Shared<S> {
     pub settings: S,
     pub health: Arc<Health>,
-    pub redis: redis::Client,
+    pub redis: crate::connect::redis::RedisTarget,
     /// Retention horizons: refreshed by the retention worker, read by writers.
     pub horizons: Arc<Horizons>,
     /// The price cache and project rule of the studio's tables, for writers.

@@ -5,11 +5,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 
 use super::ReadSettings;
 use crate::memory_budget::{MemoryBudget, Weights};
@@ -148,20 +146,10 @@ async fn connection(
     })
 }
 
-/// Connects with a response timeout above BLOCK: redis-rs' default of 500 ms
-/// would fail a blocking read on the client while Redis still delivers. The
-/// margin is wide because a weighed read of entries near the size limits
-/// copies them inside Redis first; a read that times out on the client is
-/// still a delivery in Redis, counted and claimed later.
+/// Connects with a response timeout above BLOCK (see `connect::redis`).
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
     let block = shared.settings.pipeline.block();
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(block + Duration::from_secs(30)));
-    Ok(shared
-        .redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+    Ok(shared.redis.open_for_reads(block).await?)
 }
 
 /// A missing group is created again on the same connection, so that the

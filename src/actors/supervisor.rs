@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connect::redis::ConnectionManager;
 use actix::prelude::*;
 use futures_util::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 
 use super::claimer::{Claimer, StopClaiming};
 use super::commit::PostgresStore;

@@ -1,18 +1,39 @@
 //! Every connection of the service to Redis and PostgreSQL is made here, from
-//! the settings: TLS (rustls only), credentials, and errors explained in
+//! the settings: TLS (rustls only), credentials (read again from their files
+//! at each new connection), one timeout policy, and errors explained in
 //! terms of the setting to fix. Consumers, claimer, acks, monitor, the pool,
-//! migrations, the dead-letter commands and `check` all come through.
+//! migrations, retention, the dead-letter commands and `check` all come
+//! through; nothing else calls a driver's connect.
 //!
-//! - [`redis`]: `redis::Client` from `OBSERVABILITY_REDIS_*`.
+//! Timeouts: making one connection (TCP, TLS, authentication) may take
+//! [`CONNECT_TIMEOUT`], for every connection of both servers; an answer on
+//! a connection may take [`RESPONSE_TIMEOUT`], except a consumer's blocking
+//! read ([`redis::RedisTarget::open_for_reads`]: BLOCK and a margin).
+//! Postgres statements are bounded by the server's `statement_timeout`, and
+//! a pooled connection is waited for at most [`CONNECT_TIMEOUT`].
+//!
+//! - [`redis`]: connections from `OBSERVABILITY_REDIS_*`.
 //! - [`postgres`]: libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and
-//!   `PGPASSWORD` on top of tokio-postgres.
+//!   `PGPASSWORD` on top of tokio-postgres; the pool.
+//! - [`credentials`]: password and user files, read at each connection.
 //! - [`verify`]: the rustls certificate verifiers behind `sslmode`.
-//! - [`problem`]: what a failed connection means, logged once.
+//! - [`problem`]: what a failed connection means.
 
+pub mod credentials;
 pub mod postgres;
 pub mod problem;
 pub mod redis;
 pub mod verify;
+
+use std::time::Duration;
+
+/// How long making one connection may take, to either server: TCP, TLS
+/// handshake and authentication. A server that does not answer within it
+/// counts as unreachable, and the caller's backoff takes over.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a command may wait for its answer (a blocking read excepted).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 use std::sync::Arc;
 

@@ -4,10 +4,18 @@
 //! `PGSSLCERT` / `PGSSLKEY` when the URL does not say. tokio-postgres knows
 //! only disable/prefer/require and rejects the other parameters, so they are
 //! taken off the URL here and turned into a rustls configuration.
+//!
+//! With OBSERVABILITY_DATABASE_PASSWORD_FILE every connection (the pool's
+//! included, through [`Connector`]) reads the password from the file as it
+//! connects.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
+use tokio::task::JoinHandle;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -15,11 +23,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::credentials::SecretFile;
 use super::verify::{AnyCertificate, ChainOnly};
-use super::Verification;
+use super::{Verification, CONNECT_TIMEOUT};
 use crate::config::{invalid, ConfigError, DatabaseSettings};
+use crate::metrics as m;
+use crate::once_log::OnceLog;
+use crate::store::Pool;
 
 const URL: &str = "DATABASE_URL";
+const PASSWORD_FILE: &str = "OBSERVABILITY_DATABASE_PASSWORD_FILE";
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,17 +81,22 @@ impl fmt::Display for SslMode {
     }
 }
 
-/// Everything needed to open a connection: the pool, migrations, the
-/// dead-letter commands and `check` all start from this.
+/// Everything needed to open a connection: the pool, migrations, retention,
+/// the dead-letter commands and `check` all start from this.
 #[derive(Clone)]
 pub struct PgTarget {
-    pub config: tokio_postgres::Config,
+    /// The URL's settings, with the connect timeout; the password of a
+    /// password file is set on a copy at each connection.
+    config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
     pub mode: SslMode,
     /// How the certificate is checked when the connection is encrypted.
     pub verification: Verification,
     /// DATABASE_URL with its password redacted.
     pub shown: String,
+    password_file: Option<Arc<SecretFile>>,
+    /// Refused credentials, logged once per outage.
+    refused: Arc<OnceLog>,
 }
 
 impl fmt::Debug for PgTarget {
@@ -87,20 +105,122 @@ impl fmt::Debug for PgTarget {
             .field("url", &self.shown)
             .field("sslmode", &self.mode)
             .field("verification", &self.verification)
+            .field("password_file", &self.password_file.is_some())
             .finish()
     }
 }
 
+/// True when the server refused the credentials: 28P01 (wrong password),
+/// 28000 (no pg_hba entry lets this user in).
+pub fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|e| matches!(e.code().code(), "28P01" | "28000"))
+}
+
 impl PgTarget {
-    /// Opens one connection and drives it on the current runtime.
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await?;
-        tokio::spawn(async move {
+    /// The settings of a new connection: the password file read now.
+    fn config_now(&self, application_name: Option<&str>) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        if let Some(file) = &self.password_file {
+            config.password(file.read());
+        }
+        if let Some(name) = application_name {
+            config.application_name(name);
+        }
+        config
+    }
+
+    /// Opens one connection and drives it on the current runtime; the handle
+    /// ends when the connection does.
+    pub async fn connect_driven(
+        &self,
+        application_name: Option<&str>,
+    ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
+        let config = self.config_now(application_name);
+        let result = config.connect(self.tls.clone()).await;
+        self.observe(&result);
+        let (client, connection) = result?;
+        let driver = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "postgres connection closed");
             }
         });
-        Ok(client)
+        Ok((client, driver))
+    }
+
+    /// Opens one connection and drives it on the current runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        Ok(self.connect_driven(None).await?.0)
+    }
+
+    /// A session of its own, named for `pg_stat_activity`.
+    pub async fn session(
+        &self,
+        application_name: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        Ok(self.connect_driven(Some(application_name)).await?.0)
+    }
+
+    /// Counts and logs (once per outage) refused credentials; logs their
+    /// acceptance after a refusal.
+    fn observe<T>(&self, result: &Result<T, tokio_postgres::Error>) {
+        match result {
+            Err(error) if is_auth_failure(error) => {
+                metrics::counter!(m::AUTH_FAILURES, "target" => "postgres").increment(1);
+                self.refused.report(
+                    "authenticate to postgres",
+                    &super::problem::postgres(error, self),
+                );
+            }
+            Ok(_) => {
+                if self.refused.recovered() {
+                    tracing::info!("postgres accepts the credentials again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Builds the writers' pool; connections are made lazily (so this
+    /// succeeds while Postgres is down and the writer's retries take over),
+    /// each through [`Connector`]. Connections carry no session state of
+    /// ours, so any server connection a pooler hands out will do.
+    pub fn pool(&self, size: u32) -> Result<Pool, ConfigError> {
+        let manager = Manager::from_connect(
+            self.config_now(Some("swisper-ingest")),
+            Connector(self.clone()),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size as usize)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| invalid(URL, e.to_string()))
+    }
+}
+
+/// Builds the pool of the writers (see [`PgTarget::pool`]).
+pub fn connect_pool(target: &PgTarget, size: u32) -> Result<Pool, ConfigError> {
+    target.pool(size)
+}
+
+/// How the pool makes a connection: through [`PgTarget`], so that each one
+/// reads the password file and a refusal is counted.
+struct Connector(PgTarget);
+
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
+    {
+        Box::pin(self.0.connect_driven(Some("swisper-ingest")))
     }
 }
 
@@ -124,6 +244,23 @@ impl DatabaseSettings {
         params.key = params.key.or_else(|| env("PGSSLKEY"));
         let mut config = tokio_postgres::Config::from_str(&rest)
             .map_err(|e| invalid(URL, format!("{e} (in {})", self.database_url)))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let password_file = match &self.password_file {
+            Some(_) if config.get_password().is_some() => {
+                return Err(invalid(
+                    PASSWORD_FILE,
+                    "is set but DATABASE_URL carries a password too; keep one of them",
+                ))
+            }
+            Some(_) if env("PGPASSWORD").is_some() => {
+                return Err(invalid(
+                    PASSWORD_FILE,
+                    "is set together with PGPASSWORD; set one of them",
+                ))
+            }
+            Some(path) => Some(SecretFile::open(PASSWORD_FILE, path)?),
+            None => None,
+        };
         if config.get_password().is_none() {
             if let Some(password) = env("PGPASSWORD") {
                 config.password(password);
@@ -145,6 +282,8 @@ impl DatabaseSettings {
             mode,
             verification,
             shown: self.database_url.to_string(),
+            password_file,
+            refused: Arc::default(),
         })
     }
 }
@@ -305,6 +444,7 @@ mod tests {
     fn target(url: &str) -> Result<PgTarget, ConfigError> {
         DatabaseSettings {
             database_url: url.parse().unwrap(),
+            password_file: None,
             db_pool_size: 1,
             create_projects: crate::store::projects::CreateProjects::Auto,
             price_refresh_secs: 30,

@@ -1,8 +1,6 @@
 //! What a failed connection means for the operator: the problem in plain
 //! words (the word "certificate" where it is one) and the setting to fix,
-//! logged once rather than on every retry.
-
-use std::sync::Mutex;
+//! logged once (by [`crate::once_log::OnceLog`]) rather than on every retry.
 
 use super::postgres::PgTarget;
 use super::Verification;
@@ -131,12 +129,19 @@ pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
                  TLS port in OBSERVABILITY_REDIS_URL ({text})"
             ),
         )
-    } else if has("WRONGPASS") || has("NOAUTH") || has("invalid password") || has("NOPERM") {
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || has("WRONGPASS")
+        || has("NOAUTH")
+        || has("invalid password")
+        || has("NOPERM")
+    {
         (
             true,
             format!(
-                "redis authentication failed: check the user and password in OBSERVABILITY_REDIS_URL \
-                 or OBSERVABILITY_REDIS_USERNAME / OBSERVABILITY_REDIS_PASSWORD ({text})"
+                "redis authentication failed: check the user and password in OBSERVABILITY_REDIS_URL, \
+                 OBSERVABILITY_REDIS_USERNAME / OBSERVABILITY_REDIS_PASSWORD or their files \
+                 (OBSERVABILITY_REDIS_USERNAME_FILE / OBSERVABILITY_REDIS_PASSWORD_FILE, read again \
+                 at each connection) ({text})"
             ),
         )
     } else if !tls
@@ -217,8 +222,9 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
         (
             true,
             format!(
-                "postgres authentication failed: check the user and password in DATABASE_URL or \
-                 PGPASSWORD ({text})"
+                "postgres authentication failed: check the user and password in DATABASE_URL, \
+                 PGPASSWORD or OBSERVABILITY_DATABASE_PASSWORD_FILE (read again at each \
+                 connection) ({text})"
             ),
         )
     } else {
@@ -227,34 +233,6 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
     Problem {
         misconfigured,
         message,
-    }
-}
-
-/// Logs a repeating problem once (and again when it changes), at error level
-/// when a setting must change, warn when a server is merely unreachable.
-#[derive(Debug, Default)]
-pub struct OnceLog {
-    last: Mutex<Option<String>>,
-}
-
-impl OnceLog {
-    pub fn report(&self, what: &str, problem: &Problem) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_deref() == Some(problem.message.as_str()) {
-            tracing::debug!(error = %problem, "still cannot {what}");
-            return;
-        }
-        *last = Some(problem.message.clone());
-        if problem.misconfigured {
-            tracing::error!(error = %problem, "cannot {what}");
-        } else {
-            tracing::warn!(error = %problem, "cannot {what} yet");
-        }
-    }
-
-    /// Forgets the last problem, so that a recurrence is logged again.
-    pub fn clear(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -319,18 +297,5 @@ mod tests {
             Verification::Full,
         );
         assert!(!refused.misconfigured, "{refused}");
-    }
-
-    #[test]
-    fn the_same_problem_is_reported_once() {
-        let log = OnceLog::default();
-        let problem = Problem {
-            misconfigured: true,
-            message: "x".into(),
-        };
-        log.report("connect", &problem);
-        assert_eq!(log.last.lock().unwrap().as_deref(), Some("x"));
-        log.clear();
-        assert!(log.last.lock().unwrap().is_none());
     }
 }

@@ -1,14 +1,33 @@
-//! The one `redis::Client` of the service, built from `OBSERVABILITY_REDIS_*`:
+//! Every Redis connection of the service, built from `OBSERVABILITY_REDIS_*`:
 //! `rediss://` verified against the system roots or a private CA, optional
-//! client certificate, ACL user and password from the URL or their own
-//! variables.
+//! client certificate, ACL user and password from the URL, their own
+//! variables or files read again at every new connection.
+//!
+//! - [`RedisTarget::open`]: one multiplexed connection (a consumer's, `check`,
+//!   the dead-letter replay).
+//! - [`ConnectionManager`]: the connection shared by the claimer, the writers
+//!   and the lag monitor; it reconnects by itself, also after its credentials
+//!   were refused.
 
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
+use futures_util::Stream;
+use redis::aio::{ConnectionLike, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, BasicAuth, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind,
+    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
+    StreamingCredentialsProvider, TlsCertificates, Value,
+};
 
-use super::Verification;
+use super::credentials::{Credential, SecretFile};
+use super::{Verification, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::config::{invalid, ConfigError, RedisSettings};
+use crate::connect::problem;
+use crate::metrics as m;
+use crate::once_log::OnceLog;
 
 /// A Redis client with what it says about its connections.
 #[derive(Clone)]
@@ -16,6 +35,192 @@ pub struct RedisTarget {
     pub client: redis::Client,
     /// How the server's certificate is checked.
     pub verification: Verification,
+    /// Set when a credential comes from a file: handed to every connection,
+    /// which reads the files as it authenticates.
+    credentials: Option<FileCredentials>,
+    /// Refused credentials, logged once per outage.
+    refused: Arc<OnceLog>,
+}
+
+/// The user and password of each new connection, the files read at that
+/// moment. A subscription yields them once: a live connection keeps the
+/// identity it authenticated with (Redis does not drop it when a password
+/// changes), and the next one reads the files again.
+#[derive(Clone)]
+struct FileCredentials {
+    username: Credential,
+    password: Credential,
+}
+
+impl StreamingCredentialsProvider for FileCredentials {
+    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
+        let auth = BasicAuth::new(self.username.get(), self.password.get());
+        Box::pin(futures_util::stream::once(async move { Ok(auth) }))
+    }
+}
+
+/// True when the server refused the credentials (WRONGPASS, NOAUTH).
+pub fn is_auth_failure(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+impl RedisTarget {
+    /// The configuration of every connection: the one connect timeout, the
+    /// credentials files.
+    fn connection_config(&self, response_timeout: Duration) -> AsyncConnectionConfig {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(response_timeout));
+        match &self.credentials {
+            Some(credentials) => config.set_credentials_provider(credentials.clone()),
+            None => config,
+        }
+    }
+
+    /// Opens one connection whose commands may wait `response_timeout` for
+    /// their answers.
+    pub async fn open(&self, response_timeout: Duration) -> RedisResult<MultiplexedConnection> {
+        let result = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.connection_config(response_timeout))
+            .await;
+        self.observe(&result);
+        result
+    }
+
+    /// A consumer's connection: its answers may take the whole BLOCK of a
+    /// read, and then some. redis-rs' default of 500 ms would fail a blocking
+    /// read on the client while Redis still delivers; the margin is wide
+    /// because a weighed read of entries near the size limits copies them
+    /// inside Redis first (a read that times out on the client is still a
+    /// delivery in Redis, counted and claimed later).
+    pub async fn open_for_reads(&self, block: Duration) -> RedisResult<MultiplexedConnection> {
+        self.open(block + Duration::from_secs(30)).await
+    }
+
+    /// Counts and logs (once per outage) refused credentials; logs their
+    /// acceptance after a refusal.
+    fn observe<T>(&self, result: &RedisResult<T>) {
+        match result {
+            Err(error) if is_auth_failure(error) => {
+                metrics::counter!(m::AUTH_FAILURES, "target" => "redis").increment(1);
+                self.refused.report(
+                    "authenticate to redis",
+                    &problem::redis(error, self.verification),
+                );
+            }
+            Ok(_) => {
+                if self.refused.recovered() {
+                    tracing::info!("redis accepts the credentials again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The connection shared by the claimer, the writers and the lag monitor:
+/// redis-rs' `ConnectionManager` (which reconnects after a lost connection,
+/// each time with the credentials files read again), replaced by a fresh
+/// one when a reconnection is refused, since redis-rs' own would keep
+/// answering with that refusal.
+#[derive(Clone)]
+pub struct ConnectionManager(Arc<Managed>);
+
+struct Managed {
+    target: RedisTarget,
+    config: ConnectionManagerConfig,
+    /// The generation of the current connection manager, and itself.
+    current: Mutex<(u64, redis::aio::ConnectionManager)>,
+}
+
+impl ConnectionManager {
+    /// Connects (the first connection is made now, so that a bad setting
+    /// shows at start).
+    pub async fn connect(target: &RedisTarget) -> RedisResult<Self> {
+        let mut config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        if let Some(credentials) = &target.credentials {
+            config = config.set_credentials_provider(credentials.clone());
+        }
+        let result = target
+            .client
+            .get_connection_manager_with_config(config.clone())
+            .await;
+        target.observe(&result);
+        Ok(Self(Arc::new(Managed {
+            target: target.clone(),
+            config,
+            current: Mutex::new((0, result?)),
+        })))
+    }
+
+    fn current(&self) -> (u64, redis::aio::ConnectionManager) {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a command: refused credentials replace the manager of that
+    /// generation (once, however many commands saw the refusal), so that
+    /// the next command connects again with the files' current content.
+    fn settle<T>(&self, generation: u64, result: &RedisResult<T>) {
+        let target = &self.0.target;
+        target.observe(result);
+        let Err(error) = result else { return };
+        if !is_auth_failure(error) {
+            return;
+        }
+        let mut current = self.0.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match redis::aio::ConnectionManager::new_lazy_with_config(
+            target.client.clone(),
+            self.0.config.clone(),
+        ) {
+            Ok(fresh) => *current = (generation + 1, fresh),
+            Err(error) => tracing::warn!(%error, "cannot renew the redis connection manager"),
+        }
+    }
+}
+
+impl ConnectionLike for ConnectionManager {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let result = conn.send_packed_command(cmd).await;
+            self.settle(generation, &result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let result = conn.send_packed_commands(cmd, offset, count).await;
+            self.settle(generation, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0
+            .target
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .db()
+    }
 }
 
 impl RedisSettings {
@@ -29,12 +234,21 @@ impl RedisSettings {
             .expose()
             .into_connection_info()
             .map_err(|e| invalid(URL, format!("{e} (in {})", self.url)))?;
+        let credentials = self.credentials(info.redis_settings())?;
         let mut redis = info.redis_settings().clone();
-        if let Some(username) = &self.username {
-            redis = redis.set_username(username);
-        }
-        if let Some(password) = &self.password {
-            redis = redis.set_password(password.expose());
+        if let Some(credentials) = &credentials {
+            // The first reading, for clients that connect without the
+            // provider (blocking connections).
+            redis = redis
+                .set_username(credentials.username.get())
+                .set_password(credentials.password.get());
+        } else {
+            if let Some(username) = &self.username {
+                redis = redis.set_username(username);
+            }
+            if let Some(password) = &self.password {
+                redis = redis.set_password(password.expose());
+            }
         }
         let info = info.set_redis_settings(redis);
 
@@ -66,6 +280,8 @@ impl RedisSettings {
                 return Ok(RedisTarget {
                     client,
                     verification: Verification::Plaintext,
+                    credentials,
+                    refused: Arc::default(),
                 });
             }
         };
@@ -123,7 +339,47 @@ impl RedisSettings {
             } else {
                 Verification::Full
             },
+            credentials,
+            refused: Arc::default(),
         })
+    }
+
+    /// The credentials read from files at each connection, when a file is
+    /// set; a value and a file for the same credential are refused.
+    fn credentials(
+        &self,
+        url: &redis::RedisConnectionInfo,
+    ) -> Result<Option<FileCredentials>, ConfigError> {
+        const USERNAME_FILE: &str = "OBSERVABILITY_REDIS_USERNAME_FILE";
+        const PASSWORD_FILE: &str = "OBSERVABILITY_REDIS_PASSWORD_FILE";
+        if self.username.is_some() && self.username_file.is_some() {
+            return Err(invalid(
+                USERNAME_FILE,
+                "is set together with OBSERVABILITY_REDIS_USERNAME; set one of them",
+            ));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(invalid(
+                PASSWORD_FILE,
+                "is set together with OBSERVABILITY_REDIS_PASSWORD; set one of them",
+            ));
+        }
+        if self.username_file.is_none() && self.password_file.is_none() {
+            return Ok(None);
+        }
+        let username = match (&self.username_file, &self.username, url.username()) {
+            (Some(path), _, _) => Credential::File(SecretFile::open(USERNAME_FILE, path)?),
+            (None, Some(name), _) => Credential::Fixed(name.clone()),
+            (None, None, Some(name)) => Credential::Fixed(name.to_owned()),
+            // Redis 6+ calls the user of a plain password "default".
+            (None, None, None) => Credential::Fixed("default".to_owned()),
+        };
+        let password = match (&self.password_file, &self.password, url.password()) {
+            (Some(path), _, _) => Credential::File(SecretFile::open(PASSWORD_FILE, path)?),
+            (None, Some(password), _) => Credential::Fixed(password.expose().to_owned()),
+            (None, None, password) => Credential::Fixed(password.unwrap_or_default().to_owned()),
+        };
+        Ok(Some(FileCredentials { username, password }))
     }
 
     /// Warns loudly, once at start, when verification is switched off.
@@ -159,7 +415,9 @@ mod tests {
         RedisSettings {
             url: url.parse().unwrap(),
             username: None,
+            username_file: None,
             password: None,
+            password_file: None,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,

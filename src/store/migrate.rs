@@ -99,23 +99,19 @@ async fn lock_migrations(locker: &tokio_postgres::Client) -> Result<(), tokio_po
 
 /// Applies pending migrations; returns the names of those applied.
 pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = target
-        .config
-        .connect(target.tls.clone())
+    let (mut client, driver) = target
+        .connect_driven(None)
         .await
         .map_err(MigrateError::Connect)?;
-    let driver = tokio::spawn(connection);
     // The lock is held by an open transaction on a second connection, not by
     // a session: a pooler in transaction mode (pgbouncer) keeps a transaction
     // on one server connection, whereas a session lock could stay behind on
     // a server connection nobody unlocks. refinery runs every statement in
     // transactions of its own, so the whole migration is pooler-safe.
-    let (locker, lock_connection) = target
-        .config
-        .connect(target.tls.clone())
+    let (locker, lock_driver) = target
+        .connect_driven(None)
         .await
         .map_err(MigrateError::Connect)?;
-    let lock_driver = tokio::spawn(lock_connection);
     lock_migrations(&locker).await.map_err(MigrateError::Lock)?;
     client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))

@@ -14,8 +14,9 @@ pub mod retention;
 pub mod rows;
 pub mod studio_schema;
 
+pub use crate::connect::postgres::connect_pool;
 pub use jsonb::JsonbText;
-pub use pool::{connect_pool, Pool};
+pub use pool::Pool;
 
 /// Why a write failed, sorted by what the caller should do about it. Each
 /// variant has a bounded [`StoreError::label`], the `kind` label of

@@ -20,16 +20,7 @@ pub async fn connect(database: &DatabaseSettings) -> Result<Client, StoreError> 
     let target = database
         .target()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let mut config = target.config.clone();
-    config.application_name("swisper-ingest-retention");
-    config.connect_timeout(std::time::Duration::from_secs(5));
-    let (client, connection) = config.connect(target.tls.clone()).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "retention connection closed");
-        }
-    });
-    Ok(client)
+    Ok(target.session("swisper-ingest-retention").await?)
 }
 
 /// True when this session holds (or just took) the retention lock.

@@ -614,6 +614,7 @@ pub async fn public_schema_catalog(client: &tokio_postgres::Client) -> Vec<Strin
 pub fn pg_target(database_url: &str) -> swisper_ingest::connect::postgres::PgTarget {
     swisper_ingest::config::DatabaseSettings {
         database_url: database_url.parse().expect("a database url"),
+        password_file: None,
         db_pool_size: 2,
         create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
         price_refresh_secs: 30,
