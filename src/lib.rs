@@ -32,6 +32,7 @@ pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod bounds;
+pub mod build_info;
 pub mod check;
 pub mod config;
 pub mod connect;
