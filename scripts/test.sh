@@ -4,7 +4,8 @@
 # is removed at the end), then formatting and lint checks, the Rust unit,
 # property and integration tests (among them tests/tls.rs, which starts its
 # own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault
-# tests, the real-SDK end-to-end tests and the offline deployment checks.
+# tests, the real-SDK end-to-end tests, the offline deployment checks and the
+# supply-chain checks with the SBOM (scripts/supply-chain.sh).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh rust       only the Rust suites (fmt, clippy, cargo test)
@@ -45,6 +46,7 @@ if [[ $only == all ]]; then
   [[ -x tests/faults/run.sh ]] && run_suite "fault tests" tests/faults/run.sh
   [[ -x tests/sdk/run.sh ]] && run_suite "sdk end-to-end" tests/sdk/run.sh
   [[ -x tests/deploy/run.sh ]] && run_suite "deployment checks" tests/deploy/run.sh
+  run_suite "supply chain (cargo-deny, SBOM)" scripts/supply-chain.sh
 fi
 
 echo

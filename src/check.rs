@@ -17,10 +17,18 @@ use crate::store::migrate;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub ok: bool,
+    /// This binary: crate version and the commit it was built from.
+    pub binary: BinaryReport,
     pub redis: RedisReport,
     pub postgres: PostgresReport,
     /// Why `ok` is false, one line each.
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BinaryReport {
+    pub version: &'static str,
+    pub commit: &'static str,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -82,6 +90,10 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<Report> {
     let postgres = check_postgres(settings, &mut problems).await?;
     Ok(Report {
         ok: problems.is_empty(),
+        binary: BinaryReport {
+            version: crate::build_info::VERSION,
+            commit: crate::build_info::COMMIT,
+        },
         redis,
         postgres,
         problems,
@@ -296,6 +308,8 @@ fn or_dash<T: std::fmt::Display>(value: &Option<T>) -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.binary;
+        writeln!(f, "binary    version {}, commit {}", b.version, b.commit)?;
         let r = &self.redis;
         writeln!(f, "redis     {}", r.url)?;
         if r.connected {

@@ -33,6 +33,7 @@ pub mod app;
 pub mod backoff;
 pub mod batcher;
 pub mod bounds;
+pub mod build_info;
 pub mod check;
 pub mod config;
 pub mod connect;

@@ -33,7 +33,7 @@ fn return_freed_memory_at_once() {
 #[derive(Parser)]
 #[command(
     name = "swisper-ingest",
-    version,
+    version = swisper_ingest::build_info::LONG_VERSION,
     about = "Redis Streams to PostgreSQL ingestion for SwisperStudio observability"
 )]
 struct Cli {

@@ -75,7 +75,12 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("the metrics recorder is installed once per process");
             describe();
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => crate::build_info::VERSION,
+                "commit" => crate::build_info::COMMIT
+            )
+            .set(1.0);
             metrics::gauge!(POISONED).set(0.0);
             handle
         })
@@ -211,7 +216,10 @@ fn describe() {
         RETENTION_ERRORS,
         "Retention runs or horizon refreshes that failed (Postgres unavailable); retried next interval."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and commit labels tell the build."
+    );
     describe_gauge!(
         MEMORY_BUDGET,
         Unit::Bytes,
