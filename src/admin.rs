@@ -78,7 +78,7 @@ pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> any
     let client = target
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect: {}", problem::postgres(&e, &target)))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect: {}", target.explain(&e)))?;
     let mut out = std::io::stdout().lock();
     match command {
         DeadLetterCommand::List { select, limit } => {

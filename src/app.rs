@@ -22,6 +22,7 @@ use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::once_log::OnceLog;
 use crate::store::{self, migrate};
+use crate::write_path::Studio;
 use crate::{metrics as m, redis_stream};
 
 /// Runs the service until `shutdown` resolves, then drains within the
@@ -108,7 +109,7 @@ async fn start_pipeline(
             Ok(_) => Ok(Ok::<_, std::convert::Infallible>(())),
             Err(error) => {
                 metrics::counter!(m::POSTGRES_ERRORS, "kind" => "unavailable").increment(1);
-                Err(problem::postgres(&error, &pg))
+                Err(pg.explain(&error))
             }
         }
     })
@@ -122,7 +123,7 @@ async fn start_pipeline(
                 }
                 // Unreachable Postgres is retried; a failing migration is fatal.
                 Err(migrate::MigrateError::Migration(e)) => Ok(Err(e)),
-                Err(migrate::MigrateError::Connect(e)) => Err(problem::postgres(&e, &pg)),
+                Err(migrate::MigrateError::Connect(e)) => Err(pg.explain(&e)),
                 Err(other) => Err(Problem::transient(other.to_string())),
             }
         })
@@ -162,7 +163,10 @@ async fn start_pipeline(
         health,
         redis: redis.clone(),
         horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
-        studio: Arc::new(settings.database.studio()),
+        studio: Arc::new(Studio::new(
+            settings.database.create_projects,
+            settings.database.price_refresh(),
+        )),
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }

@@ -198,7 +198,7 @@ async fn check_postgres(
     let client = match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
         Ok(Ok(client)) => client,
         Ok(Err(error)) => {
-            let problem = problem::postgres(&error, &target);
+            let problem = target.explain(&error);
             report.error = Some(problem.message.clone());
             problems.push(problem.message);
             return Ok(report);

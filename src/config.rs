@@ -256,7 +256,7 @@ pub struct DatabaseSettings {
         value_enum,
         default_value = "auto"
     )]
-    pub create_projects: crate::store::projects::CreateProjects,
+    pub create_projects: CreateProjects,
 
     /// How often each replica re-reads the studio's model_pricing (seconds).
     #[arg(long, env = "OBSERVABILITY_PRICE_REFRESH_SECS", default_value_t = 30,
@@ -265,12 +265,8 @@ pub struct DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    /// What writing into the studio's tables needs, for one replica.
-    pub fn studio(&self) -> crate::write_path::Studio {
-        crate::write_path::Studio::new(
-            self.create_projects,
-            std::time::Duration::from_secs(self.price_refresh_secs),
-        )
+    pub fn price_refresh(&self) -> Duration {
+        Duration::from_secs(self.price_refresh_secs)
     }
 }
 
@@ -525,7 +521,7 @@ pub struct ServeSettings {
     pub database: DatabaseSettings,
 
     #[command(flatten)]
-    pub retention: crate::retention::RetentionSettings,
+    pub retention: RetentionSettings,
 
     /// Do not apply pending migrations at start (a migration job does it).
     #[arg(
@@ -575,6 +571,89 @@ impl ServeSettings {
         }
         Ok(())
     }
+}
+
+/// Retention settings, flattened into `serve`'s.
+#[derive(Args, Debug, Clone)]
+pub struct RetentionSettings {
+    /// Traces (with all their observations) older than this many days are
+    /// forgotten; unset keeps everything, except projects with their own
+    /// horizon (`swisper-ingest retention set`).
+    #[arg(long = "retention-days", env = "OBSERVABILITY_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_days: Option<u32>,
+
+    /// Dead letters older than this many days are forgotten; unset keeps them.
+    #[arg(long = "retention-dead-letter-days", env = "OBSERVABILITY_RETENTION_DEAD_LETTER_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_dead_letter_days: Option<u32>,
+
+    /// SDK heartbeat rows (project, SDK version) not heard for this many days
+    /// are forgotten; unset keeps them.
+    #[arg(long = "retention-heartbeat-days", env = "OBSERVABILITY_RETENTION_HEARTBEAT_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_heartbeat_days: Option<u32>,
+
+    /// How long a forgotten trace's id is remembered, so that its late events
+    /// are refused rather than stored as half a trace. Must exceed the
+    /// longest trace (first to last event).
+    #[arg(long = "retention-tombstone-days", env = "OBSERVABILITY_RETENTION_TOMBSTONE_DAYS",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub retention_tombstone_days: u32,
+
+    /// How often the retention worker looks for due rows (and every replica
+    /// re-reads the per-project horizons).
+    #[arg(long = "retention-interval-secs", env = "OBSERVABILITY_RETENTION_INTERVAL_SECS",
+          default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
+
+    /// Traces forgotten per transaction (with their observations).
+    #[arg(long = "retention-batch-size", env = "OBSERVABILITY_RETENTION_BATCH_SIZE",
+          default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub retention_batch_size: u32,
+
+    /// Pause between two retention transactions, so that ingestion and
+    /// autovacuum keep up.
+    #[arg(long = "retention-pause-ms", env = "OBSERVABILITY_RETENTION_PAUSE_MS",
+          default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub retention_pause_ms: u64,
+
+    /// TEST ONLY: the length of a retention "day" in seconds, so that tests
+    /// run several horizons in minutes. Leave at 86400 in production.
+    #[arg(long = "retention-unit-secs", env = "OBSERVABILITY_RETENTION_UNIT_SECS",
+          default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=86_400),
+          hide = true)]
+    pub retention_unit_secs: u64,
+}
+
+impl RetentionSettings {
+    pub fn days(&self, days: u32) -> Duration {
+        Duration::from_secs(self.retention_unit_secs * u64::from(days))
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs)
+    }
+
+    pub fn pause(&self) -> Duration {
+        Duration::from_millis(self.retention_pause_ms)
+    }
+
+    /// Dead letters or heartbeat rows have a horizon of their own.
+    pub fn forgets_other_tables(&self) -> bool {
+        self.retention_dead_letter_days.is_some() || self.retention_heartbeat_days.is_some()
+    }
+}
+
+/// Whether unknown projects are created on first sight
+/// (`OBSERVABILITY_CREATE_PROJECTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CreateProjects {
+    /// Create them when this service created the studio's tables itself
+    /// (a standalone database), never in front of a studio.
+    Auto,
+    Always,
+    Never,
 }
 
 #[cfg(test)]

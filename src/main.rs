@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
 use swisper_ingest::retention::command::{self as retention, RetentionCommand};
-use swisper_ingest::{admin, app, check, connect, store};
+use swisper_ingest::{admin, app, check, store};
 
 /// Parsing allocates and frees many small values per entry; glibc's malloc
 /// spent a third of the service's CPU on that (docs/benchmarks.md).
@@ -145,10 +145,7 @@ fn main() -> ExitCode {
                 let target = database.target()?;
                 let applied = match store::migrate::run(&target).await {
                     Err(store::migrate::MigrateError::Connect(e)) => {
-                        anyhow::bail!(
-                            "migrate: cannot connect: {}",
-                            connect::problem::postgres(&e, &target)
-                        )
+                        anyhow::bail!("migrate: cannot connect: {}", target.explain(&e))
                     }
                     other => other.context("migrate")?,
                 };

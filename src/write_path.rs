@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use tokio_postgres::GenericClient;
 
+use crate::config::CreateProjects;
 use crate::cost::Prices;
 pub use crate::event::BatchItem;
 use crate::event::{Heartbeat, Parsed, Reason, Rejection, TraceEvent};
 use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
-use crate::store::projects::{self, CreateProjects};
+use crate::store::projects;
 use crate::store::{describe, heartbeats, rows, Pool, StoreError};
 
 mod tenancy;

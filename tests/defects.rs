@@ -16,7 +16,7 @@ use swisper_ingest::event::{
     TraceStart,
 };
 use swisper_ingest::retention::Horizons;
-use swisper_ingest::store::projects::CreateProjects;
+use swisper_ingest::config::CreateProjects;
 use swisper_ingest::store::{retention, Pool};
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 

@@ -25,7 +25,7 @@ use swisper_ingest::event::{
 };
 use swisper_ingest::merge::{merge, Version};
 use swisper_ingest::retention::Horizons;
-use swisper_ingest::store::projects::CreateProjects;
+use swisper_ingest::config::CreateProjects;
 use swisper_ingest::store::Pool;
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 

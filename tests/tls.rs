@@ -148,7 +148,7 @@ async fn postgres(url: &str) -> tokio_postgres::Client {
         database_url: url.parse().unwrap(),
         password_file: None,
         db_pool_size: 1,
-        create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
+        create_projects: swisper_ingest::config::CreateProjects::Auto,
         price_refresh_secs: 30,
     };
     settings.target().unwrap().connect().await.unwrap()

@@ -30,9 +30,10 @@ mod tests;
 use std::sync::Arc;
 
 use crate::bounds::BoundsSettings;
+use crate::config::RetentionSettings;
 use crate::config::{ClaimSettings, DatabaseSettings, LimitSettings, PipelineSettings};
 use crate::health::Health;
-use crate::retention::{Horizons, RetentionSettings};
+use crate::retention::Horizons;
 use crate::write_path::Studio;
 
 /// What every actor of a replica shares, with the settings groups that one

@@ -29,7 +29,7 @@ use super::{Verification, CONNECT_TIMEOUT};
 use crate::config::{invalid, ConfigError, DatabaseSettings};
 use crate::metrics as m;
 use crate::once_log::OnceLog;
-use crate::store::Pool;
+use deadpool_postgres::Pool;
 
 const URL: &str = "DATABASE_URL";
 const PASSWORD_FILE: &str = "OBSERVABILITY_DATABASE_PASSWORD_FILE";
@@ -119,6 +119,11 @@ pub fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
 }
 
 impl PgTarget {
+    /// Explains a connection error to this target.
+    pub fn explain(&self, error: &tokio_postgres::Error) -> super::problem::Problem {
+        super::problem::postgres(error, &self.mode)
+    }
+
     /// The settings of a new connection: the password file read now.
     fn config_now(&self, application_name: Option<&str>) -> tokio_postgres::Config {
         let mut config = self.config.clone();
@@ -168,10 +173,8 @@ impl PgTarget {
         match result {
             Err(error) if is_auth_failure(error) => {
                 metrics::counter!(m::AUTH_FAILURES, "target" => "postgres").increment(1);
-                self.refused.report(
-                    "authenticate to postgres",
-                    &super::problem::postgres(error, self),
-                );
+                self.refused
+                    .report("authenticate to postgres", &self.explain(error));
             }
             Ok(_) => {
                 if self.refused.recovered() {
@@ -446,7 +449,7 @@ mod tests {
             database_url: url.parse().unwrap(),
             password_file: None,
             db_pool_size: 1,
-            create_projects: crate::store::projects::CreateProjects::Auto,
+            create_projects: crate::config::CreateProjects::Auto,
             price_refresh_secs: 30,
         }
         .target()

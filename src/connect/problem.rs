@@ -2,7 +2,6 @@
 //! words (the word "certificate" where it is one) and the setting to fix,
 //! logged once (by [`crate::once_log::OnceLog`]) rather than on every retry.
 
-use super::postgres::PgTarget;
 use super::Verification;
 
 /// A connection failure explained.
@@ -177,8 +176,8 @@ pub fn redis(error: &redis::RedisError, verification: Verification) -> Problem {
     }
 }
 
-/// Explains a PostgreSQL connection error for this target.
-pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
+/// Explains a PostgreSQL connection error made with this `sslmode`.
+pub fn postgres(error: &tokio_postgres::Error, sslmode: &dyn std::fmt::Display) -> Problem {
     let text = chain(error);
     let has = |needle: &str| text.contains(needle);
     let db_code = error.as_db_error().map(|e| e.code().code().to_owned());
@@ -190,10 +189,7 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
         );
         (
             true,
-            format!(
-                "postgres TLS (sslmode={}): {explained} ({text})",
-                target.mode
-            ),
+            format!("postgres TLS (sslmode={}): {explained} ({text})", sslmode),
         )
     } else if has("server does not support TLS") {
         (
@@ -201,7 +197,7 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
             format!(
                 "postgres TLS (sslmode={}): the server does not accept TLS; enable ssl on the server \
                  or set sslmode=disable in DATABASE_URL if plaintext is acceptable ({text})",
-                target.mode
+                sslmode
             ),
         )
     } else if has("no encryption") || (db_code.as_deref() == Some("28000") && has("SSL off")) {
@@ -210,13 +206,13 @@ pub fn postgres(error: &tokio_postgres::Error, target: &PgTarget) -> Problem {
             format!(
                 "postgres refused a plaintext connection (sslmode={}): the server accepts only TLS; \
                  set sslmode=verify-full (or require) in DATABASE_URL ({text})",
-                target.mode
+                sslmode
             ),
         )
     } else if has("certificate") || has("TLS") || has("tls") {
         (
             true,
-            format!("postgres TLS (sslmode={}): check DATABASE_URL sslmode, sslrootcert, sslcert and sslkey ({text})", target.mode),
+            format!("postgres TLS (sslmode={}): check DATABASE_URL sslmode, sslrootcert, sslcert and sslkey ({text})", sslmode),
         )
     } else if matches!(db_code.as_deref(), Some("28P01" | "28000")) || has("password") {
         (

@@ -8,6 +8,7 @@ pub mod parse;
 mod payload;
 mod reject;
 mod time;
+pub mod weight;
 
 use std::fmt;
 use std::str::FromStr;

@@ -4,7 +4,7 @@
 //! Compressed data is inflated only as the SDK writes it (one gzip member,
 //! Python's `gzip.compress`, under the one `_data` key) and never past what
 //! Redis weighed it at before delivering it (`expanded_size` in
-//! src/weighed_read.lua, mirrored by `weighed_read::find_weighed_data`):
+//! src/weighed_read.lua, mirrored by `weight::find_weighed_data`):
 //! the memory budget covers what the parser holds. Anything else is a dead
 //! letter with its reason (`decompression_failed`), not a bigger allocation.
 
@@ -13,8 +13,8 @@ use std::io::Read;
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::weight;
 use super::{Reason, Rejection};
-use crate::weighed_read;
 
 /// Serialized JSON that jsonb accepts (no NUL anywhere, valid UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,7 @@ fn inflate(data: &str, encoded: &str, limit: u64) -> Result<Vec<u8>, Rejection> 
     // The text weighed must be the text inflated: a second `_data` key (a
     // JSON parser keeps the last, the weigher reads the first) or an escaped
     // one would be inflated unweighed.
-    let weighed = weighed_read::find_weighed_data(data.as_bytes())
+    let weighed = weight::find_weighed_data(data.as_bytes())
         .filter(|weighed| data.as_bytes()[weighed.text.clone()] == *encoded.as_bytes());
     let Some(weighed) = weighed else {
         return refuse(
@@ -325,7 +325,7 @@ mod tests {
         );
         assert!(wire.find("_data").unwrap() > 256);
         assert_eq!(
-            crate::weighed_read::expanded_size(wire.as_bytes(), 1 << 20),
+            weight::expanded_size(wire.as_bytes(), 1 << 20),
             inner.len() as u64
         );
         let map = expand_data(&wire, 1 << 20).unwrap();

@@ -1,6 +1,6 @@
 //! Retention: how long data is kept, and what a late event is.
 //!
-//! - [`RetentionSettings`]: the global horizon and the worker's pace.
+//! - [`RetentionSettings`] (in `config`): the global horizon and the worker's pace.
 //! - [`Horizons`]: the horizon of each project (global, or its override in
 //!   `retention_projects`), shared by the retention worker, which refreshes
 //!   the overrides, and the writers, which refuse late events.
@@ -20,79 +20,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 
-/// Retention settings, flattened into `serve`'s.
-#[derive(Args, Debug, Clone)]
-pub struct RetentionSettings {
-    /// Traces (with all their observations) older than this many days are
-    /// forgotten; unset keeps everything, except projects with their own
-    /// horizon (`swisper-ingest retention set`).
-    #[arg(long = "retention-days", env = "OBSERVABILITY_RETENTION_DAYS",
-          value_parser = clap::value_parser!(u32).range(1..=36_500))]
-    pub retention_days: Option<u32>,
-
-    /// Dead letters older than this many days are forgotten; unset keeps them.
-    #[arg(long = "retention-dead-letter-days", env = "OBSERVABILITY_RETENTION_DEAD_LETTER_DAYS",
-          value_parser = clap::value_parser!(u32).range(1..=36_500))]
-    pub retention_dead_letter_days: Option<u32>,
-
-    /// SDK heartbeat rows (project, SDK version) not heard for this many days
-    /// are forgotten; unset keeps them.
-    #[arg(long = "retention-heartbeat-days", env = "OBSERVABILITY_RETENTION_HEARTBEAT_DAYS",
-          value_parser = clap::value_parser!(u32).range(1..=36_500))]
-    pub retention_heartbeat_days: Option<u32>,
-
-    /// How long a forgotten trace's id is remembered, so that its late events
-    /// are refused rather than stored as half a trace. Must exceed the
-    /// longest trace (first to last event).
-    #[arg(long = "retention-tombstone-days", env = "OBSERVABILITY_RETENTION_TOMBSTONE_DAYS",
-          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=365))]
-    pub retention_tombstone_days: u32,
-
-    /// How often the retention worker looks for due rows (and every replica
-    /// re-reads the per-project horizons).
-    #[arg(long = "retention-interval-secs", env = "OBSERVABILITY_RETENTION_INTERVAL_SECS",
-          default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub retention_interval_secs: u64,
-
-    /// Traces forgotten per transaction (with their observations).
-    #[arg(long = "retention-batch-size", env = "OBSERVABILITY_RETENTION_BATCH_SIZE",
-          default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub retention_batch_size: u32,
-
-    /// Pause between two retention transactions, so that ingestion and
-    /// autovacuum keep up.
-    #[arg(long = "retention-pause-ms", env = "OBSERVABILITY_RETENTION_PAUSE_MS",
-          default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    pub retention_pause_ms: u64,
-
-    /// TEST ONLY: the length of a retention "day" in seconds, so that tests
-    /// run several horizons in minutes. Leave at 86400 in production.
-    #[arg(long = "retention-unit-secs", env = "OBSERVABILITY_RETENTION_UNIT_SECS",
-          default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=86_400),
-          hide = true)]
-    pub retention_unit_secs: u64,
-}
-
-impl RetentionSettings {
-    pub fn days(&self, days: u32) -> Duration {
-        Duration::from_secs(self.retention_unit_secs * u64::from(days))
-    }
-
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs(self.retention_interval_secs)
-    }
-
-    pub fn pause(&self) -> Duration {
-        Duration::from_millis(self.retention_pause_ms)
-    }
-
-    /// Dead letters or heartbeat rows have a horizon of their own.
-    pub fn forgets_other_tables(&self) -> bool {
-        self.retention_dead_letter_days.is_some() || self.retention_heartbeat_days.is_some()
-    }
-}
+use crate::config::RetentionSettings;
 
 /// The horizon of every project, as the writers and the worker see it.
 #[derive(Debug)]

@@ -9,8 +9,9 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio_postgres::Client;
 
-use super::{Horizons, RetentionSettings};
+use super::Horizons;
 use crate::config::DatabaseSettings;
+use crate::config::RetentionSettings;
 use crate::metrics as m;
 use crate::store::retention::{self as store, OldRows};
 use crate::store::StoreError;

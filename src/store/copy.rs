@@ -15,8 +15,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 use tokio_postgres::Transaction;
 
-use super::rows::{conflict_or, ObservationWrite, TraceWrite};
-use super::StoreError;
+use super::row_writes::{ObservationWrite, TraceWrite};
+use super::{conflict_or, StoreError};
 use crate::event::OBSERVATION_TYPES;
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;

@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod pool;
 pub mod projects;
 pub mod retention;
+pub mod row_writes;
 pub mod rows;
 pub mod studio_schema;
 
@@ -140,6 +141,16 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
             None => format!("{} ({})", db.message(), db.code().code()),
         },
         None => error.to_string(),
+    }
+}
+
+/// A unique violation on a COPY of rows that were not there when locked:
+/// another writer inserted one meanwhile.
+pub(crate) fn conflict_or(error: tokio_postgres::Error) -> StoreError {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(describe(&error))
+    } else {
+        error.into()
     }
 }
 

@@ -5,17 +5,7 @@
 use tokio_postgres::{GenericClient, Transaction};
 
 use super::StoreError;
-
-/// Whether unknown projects are created on first sight
-/// (`OBSERVABILITY_CREATE_PROJECTS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CreateProjects {
-    /// Create them when this service created the studio's tables itself
-    /// (a standalone database), never in front of a studio.
-    Auto,
-    Always,
-    Never,
-}
+use crate::config::CreateProjects;
 
 impl CreateProjects {
     /// Resolves `auto` against the database.

@@ -616,7 +616,7 @@ pub fn pg_target(database_url: &str) -> swisper_ingest::connect::postgres::PgTar
         database_url: database_url.parse().expect("a database url"),
         password_file: None,
         db_pool_size: 2,
-        create_projects: swisper_ingest::store::projects::CreateProjects::Auto,
+        create_projects: swisper_ingest::config::CreateProjects::Auto,
         price_refresh_secs: 30,
     }
     .target()
@@ -637,7 +637,7 @@ pub async fn migrated_pool(
         .expect("migrate");
     let pool = swisper_ingest::store::connect_pool(&target, 4).expect("a pool");
     let studio = swisper_ingest::write_path::Studio::new(
-        swisper_ingest::store::projects::CreateProjects::Auto,
+        swisper_ingest::config::CreateProjects::Auto,
         std::time::Duration::from_secs(30),
     );
     (pool, studio)
