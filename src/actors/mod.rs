@@ -1,5 +1,8 @@
-//! The actor system: thin glue that schedules the I/O of `redis_stream`,
-//! `write_path` and `store`. One actor a file, each message beside its actor.
+//! The actor system: each actor asks its state machine ([`crate::read_state`],
+//! [`crate::batcher`]) what to do, does the I/O (`redis_stream`,
+//! `write_path`, `store`) and reports what happened. One actor a file, each
+//! message beside its actor; the shutdown signal is [`Health`]'s draining
+//! state, checked by every actor before its next step.
 //!
 //! - [`supervisor::Supervisor`] starts the others, restarts any that dies
 //!   (with backoff, counted), and drains them in order on shutdown.
@@ -8,7 +11,8 @@
 //!   (backpressure; what is in hand is bounded by [`crate::memory_budget`]).
 //! - [`claimer::Claimer`]: claims entries idle too long (their consumer
 //!   died) and sends them through the same writer.
-//! - [`writer::Writer`]: gathers batches from all of them, commits one
+//! - [`writer::Writer`] × W: gathers the batches of the consumers it serves
+//!   (and the claimer's), commits one
 //!   transaction at a time, then XACKs every entry of it.
 //! - [`lag_monitor::LagMonitor`]: lag, pending and readiness probes.
 //! - [`retention::RetentionWorker`]: forgets data past its horizon (one
