@@ -11,6 +11,7 @@ use redis::aio::ConnectionManager;
 
 use super::writer::WriteEntries;
 use super::ReadSettings;
+use crate::batch_span::BatchSpan;
 use crate::connect::problem::{OnceLog, Problem};
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
@@ -190,6 +191,13 @@ async fn claim_pass(
         }
         if let (Some(first), Some(last)) = (page.entries.first(), page.entries.last()) {
             let (first, last) = (first.id, last.id);
+            let batch = BatchSpan::read(
+                &settings.pipeline.stream,
+                &name,
+                true,
+                &page.entries,
+                reservation.bytes(),
+            );
             metrics::counter!(m::CLAIMED).increment(page.entries.len() as u64);
             tracing::info!(claimer = %name, entries = page.entries.len(), %first, %last, "claimed idle entries");
             let items = parse_pool
@@ -204,8 +212,10 @@ async fn claim_pass(
                 .send(WriteEntries {
                     items,
                     reservation: Some(reservation),
+                    span: batch.clone(),
                 })
                 .await;
+            let _in_batch = batch.answered(&sent);
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {

@@ -14,6 +14,7 @@ use redis::AsyncConnectionConfig;
 use super::writer::{WriteEntries, WriteError};
 use super::ReadSettings;
 use crate::backoff::Backoff;
+use crate::batch_span::BatchSpan;
 use crate::connect::problem::{OnceLog, Problem};
 use crate::event::StreamId;
 use crate::memory_budget::{MemoryBudget, Weights};
@@ -315,6 +316,13 @@ async fn read_step(
         return (Step::Progress, state);
     }
     let ids: Vec<StreamId> = page.entries.iter().map(|e| e.id).collect();
+    let batch = BatchSpan::read(
+        &settings.pipeline.stream,
+        &name,
+        false,
+        &page.entries,
+        reservation.bytes(),
+    );
     let items = parse_pool
         .prepare(
             page.entries,
@@ -324,6 +332,7 @@ async fn read_step(
         )
         .await;
     let Ok(items) = items else {
+        let _in_batch = batch.entered();
         // A bug in parsing: the entries stay pending and are read again,
         // each time a delivery, until the delivery limit dead-letters them.
         tracing::error!(consumer = %name, entries = ids.len(), "parsing a batch panicked; re-reading own pending entries");
@@ -341,8 +350,10 @@ async fn read_step(
         .send(WriteEntries {
             items,
             reservation: Some(reservation),
+            span: batch.clone(),
         })
         .await;
+    let _in_batch = batch.answered(&sent);
     // The writer gives the reservation back once no entry of it is in hand.
     let conn = Some(conn);
     match sent {

@@ -15,9 +15,11 @@ use actix::prelude::*;
 use chrono::Utc;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::WriteSettings;
 use crate::backoff::Backoff;
+use crate::batch_span::{BatchSpan, Pages, Transaction};
 use crate::connect::problem::{OnceLog, Problem};
 use crate::event::{Parsed, StreamId};
 use crate::memory_budget::Reservation;
@@ -38,6 +40,8 @@ type Shared = super::Shared<WriteSettings>;
 pub struct WriteEntries {
     pub items: Vec<BatchItem>,
     pub reservation: Option<Reservation>,
+    /// The page's span, ended by the writer at its last XACK.
+    pub span: BatchSpan,
 }
 
 /// Write whatever is buffered or held now; replies when it is committed.
@@ -82,6 +86,8 @@ pub struct Writer {
     /// Entries rejected in a row, across batches: a broken producer shows as
     /// a long run, and past the limit nothing more is dead-lettered.
     rejection_run: u64,
+    /// Spans of the pages with entries in hand (crate::batch_span).
+    pages: Pages,
 }
 
 impl Writer {
@@ -106,6 +112,7 @@ impl Writer {
                 in_flight: false,
                 linger: None,
                 rejection_run: 0,
+                pages: Pages::default(),
             }
         };
         match arbiter {
@@ -124,6 +131,7 @@ impl Writer {
         let (done, receiver) = oneshot::channel();
         self.buffer.extend(batch.items);
         self.reservations.extend(batch.reservation);
+        self.pages.add(batch.span);
         self.waiters.push(done);
         let pipeline = &self.shared.settings.pipeline;
         let linger = pipeline.write_linger();
@@ -215,12 +223,16 @@ impl Writer {
     ) {
         items.extend(fresh);
         self.in_flight = true;
+        let transaction = self.pages.transaction(&items);
+        let span = transaction.span();
         let batch = commit_and_ack(
             self.shared.clone(),
             self.pool.clone(),
             self.acker.clone(),
             items,
-        );
+            transaction,
+        )
+        .instrument(span);
         ctx.spawn(batch.into_actor(self).map(move |(), writer, ctx| {
             writer.in_flight = false;
             drop(reservations);
@@ -255,6 +267,7 @@ impl Handler<Flush> for Writer {
         let empty = WriteEntries {
             items: Vec::new(),
             reservation: None,
+            span: BatchSpan::default(),
         };
         let done = self.enqueue(empty, ctx);
         self.flush(ctx);
@@ -269,6 +282,7 @@ async fn commit_and_ack(
     pool: Pool,
     mut acker: ConnectionManager,
     mut items: Vec<BatchItem>,
+    transaction: Transaction,
 ) {
     if items.is_empty() {
         return;
@@ -316,12 +330,17 @@ async fn commit_and_ack(
     shared.health.committed();
     record_outcomes(&items, started);
     let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
-    ack_with_retries(&mut acker, &shared, &ids).await;
+    let acked = ack_with_retries(&mut acker, &shared, &ids).await;
+    transaction.settle(&items, acked);
 }
 
 /// A failed XACK loses nothing: the entries stay pending, are claimed again
-/// and rewritten (idempotently), then acked.
-async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &[StreamId]) {
+/// and rewritten (idempotently), then acked. Returns whether it succeeded.
+async fn ack_with_retries(
+    acker: &mut ConnectionManager,
+    shared: &Shared,
+    ids: &[StreamId],
+) -> bool {
     let settings = &shared.settings;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     for attempt in 1..=5 {
@@ -335,7 +354,7 @@ async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &
         {
             Ok(_) => {
                 metrics::counter!(m::ACKED).increment(ids.len() as u64);
-                return;
+                return true;
             }
             Err(error) => {
                 metrics::counter!(m::REDIS_ERRORS, "operation" => "xack").increment(1);
@@ -344,6 +363,7 @@ async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &
             }
         }
     }
+    false
 }
 
 fn record_outcomes(items: &[BatchItem], started: Instant) {
