@@ -193,6 +193,8 @@ fn provider(
     } else {
         Protocol::HttpBinary
     };
+    // The client of an https endpoint takes the process's TLS provider.
+    crate::connect::crypto_provider();
     // Headers, timeout and compression come from their OTEL_* variables.
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
