@@ -211,10 +211,11 @@ impl Pages {
         self.0.extend(page.0);
     }
 
-    /// Assigns each of `items` to the earliest open page that holds its id
-    /// and has not given it to a transaction yet (so that an entry read
-    /// twice, by a consumer and by the claimer, counts once in each page),
-    /// and opens the transaction's span over those pages.
+    /// Assigns each of `items` to an open page that holds its id and has
+    /// not given it to a transaction yet (so that an entry read twice, by a
+    /// consumer and by the claimer, counts once in each page), and opens the
+    /// transaction's span over those pages. Items come grouped by page, so
+    /// the page of the previous item is tried first.
     pub fn transaction(&mut self, items: &[BatchItem]) -> Transaction {
         if items.is_empty() {
             // Nothing to write (a flush with nothing in hand): no span.
@@ -223,17 +224,28 @@ impl Pages {
                 span: Span::none(),
             };
         }
+        let open = self.0.len();
+        // Index in `self.0` → index in `pages`.
+        let mut slots: Vec<Option<usize>> = vec![None; open];
         let mut pages: Vec<(Arc<Page>, Vec<StreamId>)> = Vec::new();
+        let mut last = 0;
         for item in items {
             let id = item.entry.id;
-            let Some(page) = self.0.iter().find(|page| page.lock().waiting.remove(&id)) else {
+            let holder = (last..open)
+                .chain(0..last)
+                .find(|&at| self.0[at].lock().waiting.remove(&id));
+            let Some(at) = holder else {
                 continue;
             };
-            page.lock().writing += 1;
-            match pages.iter_mut().find(|(held, _)| Arc::ptr_eq(held, page)) {
-                Some((_, ids)) => ids.push(id),
-                None => pages.push((page.clone(), vec![id])),
-            }
+            last = at;
+            let slot = *slots[at].get_or_insert_with(|| {
+                pages.push((self.0[at].clone(), Vec::new()));
+                pages.len() - 1
+            });
+            pages[slot].1.push(id);
+        }
+        for (page, ids) in &pages {
+            page.lock().writing += ids.len();
         }
         let span = transaction_span(&pages, items.len());
         Transaction { pages, span }
