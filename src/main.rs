@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use swisper_ingest::admin::DeadLetterCommand;
 use swisper_ingest::config::{DatabaseSettings, ServeSettings};
 use swisper_ingest::retention::command::{self as retention, RetentionCommand};
-use swisper_ingest::{admin, app, check, store};
+use swisper_ingest::{admin, app, check, store, telemetry};
 
 /// Parsing allocates and frees many small values per entry; glibc's malloc
 /// spent a third of the service's CPU on that (docs/benchmarks.md).
@@ -77,27 +77,6 @@ enum Command {
     },
 }
 
-/// Logs go to stdout, except for commands whose stdout is their report
-/// (`check`, `dead-letters`): there they go to stderr.
-fn init_tracing(format: &str, to_stderr: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let writer = if to_stderr {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
-    } else {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Clap names the flag of a bad value; operators set environment variables,
 /// so name that too.
 fn parse_cli() -> Cli {
@@ -137,7 +116,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::Check { .. } | Command::DeadLetters { .. }
     );
-    init_tracing(&cli.log_format, report_on_stdout);
+    // Logs go to stdout, except for commands whose stdout is their report;
+    // only the service exports spans.
+    let serving = matches!(cli.command, Command::Serve(_));
+    let telemetry = telemetry::init(&cli.log_format, report_on_stdout, serving);
     let result = actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,
@@ -164,6 +146,7 @@ fn main() -> ExitCode {
             Command::Retention { database, command } => retention::run(&database, command).await,
         }
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

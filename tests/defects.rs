@@ -11,12 +11,12 @@ mod common;
 use std::time::Duration;
 
 use common::{as_fields, count, seed_trace, wait_for_async, TestEnv};
+use swisper_ingest::config::CreateProjects;
 use swisper_ingest::event::{
     EventBody, ObservationEnd, ObservationStart, Parsed, StreamEntry, StreamId, TraceEvent,
     TraceStart,
 };
 use swisper_ingest::retention::Horizons;
-use swisper_ingest::config::CreateProjects;
 use swisper_ingest::store::{retention, Pool};
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 

@@ -18,6 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
+use swisper_ingest::config::CreateProjects;
 use swisper_ingest::cost::{costs, decimal_text, Price};
 use swisper_ingest::event::{
     EventBody, Json, ObservationEnd, ObservationStart, Parsed, StreamEntry, StreamId, StudioUsage,
@@ -25,7 +26,6 @@ use swisper_ingest::event::{
 };
 use swisper_ingest::merge::{merge, Version};
 use swisper_ingest::retention::Horizons;
-use swisper_ingest::config::CreateProjects;
 use swisper_ingest::store::Pool;
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
 

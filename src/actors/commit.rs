@@ -10,6 +10,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use super::writer::BatchStore;
 use super::WriteSettings;
 use crate::backoff::Backoff;
+use crate::batch_span;
 use crate::connect::problem::Problem;
 use crate::connect::redis::ConnectionManager;
 use crate::event::{BatchItem, Parsed, StreamId};
@@ -31,12 +32,17 @@ pub struct PostgresStore {
 }
 
 impl BatchStore for PostgresStore {
-    fn store(&self, items: Vec<BatchItem>) -> LocalBoxFuture<'static, ()> {
+    fn store(
+        &self,
+        items: Vec<BatchItem>,
+        spans: batch_span::Transaction,
+    ) -> LocalBoxFuture<'static, ()> {
         commit_and_ack(
             self.shared.clone(),
             self.pool.clone(),
             self.acker.clone(),
             items,
+            spans,
         )
         .boxed_local()
     }
@@ -49,6 +55,7 @@ async fn commit_and_ack(
     pool: Pool,
     mut acker: ConnectionManager,
     mut items: Vec<BatchItem>,
+    spans: batch_span::Transaction,
 ) {
     if items.is_empty() {
         return;
@@ -96,12 +103,17 @@ async fn commit_and_ack(
     shared.health.committed();
     record_outcomes(&items, started);
     let ids: Vec<StreamId> = items.iter().map(|item| item.entry.id).collect();
-    ack_with_retries(&mut acker, &shared, &ids).await;
+    let acked = ack_with_retries(&mut acker, &shared, &ids).await;
+    spans.settle(&items, acked);
 }
 
 /// A failed XACK loses nothing: the entries stay pending, are claimed again
-/// and rewritten (idempotently), then acked.
-async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &[StreamId]) {
+/// and rewritten (idempotently), then acked. Returns whether it succeeded.
+async fn ack_with_retries(
+    acker: &mut ConnectionManager,
+    shared: &Shared,
+    ids: &[StreamId],
+) -> bool {
     let settings = &shared.settings;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     for attempt in 1..=5 {
@@ -115,7 +127,7 @@ async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &
         {
             Ok(_) => {
                 metrics::counter!(m::ACKED).increment(ids.len() as u64);
-                return;
+                return true;
             }
             Err(error) => {
                 metrics::counter!(m::REDIS_ERRORS, "operation" => "xack").increment(1);
@@ -124,6 +136,7 @@ async fn ack_with_retries(acker: &mut ConnectionManager, shared: &Shared, ids: &
             }
         }
     }
+    false
 }
 
 fn record_outcomes(items: &[BatchItem], started: Instant) {

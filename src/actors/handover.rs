@@ -4,6 +4,7 @@
 use actix::Recipient;
 
 use super::writer::{WriteEntries, WriteError};
+use crate::batch_span::BatchSpan;
 use crate::config::LimitSettings;
 use crate::event::StreamId;
 use crate::memory_budget::Reservation;
@@ -27,8 +28,12 @@ pub enum Handed {
 /// Everything a reader needs to hand pages over.
 #[derive(Clone)]
 pub struct Handover {
-    /// The reader's name, for the logs.
+    /// The reader's name in the group, for the logs and spans.
     pub reader: String,
+    /// The stream read, for the batch spans.
+    pub stream: String,
+    /// Whether the reader is the claimer (its pages are claimed ones).
+    pub claims: bool,
     pub parse_pool: ParsePool,
     pub limits: LimitSettings,
     pub writer: Recipient<WriteEntries>,
@@ -49,6 +54,13 @@ impl Handover {
 
     async fn store(&self, page: Page, reservation: Reservation) -> Handed {
         let entries = page.entries.len();
+        let batch = BatchSpan::read(
+            &self.stream,
+            &self.reader,
+            self.claims,
+            &page.entries,
+            reservation.bytes(),
+        );
         let items = self
             .parse_pool
             .prepare(
@@ -59,16 +71,21 @@ impl Handover {
             )
             .await;
         let Ok(items) = items else {
+            let _in_batch = batch.entered();
             // A bug in parsing: the entries stay pending and are read again,
             // each time a delivery, until the delivery limit dead-letters them.
             tracing::error!(reader = %self.reader, entries, "parsing a batch panicked; its entries stay pending");
             return Handed::NotStored;
         };
-        let batch = WriteEntries {
+        let write = WriteEntries {
             items,
             reservation: Some(reservation),
+            span: batch.clone(),
         };
-        match self.writer.send(batch).await {
+        let sent = self.writer.send(write).await;
+        // Log lines below carry the batch; a refusal or a lost writer ends it.
+        let _in_batch = batch.answered(&sent);
+        match sent {
             Ok(Ok(())) => Handed::Stored,
             Ok(Err(WriteError::Poisoned(run))) => {
                 tracing::warn!(reader = %self.reader, run, entries, "batch refused by poison protection; kept pending");

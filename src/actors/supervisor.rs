@@ -203,9 +203,11 @@ impl Supervisor {
         )
     }
 
-    fn handover(&self, reader: String, writer: &Addr<Writer>) -> Handover {
+    fn handover(&self, reader: String, claims: bool, writer: &Addr<Writer>) -> Handover {
         Handover {
             reader,
+            stream: self.read.pipeline.stream.clone(),
+            claims,
             parse_pool: self.parse_pool.clone(),
             limits: self.read.limits.clone(),
             writer: writer.clone().recipient(),
@@ -223,7 +225,7 @@ impl Supervisor {
         Consumer::new(
             name.clone(),
             Box::new(RedisSource::new(shared, name.clone(), self.budget.clone())),
-            self.handover(name, writer),
+            self.handover(name, false, writer),
             self.shared.health.clone(),
             pacing,
         )
@@ -235,7 +237,7 @@ impl Supervisor {
         Claimer::new(
             self.shared.with(self.read.clone()),
             self.control.clone(),
-            self.handover(name, writer),
+            self.handover(name, true, writer),
             self.budget.clone(),
         )
         .start()

@@ -171,6 +171,8 @@ fn start_consumer(
     let health = Health::new();
     let handover = Handover {
         reader: "c-0".into(),
+        stream: "s".into(),
+        claims: false,
         parse_pool: ParsePool::new(0),
         limits: limits(),
         writer: writer.clone().recipient(),
@@ -328,7 +330,11 @@ impl Default for GatedStore {
 }
 
 impl BatchStore for GatedStore {
-    fn store(&self, items: Vec<BatchItem>) -> LocalBoxFuture<'static, ()> {
+    fn store(
+        &self,
+        items: Vec<BatchItem>,
+        _: crate::batch_span::Transaction,
+    ) -> LocalBoxFuture<'static, ()> {
         let (gate, stored) = (self.gate.clone(), self.stored.clone());
         async move {
             gate.acquire().await.expect("open").forget();
@@ -356,6 +362,7 @@ fn batch(seqs: &[u64], budget: Option<crate::memory_budget::Reservation>) -> Wri
     WriteEntries {
         items,
         reservation: budget,
+        span: Default::default(),
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
+use crate::batch_span::{self, BatchSpan, Pages};
 use crate::batcher::{Arrival, Batcher, BatcherSettings, Poison, Transaction};
 use crate::event::BatchItem;
 use crate::health::Health;
@@ -26,6 +28,8 @@ use crate::metrics as m;
 pub struct WriteEntries {
     pub items: Vec<BatchItem>,
     pub reservation: Option<Reservation>,
+    /// The page's span, ended by the writer at its last XACK.
+    pub span: BatchSpan,
 }
 
 /// Write whatever is gathered or deferred now; replies when it is committed.
@@ -47,7 +51,12 @@ pub enum WriteError {
 /// and acks them. Postgres and Redis in production
 /// ([`super::commit::PostgresStore`]); a fake in the actor tests.
 pub trait BatchStore: Send + 'static {
-    fn store(&self, items: Vec<BatchItem>) -> LocalBoxFuture<'static, ()>;
+    /// `spans` ends the pages' spans once their entries are acked.
+    fn store(
+        &self,
+        items: Vec<BatchItem>,
+        spans: batch_span::Transaction,
+    ) -> LocalBoxFuture<'static, ()>;
 }
 
 /// Mailbox slots: with consumers awaiting each send, this bounds memory to
@@ -62,6 +71,8 @@ pub struct Writer {
     batcher: Batcher<Waiter, Reservation>,
     linger: Duration,
     linger_timer: Option<SpawnHandle>,
+    /// Spans of the pages with entries in hand (crate::batch_span).
+    pages: Pages,
 }
 
 impl Writer {
@@ -82,6 +93,7 @@ impl Writer {
                 batcher: Batcher::new(settings),
                 linger,
                 linger_timer: None,
+                pages: Pages::default(),
             }
         };
         match arbiter {
@@ -96,6 +108,7 @@ impl Writer {
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (waiter, receiver) = oneshot::channel();
+        self.pages.add(batch.span);
         match self.batcher.arrive(batch.items, batch.reservation, waiter) {
             Arrival::StartNow => self.start_next(ctx),
             Arrival::Linger => {
@@ -140,7 +153,9 @@ impl Writer {
             waiters,
             release,
         } = transaction;
-        let stored = self.store.store(items);
+        let spans = self.pages.transaction(&items);
+        let span = spans.span();
+        let stored = self.store.store(items, spans).instrument(span);
         ctx.spawn(stored.into_actor(self).map(move |(), writer, ctx| {
             drop(release);
             for waiter in waiters {
@@ -175,6 +190,7 @@ impl Handler<Flush> for Writer {
         let empty = WriteEntries {
             items: Vec::new(),
             reservation: None,
+            span: BatchSpan::default(),
         };
         let done = self.arrive(empty, ctx);
         self.start_next(ctx);
