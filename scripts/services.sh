@@ -91,16 +91,14 @@ if is_root; then pg_owner=(runuser -u postgres --); fi
 as_postgres() { "${pg_owner[@]}" "$@"; }
 
 # The port registry: the shared one for root and for users allowed to write
-# it, else a private one (another user could squat a shared /tmp name: the
-# folder must be ours and not a link).
+# it, else one of the user's own (made by lock_ports when first needed).
+private_registry=
 choose_registry() {
   if [[ -n $REGISTRY ]]; then return 0; fi
   REGISTRY=$SHARED_REGISTRY
   if is_root || { [[ -w $REGISTRY && -w $REGISTRY/ports && -w $REGISTRY/ports.lock ]]; }; then return 0; fi
   REGISTRY=${XDG_RUNTIME_DIR:-/tmp}/swisper-services-$EUID
-  [[ -e $REGISTRY ]] || mkdir -m 700 "$REGISTRY" 2>/dev/null || true
-  [[ -d $REGISTRY && ! -L $REGISTRY && -O $REGISTRY ]] ||
-    die "$REGISTRY is not a folder of this user's; remove it or set SERVICES_REGISTRY"
+  private_registry=1
 }
 
 # ---------------------------------------------------------------- arguments
@@ -210,6 +208,12 @@ lock_dir() {
 }
 
 lock_ports() {
+  if [[ -n $private_registry ]]; then
+    # Another user could squat the name in /tmp: it must be ours, not a link.
+    [[ -e $REGISTRY ]] || mkdir -m 700 "$REGISTRY" 2>/dev/null || true
+    [[ -d $REGISTRY && ! -L $REGISTRY && -O $REGISTRY ]] ||
+      die "$REGISTRY is not a folder of this user's; remove it or set SERVICES_REGISTRY"
+  fi
   mkdir -p "$REGISTRY/ports"
   exec 9>"$REGISTRY/ports.lock"
   flock -w 60 9 || die "timed out waiting for $REGISTRY/ports.lock"
