@@ -45,6 +45,7 @@ if [[ $only == all ]]; then
   [[ -x tests/faults/run.sh ]] && run_suite "fault tests" tests/faults/run.sh
   [[ -x tests/sdk/run.sh ]] && run_suite "sdk end-to-end" tests/sdk/run.sh
   [[ -x tests/deploy/run.sh ]] && run_suite "deployment checks" tests/deploy/run.sh
+  [[ -x tests/local/run.sh ]] && run_suite "quick start without root" tests/local/run.sh
 fi
 
 echo
