@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Local Redis and PostgreSQL on loopback for tests and demos (Debian, as root).
-# Installs them when missing, runs them on free 127.0.0.1 ports with their data
-# in a state folder, and stops them only by the PIDs recorded there.
+# Local Redis and PostgreSQL on loopback for tests and demos (Debian).
+# As root: installs them when missing and runs Postgres as the postgres user.
+# As anyone else: runs the installed binaries as that user. Either way on free
+# 127.0.0.1 ports with their data in a state folder, stopped only by the PIDs
+# recorded there.
 set -euo pipefail
 # State files must be readable by the postgres user and by callers.
 umask 022
@@ -10,18 +12,29 @@ readonly PROG=services.sh
 readonly DB_NAME=swisper_ingest
 # Bounded waits (seconds) for a server to answer or to stop.
 TIMEOUT=${SERVICES_TIMEOUT:-30}
-# Ports handed out to state folders, shared by all runs on this machine, so a
-# port stays reserved while its server is stopped for a fault test.
-REGISTRY=${SERVICES_REGISTRY:-/var/lib/swisper-services}
+# Ports handed out to state folders, shared by all runs on this machine (all
+# of one user's when /var/lib is not theirs to write), so a port stays
+# reserved while its server is stopped for a fault test.
+readonly SHARED_REGISTRY=/var/lib/swisper-services
+REGISTRY=${SERVICES_REGISTRY:-}
+# The state folder; set by resolve_dir (empty for `check`).
+dir=
 
 usage() {
   cat <<'EOF'
 Usage: scripts/services.sh ACTION DIR
 
 Runs a local Redis 7 and PostgreSQL 15 on 127.0.0.1 for tests and demos, with
-all state in DIR (created if missing). Installs redis-server / postgresql with
-apt-get when missing (and pgbouncer, which tests/pg_errors.rs runs itself).
-Run as root.
+all state in DIR (created if missing).
+
+As root: installs redis-server / postgresql with apt-get when missing (and
+pgbouncer, which tests/pg_errors.rs runs itself) and runs Postgres as the
+postgres user; Postgres trusts every loopback connection.
+As any other user: needs them installed (redis-server and redis-cli on PATH;
+initdb, pg_ctl, postgres, pg_isready, psql in /usr/lib/postgresql/*/bin) and
+runs both as that user. DIR is private to the user (mode 700), Postgres
+trusts its Unix socket in DIR/sock and asks TCP clients for a generated
+password (DIR/pg.password; in DATABASE_URL and PGPASSWORD in DIR/env).
 
 Actions:
   up DIR              install if needed, start both on free ports, create the
@@ -34,12 +47,16 @@ Actions:
   kill-redis DIR      SIGKILL Redis (no shutdown save), then wait
   status DIR          print whether each is up; exit 0 only when both are
   purge DIR           down, then delete DIR
+  check               print the Debian packages this user still needs, one a
+                      line; exit 1 when some are missing (as root: none, since
+                      up installs them)
 
 DIR/env (source it) exports OBSERVABILITY_REDIS_URL, DATABASE_URL, REDIS_PORT,
 PG_PORT and SERVICES_DIR. Logs: DIR/pg.log, DIR/redis.log.
 
 Environment: REDIS_AOF=1 (see up), SERVICES_TIMEOUT (seconds, default 30),
-SERVICES_REGISTRY (port reservations, default /var/lib/swisper-services).
+SERVICES_REGISTRY (port reservations, default /var/lib/swisper-services; for
+a user who cannot write there ${XDG_RUNTIME_DIR:-/tmp}/swisper-services-UID).
 EOF
 }
 
@@ -64,7 +81,25 @@ detached() {
   )
 }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+is_root() { ((EUID == 0)); }
+
+# The prefix that runs a command as the owner of the Postgres cluster:
+# Postgres refuses to run as root, so root hands it to the postgres user.
+pg_owner=()
+if is_root; then pg_owner=(runuser -u postgres --); fi
+
+as_postgres() { "${pg_owner[@]}" "$@"; }
+
+# The port registry: the shared one for root and for users allowed to write
+# it, else one of the user's own (made by lock_ports when first needed).
+private_registry=
+choose_registry() {
+  if [[ -n $REGISTRY ]]; then return 0; fi
+  REGISTRY=$SHARED_REGISTRY
+  if is_root || { [[ -w $REGISTRY && -w $REGISTRY/ports && -w $REGISTRY/ports.lock ]]; }; then return 0; fi
+  REGISTRY=${XDG_RUNTIME_DIR:-/tmp}/swisper-services-$EUID
+  private_registry=1
+}
 
 # ---------------------------------------------------------------- arguments
 
@@ -105,8 +140,20 @@ missing_packages() {
     echo redis-server
   fi
   set_pg_bin || echo postgresql
-  # Not run here: tests/pg_errors.rs starts its own in front of our Postgres.
-  command -v pgbouncer >/dev/null || echo pgbouncer
+  # Not run here: tests/pg_errors.rs (run as root) starts its own in front of
+  # our Postgres.
+  if is_root; then command -v pgbouncer >/dev/null || echo pgbouncer; fi
+}
+
+# Without root nothing can be installed: say what to install and stop.
+require_installed() {
+  local missing
+  missing=$(missing_packages | tr '\n' ' ')
+  [[ -z $missing ]] && return 0
+  die "not installed: ${missing% }. Install as root:
+  apt-get install -y --no-install-recommends ${missing% }
+or run this script as root, which installs them (needed without root: redis-server and
+redis-cli on PATH; initdb, pg_ctl, postgres, pg_isready and psql in /usr/lib/postgresql/*/bin)"
 }
 
 apt_install() {
@@ -125,6 +172,11 @@ apt_install() {
 }
 
 install_missing() {
+  if ! is_root; then
+    require_installed
+    set_pg_bin || die "no PostgreSQL binaries in $PG_BIN"
+    return 0
+  fi
   local missing
   missing=$(missing_packages)
   if [[ -n $missing ]]; then
@@ -156,6 +208,12 @@ lock_dir() {
 }
 
 lock_ports() {
+  if [[ -n $private_registry ]]; then
+    # Another user could squat the name in /tmp: it must be ours, not a link.
+    [[ -e $REGISTRY ]] || mkdir -m 700 "$REGISTRY" 2>/dev/null || true
+    [[ -d $REGISTRY && ! -L $REGISTRY && -O $REGISTRY ]] ||
+      die "$REGISTRY is not a folder of this user's; remove it or set SERVICES_REGISTRY"
+  fi
   mkdir -p "$REGISTRY/ports"
   exec 9>"$REGISTRY/ports.lock"
   flock -w 60 9 || die "timed out waiting for $REGISTRY/ports.lock"
@@ -176,13 +234,31 @@ read_env() {
 need_env() { read_env || die "$dir/env missing: run '$PROG up $dir' first"; }
 
 write_env() {
+  local password="" auth=""
+  if [[ -s $dir/pg.password ]]; then
+    password=$(<"$dir/pg.password")
+    auth=:$password
+  fi
   {
     printf 'export OBSERVABILITY_REDIS_URL=redis://127.0.0.1:%s\n' "$REDIS_PORT"
-    printf 'export DATABASE_URL=postgres://postgres@127.0.0.1:%s/%s\n' "$PG_PORT" "$DB_NAME"
+    printf 'export DATABASE_URL=postgres://postgres%s@127.0.0.1:%s/%s\n' "$auth" "$PG_PORT" "$DB_NAME"
+    # So that plain `psql -h 127.0.0.1 -p $PG_PORT -U postgres` works as with root's.
+    if [[ -n $password ]]; then printf 'export PGPASSWORD=%s\n' "$password"; fi
     printf 'export REDIS_PORT=%s PG_PORT=%s SERVICES_DIR=%q\n' "$REDIS_PORT" "$PG_PORT" "$dir"
   } >"$dir/env.tmp"
-  chmod 644 "$dir/env.tmp"
+  if is_root; then chmod 644 "$dir/env.tmp"; else chmod 600 "$dir/env.tmp"; fi
   mv -f "$dir/env.tmp" "$dir/env"
+}
+
+# Without root Postgres runs as this user, and a superuser session can run
+# programs as its owner (COPY ... TO PROGRAM): other local users must not get
+# one for free, so TCP clients need this password (hex: safe in a URL).
+ensure_pg_password() {
+  if is_root || [[ -s $dir/pg.password ]]; then return 0; fi
+  local password
+  password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  [[ ${#password} == 32 ]] || die "could not read 16 random bytes from /dev/urandom"
+  (umask 077 && printf '%s\n' "$password" >"$dir/pg.password")
 }
 
 # A reservation is live while its folder's env still names the port.
@@ -375,18 +451,26 @@ clear_stale_postmaster_pid() {
 }
 
 psql_admin() {
-  PGCONNECT_TIMEOUT=10 "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
+  local vars=(PGCONNECT_TIMEOUT=10)
+  if [[ -s $dir/pg.password ]]; then vars+=("PGPASSWORD=$(<"$dir/pg.password")"); fi
+  env "${vars[@]}" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
 }
 
 init_postgres() {
   [[ -f $dir/pg/PG_VERSION && -f $dir/pg/global/pg_control ]] && return 0
-  # Postgres runs as the postgres user: it owns pg/ (DIR itself stays as is).
   rm -rf "$dir/pg"
   mkdir -m 700 "$dir/pg"
-  chown postgres: "$dir/pg"
+  local auth=(--auth=trust)
+  if is_root; then
+    # Postgres runs as the postgres user: it owns pg/ (DIR itself stays as is).
+    chown postgres: "$dir/pg"
+  else
+    # The socket is in DIR, which only this user can enter.
+    auth=(--auth-local=trust --auth-host=scram-sha-256 --pwfile="$dir/pg.password")
+  fi
   local locale=C
   if locale -a 2>/dev/null | grep -qix 'c\.utf-\{0,1\}8'; then locale=C.UTF-8; fi
-  as_postgres "$PG_BIN/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 --locale="$locale" \
+  as_postgres "$PG_BIN/initdb" -D "$dir/pg" -U postgres "${auth[@]}" -E UTF8 --locale="$locale" \
     >"$dir/initdb.log" 2>&1 || die "initdb failed: $(tail -n 5 "$dir/initdb.log")"
   # In postgresql.conf rather than on the command line, so ALTER SYSTEM can
   # still change them; port and addresses stay on pg_ctl's command line.
@@ -403,11 +487,11 @@ start_postgres() {
   [[ -f $dir/pg/PG_VERSION ]] || die "no Postgres cluster in $dir/pg: run '$PROG up $dir'"
   if ! pg_running; then
     clear_stale_postmaster_pid
-    # pg_ctl opens the log and postgres the socket folder as the postgres user.
+    # pg_ctl opens the log and postgres the socket folder as the cluster's owner.
     mkdir -p "$dir/sock"
     touch "$dir/pg.log"
-    chown postgres: "$dir/sock" "$dir/pg.log"
-    detached runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t "$TIMEOUT" \
+    if is_root; then chown postgres: "$dir/sock" "$dir/pg.log"; fi
+    detached "${pg_owner[@]}" "$PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t "$TIMEOUT" \
       -o "-h 127.0.0.1 -p $PG_PORT -k $dir/sock" start >/dev/null 2>&1 ||
       die "postgres did not start on 127.0.0.1:$PG_PORT; last lines of $dir/pg.log:
 $(tail -n 5 "$dir/pg.log")"
@@ -421,7 +505,7 @@ $(tail -n 5 "$dir/pg.log")"
 
 stop_postgres() {
   pg_running || return 0
-  detached runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/pg" -m fast -w -t "$TIMEOUT" stop >/dev/null 2>&1 ||
+  detached "${pg_owner[@]}" "$PG_BIN/pg_ctl" -D "$dir/pg" -m fast -w -t "$TIMEOUT" stop >/dev/null 2>&1 ||
     die "postgres in $dir/pg did not stop within ${TIMEOUT}s; see $dir/pg.log"
 }
 
@@ -451,18 +535,28 @@ cmd_up() {
     fi
   fi
   install_missing
-  # Postgres (running as postgres) must be able to reach DIR; check before
-  # creating anything. DIR itself and missing parents get mode 755 below.
-  local parent
-  parent=$(dirname "$dir")
-  while [[ ! -d $parent ]]; do parent=$(dirname "$parent"); done
-  as_postgres test -x "$parent" ||
-    die "the postgres user cannot reach $parent (private folder, like /root?); use a folder under /tmp"
-  mkdir -p "$dir"
-  chmod 755 "$dir"
+  if is_root; then
+    # Postgres (running as postgres) must be able to reach DIR; check before
+    # creating anything. DIR itself and missing parents get mode 755 below.
+    local parent
+    parent=$(dirname "$dir")
+    while [[ ! -d $parent ]]; do parent=$(dirname "$parent"); done
+    as_postgres test -x "$parent" ||
+      die "the postgres user cannot reach $parent (private folder, like /root?); use a folder under /tmp"
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+  else
+    # DIR holds the database password: this user's alone.
+    mkdir -p "$dir"
+    [[ -O $dir && ! -L $dir ]] || die "$dir belongs to another user; choose another folder"
+    chmod 700 "$dir"
+  fi
   [[ -n $locked ]] || lock_dir
+  ensure_pg_password
   if read_env; then
     reserve_ports
+    # Without root DIR/env carries the password, which may be new.
+    is_root || write_env
   else
     # Remembered for every later restart of this folder's Redis.
     if [[ ${REDIS_AOF:-0} == 1 ]]; then echo 1 >"$dir/redis.aof"; else echo 0 >"$dir/redis.aof"; fi
@@ -561,12 +655,22 @@ main() {
       usage >&2
       return 2
       ;;
+    check)
+      [[ $# -eq 1 ]] || die "usage: $PROG check (try --help)"
+      # Root installs whatever is missing at `up`.
+      is_root && return 0
+      local missing
+      missing=$(missing_packages)
+      [[ -z $missing ]] && return 0
+      echo "$missing"
+      return 1
+      ;;
     up | down | start-postgres | stop-postgres | start-redis | stop-redis | kill-redis | status | purge) ;;
     *) die "unknown action '$action' (try --help)" ;;
   esac
   [[ $# -eq 2 ]] || die "usage: $PROG $action DIR (try --help)"
-  [[ $EUID -eq 0 ]] || die "run as root (installs packages, runs Postgres as the postgres user)"
   resolve_dir "$2"
+  choose_registry
   # runuser keeps the working folder; the postgres user may not be able to read it.
   cd /
   case $action in

@@ -47,6 +47,7 @@ if [[ $only == all ]]; then
   [[ -x tests/sdk/run.sh ]] && run_suite "sdk end-to-end" tests/sdk/run.sh
   [[ -x tests/deploy/run.sh ]] && run_suite "deployment checks" tests/deploy/run.sh
   run_suite "supply chain (cargo-deny, SBOM)" scripts/supply-chain.sh
+  [[ -x tests/local/run.sh ]] && run_suite "quick start without root" tests/local/run.sh
 fi
 
 echo
