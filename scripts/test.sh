@@ -4,8 +4,9 @@
 # is removed at the end), then formatting and lint checks, the Rust unit,
 # property and integration tests (among them tests/tls.rs, which starts its
 # own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault
-# tests, the real-SDK end-to-end tests, the offline deployment checks and the
-# supply-chain checks with the SBOM (scripts/supply-chain.sh).
+# tests, the real-SDK end-to-end tests, the offline deployment checks, the
+# supply-chain checks with the SBOM (scripts/supply-chain.sh) and the quick
+# start as an unprivileged user (tests/local/run.sh).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh rust       only the Rust suites (fmt, clippy, cargo test)
