@@ -16,8 +16,9 @@ use crate::actors::supervisor::{Drain, Supervisor};
 use crate::actors::Shared;
 use crate::backoff::Backoff;
 use crate::config::ServeSettings;
+use crate::connect::postgres::PgTarget;
 use crate::connect::problem::{self, Problem};
-use crate::connect::redis::ConnectionManager;
+use crate::connect::redis::{ConnectionManager, RedisTarget};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::once_log::OnceLog;
@@ -102,8 +103,31 @@ async fn start_pipeline(
         redis_tls = ?redis.verification,
         "connecting"
     );
-    // One connection first, with or without migrations: TLS, certificate and
-    // password problems surface here as one clear error, before the pool.
+    connect_postgres(&pg).await?;
+    if !settings.skip_migrations {
+        apply_migrations(&pg).await?;
+    }
+    let pool = store::connect_pool(&pg, settings.database.db_pool_size)?;
+    let control = connect_redis(&redis).await?;
+    create_group(&control, &redis, &settings).await?;
+    health.set_redis(true);
+    health.set_group(true);
+    let shared = Shared {
+        settings: settings.clone(),
+        health,
+        redis: redis.clone(),
+        horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
+        studio: Arc::new(Studio::new(
+            settings.database.create_projects,
+            settings.database.price_refresh(),
+        )),
+    };
+    Ok(Supervisor::new(shared, pool, control, prometheus).start())
+}
+
+/// One connection first, with or without migrations: TLS, certificate and
+/// password problems surface here as one clear error, before the pool.
+async fn connect_postgres(pg: &PgTarget) -> anyhow::Result<()> {
     retry("connect to postgres", || async {
         match pg.connect().await {
             Ok(_) => Ok(Ok::<_, std::convert::Infallible>(())),
@@ -114,25 +138,30 @@ async fn start_pipeline(
         }
     })
     .await?;
-    if !settings.skip_migrations {
-        retry("apply migrations", || async {
-            match migrate::run(&pg).await {
-                Ok(applied) => {
-                    tracing::info!(?applied, "migrations applied");
-                    Ok(Ok(()))
-                }
-                // Unreachable Postgres is retried; a failing migration is fatal.
-                Err(migrate::MigrateError::Migration(e)) => Ok(Err(e)),
-                Err(migrate::MigrateError::Connect(e)) => Err(pg.explain(&e)),
-                Err(other) => Err(Problem::transient(other.to_string())),
+    Ok(())
+}
+
+/// Unreachable Postgres is retried; a failing migration is fatal.
+async fn apply_migrations(pg: &PgTarget) -> anyhow::Result<()> {
+    retry("apply migrations", || async {
+        match migrate::run(pg).await {
+            Ok(applied) => {
+                tracing::info!(?applied, "migrations applied");
+                Ok(Ok(()))
             }
-        })
-        .await
-        .context("migrations failed")?;
-    }
-    let pool = store::connect_pool(&pg, settings.database.db_pool_size)?;
+            Err(migrate::MigrateError::Migration(e)) => Ok(Err(e)),
+            Err(migrate::MigrateError::Connect(e)) => Err(pg.explain(&e)),
+            Err(other) => Err(Problem::transient(other.to_string())),
+        }
+    })
+    .await
+    .context("migrations failed")
+}
+
+/// The connection shared by the claimer, the writers and the lag monitor.
+async fn connect_redis(redis: &RedisTarget) -> anyhow::Result<ConnectionManager> {
     let control = retry("connect to redis", || async {
-        ConnectionManager::connect(&redis)
+        ConnectionManager::connect(redis)
             .await
             .map(Ok::<_, std::convert::Infallible>)
             .map_err(|e| {
@@ -141,6 +170,15 @@ async fn start_pipeline(
             })
     })
     .await?;
+    Ok(control)
+}
+
+/// The stream and its consumer group, created when missing.
+async fn create_group(
+    control: &ConnectionManager,
+    redis: &RedisTarget,
+    settings: &ServeSettings,
+) -> anyhow::Result<()> {
     retry("create the consumer group", || async {
         let mut conn = control.clone();
         redis_stream::ensure_group(
@@ -156,19 +194,7 @@ async fn start_pipeline(
         })
     })
     .await?;
-    health.set_redis(true);
-    health.set_group(true);
-    let shared = Shared {
-        settings: settings.clone(),
-        health,
-        redis: redis.clone(),
-        horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
-        studio: Arc::new(Studio::new(
-            settings.database.create_projects,
-            settings.database.price_refresh(),
-        )),
-    };
-    Ok(Supervisor::new(shared, pool, control, prometheus).start())
+    Ok(())
 }
 
 /// Retries `attempt` while it fails with a transient error (the outer `Err`),

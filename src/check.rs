@@ -7,8 +7,10 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::config::ServeSettings;
-use crate::connect::postgres::SslMode;
+use redis::aio::MultiplexedConnection;
+
+use crate::config::{PipelineSettings, ServeSettings};
+use crate::connect::postgres::{PgTarget, SslMode};
 use crate::connect::{problem, Verification, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::redis_stream;
 use crate::store::migrate;
@@ -100,6 +102,13 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<Report> {
     })
 }
 
+/// A failure that ends a part of the check: the section's error and one
+/// of the problems.
+fn failed(error: &mut Option<String>, problems: &mut Vec<String>, message: String) {
+    *error = Some(message.clone());
+    problems.push(message);
+}
+
 async fn check_redis(
     settings: &ServeSettings,
     problems: &mut Vec<String>,
@@ -117,50 +126,68 @@ async fn check_redis(
         Ok(conn) => conn,
         Err(error) => {
             let problem = problem::redis(&error, target.verification);
-            report.error = Some(problem.message.clone());
-            problems.push(problem.message);
+            failed(&mut report.error, problems, problem.message);
             return Ok(report);
         }
     };
     report.connected = true;
     report.tls = target.verification != Verification::Plaintext;
     report.verified = target.verification.verified();
-    match redis::cmd("INFO")
-        .arg("server")
-        .query_async::<String>(&mut conn)
-        .await
-    {
-        Ok(info) => {
-            report.version = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .map(|v| v.trim().to_owned());
-        }
+    match redis_version(&mut conn).await {
+        Ok(version) => report.version = version,
         Err(error) => {
             let problem = problem::redis(&error, target.verification);
-            report.error = Some(problem.message.clone());
-            problems.push(problem.message);
+            failed(&mut report.error, problems, problem.message);
             return Ok(report);
         }
     }
+    report.stream_exists = stream_exists(&mut conn, &pipeline.stream, problems).await;
+    if report.stream_exists {
+        check_group(&mut conn, pipeline, &mut report, problems).await;
+    }
+    Ok(report)
+}
+
+/// The server's version, from INFO (None when INFO does not say).
+async fn redis_version(conn: &mut MultiplexedConnection) -> redis::RedisResult<Option<String>> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned()))
+}
+
+/// Whether the stream's key holds a stream; a missing key or another type is
+/// a problem.
+async fn stream_exists(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    problems: &mut Vec<String>,
+) -> bool {
     let kind: String = redis::cmd("TYPE")
-        .arg(&pipeline.stream)
-        .query_async(&mut conn)
+        .arg(stream)
+        .query_async(conn)
         .await
         .unwrap_or_default();
-    report.stream_exists = kind == "stream";
-    if !report.stream_exists {
-        problems.push(if kind == "none" || kind.is_empty() {
-            format!(
-                "stream {} does not exist (serve creates it with the group at start)",
-                pipeline.stream
-            )
-        } else {
-            format!("key {} is a {kind}, not a stream", pipeline.stream)
-        });
-        return Ok(report);
+    if kind == "stream" {
+        return true;
     }
-    match redis_stream::group_state(&mut conn, &pipeline.stream, &pipeline.group).await {
+    problems.push(if kind == "none" || kind.is_empty() {
+        format!("stream {stream} does not exist (serve creates it with the group at start)")
+    } else {
+        format!("key {stream} is a {kind}, not a stream")
+    });
+    false
+}
+
+/// The stream's length and the group's consumers, lag and pending entries.
+async fn check_group(
+    conn: &mut MultiplexedConnection,
+    pipeline: &PipelineSettings,
+    report: &mut RedisReport,
+    problems: &mut Vec<String>,
+) {
+    match redis_stream::group_state(conn, &pipeline.stream, &pipeline.group).await {
         Ok(state) => {
             report.stream_length = Some(state.stream_length);
             if let Some(group) = state.group(&pipeline.group) {
@@ -177,11 +204,9 @@ async fn check_redis(
         }
         Err(error) => {
             let message = format!("cannot read the group's state: {error}");
-            report.error = Some(message.clone());
-            problems.push(message);
+            failed(&mut report.error, problems, message);
         }
     }
-    Ok(report)
 }
 
 async fn check_postgres(
@@ -195,23 +220,50 @@ async fn check_postgres(
         binary_schema_version: migrate::latest_version(),
         ..PostgresReport::default()
     };
-    let client = match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(error)) => {
-            let problem = target.explain(&error);
-            report.error = Some(problem.message.clone());
-            problems.push(problem.message);
-            return Ok(report);
-        }
-        Err(_) => {
-            let message = format!("postgres: no answer within {}s", CONNECT_TIMEOUT.as_secs());
-            report.error = Some(message.clone());
-            problems.push(message);
+    let client = match connect_postgres(&target).await {
+        Ok(client) => client,
+        Err(message) => {
+            failed(&mut report.error, problems, message);
             return Ok(report);
         }
     };
     report.connected = true;
-    let session = client
+    if let Err(error) = read_session(&client, &mut report).await {
+        let message = format!("postgres: {}", problem::chain(&error));
+        failed(&mut report.error, problems, message);
+        return Ok(report);
+    }
+    check_encryption(&target, &mut report, problems);
+    check_schema_version(&client, &mut report, problems).await;
+    match crate::store::studio_schema::inspect(&client).await {
+        Ok(studio) => {
+            problems.extend(studio.problems.iter().cloned());
+            report.studio = Some(studio);
+        }
+        Err(error) => problems.push(format!("studio schema: cannot read the catalog: {error}")),
+    }
+    Ok(report)
+}
+
+/// One session, within the connect timeout; the error is the problem's
+/// message.
+async fn connect_postgres(target: &PgTarget) -> Result<tokio_postgres::Client, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(target.explain(&error).message),
+        Err(_) => Err(format!(
+            "postgres: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// The server's version and the session's TLS, as the server sees them.
+async fn read_session(
+    client: &tokio_postgres::Client,
+    report: &mut PostgresReport,
+) -> Result<(), tokio_postgres::Error> {
+    let row = client
         .query_one(
             "SELECT current_setting('server_version'),
                     coalesce(s.ssl, false), s.version
@@ -219,20 +271,16 @@ async fn check_postgres(
                LEFT JOIN pg_stat_ssl AS s ON s.pid = pg_backend_pid()",
             &[],
         )
-        .await;
-    match session {
-        Ok(row) => {
-            report.version = Some(row.get(0));
-            report.tls = row.get(1);
-            report.tls_version = row.get(2);
-        }
-        Err(error) => {
-            let message = format!("postgres: {}", problem::chain(&error));
-            report.error = Some(message.clone());
-            problems.push(message);
-            return Ok(report);
-        }
-    }
+        .await?;
+    report.version = Some(row.get(0));
+    report.tls = row.get(1);
+    report.tls_version = row.get(2);
+    Ok(())
+}
+
+/// How the session's server was verified; a plaintext session is a problem
+/// when sslmode asks for TLS (prefer accepts one).
+fn check_encryption(target: &PgTarget, report: &mut PostgresReport, problems: &mut Vec<String>) {
     report.verification = Some(if report.tls {
         target.verification
     } else {
@@ -243,7 +291,16 @@ async fn check_postgres(
         problems
             .push("postgres: the session is not encrypted although sslmode asks for TLS".into());
     }
-    match migrate::applied_version(&client).await {
+}
+
+/// The database's newest migration against this binary's: behind, newer or
+/// none applied are problems.
+async fn check_schema_version(
+    client: &tokio_postgres::Client,
+    report: &mut PostgresReport,
+    problems: &mut Vec<String>,
+) {
+    match migrate::applied_version(client).await {
         Ok(version) => {
             report.schema_version = version;
             let binary = report.binary_schema_version;
@@ -262,18 +319,9 @@ async fn check_postgres(
         }
         Err(error) => {
             let message = format!("schema: cannot read the migration history: {error}");
-            report.error = Some(message.clone());
-            problems.push(message);
+            failed(&mut report.error, problems, message);
         }
     }
-    match crate::store::studio_schema::inspect(&client).await {
-        Ok(studio) => {
-            problems.extend(studio.problems.iter().cloned());
-            report.studio = Some(studio);
-        }
-        Err(error) => problems.push(format!("studio schema: cannot read the catalog: {error}")),
-    }
-    Ok(report)
 }
 
 impl Report {
@@ -310,76 +358,8 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = &self.binary;
         writeln!(f, "binary    version {}, commit {}", b.version, b.commit)?;
-        let r = &self.redis;
-        writeln!(f, "redis     {}", r.url)?;
-        if r.connected {
-            writeln!(
-                f,
-                "          connected, version {}, tls {}, verified {}{}",
-                or_dash(&r.version),
-                yes_no(r.tls),
-                yes_no(r.verified),
-                if r.client_certificate {
-                    ", client certificate"
-                } else {
-                    ""
-                }
-            )?;
-            writeln!(
-                f,
-                "stream    {}: {}",
-                r.stream,
-                if r.stream_exists {
-                    format!("length {}", or_dash(&r.stream_length))
-                } else {
-                    "missing".into()
-                }
-            )?;
-            writeln!(
-                f,
-                "group     {}: {}",
-                r.group,
-                if r.group_exists {
-                    format!(
-                        "{} consumers, lag {}, pending {}",
-                        or_dash(&r.consumers),
-                        or_dash(&r.lag),
-                        or_dash(&r.pending)
-                    )
-                } else {
-                    "missing".into()
-                }
-            )?;
-        }
-        let p = &self.postgres;
-        writeln!(f, "postgres  {}", p.url)?;
-        if p.connected {
-            writeln!(
-                f,
-                "          connected, version {}, sslmode {}, tls {}{}, verified {}",
-                or_dash(&p.version),
-                p.sslmode,
-                yes_no(p.tls),
-                p.tls_version
-                    .as_ref()
-                    .map(|v| format!(" ({v})"))
-                    .unwrap_or_default(),
-                match p.verification {
-                    Some(Verification::Full) => "yes (chain and host name)",
-                    Some(Verification::Chain) => "yes (chain only, verify-ca)",
-                    _ => "no",
-                }
-            )?;
-            writeln!(
-                f,
-                "schema    version {} of {}",
-                or_dash(&p.schema_version),
-                p.binary_schema_version
-            )?;
-            if let Some(studio) = &p.studio {
-                writeln!(f, "studio    {studio}")?;
-            }
-        }
+        write!(f, "{}", self.redis)?;
+        write!(f, "{}", self.postgres)?;
         if self.ok {
             writeln!(f, "check passed")
         } else {
@@ -388,5 +368,88 @@ impl std::fmt::Display for Report {
             }
             writeln!(f, "check failed: {} problem(s)", self.problems.len())
         }
+    }
+}
+
+impl std::fmt::Display for RedisReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        writeln!(f, "redis     {}", r.url)?;
+        if !r.connected {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "          connected, version {}, tls {}, verified {}{}",
+            or_dash(&r.version),
+            yes_no(r.tls),
+            yes_no(r.verified),
+            if r.client_certificate {
+                ", client certificate"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "stream    {}: {}",
+            r.stream,
+            if r.stream_exists {
+                format!("length {}", or_dash(&r.stream_length))
+            } else {
+                "missing".into()
+            }
+        )?;
+        writeln!(
+            f,
+            "group     {}: {}",
+            r.group,
+            if r.group_exists {
+                format!(
+                    "{} consumers, lag {}, pending {}",
+                    or_dash(&r.consumers),
+                    or_dash(&r.lag),
+                    or_dash(&r.pending)
+                )
+            } else {
+                "missing".into()
+            }
+        )
+    }
+}
+
+impl std::fmt::Display for PostgresReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self;
+        writeln!(f, "postgres  {}", p.url)?;
+        if !p.connected {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "          connected, version {}, sslmode {}, tls {}{}, verified {}",
+            or_dash(&p.version),
+            p.sslmode,
+            yes_no(p.tls),
+            p.tls_version
+                .as_ref()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default(),
+            match p.verification {
+                Some(Verification::Full) => "yes (chain and host name)",
+                Some(Verification::Chain) => "yes (chain only, verify-ca)",
+                _ => "no",
+            }
+        )?;
+        writeln!(
+            f,
+            "schema    version {} of {}",
+            or_dash(&p.schema_version),
+            p.binary_schema_version
+        )?;
+        if let Some(studio) = &p.studio {
+            writeln!(f, "studio    {studio}")?;
+        }
+        Ok(())
     }
 }

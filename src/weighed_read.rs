@@ -291,54 +291,84 @@ async fn fetch(
     chosen: Chosen,
     contiguous: bool,
 ) -> Result<Page, StreamError> {
-    let mut fetched: Vec<Value> = if contiguous {
-        // New entries are consecutive in the stream: one XRANGE brings them.
-        let (Some((first, ..)), Some((last, ..))) = (chosen.entries.first(), chosen.entries.last())
-        else {
+    let fetched = if contiguous {
+        if chosen.entries.is_empty() {
             return Ok(Page {
                 next: chosen.next,
                 deleted: chosen.deleted,
                 ..Page::default()
             });
-        };
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(request.stream)
-            .arg(first.to_string())
-            .arg(last.to_string())
-            .query_async(conn)
-            .await?;
-        let mut by_id = match reply {
-            Value::Array(items) => items,
-            other => return Err(bad_reply("XRANGE", &other)),
         }
-        .into_iter()
-        .peekable();
-        // One single-entry reply per chosen id, as the pipeline below gives.
-        let mut replies = Vec::with_capacity(chosen.entries.len());
-        for (id, ..) in &chosen.entries {
-            let matches = matches!(by_id.peek(), Some(Value::Array(parts))
-                if parts.first().is_some_and(|v| parse_id("XRANGE", Some(v.clone())).ok() == Some(*id)));
-            replies.push(Value::Array(if matches {
-                vec![by_id.next().unwrap_or(Value::Nil)]
-            } else {
-                Vec::new()
-            }));
-        }
-        replies
+        fetch_range(conn, request, &chosen.entries).await?
     } else {
-        let mut pipe = redis::pipe();
-        for (id, _, fields) in &chosen.entries {
-            if let Fields::ToFetch = fields {
-                let id = id.to_string();
-                pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
-            }
-        }
-        if pipe.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(conn).await?
-        }
+        fetch_each(conn, request, &chosen.entries).await?
     };
+    let (mut page, gone) = assemble(chosen, fetched)?;
+    if !gone.is_empty() {
+        crate::redis_stream::ack(conn, request.stream, request.group, &gone).await?;
+        page.deleted.extend(gone);
+    }
+    Ok(page)
+}
+
+/// New entries are consecutive in the stream: one XRANGE brings them all,
+/// split into one single-entry reply per chosen id, as [`fetch_each`] gives.
+async fn fetch_range(
+    conn: &mut impl ConnectionLike,
+    request: &Request<'_>,
+    entries: &[(StreamId, u32, Fields)],
+) -> Result<Vec<Value>, StreamError> {
+    let (Some((first, ..)), Some((last, ..))) = (entries.first(), entries.last()) else {
+        return Ok(Vec::new());
+    };
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(request.stream)
+        .arg(first.to_string())
+        .arg(last.to_string())
+        .query_async(conn)
+        .await?;
+    let mut by_id = match reply {
+        Value::Array(items) => items,
+        other => return Err(bad_reply("XRANGE", &other)),
+    }
+    .into_iter()
+    .peekable();
+    let mut replies = Vec::with_capacity(entries.len());
+    for (id, ..) in entries {
+        let matches = matches!(by_id.peek(), Some(Value::Array(parts))
+            if parts.first().is_some_and(|v| parse_id("XRANGE", Some(v.clone())).ok() == Some(*id)));
+        replies.push(Value::Array(if matches {
+            vec![by_id.next().unwrap_or(Value::Nil)]
+        } else {
+            Vec::new()
+        }));
+    }
+    Ok(replies)
+}
+
+/// One pipelined XRANGE per entry whose fields are to be loaded.
+async fn fetch_each(
+    conn: &mut impl ConnectionLike,
+    request: &Request<'_>,
+    entries: &[(StreamId, u32, Fields)],
+) -> Result<Vec<Value>, StreamError> {
+    let mut pipe = redis::pipe();
+    for (id, _, fields) in entries {
+        if let Fields::ToFetch = fields {
+            let id = id.to_string();
+            pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
+        }
+    }
+    if pipe.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Ok(pipe.query_async(conn).await?)
+    }
+}
+
+/// The page of the chosen entries with their fetched fields (one reply per
+/// entry to fetch, in order), and the ids found deleted meanwhile.
+fn assemble(chosen: Chosen, mut fetched: Vec<Value>) -> Result<(Page, Vec<StreamId>), StreamError> {
     fetched.reverse();
     let mut page = Page {
         entries: Vec::with_capacity(chosen.entries.len()),
@@ -374,11 +404,7 @@ async fn fetch(
             deliveries,
         });
     }
-    if !gone.is_empty() {
-        crate::redis_stream::ack(conn, request.stream, request.group, &gone).await?;
-        page.deleted.extend(gone);
-    }
-    Ok(page)
+    Ok((page, gone))
 }
 
 #[cfg(test)]

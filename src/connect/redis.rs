@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures_util::Stream;
 use redis::aio::{ConnectionLike, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{
-    AsyncConnectionConfig, BasicAuth, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind,
-    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
+    AsyncConnectionConfig, BasicAuth, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
+    ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
     StreamingCredentialsProvider, TlsCertificates, Value,
 };
 
@@ -223,11 +223,13 @@ impl ConnectionLike for ConnectionManager {
     }
 }
 
+/// The variable of the Redis URL, named in its errors.
+const URL: &str = "OBSERVABILITY_REDIS_URL";
+
 impl RedisSettings {
     /// Builds the client every Redis connection of the service uses. Reads
     /// the certificate files now, so that a missing file stops the start.
     pub fn target(&self) -> Result<RedisTarget, ConfigError> {
-        const URL: &str = "OBSERVABILITY_REDIS_URL";
         super::crypto_provider();
         let info = self
             .url
@@ -235,10 +237,33 @@ impl RedisSettings {
             .into_connection_info()
             .map_err(|e| invalid(URL, format!("{e} (in {})", self.url)))?;
         let credentials = self.credentials(info.redis_settings())?;
+        let info = self.with_identity(info, credentials.as_ref());
+        let tls_addr = match info.addr() {
+            ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+            _ => None,
+        };
+        let (client, verification) = match tls_addr {
+            Some((host, port)) => (self.tls_client(info, host, port)?, self.tls_verification()),
+            None => (self.plaintext_client(info)?, Verification::Plaintext),
+        };
+        Ok(RedisTarget {
+            client,
+            verification,
+            credentials,
+            refused: Arc::default(),
+        })
+    }
+
+    /// The user and password in the connection info itself: those of the
+    /// files (their first reading, for clients that connect without the
+    /// provider: blocking connections), else the variables', else the URL's.
+    fn with_identity(
+        &self,
+        info: ConnectionInfo,
+        credentials: Option<&FileCredentials>,
+    ) -> ConnectionInfo {
         let mut redis = info.redis_settings().clone();
-        if let Some(credentials) = &credentials {
-            // The first reading, for clients that connect without the
-            // provider (blocking connections).
+        if let Some(credentials) = credentials {
             redis = redis
                 .set_username(credentials.username.get())
                 .set_password(credentials.password.get());
@@ -250,61 +275,44 @@ impl RedisSettings {
                 redis = redis.set_password(password.expose());
             }
         }
-        let info = info.set_redis_settings(redis);
+        info.set_redis_settings(redis)
+    }
 
-        let (host, port) = match info.addr() {
-            ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
-            _ => {
-                let tls_knob = [
-                    ("OBSERVABILITY_REDIS_CA_FILE", self.ca_file.is_some()),
-                    (
-                        "OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
-                        self.client_cert_file.is_some(),
-                    ),
-                    (
-                        "OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
-                        self.client_key_file.is_some(),
-                    ),
-                    ("OBSERVABILITY_REDIS_TLS_INSECURE", self.tls_insecure),
-                ]
-                .into_iter()
-                .find(|(_, set)| *set);
-                if let Some((knob, _)) = tls_knob {
-                    // Never a silent plaintext connection when TLS was meant.
-                    return Err(invalid(
-                        knob,
-                        format!("is set but {URL} is not rediss:// (TLS): {}", self.url),
-                    ));
-                }
-                let client = redis::Client::open(info).map_err(|e| invalid(URL, e.to_string()))?;
-                return Ok(RedisTarget {
-                    client,
-                    verification: Verification::Plaintext,
-                    credentials,
-                    refused: Arc::default(),
-                });
-            }
-        };
+    /// A client of a `redis://` URL; refused when a TLS setting is set, never
+    /// a silent plaintext connection when TLS was meant.
+    fn plaintext_client(&self, info: ConnectionInfo) -> Result<redis::Client, ConfigError> {
+        let tls_knob = [
+            ("OBSERVABILITY_REDIS_CA_FILE", self.ca_file.is_some()),
+            (
+                "OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
+                self.client_cert_file.is_some(),
+            ),
+            (
+                "OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
+                self.client_key_file.is_some(),
+            ),
+            ("OBSERVABILITY_REDIS_TLS_INSECURE", self.tls_insecure),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set);
+        if let Some((knob, _)) = tls_knob {
+            return Err(invalid(
+                knob,
+                format!("is set but {URL} is not rediss:// (TLS): {}", self.url),
+            ));
+        }
+        redis::Client::open(info).map_err(|e| invalid(URL, e.to_string()))
+    }
 
-        let client_tls = match (&self.client_cert_file, &self.client_key_file) {
-            (Some(cert), Some(key)) => Some(ClientTlsConfig {
-                client_cert: read_pem("OBSERVABILITY_REDIS_CLIENT_CERT_FILE", cert)?,
-                client_key: read_pem("OBSERVABILITY_REDIS_CLIENT_KEY_FILE", key)?,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid(
-                    "OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
-                    "must be set with OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
-                    "must be set with OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
-                ))
-            }
-        };
+    /// A client of a `rediss://` URL, with the private CA and the client
+    /// certificate read now.
+    fn tls_client(
+        &self,
+        info: ConnectionInfo,
+        host: String,
+        port: u16,
+    ) -> Result<redis::Client, ConfigError> {
+        let client_tls = self.client_tls()?;
         let root_cert = match &self.ca_file {
             Some(path) => Some(read_pem("OBSERVABILITY_REDIS_CA_FILE", path)?),
             None => None,
@@ -315,7 +323,7 @@ impl RedisSettings {
             insecure: self.tls_insecure,
             tls_params: None,
         });
-        let client = redis::Client::build_with_tls(
+        redis::Client::build_with_tls(
             info,
             TlsCertificates {
                 client_tls,
@@ -323,6 +331,8 @@ impl RedisSettings {
             },
         )
         .map_err(|e| {
+            // redis-rs does not say which file it could not use: guess from
+            // its message, so that the error names a setting to look at.
             let setting = if e.to_string().contains("root certificate") {
                 "OBSERVABILITY_REDIS_CA_FILE"
             } else if e.to_string().contains("client") || e.to_string().contains("key") {
@@ -331,17 +341,34 @@ impl RedisSettings {
                 URL
             };
             invalid(setting, e.to_string())
-        })?;
-        Ok(RedisTarget {
-            client,
-            verification: if self.tls_insecure {
-                Verification::None
-            } else {
-                Verification::Full
-            },
-            credentials,
-            refused: Arc::default(),
         })
+    }
+
+    /// The client certificate and its key, both or neither.
+    fn client_tls(&self) -> Result<Option<ClientTlsConfig>, ConfigError> {
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(ClientTlsConfig {
+                client_cert: read_pem("OBSERVABILITY_REDIS_CLIENT_CERT_FILE", cert)?,
+                client_key: read_pem("OBSERVABILITY_REDIS_CLIENT_KEY_FILE", key)?,
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(invalid(
+                "OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
+                "must be set with OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "OBSERVABILITY_REDIS_CLIENT_CERT_FILE",
+                "must be set with OBSERVABILITY_REDIS_CLIENT_KEY_FILE",
+            )),
+        }
+    }
+
+    fn tls_verification(&self) -> Verification {
+        if self.tls_insecure {
+            Verification::None
+        } else {
+            Verification::Full
+        }
     }
 
     /// The credentials read from files at each connection, when a file is

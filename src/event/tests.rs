@@ -160,20 +160,21 @@ fn seed_observation_events_parse() {
     assert_eq!(fields.status_message.as_deref(), Some("boom"));
 }
 
-#[test]
-fn observation_fields_follow_the_studios_columns() {
-    let observation = |event_type: &str, data: Value| {
-        trace_event(&[
-            ("event_type", event_type),
-            ("trace_id", "t1"),
-            ("project_id", "p1"),
-            ("timestamp", TS),
-            ("observation_id", "o1"),
-            ("data", &data.to_string()),
-        ])
-        .body
-    };
+/// The body of an observation event of `event_type` carrying `data`.
+fn observation(event_type: &str, data: Value) -> EventBody {
+    trace_event(&[
+        ("event_type", event_type),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("observation_id", "o1"),
+        ("data", &data.to_string()),
+    ])
+    .body
+}
 
+#[test]
+fn an_error_s_status_message_is_data_error_kept_in_meta() {
     // An error's status message is data.error first; `error` has no column
     // and stays in meta.
     let EventBody::ObservationEnd { fields, .. } = observation(
@@ -184,6 +185,10 @@ fn observation_fields_follow_the_studios_columns() {
     };
     assert_eq!(fields.status_message.as_deref(), Some("boom"));
     assert_eq!(metadata(&fields.metadata), json!({"error": "boom"}));
+}
+
+#[test]
+fn an_end_s_status_message_is_its_own_and_its_level_defaults() {
     // An end's is data.status_message, and its level defaults to DEFAULT.
     let EventBody::ObservationEnd { fields, .. } = observation(
         "observation_end",
@@ -194,9 +199,11 @@ fn observation_fields_follow_the_studios_columns() {
     assert_eq!(fields.status_message.as_deref(), Some("other"));
     assert_eq!(fields.level, "DEFAULT");
     assert_eq!(fields.end_time.timestamp_micros(), 1_762_336_800_250_000);
+}
 
-    // A type outside the studio's enum is kept in meta; the row takes the
-    // default.
+#[test]
+fn a_type_outside_the_studios_enum_is_kept_in_meta() {
+    // The row takes the default type.
     let EventBody::ObservationStart { fields, .. } = observation(
         "observation_start",
         json!({"type": "RETRIEVER", "meta": {"k": 1}}),
@@ -209,8 +216,11 @@ fn observation_fields_follow_the_studios_columns() {
         json!({"k": 1, "_ingest_original_type": "RETRIEVER"})
     );
     assert_eq!(parse::ORIGINAL_TYPE_KEY, "_ingest_original_type");
+}
 
-    // The LLM call as the studio reads it from the output, which is kept whole.
+#[test]
+fn the_llm_call_is_read_from_the_output_kept_whole() {
+    // As the studio reads it.
     let output = json!({"_llm_model": "gpt-4o",
                         "_llm_tokens": {"prompt": 10, "completion": 5, "total": 15, "cached": 2},
                         "_llm_latency": {"duration_ms": 12.5}});
@@ -231,8 +241,11 @@ fn observation_fields_follow_the_studios_columns() {
     );
     assert_eq!(metadata(fields.output.as_ref().unwrap()), output);
     assert_eq!(metadata(&fields.metadata), json!({}));
+}
 
-    // No total: estimated from the text (0.75 tokens a word).
+#[test]
+fn llm_usage_without_a_total_is_estimated_from_the_text() {
+    // 0.75 tokens a word.
     let output = json!({"_llm_tokens": {"prompt": 100},
                         "_llm_messages": [{"role": "user", "content": "one two three four"}],
                         "_llm_result": "a b c d e f g h"});
@@ -251,8 +264,10 @@ fn observation_fields_follow_the_studios_columns() {
             estimated: true,
         })
     );
+}
 
-    // An output without LLM keys has no usage.
+#[test]
+fn an_output_without_llm_keys_has_no_usage() {
     let EventBody::ObservationEnd { fields, .. } =
         observation("observation_end", json!({"output": {"answer": 1}}))
     else {

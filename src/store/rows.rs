@@ -354,50 +354,15 @@ fn observation_write<'a>(
 ) -> Option<ObservationWrite<'a>> {
     let incoming_start = row.start.map(|s| s.version);
     let incoming_end = row.end.map(|e| e.version);
-    let (seen_wins, start_wins, end_wins) = match stored {
-        None => (true, incoming_start.is_some(), incoming_end.is_some()),
-        Some(s) => (
-            row.seen.version > s.seen_version,
-            newer(incoming_start, s.start_version),
-            newer(incoming_end, s.end_version),
-        ),
-    };
+    let (seen_wins, start_wins, end_wins) = observation_wins(row, stored);
     if !(seen_wins || start_wins || end_wins) {
         return None;
     }
     let start = start_wins.then(|| row.start.map(|s| s.value)).flatten();
     let end = end_wins.then(|| row.end.map(|e| e.value)).flatten();
-    let stored_field = |f: fn(&'a StoredObservation) -> Option<&'a str>| stored.and_then(f);
-    let start_type = match start {
-        Some(s) => s.observation_type.as_deref(),
-        None => stored_field(|s| s.start_type.as_deref()),
-    };
-    let end_type = match end {
-        Some(e) => e.observation_type.as_deref(),
-        None => stored_field(|s| s.end_type.as_deref()),
-    };
-    let start_meta = match start {
-        Some(s) => non_empty(s.metadata.as_str()),
-        None => stored_field(|s| s.start_meta.as_deref()),
-    };
-    let end_meta = match end {
-        Some(e) => non_empty(e.metadata.as_str()),
-        None => stored_field(|s| s.end_meta.as_deref()),
-    };
+    let groups = GroupColumns::of(start, end, stored);
     let start_version = max_version(incoming_start, stored.and_then(|s| s.start_version));
     let end_version = max_version(incoming_end, stored.and_then(|s| s.end_version));
-    let start_time = match (start, end) {
-        (Some(s), _) => Some(naive(s.start_time)),
-        // No start known yet: the end's time stands in (NOT NULL column).
-        (None, Some(e)) if start_version.is_none() => Some(naive(e.end_time)),
-        _ => None,
-    };
-    let costs = end
-        .and_then(|e| e.llm.as_ref())
-        .and_then(|usage| usage.billable())
-        .and_then(|(model, prompt, completion)| {
-            prices.cost(row.project_id, model, prompt, completion)
-        });
     Some(ObservationWrite {
         id: row.id,
         project_id: row.project_id,
@@ -413,21 +378,104 @@ fn observation_write<'a>(
         },
         start,
         end,
-        observation_type: end_type.or(start_type).unwrap_or(DEFAULT_TYPE).to_owned(),
-        meta: combined_meta(start_meta, end_meta),
-        start_time,
-        costs,
+        observation_type: (groups.end_type.or(groups.start_type))
+            .unwrap_or(DEFAULT_TYPE)
+            .to_owned(),
+        meta: combined_meta(groups.start_meta, groups.end_meta),
+        start_time: observation_start_time(start, end, start_version),
+        costs: observation_costs(end, row.project_id, prices),
         seen_version: match stored {
             Some(s) => s.seen_version.max(row.seen.version),
             None => row.seen.version,
         },
         start_version,
         end_version,
-        start_type,
-        end_type,
-        start_meta,
-        end_meta,
+        start_type: groups.start_type,
+        end_type: groups.end_type,
+        start_meta: groups.start_meta,
+        end_meta: groups.end_meta,
     })
+}
+
+/// Which of the row's groups (seen, start, end) the batch's events win over
+/// the stored row; a new row takes every group it has an event for.
+fn observation_wins(
+    row: &ObservationRow<'_>,
+    stored: Option<&StoredObservation>,
+) -> (bool, bool, bool) {
+    let incoming_start = row.start.map(|s| s.version);
+    let incoming_end = row.end.map(|e| e.version);
+    match stored {
+        None => (true, incoming_start.is_some(), incoming_end.is_some()),
+        Some(s) => (
+            row.seen.version > s.seen_version,
+            newer(incoming_start, s.start_version),
+            newer(incoming_end, s.end_version),
+        ),
+    }
+}
+
+/// The type and meta of the start and of the end: the winning event's, else
+/// the stored ones. Kept apart in the state because the studio's single
+/// type and meta columns combine both.
+struct GroupColumns<'a> {
+    start_type: Option<&'a str>,
+    end_type: Option<&'a str>,
+    start_meta: Option<&'a str>,
+    end_meta: Option<&'a str>,
+}
+
+impl<'a> GroupColumns<'a> {
+    fn of(
+        start: Option<&'a ObservationStart>,
+        end: Option<&'a ObservationEnd>,
+        stored: Option<&'a StoredObservation>,
+    ) -> Self {
+        let stored_field = |f: fn(&'a StoredObservation) -> Option<&'a str>| stored.and_then(f);
+        Self {
+            start_type: match start {
+                Some(s) => s.observation_type.as_deref(),
+                None => stored_field(|s| s.start_type.as_deref()),
+            },
+            end_type: match end {
+                Some(e) => e.observation_type.as_deref(),
+                None => stored_field(|s| s.end_type.as_deref()),
+            },
+            start_meta: match start {
+                Some(s) => non_empty(s.metadata.as_str()),
+                None => stored_field(|s| s.start_meta.as_deref()),
+            },
+            end_meta: match end {
+                Some(e) => non_empty(e.metadata.as_str()),
+                None => stored_field(|s| s.end_meta.as_deref()),
+            },
+        }
+    }
+}
+
+/// The start's time; before any start is known the end's time stands in
+/// (NOT NULL column). None leaves the column as it is.
+fn observation_start_time(
+    start: Option<&ObservationStart>,
+    end: Option<&ObservationEnd>,
+    start_version: Option<Version>,
+) -> Option<NaiveDateTime> {
+    match (start, end) {
+        (Some(s), _) => Some(naive(s.start_time)),
+        (None, Some(e)) if start_version.is_none() => Some(naive(e.end_time)),
+        _ => None,
+    }
+}
+
+/// The costs of the end's LLM call, when its model has a price.
+fn observation_costs(
+    end: Option<&ObservationEnd>,
+    project_id: &str,
+    prices: &PriceBook,
+) -> Option<Costs> {
+    end.and_then(|e| e.llm.as_ref())
+        .and_then(|usage| usage.billable())
+        .and_then(|(model, prompt, completion)| prices.cost(project_id, model, prompt, completion))
 }
 
 /// Executes the plan: inserts first (traces before the observations that
