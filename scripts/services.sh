@@ -20,7 +20,7 @@ Usage: scripts/services.sh ACTION DIR
 
 Runs a local Redis 7 and PostgreSQL 15 on 127.0.0.1 for tests and demos, with
 all state in DIR (created if missing). Installs redis-server / postgresql with
-apt-get when missing (and pgbouncer, which tests/pg_errors.rs runs itself).
+apt-get when missing (and pgbouncer, which tests/it/pg_errors.rs runs itself).
 Run as root.
 
 Actions:
@@ -105,7 +105,7 @@ missing_packages() {
     echo redis-server
   fi
   set_pg_bin || echo postgresql
-  # Not run here: tests/pg_errors.rs starts its own in front of our Postgres.
+  # Not run here: tests/it/pg_errors.rs starts its own in front of our Postgres.
   command -v pgbouncer >/dev/null || echo pgbouncer
 }
 
