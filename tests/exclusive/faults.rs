@@ -189,7 +189,7 @@ async fn a_million_entry_backlog_drains_in_bounded_memory() {
     let mut redis = env.redis();
     let ts = now_ts();
     let started = Instant::now();
-    env.publish_all(
+    env.publish_backlog(
         &mut redis,
         (0..entries).map(|i| {
             observation_start(
@@ -345,7 +345,7 @@ async fn a_stalled_pipeline_reports_not_live() {
     let _alone = crate::alone().await;
     let env = TestEnv::new("stall").await;
     let mut redis = env.redis();
-    env.publish_all(&mut redis, seed_trace("trace-stalled", "p"));
+    env.publish_each(&mut redis, seed_trace("trace-stalled", "p"));
     let service = env.spawn(
         "stalled",
         &[

@@ -11,10 +11,11 @@
 
 use std::time::Duration;
 
-use crate::harness::*;
-use crate::support::*;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
+
+use crate::harness::*;
+use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(600);
 /// The bound the issue asks for, whatever the backlog.
@@ -41,40 +42,31 @@ fn random_text(len: usize) -> String {
 fn publish_backlog(env: &TestEnv, big: usize, expanding: usize) -> usize {
     let mut redis = env.redis();
     let document = random_text(BIG_DOCUMENT);
-    let mut traces = 0;
-    let mut entries = Vec::new();
-    for i in 0..big {
+    let bigs = (0..big).flat_map(|i| {
         // Each entry differs so that nothing is shared between them.
         let data = format!(
             r#"{{"name":"big-{i}","type":"AGENT","input":{{"document":"{i:06}{}"}}}}"#,
             &document[6..]
         );
-        entries.push(observation_start(
+        let small = (i % 5 == 0).then(|| seed_trace(&format!("small-{}", i / 5), "p"));
+        std::iter::once(observation_start(
             "big",
             &format!("big-{i}"),
             &now_ts(),
             &data,
-        ));
-        if i % 5 == 0 {
-            entries.extend(seed_trace(&format!("small-{traces}"), "p"));
-            traces += 1;
-        }
-    }
+        ))
+        .chain(small.into_iter().flatten())
+    });
     let filler = "lorem ipsum dolor sit amet ".repeat(EXPANDING_DOCUMENT / 27);
-    for i in 0..expanding {
+    let expandings = (0..expanding).map(|i| {
         let json = format!(
             r#"{{"name":"expanding-{i}","type":"SPAN","input":{{"document":"{i:06}{filler}"}}}}"#
         );
-        let data = compressed_data(&json);
-        entries.push(observation_start(
-            "expanding",
-            &format!("expanding-{i}"),
-            &now_ts(),
-            &data,
-        ));
-    }
-    env.publish_all(&mut redis, entries);
-    traces
+        let id = format!("expanding-{i}");
+        observation_start("expanding", &id, &now_ts(), &compressed_data(&json))
+    });
+    env.publish_each(&mut redis, bigs.chain(expandings));
+    big.div_ceil(5)
 }
 
 /// Everything published is stored with its whole input; nothing pending.
@@ -187,7 +179,7 @@ async fn under_a_memory_limit_the_backlog_drains_and_an_entry_too_big_to_hold_is
         )),
     );
     drop(crasher_data);
-    env.publish_all(
+    env.publish_each(
         &mut redis,
         (0..5).flat_map(|t| seed_trace(&format!("after-{t}"), "p")),
     );

@@ -19,11 +19,12 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::harness::*;
 use base64::Engine;
 use swisper_ingest::event::{expand_data, Reason};
 use swisper_ingest::memory_budget::{MemoryBudget, Weights};
 use swisper_ingest::weighed_read::{read_within_budget, Mode, Read, Request};
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(600);
 /// OBSERVABILITY_MAX_EXPANDED_BYTES's default.

@@ -32,7 +32,7 @@ async fn a_producers_clock_does_not_delete_a_live_trace() {
     let mut redis = env.redis();
     let service = env.spawn("replica-a", &[("OBSERVABILITY_RETENTION_DAYS", "30")]);
     service.wait_ready(Duration::from_secs(60));
-    env.publish_all(&mut redis, seed_trace("live", "p"));
+    env.publish_each(&mut redis, seed_trace("live", "p"));
     let db = env.db().await;
     assert!(
         wait_for_ended_observations(&db, 3, Duration::from_secs(60)).await,
@@ -117,7 +117,7 @@ async fn one_entry_that_always_times_out_does_not_stop_the_writer() {
     let mut redis = env.redis();
     let traces = 60;
     for n in 0..traces {
-        env.publish_all(&mut redis, seed_trace(&format!("t{n:03}"), "p"));
+        env.publish_each(&mut redis, seed_trace(&format!("t{n:03}"), "p"));
         if n == traces / 2 {
             env.publish(
                 &mut redis,

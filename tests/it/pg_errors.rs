@@ -458,14 +458,14 @@ async fn projects_reusing_ids_keep_the_first_projects_rows_and_dead_letter_the_o
             event
         })
     };
-    env.publish_all(&mut redis, intruder("shared-1"));
-    env.publish_all(
+    env.publish_each(&mut redis, intruder("shared-1"));
+    env.publish_each(
         &mut redis,
         ["shared-1", "shared-2"]
             .into_iter()
             .flat_map(|trace| seed_trace(trace, "project-a")),
     );
-    env.publish_all(&mut redis, intruder("shared-2"));
+    env.publish_each(&mut redis, intruder("shared-2"));
     let db = env.db().await;
     let settled = wait_for_async(LONG, || async {
         count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 14

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::*;
 use serde_json::json;
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -12,7 +13,7 @@ async fn seed_trace_is_stored_with_every_field() {
     let env = TestEnv::new("seed_trace").await;
     let mut redis = env.redis();
     // Published before the service ever ran: the group starts at id 0.
-    env.publish_all(&mut redis, seed_trace("trace-a", "project-1"));
+    env.publish_each(&mut redis, seed_trace("trace-a", "project-1"));
     let service = env.spawn("replica-a", &[]);
     let db = env.db().await;
     let stored = wait_for_ended_observations(&db, 3, WAIT).await;
@@ -361,7 +362,7 @@ async fn pending_entries_of_a_dead_consumer_are_claimed() {
     let env = TestEnv::new("claim").await;
     let mut redis = env.redis();
     env.create_group(&mut redis);
-    env.publish_all(&mut redis, seed_trace("trace-claimed", "p"));
+    env.publish_each(&mut redis, seed_trace("trace-claimed", "p"));
     // A consumer of another replica reads everything and dies without acking.
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -398,7 +399,7 @@ async fn metrics_show_the_lag_while_a_backlog_drains() {
     let mut redis = env.redis();
     let ts = now_ts();
     let backlog = 30_000;
-    env.publish_all(
+    env.publish_backlog(
         &mut redis,
         (0..backlog).map(|i| {
             observation_start(

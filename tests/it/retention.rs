@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::harness::*;
 use serde_json::json;
 use tokio_postgres::Client;
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -10,13 +10,14 @@ use chrono::{DateTime, Duration as Span, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
 
+use swisper_ingest::event::StreamId;
+use swisper_ingest::merge::Version;
+use swisper_ingest::store::migrate;
+
 use crate::harness::{
     apply_studio_fixture, as_fields, count, group_drained, now_ts, pg_target,
     public_schema_catalog, wait_for, wait_for_count, TestEnv,
 };
-use swisper_ingest::event::StreamId;
-use swisper_ingest::merge::Version;
-use swisper_ingest::store::migrate;
 
 const WAIT: Duration = Duration::from_secs(30);
 

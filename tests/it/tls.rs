@@ -11,9 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::harness::{free_port, seed_trace, wait_for, wait_for_ended_observations, xadd, Service};
 use rand::Rng;
 use swisper_ingest::config::{DatabaseSettings, RedisSettings};
+
+use crate::harness::{free_port, seed_trace, wait_for, wait_for_ended_observations, xadd, Service};
 
 const BIN: &str = env!("CARGO_BIN_EXE_swisper-ingest");
 

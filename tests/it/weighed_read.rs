@@ -4,9 +4,10 @@
 
 use std::io::Write as _;
 
-use crate::harness::*;
 use swisper_ingest::memory_budget::{MemoryBudget, Weights};
 use swisper_ingest::weighed_read::{read_within_budget, Mode, Read, Request};
+
+use crate::harness::*;
 
 const MAX_EXPANDED: u64 = 16 * 1024 * 1024;
 

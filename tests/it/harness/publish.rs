@@ -16,7 +16,7 @@ use super::wait::wait_for_async;
 /// One stream entry: its fields in order, as [`seed_trace`] makes them.
 pub type Entry = Vec<(String, String)>;
 
-/// Entries per pipeline of [`TestEnv::publish_all`]: a million-entry
+/// Entries per pipeline of [`TestEnv::publish_backlog`]: a million-entry
 /// backlog goes out in seconds, a pipeline stays a few MiB.
 const PIPELINE_ENTRIES: usize = 10_000;
 const PIPELINE_BYTES: usize = 8 << 20;
@@ -49,8 +49,23 @@ impl TestEnv {
             .expect("xadd")
     }
 
-    /// Publishes `entries` in order, pipelined (a backlog); returns how many.
-    pub fn publish_all(
+    /// Publishes `entries` in order, one XADD each, as the SDK does: for
+    /// publishing while the service reads (its batches then form as they
+    /// would in production).
+    pub fn publish_each(
+        &self,
+        conn: &mut redis::Connection,
+        entries: impl IntoIterator<Item = Entry>,
+    ) {
+        for entry in entries {
+            let _: String = xadd(&self.stream, entry).query(conn).expect("xadd");
+        }
+    }
+
+    /// Publishes a backlog in order, pipelined (a million entries in
+    /// seconds); returns how many. Pipelines arrive as one burst: for
+    /// backlogs the service finds waiting, not for traffic under test.
+    pub fn publish_backlog(
         &self,
         conn: &mut redis::Connection,
         entries: impl IntoIterator<Item = Entry>,
@@ -79,7 +94,7 @@ impl TestEnv {
     /// Publishes the seed traces `trace-{t}` of project `p` for each `t`
     /// (7 entries each: 3 observations end, one of them failing).
     pub fn publish_traces(&self, conn: &mut redis::Connection, traces: Range<usize>) {
-        self.publish_all(
+        self.publish_each(
             conn,
             traces.flat_map(|t| seed_trace(&format!("trace-{t}"), "p")),
         );
