@@ -28,7 +28,7 @@ Runs a local Redis 7 and PostgreSQL 15 on 127.0.0.1 for tests and demos, with
 all state in DIR (created if missing).
 
 As root: installs redis-server / postgresql with apt-get when missing (and
-pgbouncer, which tests/pg_errors.rs runs itself) and runs Postgres as the
+pgbouncer, which tests/it/pg_errors.rs runs itself) and runs Postgres as the
 postgres user; Postgres trusts every loopback connection.
 As any other user: needs them installed (redis-server and redis-cli on PATH;
 initdb, pg_ctl, postgres, pg_isready, psql in /usr/lib/postgresql/*/bin) and
@@ -140,7 +140,7 @@ missing_packages() {
     echo redis-server
   fi
   set_pg_bin || echo postgresql
-  # Not run here: tests/pg_errors.rs (run as root) starts its own in front of
+  # Not run here: tests/it/pg_errors.rs (run as root) starts its own in front of
   # our Postgres.
   if is_root; then command -v pgbouncer >/dev/null || echo pgbouncer; fi
 }

@@ -2,7 +2,7 @@
 # Runs every test of swisper-ingest on this machine: installs and starts Redis
 # and PostgreSQL on loopback (scripts/services.sh, in a temporary folder that
 # is removed at the end), then formatting and lint checks, the Rust unit,
-# property and integration tests (among them tests/tls.rs, which starts its
+# property and integration tests (among them tests/it/tls.rs, which starts its
 # own TLS-only Redis and PostgreSQL with tests/tls/servers.sh), the fault
 # tests, the real-SDK end-to-end tests, the offline deployment checks, the
 # supply-chain checks with the SBOM (scripts/supply-chain.sh) and the quick

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault suite (docs/reliability.md): the real binary, built in release
-# with the `fault-injection` crash hooks (and tests/memory.rs: big entries,
+# with the `fault-injection` crash hooks (and tests/exclusive/memory.rs: big entries,
 # memory limits, delivery counts, poison holding), against the Redis and Postgres of
 # scripts/services.sh (SERVICES_DIR, OBSERVABILITY_REDIS_URL, DATABASE_URL
 # set, as scripts/test.sh does). Prints the measured figures at the end.
@@ -18,7 +18,7 @@ export SWISPER_TEST_OUTAGE_SECS=${SWISPER_TEST_OUTAGE_SECS:-30}
 status=0
 # One test at a time: several of them stop the shared Redis or Postgres or
 # load the two cores on purpose.
-cargo test --release --features fault-injection --test faults --test memory --test postgres_outage --test postgres_read_only --test redis_restart \
+cargo test --release --features fault-injection --test exclusive \
   -- --test-threads=1 || status=$?
 echo
 echo "fault figures:"

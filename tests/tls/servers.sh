@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TLS-only Redis and PostgreSQL for tests/tls.rs, on loopback, with a CA and
+# TLS-only Redis and PostgreSQL for tests/it/tls.rs, on loopback, with a CA and
 # certificates made here by openssl:
 #
 #   servers.sh up DIR REDIS_PORT REDIS_MTLS_PORT REDIS_EXPIRED_PORT PG_PORT OWNER_PID

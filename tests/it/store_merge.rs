@@ -8,8 +8,6 @@
 //! Ids are global in the studio's tables, so each trace's events carry one
 //! project here (a project mismatch is a dead letter, tested elsewhere).
 
-mod common;
-
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -28,6 +26,8 @@ use swisper_ingest::merge::{merge, Version};
 use swisper_ingest::retention::Horizons;
 use swisper_ingest::store::Pool;
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
+
+use crate::harness;
 
 /// A known model: priced by default, and differently for one project.
 const PRICED_MODEL: &str = "gpt-4o";
@@ -406,8 +406,8 @@ async fn write(pool: &Pool, horizons: &Horizons, studio: &Studio, batches: Vec<V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
-    let env = common::TestEnv::new("store_merge").await;
-    let (pool, _) = common::migrated_pool(&env.database_url).await;
+    let env = harness::TestEnv::new("store_merge").await;
+    let (pool, _) = harness::migrated_pool(&env.database_url).await;
     {
         let client = pool.get().await.unwrap();
         let price = |p: Price| {
@@ -502,7 +502,7 @@ async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
     }
     let client = pool.get().await.unwrap();
     assert_eq!(
-        common::count(&client, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        harness::count(&client, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
 }
@@ -513,8 +513,8 @@ async fn batches_in_any_order_on_two_writers_give_the_pure_merge() {
 /// gets it second must still see the first one's trace_start and time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_meanwhile() {
-    let env = common::TestEnv::new("store_merge_lock").await;
-    let (pool, studio) = common::migrated_pool(&env.database_url).await;
+    let env = harness::TestEnv::new("store_merge_lock").await;
+    let (pool, studio) = harness::migrated_pool(&env.database_url).await;
     let studio = std::sync::Arc::new(studio);
     let horizons = std::sync::Arc::new(Horizons::fixed(None));
 
@@ -570,7 +570,7 @@ async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_mean
     run(vec![events[0].clone()]).await;
 
     // A third transaction holds the trace row while both writers start.
-    let mut holder = common::connect(&env.database_url).await;
+    let mut holder = harness::connect(&env.database_url).await;
     let hold = holder.transaction().await.unwrap();
     hold.execute(
         "SELECT 1 FROM public.traces WHERE id = 'locked-t' FOR UPDATE",
@@ -580,9 +580,9 @@ async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_mean
     .unwrap();
     let a = tokio::spawn(run(vec![events[1].clone()]));
     let b = tokio::spawn(run(vec![events[2].clone()]));
-    let admin = common::connect(&env.database_url).await;
-    let both_wait = common::wait_for_async(std::time::Duration::from_secs(10), || async {
-        common::count(
+    let admin = harness::connect(&env.database_url).await;
+    let both_wait = harness::wait_for_async(std::time::Duration::from_secs(10), || async {
+        harness::count(
             &admin,
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -605,12 +605,12 @@ async fn a_writer_that_waited_for_a_row_lock_merges_with_what_was_committed_mean
 /// the row, and merges into it. Nothing is lost, duplicated or dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
-    let env = common::TestEnv::new("store_merge_copy").await;
-    let (pool, studio) = common::migrated_pool(&env.database_url).await;
+    let env = harness::TestEnv::new("store_merge_copy").await;
+    let (pool, studio) = harness::migrated_pool(&env.database_url).await;
     let horizons = Horizons::fixed(None);
 
     // Another writer, mid-transaction: the trace and its observation's start.
-    let mut other = common::connect(&env.database_url).await;
+    let mut other = harness::connect(&env.database_url).await;
     let other = other.transaction().await.unwrap();
     other
         .batch_execute(
@@ -658,10 +658,10 @@ async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
         })
     };
     // The COPY waits on the other writer's uncommitted key; let it commit.
-    let admin = common::connect(&env.database_url).await;
+    let admin = harness::connect(&env.database_url).await;
     assert!(
-        common::wait_for_async(std::time::Duration::from_secs(10), || async {
-            common::count(
+        harness::wait_for_async(std::time::Duration::from_secs(10), || async {
+            harness::count(
                 &admin,
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
             )
@@ -711,11 +711,11 @@ async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
         "the end merged into the row the other writer stored"
     );
     assert_eq!(
-        common::count(&admin, "SELECT count(*) FROM public.observations").await,
+        harness::count(&admin, "SELECT count(*) FROM public.observations").await,
         1
     );
     assert_eq!(
-        common::count(&admin, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        harness::count(&admin, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
         0
     );
 }

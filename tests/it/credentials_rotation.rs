@@ -11,13 +11,11 @@
 //! test. Postgres: one of this test's own (tests/credentials/postgres.sh),
 //! since the shared one trusts every connection.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{as_fields, count, free_port, group_drained, seed_trace, wait_for, TestEnv};
+use crate::harness::{as_fields, count, free_port, group_drained, seed_trace, wait_for, TestEnv};
 use tokio_postgres::NoTls;
 
 const TRACES: usize = 600;

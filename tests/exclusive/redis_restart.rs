@@ -1,17 +1,18 @@
+//! Exclusive because: it restarts the shared Redis.
+//!
 //! Redis restarted under load (appendonly on, as production runs it): the
-//! service reconnects by itself and goes on, nothing lost. A test binary of
-//! its own, because it restarts the shared Redis.
-
-mod common;
+//! service reconnects by itself and goes on, nothing lost.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_persistence_loses_nothing() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("redis_restart").await;
     let service = env.spawn("restarted", &[]);
     service.wait_ready(Duration::from_secs(30));
@@ -29,34 +30,7 @@ async fn redis_restart_with_persistence_loses_nothing() {
     // A producer that keeps publishing, retrying while Redis is down (the SDK
     // drops events then; here every trace must get through to be counted).
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (url, stream, stop) = (env.redis_url.clone(), env.stream.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let client = redis::Client::open(url.as_str()).unwrap();
-            let mut published = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut conn) = client.get_connection() else {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                };
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                for event in seed_trace(&format!("trace-{published}"), "p") {
-                    let mut cmd = redis::cmd("XADD");
-                    cmd.arg(&stream).arg("*");
-                    for (k, v) in &event {
-                        cmd.arg(k).arg(v);
-                    }
-                    pipe.add_command(cmd).ignore();
-                }
-                if pipe.query::<()>(&mut conn).is_ok() {
-                    published += 1;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            published
-        })
-    };
+    let producer = env.steady_publisher(100, usize::MAX, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
     services("stop-redis");
     let unready = wait_for(Duration::from_secs(20), || {

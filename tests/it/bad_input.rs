@@ -3,11 +3,9 @@
 //! as it can be (docs/event-format.md says which), the neighbours are all
 //! stored, the service keeps running, and every outcome is counted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// What must become of a bad entry.
 enum Expect {

@@ -1,3 +1,7 @@
+//! Exclusive because: it kills and signals replicas under a steady load and
+//! measures recovery times and memory, which other tests on the two cores
+//! would distort; it needs the `fault-injection` crash hooks.
+//!
 //! Fault injection with processes of the real binary against real Redis and
 //! PostgreSQL: replicas killed mid-batch, a crash between COMMIT and XACK, a
 //! million-entry backlog, SIGTERM under load, rolling replacement. Each test
@@ -7,64 +11,20 @@
 
 #![cfg(feature = "fault-injection")]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
+use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Publishes seed traces (7 events each) at about `traces_per_sec` until
-/// stopped or `max_traces` are out; returns how many traces it published.
-fn steady_publisher(
-    env: &TestEnv,
-    traces_per_sec: u64,
-    max_traces: usize,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<usize> {
-    let redis_url = env.redis_url.clone();
-    let stream = env.stream.clone();
-    thread::spawn(move || {
-        let mut conn = redis::Client::open(redis_url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let pause = Duration::from_micros(1_000_000 / traces_per_sec);
-        let mut published = 0;
-        while published < max_traces && !stop.load(Ordering::Relaxed) {
-            let mut pipe = redis::pipe();
-            for event in seed_trace(&format!("trace-{published}"), "p") {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&stream).arg("*");
-                for (k, v) in &event {
-                    cmd.arg(k).arg(v);
-                }
-                pipe.add_command(cmd).ignore();
-            }
-            let _: () = pipe.query(&mut conn).unwrap();
-            published += 1;
-            thread::sleep(pause);
-        }
-        published
-    })
-}
 
 /// Every published trace is stored whole, nothing dead-lettered or pending.
 async fn assert_all_stored(env: &TestEnv, traces: usize, services: &[&Service]) {
     let db = env.db().await;
-    let stored = wait_for_async(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
-        )
-        .await
-            == (traces * 3) as i64
-    })
-    .await;
+    let stored = wait_for_ended_observations(&db, traces * 3, WAIT).await;
     let logs: String = services.iter().map(|s| s.log()).collect();
     assert!(
         stored,
@@ -93,6 +53,7 @@ async fn assert_all_stored(env: &TestEnv, traces: usize, services: &[&Service]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_replica_pending_entries_are_claimed_by_the_other() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("kill9").await;
     let mut redis = env.redis();
     // The production defaults, so the recovery time is the one operators get.
@@ -103,7 +64,7 @@ async fn killed_replica_pending_entries_are_claimed_by_the_other() {
     let survivor = env.spawn("replica-b", &default_claims);
     survivor.wait_ready(WAIT);
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = steady_publisher(&env, 60, 100_000, stop.clone());
+    let publisher = env.steady_publisher(60, 100_000, stop.clone());
 
     let mut recoveries = Vec::new();
     let mut victim = env.spawn("replica-a1", &default_claims);
@@ -171,13 +132,10 @@ async fn snapshot(db: &tokio_postgres::Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_ack_changes_nothing_on_redelivery() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("crash_ack").await;
     let mut redis = env.redis();
-    for t in 0..20 {
-        for event in seed_trace(&format!("trace-{t}"), "p") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
-    }
+    env.publish_traces(&mut redis, 0..20);
     let mut crashing = env.spawn(
         "crashy",
         &[
@@ -222,6 +180,7 @@ async fn a_crash_between_commit_and_ack_changes_nothing_on_redelivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_entry_backlog_drains_in_bounded_memory() {
+    let _alone = crate::alone().await;
     let entries: usize = std::env::var("SWISPER_FAULT_BACKLOG")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -230,28 +189,17 @@ async fn a_million_entry_backlog_drains_in_bounded_memory() {
     let mut redis = env.redis();
     let ts = now_ts();
     let started = Instant::now();
-    for chunk in 0..entries.div_ceil(10_000) {
-        let mut pipe = redis::pipe();
-        for i in chunk * 10_000..((chunk + 1) * 10_000).min(entries) {
-            pipe.cmd("XADD")
-                .arg(&env.stream)
-                .arg("*")
-                .arg("event_type")
-                .arg("observation_start")
-                .arg("trace_id")
-                .arg(format!("t{}", i / 20))
-                .arg("project_id")
-                .arg("p")
-                .arg("timestamp")
-                .arg(&ts)
-                .arg("observation_id")
-                .arg(format!("o{i}"))
-                .arg("data")
-                .arg(r#"{"name":"node","type":"SPAN","input":{"messages":["hello there"]}}"#)
-                .ignore();
-        }
-        let _: () = pipe.query(&mut redis).unwrap();
-    }
+    env.publish_backlog(
+        &mut redis,
+        (0..entries).map(|i| {
+            observation_start(
+                &format!("t{}", i / 20),
+                &format!("o{i}"),
+                &ts,
+                r#"{"name":"node","type":"SPAN","input":{"messages":["hello there"]}}"#,
+            )
+        }),
+    );
     let published_in = started.elapsed();
     let service = env.spawn("drainer", &[]);
     let pid = service.child.id();
@@ -296,12 +244,13 @@ async fn a_million_entry_backlog_drains_in_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_in_time_with_nothing_pending() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("sigterm_load").await;
     let mut redis = env.redis();
     let mut first = env.spawn("graceful", &[]);
     first.wait_ready(WAIT);
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = steady_publisher(&env, 200, 100_000, stop.clone());
+    let publisher = env.steady_publisher(200, 100_000, stop.clone());
     thread::sleep(Duration::from_secs(3));
     let signalled = Instant::now();
     let status = first.terminate();
@@ -330,6 +279,7 @@ async fn sigterm_under_load_exits_in_time_with_nothing_pending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_replacement_leaves_no_orphans() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("rolling").await;
     let mut redis = env.redis();
     let settings = [
@@ -338,7 +288,7 @@ async fn rolling_replacement_leaves_no_orphans() {
         ("OBSERVABILITY_CLAIM_INTERVAL_MS", "100"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = steady_publisher(&env, 80, 100_000, stop.clone());
+    let publisher = env.steady_publisher(80, 100_000, stop.clone());
     let mut replica = env.spawn("pod-0", &settings);
     for pod in 1..=4 {
         replica.wait_ready(WAIT);
@@ -372,13 +322,10 @@ async fn rolling_replacement_leaves_no_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_consumer_is_restarted_and_nothing_is_lost() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("panic").await;
     let mut redis = env.redis();
-    for t in 0..30 {
-        for event in seed_trace(&format!("trace-{t}"), "p") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
-    }
+    env.publish_traces(&mut redis, 0..30);
     let service = env.spawn("panicky", &[("SWISPER_INGEST_CRASH_AT", "consumer")]);
     assert_all_stored(&env, 30, &[&service]).await;
     let restarted = wait_for(WAIT, || {
@@ -395,11 +342,10 @@ async fn a_panicking_consumer_is_restarted_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_pipeline_reports_not_live() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("stall").await;
     let mut redis = env.redis();
-    for event in seed_trace("trace-stalled", "p") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
+    env.publish_each(&mut redis, seed_trace("trace-stalled", "p"));
     let service = env.spawn(
         "stalled",
         &[

@@ -3,8 +3,6 @@
 //! `swisper_ingest`), and upgrades a populated database of the previous
 //! layout (tests/fixtures/legacy_main_layout.sql) into the studio's tables.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -12,13 +10,14 @@ use chrono::{DateTime, Duration as Span, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
 
-use common::{
-    apply_studio_fixture, as_fields, count, group_drained, now_ts, pg_target,
-    public_schema_catalog, wait_for, wait_for_async, TestEnv,
-};
 use swisper_ingest::event::StreamId;
 use swisper_ingest::merge::Version;
 use swisper_ingest::store::migrate;
+
+use crate::harness::{
+    apply_studio_fixture, as_fields, count, group_drained, now_ts, pg_target,
+    public_schema_catalog, wait_for, wait_for_count, TestEnv,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -827,7 +826,7 @@ async fn a_populated_database_of_the_old_layout_is_upgraded() {
     let (head, _) = studio_head_catalog().await;
     let env = TestEnv::new("schema_upgrade").await;
     let mut db = env.db().await;
-    db.batch_execute(include_str!("fixtures/legacy_main_layout.sql"))
+    db.batch_execute(include_str!("../fixtures/legacy_main_layout.sql"))
         .await
         .expect("load the old layout");
     let (traces, observations) = legacy_population();
@@ -1182,10 +1181,7 @@ async fn a_populated_database_of_the_old_layout_is_upgraded() {
         service.log()
     );
     assert!(
-        wait_for_async(WAIT, || async {
-            count(&db, "SELECT count(*) FROM public.observations WHERE id = 'new-1-a' AND end_time IS NOT NULL").await == 1
-        })
-        .await,
+        wait_for_count(&db, "SELECT count(*) FROM public.observations WHERE id = 'new-1-a' AND end_time IS NOT NULL", 1, WAIT).await,
         "log: {}",
         service.log()
     );

@@ -5,17 +5,16 @@
 //! TLS, `check` reports; wrong CA, plaintext, missing client certificate and a
 //! name mismatch each fail with a clear error naming the setting.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{as_fields, free_port, seed_trace, wait_for, Service};
 use rand::Rng;
 use swisper_ingest::config::{DatabaseSettings, RedisSettings};
+
+use crate::harness::{free_port, seed_trace, wait_for, wait_for_ended_observations, xadd, Service};
 
 const BIN: &str = env!("CARGO_BIN_EXE_swisper-ingest");
 
@@ -87,6 +86,16 @@ impl Servers {
         )
     }
 
+    /// The test's own sessions: verified TLS, the password in the URL (not
+    /// PGPASSWORD: this process's environment is shared by parallel tests).
+    fn own_session(&self, db: &str) -> String {
+        self.verify_full(db).replacen(
+            "postgres@",
+            &format!("postgres:{}@", self.secret("PG_PASSWORD")),
+            1,
+        )
+    }
+
     /// The settings every command of a test gets: the right CA, passwords
     /// from their own variables.
     fn env(&self, db: &str) -> Vec<(String, String)> {
@@ -111,8 +120,7 @@ impl Servers {
     /// A fresh database, created over verified TLS with the service's code.
     async fn create_database(&self, name: &str) -> String {
         let db = format!("tls_{name}_{:08x}", rand::thread_rng().gen::<u32>());
-        std::env::set_var("PGPASSWORD", self.secret("PG_PASSWORD"));
-        let admin = postgres(&self.verify_full("postgres")).await;
+        let admin = postgres(&self.own_session("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await
@@ -276,16 +284,11 @@ async fn events_published_over_tls_are_stored_and_check_passes() {
 
     let mut redis = servers.redis();
     for event in seed_trace("tls-trace", "tls-project") {
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&stream).arg("*");
-        for (k, v) in as_fields(&event) {
-            xadd.arg(k).arg(v);
-        }
-        let _: String = xadd.query(&mut redis).unwrap();
+        let _: String = xadd(&stream, event).query(&mut redis).unwrap();
     }
-    let db_client = postgres(&servers.verify_full(&db)).await;
+    let db_client = postgres(&servers.own_session(&db)).await;
     assert!(
-        common::wait_for_ended_observations(&db_client, 3, Duration::from_secs(60)).await,
+        wait_for_ended_observations(&db_client, 3, Duration::from_secs(60)).await,
         "the trace was not stored over TLS; log: {}",
         service.log()
     );

@@ -1,16 +1,17 @@
+//! Exclusive because: it stops the shared Postgres.
+//!
 //! Postgres stopped and restarted under load: nothing is acked or
 //! dead-lettered while it is down, readiness says so, and everything is
-//! stored afterwards. A test binary of its own, because it stops the shared
-//! Postgres (cargo runs test binaries one after another).
-
-mod common;
+//! stored afterwards.
 
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_nothing() {
+    let _alone = crate::alone().await;
     let outage = Duration::from_secs(
         std::env::var("SWISPER_TEST_OUTAGE_SECS")
             .ok()
@@ -22,20 +23,13 @@ async fn postgres_outage_loses_nothing() {
     service.wait_ready(Duration::from_secs(30));
     let mut redis = env.redis();
     let traces = 60;
-    let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
-        for t in range {
-            for event in seed_trace(&format!("trace-{t}"), "p") {
-                env.publish(redis, &as_fields(&event));
-            }
-        }
-    };
-    publish(&mut redis, 0..traces / 3);
+    env.publish_traces(&mut redis, 0..traces / 3);
     let acked = |service: &Service| service.metric("swisper_ingest_acked_total").unwrap_or(0.0);
     assert!(wait_for(Duration::from_secs(30), || acked(&service)
         >= (traces / 3 * 7) as f64));
 
     services("stop-postgres");
-    publish(&mut redis, traces / 3..traces);
+    env.publish_traces(&mut redis, traces / 3..traces);
     let unready = wait_for(
         Duration::from_secs(30),
         || matches!(service.get("/readyz"), Some((503, body)) if body.contains("\"postgres\":false")),

@@ -1,16 +1,16 @@
+//! Exclusive because: it turns the whole shared Postgres server read-only.
+//!
 //! The whole Postgres server turns read-only under the service's open
 //! sessions (`ALTER SYSTEM SET default_transaction_read_only = on` and a
 //! reload, as after a failover that left us on a replica): `SELECT 1` still
 //! answers, yet nothing can be written. Readiness turns false from the probe,
 //! nothing is acked or dead-lettered, a SIGTERM whose drain cannot finish
 //! exits non-zero, and a restarted replica stores everything once the server
-//! is writable again. In the fault suite: it alters the shared server.
-
-mod common;
+//! is writable again. In the fault suite too.
 
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -53,25 +53,19 @@ impl Drop for Writable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_server_keeps_everything_pending_and_exits_non_zero_on_a_stuck_drain() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("pg_read_only_server").await;
     let settings = [("OBSERVABILITY_SHUTDOWN_TIMEOUT_SECS", "3")];
     let mut service = env.spawn("ro-server", &settings);
     service.wait_ready(LONG);
     let mut redis = env.redis();
-    let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
-        for t in range {
-            for event in seed_trace(&format!("trace-{t}"), "p") {
-                env.publish(redis, &as_fields(&event));
-            }
-        }
-    };
     let acked = |service: &Service| service.metric("swisper_ingest_acked_total").unwrap_or(0.0);
-    publish(&mut redis, 0..10);
+    env.publish_traces(&mut redis, 0..10);
     assert!(wait_for(LONG, || acked(&service) >= 70.0));
 
     let _writable = Writable;
     set_read_only(true).await;
-    publish(&mut redis, 10..20);
+    env.publish_traces(&mut redis, 10..20);
     let read_only = |service: &Service| {
         service
             .metric("swisper_ingest_postgres_errors_total{kind=\"read_only\"}")

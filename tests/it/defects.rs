@@ -6,11 +6,8 @@
 //!   takes the trace first (two real transactions held at a barrier);
 //! - one entry whose write alone always times out does not stop a writer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{as_fields, count, seed_trace, wait_for_async, TestEnv};
 use swisper_ingest::config::CreateProjects;
 use swisper_ingest::event::{
     EventBody, ObservationEnd, ObservationStart, Parsed, StreamEntry, StreamId, TraceEvent,
@@ -19,6 +16,10 @@ use swisper_ingest::event::{
 use swisper_ingest::retention::Horizons;
 use swisper_ingest::store::{retention, Pool};
 use swisper_ingest::write_path::{commit, BatchItem, Destination, Studio};
+
+use crate::harness::{
+    self, count, seed_trace, wait_for_async, wait_for_ended_observations, TestEnv,
+};
 
 const DAY_SECS: i64 = 24 * 3600;
 
@@ -31,20 +32,10 @@ async fn a_producers_clock_does_not_delete_a_live_trace() {
     let mut redis = env.redis();
     let service = env.spawn("replica-a", &[("OBSERVABILITY_RETENTION_DAYS", "30")]);
     service.wait_ready(Duration::from_secs(60));
-    for event in seed_trace("live", "p") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
+    env.publish_each(&mut redis, seed_trace("live", "p"));
     let db = env.db().await;
     assert!(
-        wait_for_async(Duration::from_secs(60), || async {
-            count(
-                &db,
-                "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
-            )
-            .await
-                == 3
-        })
-        .await,
+        wait_for_ended_observations(&db, 3, Duration::from_secs(60)).await,
         "the live trace is stored"
     );
     // A late observation of the same trace from a host whose clock is 31
@@ -72,7 +63,7 @@ async fn a_producers_clock_does_not_delete_a_live_trace() {
     );
     assert!(
         wait_for_async(Duration::from_secs(60), || async {
-            common::pending_all(&mut env.redis(), &env.stream, &env.group).is_empty()
+            harness::pending_all(&mut env.redis(), &env.stream, &env.group).is_empty()
                 && count(&db, "SELECT count(*) FROM observations WHERE id = 'live-skewed'").await
                     + count(
                         &db,
@@ -126,9 +117,7 @@ async fn one_entry_that_always_times_out_does_not_stop_the_writer() {
     let mut redis = env.redis();
     let traces = 60;
     for n in 0..traces {
-        for event in seed_trace(&format!("t{n:03}"), "p") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
+        env.publish_each(&mut redis, seed_trace(&format!("t{n:03}"), "p"));
         if n == traces / 2 {
             env.publish(
                 &mut redis,
@@ -137,7 +126,7 @@ async fn one_entry_that_always_times_out_does_not_stop_the_writer() {
                     ("trace_id", "t-slow"),
                     ("project_id", "p"),
                     ("observation_id", "o-slow"),
-                    ("timestamp", &common::now_ts()),
+                    ("timestamp", &harness::now_ts()),
                     ("data", r#"{"name":"slow"}"#),
                 ],
             );
@@ -146,7 +135,7 @@ async fn one_entry_that_always_times_out_does_not_stop_the_writer() {
     let service = env.spawn("replica-a", &[("OBSERVABILITY_BATCH_SIZE", "500")]);
     service.wait_ready(Duration::from_secs(60));
     let stored = wait_for_async(Duration::from_secs(120), || async {
-        common::pending_all(&mut env.redis(), &env.stream, &env.group).is_empty()
+        harness::pending_all(&mut env.redis(), &env.stream, &env.group).is_empty()
             && count(
                 &db,
                 "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
@@ -163,7 +152,7 @@ async fn one_entry_that_always_times_out_does_not_stop_the_writer() {
         .await
         .unwrap();
     let reasons: Vec<String> = letters.iter().map(|r| r.get(1)).collect();
-    let pending = common::pending_all(&mut env.redis(), &env.stream, &env.group).len();
+    let pending = harness::pending_all(&mut env.redis(), &env.stream, &env.group).len();
     let ended = count(
         &db,
         "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
@@ -198,7 +187,7 @@ struct Direct {
 impl Direct {
     /// A migrated database and a writer whose horizon is `horizon_secs`.
     async fn new(env: &TestEnv, horizon_secs: u64) -> Self {
-        let (pool, studio) = common::migrated_pool(&env.database_url).await;
+        let (pool, studio) = harness::migrated_pool(&env.database_url).await;
         Self {
             pool,
             horizons: horizon(horizon_secs),

@@ -16,8 +16,6 @@
 //! `null` are both None (the studio's ORM writes JSON `null` where ours
 //! writes NULL).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::str::FromStr;
@@ -32,9 +30,9 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Client;
 
-use common::{
+use crate::harness::{
     apply_studio_fixture, as_fields, compressed_data, count, group_drained, wait_for,
-    wait_for_async, Service, TestEnv,
+    wait_for_count, Service, TestEnv,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -1886,10 +1884,7 @@ async fn unknown_projects_are_dead_letters_until_created_then_replayed() {
     let stdout = String::from_utf8_lossy(&replayed.stdout);
     assert!(stdout.contains("3 replayed"), "{stdout}");
     assert!(
-        wait_for_async(WAIT, || async {
-            count(&db, "SELECT count(*) FROM public.observations WHERE id = 'ghost-trace-o' AND end_time IS NOT NULL").await == 1
-        })
-        .await,
+        wait_for_count(&db, "SELECT count(*) FROM public.observations WHERE id = 'ghost-trace-o' AND end_time IS NOT NULL", 1, WAIT).await,
         "replayed entries not stored; log: {}",
         service.log()
     );

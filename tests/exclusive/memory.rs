@@ -1,3 +1,6 @@
+//! Exclusive because: it measures the peak RSS of the release binary and
+//! runs it under `prlimit`; other tests' load would distort both.
+//!
 //! Memory under big entries, with the real release binary against real Redis
 //! and PostgreSQL: a backlog of entries near the size limits drains within
 //! the byte budget (peak RSS measured from /proc), and under a hard memory
@@ -6,14 +9,13 @@
 
 #![cfg(feature = "fault-injection")]
 
-mod common;
-
-use std::io::Write as _;
 use std::time::Duration;
 
-use common::*;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
+
+use crate::harness::*;
+use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(600);
 /// The bound the issue asks for, whatever the backlog.
@@ -35,71 +37,43 @@ fn random_text(len: usize) -> String {
         .collect()
 }
 
-fn observation(trace: &str, id: &str, data: &str) -> Vec<(String, String)> {
-    vec![
-        ("event_type".into(), "observation_start".into()),
-        ("trace_id".into(), trace.into()),
-        ("observation_id".into(), id.into()),
-        ("project_id".into(), "p".into()),
-        ("timestamp".into(), now_ts()),
-        ("data".into(), data.into()),
-    ]
-}
-
-/// `{"_compressed": true, "_data": base64(gzip(json))}` as the SDK sends it.
-fn compressed(json: &str) -> String {
-    use base64::Engine;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json.as_bytes()).unwrap();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
-    format!(r#"{{"_compressed": true, "_data": "{encoded}"}}"#)
-}
-
 /// Publishes the big-entry backlog with small neighbours; returns how many
 /// seed traces (7 events each) went out between the big entries.
 fn publish_backlog(env: &TestEnv, big: usize, expanding: usize) -> usize {
     let mut redis = env.redis();
     let document = random_text(BIG_DOCUMENT);
-    let mut traces = 0;
-    for i in 0..big {
+    let bigs = (0..big).flat_map(|i| {
         // Each entry differs so that nothing is shared between them.
         let data = format!(
             r#"{{"name":"big-{i}","type":"AGENT","input":{{"document":"{i:06}{}"}}}}"#,
             &document[6..]
         );
-        env.publish(
-            &mut redis,
-            &as_fields(&observation("big", &format!("big-{i}"), &data)),
-        );
-        if i % 5 == 0 {
-            for event in seed_trace(&format!("small-{traces}"), "p") {
-                env.publish(&mut redis, &as_fields(&event));
-            }
-            traces += 1;
-        }
-    }
+        let small = (i % 5 == 0).then(|| seed_trace(&format!("small-{}", i / 5), "p"));
+        std::iter::once(observation_start(
+            "big",
+            &format!("big-{i}"),
+            &now_ts(),
+            &data,
+        ))
+        .chain(small.into_iter().flatten())
+    });
     let filler = "lorem ipsum dolor sit amet ".repeat(EXPANDING_DOCUMENT / 27);
-    for i in 0..expanding {
+    let expandings = (0..expanding).map(|i| {
         let json = format!(
             r#"{{"name":"expanding-{i}","type":"SPAN","input":{{"document":"{i:06}{filler}"}}}}"#
         );
-        let data = compressed(&json);
-        env.publish(
-            &mut redis,
-            &as_fields(&observation("expanding", &format!("expanding-{i}"), &data)),
-        );
-    }
-    traces
+        let id = format!("expanding-{i}");
+        observation_start("expanding", &id, &now_ts(), &compressed_data(&json))
+    });
+    env.publish_each(&mut redis, bigs.chain(expandings));
+    big.div_ceil(5)
 }
 
 /// Everything published is stored with its whole input; nothing pending.
 async fn assert_backlog_stored(env: &TestEnv, big: usize, expanding: usize, traces: usize) {
     let db = env.db().await;
     let expected = (big + expanding + traces * 3) as i64;
-    let stored = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM observations").await == expected
-    })
-    .await;
+    let stored = wait_for_count(&db, "SELECT count(*) FROM observations", expected, WAIT).await;
     assert!(stored, "observations missing");
     let whole_big = count(
         &db,
@@ -128,6 +102,7 @@ async fn assert_backlog_stored(env: &TestEnv, big: usize, expanding: usize, trac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_big_entries_drains_within_the_memory_bound() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("big_backlog").await;
     env.migrate();
     env.create_group(&mut env.redis());
@@ -137,10 +112,7 @@ async fn a_backlog_of_big_entries_drains_within_the_memory_bound() {
     let pid = service.child.id();
     let db = env.db().await;
     let expected = (BIG_ENTRIES + EXPANDING_ENTRIES + traces * 3) as i64;
-    let done = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM observations").await == expected
-    })
-    .await;
+    let done = wait_for_count(&db, "SELECT count(*) FROM observations", expected, WAIT).await;
     let (hwm_kib, _) = memory_kib(pid).expect("read /proc status");
     assert!(done, "backlog not stored; log: {}", service.log());
     assert_backlog_stored(&env, BIG_ENTRIES, EXPANDING_ENTRIES, traces).await;
@@ -171,6 +143,7 @@ fn dead_letters(rows: &[tokio_postgres::Row]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_memory_limit_the_backlog_drains_and_an_entry_too_big_to_hold_is_dead_lettered() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("crash_loop").await;
     env.migrate();
     // One arena per thread reserves 64 MB of address space each: cap them so
@@ -198,14 +171,18 @@ async fn under_a_memory_limit_the_backlog_drains_and_an_entry_too_big_to_hold_is
     );
     let crasher = env.publish(
         &mut redis,
-        &as_fields(&observation("crash", "crasher", &crasher_data)),
+        &as_fields(&observation_start(
+            "crash",
+            "crasher",
+            &now_ts(),
+            &crasher_data,
+        )),
     );
     drop(crasher_data);
-    for t in 0..5 {
-        for event in seed_trace(&format!("after-{t}"), "p") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
-    }
+    env.publish_each(
+        &mut redis,
+        (0..5).flat_map(|t| seed_trace(&format!("after-{t}"), "p")),
+    );
 
     let db = env.db().await;
     let expected = (big + (traces + 5) * 3) as i64;
@@ -297,6 +274,7 @@ fn deliver_new(env: &TestEnv, redis: &mut redis::Connection, consumer: &str, cou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_pending_re_reads_and_claims_count_deliveries() {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("redeliveries").await;
     env.migrate();
     let mut redis = env.redis();
@@ -306,9 +284,10 @@ async fn own_pending_re_reads_and_claims_count_deliveries() {
             .map(|i| {
                 env.publish(
                     redis,
-                    &as_fields(&observation(
+                    &as_fields(&observation_start(
                         "t",
                         &format!("{prefix}-{i}"),
+                        &now_ts(),
                         r#"{"name":"x"}"#,
                     )),
                 )
@@ -387,6 +366,7 @@ fn delivery_counts(redis: &mut redis::Connection, env: &TestEnv) -> Vec<(String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_batch_is_held_without_inflating_deliveries_and_the_way_out_keeps_good_entries()
 {
+    let _alone = crate::alone().await;
     let env = TestEnv::new("poison_hold").await;
     env.migrate();
     let mut redis = env.redis();
@@ -394,7 +374,12 @@ async fn a_poisoned_batch_is_held_without_inflating_deliveries_and_the_way_out_k
     let good = |redis: &mut redis::Connection, name: &str| {
         env.publish(
             redis,
-            &as_fields(&observation("t", name, r#"{"name":"good"}"#)),
+            &as_fields(&observation_start(
+                "t",
+                name,
+                &now_ts(),
+                r#"{"name":"good"}"#,
+            )),
         )
     };
     let bad = |redis: &mut redis::Connection| {
@@ -464,10 +449,7 @@ async fn a_poisoned_batch_is_held_without_inflating_deliveries_and_the_way_out_k
         .arg(&bad_ids)
         .query(&mut redis)
         .unwrap();
-    let stored = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM observations").await == 10
-    })
-    .await;
+    let stored = wait_for_count(&db, "SELECT count(*) FROM observations", 10, WAIT).await;
     assert!(stored, "log: {}", a.log());
     assert!(wait_for(WAIT, || pending_all(
         &mut redis,

@@ -7,8 +7,6 @@
 //! The figures (window, table sizes over time) are printed and appended to
 //! target/tmp/retention-figures.txt.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::process::Command;
@@ -16,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::json;
 use tokio_postgres::Client;
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -603,7 +602,7 @@ async fn per_project_horizons() {
 async fn upgrade_of_a_populated_database() {
     let env = TestEnv::new("retention_upgrade").await;
     let db = env.db().await;
-    db.batch_execute(include_str!("fixtures/legacy_main_layout.sql"))
+    db.batch_execute(include_str!("../fixtures/legacy_main_layout.sql"))
         .await
         .expect("the earlier layout");
     // 240 traces an hour apart (plus 30 minutes, away from any day

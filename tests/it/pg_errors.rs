@@ -12,13 +12,11 @@
 //! servers the test starts itself, so the shared servers stay as they were
 //! and these tests run beside the others.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -72,14 +70,6 @@ impl Tenant {
     }
 }
 
-fn publish_traces(env: &TestEnv, redis: &mut redis::Connection, range: std::ops::Range<usize>) {
-    for t in range {
-        for event in seed_trace(&format!("trace-{t}"), "p") {
-            env.publish(redis, &as_fields(&event));
-        }
-    }
-}
-
 fn acked(service: &Service) -> f64 {
     service.metric("swisper_ingest_acked_total").unwrap_or(0.0)
 }
@@ -106,7 +96,7 @@ async fn cannot_write_then_recover(
     fault_ends: impl std::future::Future<Output = ()>,
 ) {
     let mut redis = env.redis();
-    publish_traces(env, &mut redis, 10..20);
+    env.publish_traces(&mut redis, 10..20);
     let seen = wait_for(LONG, || errors(service, kind) >= 2.0 && unready(service));
     assert!(
         seen,
@@ -155,7 +145,7 @@ async fn cannot_write_then_recover(
 async fn warm_up(tenant: &Tenant, service: &Service) {
     service.wait_ready(LONG);
     let mut redis = tenant.env.redis();
-    publish_traces(&tenant.env, &mut redis, 0..10);
+    tenant.env.publish_traces(&mut redis, 0..10);
     assert!(wait_for(LONG, || acked(service) >= 70.0));
 }
 
@@ -304,7 +294,7 @@ async fn disk_full_retries_unready_and_loses_nothing() {
     let service = env.spawn("disk", &[]);
     service.wait_ready(LONG);
     let mut redis = env.redis();
-    publish_traces(&env, &mut redis, 0..10);
+    env.publish_traces(&mut redis, 0..10);
     assert!(wait_for(LONG, || acked(&service) >= 70.0));
 
     let db = env.db().await;
@@ -366,7 +356,7 @@ async fn max_connections_exhausted_retries_unready_and_loses_nothing() {
     let service = env.spawn("conns", &[("DATABASE_URL", role_url.as_str())]);
     service.wait_ready(LONG);
     let mut redis = env.redis();
-    publish_traces(&env, &mut redis, 0..10);
+    env.publish_traces(&mut redis, 0..10);
     assert!(wait_for(LONG, || acked(&service) >= 70.0));
 
     let setting = |name: &'static str| {
@@ -468,17 +458,14 @@ async fn projects_reusing_ids_keep_the_first_projects_rows_and_dead_letter_the_o
             event
         })
     };
-    for event in intruder("shared-1") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
-    for trace in ["shared-1", "shared-2"] {
-        for event in seed_trace(trace, "project-a") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
-    }
-    for event in intruder("shared-2") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
+    env.publish_each(&mut redis, intruder("shared-1"));
+    env.publish_each(
+        &mut redis,
+        ["shared-1", "shared-2"]
+            .into_iter()
+            .flat_map(|trace| seed_trace(trace, "project-a")),
+    );
+    env.publish_each(&mut redis, intruder("shared-2"));
     let db = env.db().await;
     let settled = wait_for_async(LONG, || async {
         count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 14
@@ -623,9 +610,12 @@ async fn over_long_session_id_is_stored_truncated_and_heartbeat_series_are_cappe
         );
     }
     let db = env.db().await;
-    let stored = wait_for_async(LONG, || async {
-        count(&db, "SELECT count(*) FROM traces WHERE id = 'long-session'").await == 1
-    })
+    let stored = wait_for_count(
+        &db,
+        "SELECT count(*) FROM traces WHERE id = 'long-session'",
+        1,
+        LONG,
+    )
     .await;
     assert!(stored, "trace not stored; log: {}", service.log());
     let row = db
@@ -766,14 +756,7 @@ async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
     second.wait_ready(LONG);
     drop(second);
     let mut redis = env.redis();
-    let publish = |redis: &mut redis::Connection, range: std::ops::Range<usize>| {
-        for t in range {
-            for event in seed_trace(&format!("trace-{t}"), "p") {
-                env.publish(redis, &as_fields(&event));
-            }
-        }
-    };
-    publish(&mut redis, 0..20);
+    env.publish_traces(&mut redis, 0..20);
     let db = env.db().await;
     assert!(
         wait_for_ended_observations(&db, 60, LONG).await,
@@ -793,7 +776,7 @@ async fn pgbouncer_in_transaction_mode_works_and_survives_a_reset() {
         )
         .await
         .unwrap();
-    publish(&mut redis, 20..60);
+    env.publish_traces(&mut redis, 20..60);
     // Our own direct session ended too.
     let db = env.db().await;
     assert!(

@@ -2,13 +2,12 @@
 //! the expansion of compressed data, as `Weights` says), reads that stop at
 //! the reservation, and an entry heavier than the whole budget read alone.
 
-mod common;
-
 use std::io::Write as _;
 
-use common::*;
 use swisper_ingest::memory_budget::{MemoryBudget, Weights};
 use swisper_ingest::weighed_read::{read_within_budget, Mode, Read, Request};
+
+use crate::harness::*;
 
 const MAX_EXPANDED: u64 = 16 * 1024 * 1024;
 

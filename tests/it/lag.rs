@@ -5,11 +5,9 @@
 //! past its stall timeout (a lag stuck above 0 reads as entries waiting with
 //! nothing committed: /healthz 503 and a restart by Kubernetes).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(180);
 /// The stall timeout of the service under test, and how long the test waits
@@ -76,10 +74,7 @@ async fn wait_drained(
     traces: i64,
 ) {
     let db = env.db().await;
-    let stored = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM public.traces").await == traces
-    })
-    .await;
+    let stored = wait_for_count(&db, "SELECT count(*) FROM public.traces", traces, WAIT).await;
     assert!(
         stored,
         "{} traces stored, expected {traces}; log: {}",

@@ -1,11 +1,10 @@
 //! End to end through the real binary, real Redis and real PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::json;
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -14,20 +13,10 @@ async fn seed_trace_is_stored_with_every_field() {
     let env = TestEnv::new("seed_trace").await;
     let mut redis = env.redis();
     // Published before the service ever ran: the group starts at id 0.
-    for event in seed_trace("trace-a", "project-1") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
+    env.publish_each(&mut redis, seed_trace("trace-a", "project-1"));
     let service = env.spawn("replica-a", &[]);
     let db = env.db().await;
-    let stored = wait_for_async(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM observations WHERE end_time IS NOT NULL",
-        )
-        .await
-            == 3
-    })
-    .await;
+    let stored = wait_for_ended_observations(&db, 3, WAIT).await;
     assert!(stored, "observations not stored; log: {}", service.log());
 
     let trace = db
@@ -373,9 +362,7 @@ async fn pending_entries_of_a_dead_consumer_are_claimed() {
     let env = TestEnv::new("claim").await;
     let mut redis = env.redis();
     env.create_group(&mut redis);
-    for event in seed_trace("trace-claimed", "p") {
-        env.publish(&mut redis, &as_fields(&event));
-    }
+    env.publish_each(&mut redis, seed_trace("trace-claimed", "p"));
     // A consumer of another replica reads everything and dies without acking.
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -392,10 +379,7 @@ async fn pending_entries_of_a_dead_consumer_are_claimed() {
 
     let service = env.spawn("survivor", &[("OBSERVABILITY_CLAIM_IDLE_MS", "1000")]);
     let db = env.db().await;
-    let stored = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM observations WHERE trace_id = 'trace-claimed' AND end_time IS NOT NULL").await == 3
-    })
-    .await;
+    let stored = wait_for_count(&db, "SELECT count(*) FROM observations WHERE trace_id = 'trace-claimed' AND end_time IS NOT NULL", 3, WAIT).await;
     assert!(stored, "claimed entries not stored; log: {}", service.log());
     let acked = wait_for(WAIT, || {
         service
@@ -414,27 +398,18 @@ async fn metrics_show_the_lag_while_a_backlog_drains() {
     let env = TestEnv::new("lag").await;
     let mut redis = env.redis();
     let ts = now_ts();
-    let mut pipe = redis::pipe();
     let backlog = 30_000;
-    for i in 0..backlog {
-        pipe.cmd("XADD")
-            .arg(&env.stream)
-            .arg("*")
-            .arg("event_type")
-            .arg("observation_start")
-            .arg("trace_id")
-            .arg(format!("t{}", i / 10))
-            .arg("project_id")
-            .arg("p")
-            .arg("timestamp")
-            .arg(&ts)
-            .arg("observation_id")
-            .arg(format!("o{i}"))
-            .arg("data")
-            .arg(r#"{"name":"n","input":{"k":"v"}}"#)
-            .ignore();
-    }
-    let _: () = pipe.query(&mut redis).unwrap();
+    env.publish_backlog(
+        &mut redis,
+        (0..backlog).map(|i| {
+            observation_start(
+                &format!("t{}", i / 10),
+                &format!("o{i}"),
+                &ts,
+                r#"{"name":"n","input":{"k":"v"}}"#,
+            )
+        }),
+    );
 
     // Small batches so the drain takes a while.
     let service = env.spawn(
@@ -484,11 +459,7 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
     let mut redis = env.redis();
     let mut service = env.spawn("draining", &[]);
     service.wait_ready(WAIT);
-    for t in 0..200 {
-        for event in seed_trace(&format!("trace-{t}"), "p") {
-            env.publish(&mut redis, &as_fields(&event));
-        }
-    }
+    env.publish_traces(&mut redis, 0..200);
     let status = service.terminate();
     assert!(
         status.success(),
@@ -547,9 +518,12 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     );
     let service = env.spawn("replayer", &[("OBSERVABILITY_SKIP_MIGRATIONS", "true")]);
     assert!(
-        wait_for_async(WAIT, || async {
-            count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 1
-        })
+        wait_for_count(
+            &db,
+            "SELECT count(*) FROM swisper_ingest.dead_letters",
+            1,
+            WAIT
+        )
         .await,
         "log: {}",
         service.log()
@@ -580,14 +554,12 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     );
     assert!(String::from_utf8_lossy(&replayed.stdout).contains("1 replayed"));
     assert!(
-        wait_for_async(WAIT, || async {
-            count(
-                &db,
-                "SELECT count(*) FROM observations WHERE id = 'o-poison' AND name = 'poison'",
-            )
-            .await
-                == 1
-        })
+        wait_for_count(
+            &db,
+            "SELECT count(*) FROM observations WHERE id = 'o-poison' AND name = 'poison'",
+            1,
+            WAIT
+        )
         .await,
         "replayed entry not stored; log: {}",
         service.log()
@@ -650,9 +622,12 @@ async fn a_broken_producer_trips_poison_protection_instead_of_emptying_the_strea
     // The operator decides the entries are garbage: with protection off they
     // are dead-lettered, every one of them, and nothing else.
     let service = env.spawn("poisoned", &[("OBSERVABILITY_POISON_RUN", "0")]);
-    let all = wait_for_async(WAIT, || async {
-        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 60
-    })
+    let all = wait_for_count(
+        &db,
+        "SELECT count(*) FROM swisper_ingest.dead_letters",
+        60,
+        WAIT,
+    )
     .await;
     assert!(all, "log: {}", service.log());
     assert_eq!(
@@ -692,12 +667,7 @@ async fn safe_trimming_keeps_what_any_group_still_needs() {
     }
     let service = env.spawn("trimmer", &[("OBSERVABILITY_TRIM_ACKED", "true")]);
     let db = env.db().await;
-    assert!(
-        wait_for_async(WAIT, || async {
-            count(&db, "SELECT count(*) FROM traces").await == 300
-        })
-        .await
-    );
+    assert!(wait_for_count(&db, "SELECT count(*) FROM traces", 300, WAIT).await);
     assert!(wait_for(WAIT, || service
         .json("/api/v1/observability/metrics")
         .and_then(|j| j["pending"].as_u64())

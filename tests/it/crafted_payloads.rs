@@ -16,16 +16,15 @@
 //!   inflating to 12 MiB: peak RSS (VmHWM) under the documented 256 MiB, every
 //!   entry stored or dead-lettered by reason.
 
-mod common;
-
 use std::io::Write as _;
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
 use swisper_ingest::event::{expand_data, Reason};
 use swisper_ingest::memory_budget::{MemoryBudget, Weights};
 use swisper_ingest::weighed_read::{read_within_budget, Mode, Read, Request};
+
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(600);
 /// OBSERVABILITY_MAX_EXPANDED_BYTES's default.
@@ -196,7 +195,7 @@ async fn the_weight_covers_what_the_parser_inflates() {
 /// The script's `expanded_size` block, run alone: ARGV[1] data, ARGV[2] the
 /// largest expansion.
 fn lua_weigher() -> redis::Script {
-    const SOURCE: &str = include_str!("../src/weighed_read.lua");
+    const SOURCE: &str = include_str!("../../src/weighed_read.lua");
     let begin = SOURCE
         .find("-- expanded_size: begin")
         .expect("the expanded_size block's begin marker");
