@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 
 only=${1:-all}
 export PATH="$HOME/.cargo/bin:$PATH"
+# The fault tests stop and start the shared servers while the two cores are
+# busy; a fast Postgres stop has taken more than the default 30 s there.
+export SERVICES_TIMEOUT=${SERVICES_TIMEOUT:-120}
 
 services_dir=$(mktemp -d /tmp/swisper-test.XXXXXX)
 chmod 755 "$services_dir"

@@ -24,7 +24,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Gives freed memory back to the OS at once rather than after mimalloc's
 /// default 10 ms: pages freed by the writer but allocated by a parse thread
 /// otherwise linger, and a burst of big entries took a replica with the
-/// default budget from ~180 to ~290 MiB (tests/memory.rs).
+/// default budget from ~180 to ~290 MiB (tests/exclusive/memory.rs).
 fn return_freed_memory_at_once() {
     // SAFETY: sets a process-wide option before any thread is started.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };

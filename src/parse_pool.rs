@@ -22,7 +22,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// A batch that weighs more than this (its reservation in the memory
 /// budget) is parsed alone: two of them at once took a replica with the
-/// default 96 MiB budget past 256 MiB (tests/memory.rs).
+/// default 96 MiB budget past 256 MiB (tests/exclusive/memory.rs).
 pub const HEAVY_BATCH_BYTES: u64 = 8 << 20;
 
 /// A handle to the pool; clones share it. Its threads end when the last

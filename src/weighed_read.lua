@@ -37,7 +37,7 @@ local max_deliveries = tonumber(ARGV[11])
 local cursor = ARGV[12]
 local min_idle = ARGV[13]
 
--- expanded_size: begin (tests/crafted_payloads.rs runs this block alone and
+-- expanded_size: begin (tests/it/crafted_payloads.rs runs this block alone and
 -- compares it with its Rust mirror, weighed_read::find_weighed_data)
 local B64 = {}
 for i = 1, 64 do

@@ -426,7 +426,7 @@ mod tests {
     const MAX: u64 = 1 << 20;
 
     /// The weigher's table (the same cases run through the Lua function
-    /// itself in tests/crafted_payloads.rs): data, expected expansion.
+    /// itself in tests/it/crafted_payloads.rs): data, expected expansion.
     #[test]
     fn expanded_size_table() {
         let doc = |n: usize| format!(r#"{{"input":"{}"}}"#, "a".repeat(n));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A PostgreSQL with password authentication for tests/credentials_rotation.rs
+# A PostgreSQL with password authentication for tests/it/credentials_rotation.rs
 # (scripts/services.sh trusts every connection), on loopback:
 #
 #   postgres.sh up DIR PG_PORT OWNER_PID
