@@ -117,10 +117,13 @@ async fn start_pipeline(
         health,
         redis: redis.clone(),
         horizons: Arc::new(crate::retention::Horizons::new(&settings.retention)),
-        studio: Arc::new(Studio::new(
-            settings.database.create_projects,
-            settings.database.price_refresh(),
-        )),
+        studio: Arc::new(
+            Studio::new(
+                settings.database.create_projects,
+                settings.database.price_refresh(),
+            )
+            .with_toast_compression(settings.database.toast_compression),
+        ),
     };
     Ok(Supervisor::new(shared, pool, control, prometheus).start())
 }

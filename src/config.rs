@@ -258,6 +258,19 @@ pub struct DatabaseSettings {
     )]
     pub create_projects: CreateProjects,
 
+    /// How the JSON values this service writes are compressed when Postgres
+    /// TOASTs them: `lz4` (set per write transaction, when the server has
+    /// it; about half the Postgres CPU of pglz on LangGraph states) or
+    /// `server` (the server's `default_toast_compression`). The studio's
+    /// schema is not changed either way; readers see the same values.
+    #[arg(
+        long,
+        env = "OBSERVABILITY_TOAST_COMPRESSION",
+        value_enum,
+        default_value = "lz4"
+    )]
+    pub toast_compression: ToastCompression,
+
     /// How often each replica re-reads the studio's model_pricing (seconds).
     #[arg(long, env = "OBSERVABILITY_PRICE_REFRESH_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -654,6 +667,16 @@ pub enum CreateProjects {
     Auto,
     Always,
     Never,
+}
+
+/// The compression of long values this service writes
+/// (`OBSERVABILITY_TOAST_COMPRESSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToastCompression {
+    /// lz4 when the server was built with it, else the server's default.
+    Lz4,
+    /// The server's `default_toast_compression` (pglz unless changed).
+    Server,
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Transaction};
 
-use crate::config::CreateProjects;
+use crate::config::{CreateProjects, ToastCompression};
 use crate::cost::Prices;
 pub use crate::event::BatchItem;
 use crate::event::{Heartbeat, Parsed, Reason, Rejection, TraceEvent};
@@ -24,25 +24,40 @@ use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
-use crate::store::{describe, heartbeats, rows, Pool, StoreError};
+use crate::store::{compression, describe, heartbeats, rows, Pool, StoreError};
 
 mod tenancy;
 
 /// What writing into the studio's tables needs beyond the rows: this
-/// replica's price cache and whether unknown projects are created.
+/// replica's price cache, whether unknown projects are created and how long
+/// values are compressed.
 pub struct Studio {
     pub prices: Prices,
     create_projects: CreateProjects,
     /// `create_projects` resolved against the database, once.
     resolved: OnceLock<bool>,
+    toast_compression: ToastCompression,
+    /// `toast_compression` resolved against the server, once.
+    lz4: OnceLock<bool>,
 }
 
 impl Studio {
+    /// Long values go in with lz4 unless [`Studio::with_toast_compression`]
+    /// says otherwise.
     pub fn new(create_projects: CreateProjects, price_refresh: Duration) -> Self {
         Self {
             prices: Prices::new(price_refresh),
             create_projects,
             resolved: OnceLock::new(),
+            toast_compression: ToastCompression::Lz4,
+            lz4: OnceLock::new(),
+        }
+    }
+
+    pub fn with_toast_compression(self, toast_compression: ToastCompression) -> Self {
+        Self {
+            toast_compression,
+            ..self
         }
     }
 
@@ -52,6 +67,21 @@ impl Studio {
         }
         let creates = self.create_projects.resolve(client).await?;
         Ok(*self.resolved.get_or_init(|| creates))
+    }
+
+    /// Sets this transaction's compression of long values.
+    async fn compress(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let lz4 = match self.lz4.get() {
+            Some(lz4) => *lz4,
+            None => {
+                let lz4 = self.toast_compression.resolve(tx).await?;
+                *self.lz4.get_or_init(|| lz4)
+            }
+        };
+        if lz4 {
+            compression::use_lz4(tx).await?;
+        }
+        Ok(())
     }
 }
 
@@ -95,6 +125,7 @@ pub async fn commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), 
 async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), StoreError> {
     let mut client = to.pool.get().await?;
     let tx = client.transaction().await?;
+    to.studio.compress(&tx).await?;
     let prices = to.studio.prices.current(&*tx).await?;
     metrics::gauge!(crate::metrics::PRICES).set(prices.len() as f64);
     let creates_projects = to.studio.creates_projects(&*tx).await?;

@@ -450,6 +450,7 @@ mod tests {
             password_file: None,
             db_pool_size: 1,
             create_projects: crate::config::CreateProjects::Auto,
+            toast_compression: crate::config::ToastCompression::Lz4,
             price_refresh_secs: 30,
         }
         .target()

@@ -3,6 +3,7 @@
 //! tables are in `public`; everything of ours is in `swisper_ingest`.
 
 mod arrays;
+pub mod compression;
 mod copy;
 pub mod dead_letters;
 pub mod heartbeats;

@@ -157,6 +157,7 @@ async fn postgres(url: &str) -> tokio_postgres::Client {
         password_file: None,
         db_pool_size: 1,
         create_projects: swisper_ingest::config::CreateProjects::Auto,
+        toast_compression: swisper_ingest::config::ToastCompression::Lz4,
         price_refresh_secs: 30,
     };
     settings.target().unwrap().connect().await.unwrap()

@@ -147,6 +147,7 @@ pub fn pg_target(database_url: &str) -> swisper_ingest::connect::postgres::PgTar
         password_file: None,
         db_pool_size: 2,
         create_projects: swisper_ingest::config::CreateProjects::Auto,
+        toast_compression: swisper_ingest::config::ToastCompression::Lz4,
         price_refresh_secs: 30,
     }
     .target()
