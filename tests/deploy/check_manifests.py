@@ -901,6 +901,10 @@ def check_settings(root, path):
                          r'(?:\s*value_parser\s*=\s*clap::value_parser!\(\w+\)\.range\(([0-9_ *]+)\.\.=([0-9_ *]+)\))?', src):
         num = lambda x: eval(x.replace("_", ""), {"__builtins__": {}}) if x else None  # noqa: E731 digits and * only
         declared[m.group(1)] = (num(m.group(2)), num(m.group(3)), num(m.group(4)))
+    # Settings with a named value (clap value_enum): the chart's default is
+    # the service's too.
+    for m in re.finditer(r'env\s*=\s*"([A-Z0-9_]+)"\s*,\s*value_enum\s*,\s*default_value\s*=\s*"([\w-]+)"', src):
+        declared[m.group(1)] = (m.group(2), None, None)
     schema = json.loads((root / "helm/swisper-ingest/values.schema.json").read_text())["properties"]["config"]["properties"]
     tpl = (root / "helm/swisper-ingest/templates/configmap.yaml").read_text()
     by_env = {m.group(1): m.group(2) for m in re.finditer(r"^\s+([A-Z0-9_]+): \{\{ \.Values\.config\.(\w+)\b", tpl, re.M)}
