@@ -74,6 +74,10 @@ impl SelectArgs {
 }
 
 pub async fn run(database: &DatabaseSettings, command: DeadLetterCommand) -> anyhow::Result<()> {
+    // Before anything connects: no password on the command line.
+    if let DeadLetterCommand::Replay { redis, .. } = &command {
+        redis.validate()?;
+    }
     let target = database.target()?;
     let client = target
         .connect()

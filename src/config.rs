@@ -215,6 +215,13 @@ pub struct RedisSettings {
     pub tls_insecure: bool,
 }
 
+impl RedisSettings {
+    /// No password on the command line, for every command that connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        refuse_password_on_command_line("OBSERVABILITY_REDIS_URL", &self.url)
+    }
+}
+
 /// Where PostgreSQL is.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "PostgreSQL")]
@@ -278,6 +285,11 @@ pub struct DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// No password on the command line, for every command that connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        refuse_password_on_command_line("DATABASE_URL", &self.database_url)
+    }
+
     pub fn price_refresh(&self) -> Duration {
         Duration::from_secs(self.price_refresh_secs)
     }
@@ -560,8 +572,8 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// Checks what clap cannot check value by value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        refuse_password_on_command_line("DATABASE_URL", &self.database.database_url)?;
-        refuse_password_on_command_line("OBSERVABILITY_REDIS_URL", &self.redis.url)?;
+        self.database.validate()?;
+        self.redis.validate()?;
         self.database.target()?;
         self.redis.target()?;
         if self.pipeline.stream.is_empty() {

@@ -124,6 +124,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,
             Command::Migrate(database) => {
+                database.validate()?;
                 let target = database.target()?;
                 let applied = match store::migrate::run(&target).await {
                     Err(store::migrate::MigrateError::Connect(e)) => {
@@ -134,7 +135,10 @@ fn main() -> ExitCode {
                 tracing::info!(?applied, "schema is up to date");
                 Ok(())
             }
-            Command::DeadLetters { database, command } => admin::run(&database, command).await,
+            Command::DeadLetters { database, command } => {
+                database.validate()?;
+                admin::run(&database, command).await
+            }
             Command::Check { json, settings } => {
                 let report = check::run(&settings).await?;
                 report.print(json)?;
@@ -143,7 +147,10 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Command::Retention { database, command } => retention::run(&database, command).await,
+            Command::Retention { database, command } => {
+                database.validate()?;
+                retention::run(&database, command).await
+            }
         }
     });
     telemetry.shutdown();

@@ -13,6 +13,7 @@
 mod harness;
 
 mod bad_input;
+mod command_line_secrets;
 mod compression;
 mod crafted_payloads;
 mod credentials_rotation;
