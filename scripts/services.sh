@@ -66,20 +66,9 @@ die() {
   exit 1
 }
 
-# Runs a command that may leave daemons behind (servers; apt-get, whose
-# postinst may start some) with every descriptor above 2 closed: a daemon
-# holding our lock files (fds 7-9) would block later runs, and one holding a
-# caller's pipe (bats' fd 3, CI log pipes) would keep that caller waiting.
-detached() {
-  (
-    local fd
-    for fd in /proc/self/fd/*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-"; fi
-    done
-    exec "$@" </dev/null
-  )
-}
+# detached (our lock files are fds 7-9), newest_pg_bin
+# shellcheck source=scripts/lib/daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemons.sh"
 
 is_root() { ((EUID == 0)); }
 
@@ -124,10 +113,8 @@ set_pg_bin() {
   PG_BIN=
   if [[ -f $dir/pg/PG_VERSION ]]; then
     PG_BIN=/usr/lib/postgresql/$(<"$dir/pg/PG_VERSION")/bin
-  elif [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then
-    PG_BIN=/usr/lib/postgresql/15/bin
   else
-    PG_BIN=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    PG_BIN=$(newest_pg_bin)
   fi
   local tool
   for tool in initdb pg_ctl postgres pg_isready psql; do

@@ -17,28 +17,13 @@ die() {
   exit 1
 }
 
-# Daemons must not hold the caller's pipes (cargo test waits for them).
-detached() {
-  (
-    for fd in /proc/self/fd/*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-"; fi
-    done
-    exec "$@" </dev/null
-  )
-}
-
-pg_bin() {
-  if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then
-    echo /usr/lib/postgresql/15/bin
-  else
-    printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1
-  fi
-}
+# detached, newest_pg_bin
+# shellcheck source=scripts/lib/daemons.sh
+source scripts/lib/daemons.sh
 
 start_postgres() {
   local port=$1 bin
-  bin=$(pg_bin)
+  bin=$(newest_pg_bin)
   [[ -x $bin/initdb ]] || die "no PostgreSQL: run scripts/services.sh up first (it installs it)"
   mkdir -m 700 "$dir/pg"
   mkdir -p "$dir/sock"
@@ -58,7 +43,7 @@ CONF
 
 stop_postgres() {
   if [[ -f $dir/pg/postmaster.pid ]]; then
-    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$dir/pg" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    runuser -u postgres -- "$(newest_pg_bin)/pg_ctl" -D "$dir/pg" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
   fi
 }
 

@@ -483,16 +483,6 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
     assert!(log.contains("drained"), "{log}");
 }
 
-fn admin(env: &TestEnv, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
-        .arg("dead-letters")
-        .args(args)
-        .env("DATABASE_URL", &env.database_url)
-        .env("OBSERVABILITY_REDIS_URL", &env.redis_url)
-        .output()
-        .expect("run dead-letters")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     let env = TestEnv::new("replay").await;
@@ -529,14 +519,14 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
         service.log()
     );
 
-    let listed = admin(&env, &["list"]);
+    let listed = env.dead_letters(&["list"]);
     assert!(listed.status.success());
     let line: serde_json::Value =
         serde_json::from_slice(listed.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(line["reason_code"], "rejected_by_postgres");
     let id = line["id"].as_i64().unwrap().to_string();
 
-    let refused = admin(&env, &["replay"]);
+    let refused = env.dead_letters(&["replay"]);
     assert!(
         !refused.status.success(),
         "replay without a selection must refuse"
@@ -546,7 +536,7 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     db.batch_execute("ALTER TABLE public.observations DROP CONSTRAINT no_poison")
         .await
         .unwrap();
-    let replayed = admin(&env, &["replay", "--reason", "rejected_by_postgres"]);
+    let replayed = env.dead_letters(&["replay", "--reason", "rejected_by_postgres"]);
     assert!(
         replayed.status.success(),
         "{}",
@@ -574,10 +564,10 @@ async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     );
 
     assert!(
-        !admin(&env, &["purge"]).status.success(),
+        !env.dead_letters(&["purge"]).status.success(),
         "purge without a selection must refuse"
     );
-    let purged = admin(&env, &["purge", "--id", &id, "--include-replayed"]);
+    let purged = env.dead_letters(&["purge", "--id", &id, "--include-replayed"]);
     assert!(String::from_utf8_lossy(&purged.stdout).contains("1 purged"));
     assert_eq!(
         count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,

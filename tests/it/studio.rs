@@ -1806,16 +1806,6 @@ fn small_trace(clock: &mut Clock, trace: &str, project: &str) -> Vec<Event> {
     ]
 }
 
-fn admin(env: &TestEnv, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
-        .arg("dead-letters")
-        .args(args)
-        .env("DATABASE_URL", &env.database_url)
-        .env("OBSERVABILITY_REDIS_URL", &env.redis_url)
-        .output()
-        .expect("run dead-letters")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_projects_are_dead_letters_until_created_then_replayed() {
     let (env, db) = studio_database("studio_unknown").await;
@@ -1875,7 +1865,7 @@ async fn unknown_projects_are_dead_letters_until_created_then_replayed() {
 
     // The studio creates the project; the operator replays.
     create_project(&db, "ghost").await;
-    let replayed = admin(&env, &["replay", "--reason", "unknown_project"]);
+    let replayed = env.dead_letters(&["replay", "--reason", "unknown_project"]);
     assert!(
         replayed.status.success(),
         "{}",

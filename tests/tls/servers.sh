@@ -29,30 +29,15 @@ die() {
   exit 1
 }
 
-# Daemons must not hold the caller's pipes (cargo test waits for them).
-detached() {
-  (
-    for fd in /proc/self/fd/*; do
-      fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-"; fi
-    done
-    exec "$@" </dev/null
-  )
-}
-
-pg_bin() {
-  if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then
-    echo /usr/lib/postgresql/15/bin
-  else
-    printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1
-  fi
-}
+# detached, newest_pg_bin
+# shellcheck source=scripts/lib/daemons.sh
+source scripts/lib/daemons.sh
 
 install_missing() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v redis-server >/dev/null || missing+=(redis-server)
-  [[ -x $(pg_bin)/initdb ]] || missing+=(postgresql)
+  [[ -x $(newest_pg_bin)/initdb ]] || missing+=(postgresql)
   ((${#missing[@]} == 0)) && return 0
   say "installing ${missing[*]} with apt-get"
   detached env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
@@ -107,7 +92,7 @@ start_redis() {
 
 start_postgres() {
   local port=$1 bin
-  bin=$(pg_bin)
+  bin=$(newest_pg_bin)
   mkdir -m 700 "$dir/pg"
   mkdir -p "$dir/sock"
   echo "$PG_PASSWORD" >"$dir/pwfile"
@@ -141,7 +126,7 @@ stop_all() {
     rm -f "$dir/$name.pid"
   done
   if [[ -f $dir/pg/postmaster.pid ]]; then
-    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$dir/pg" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    runuser -u postgres -- "$(newest_pg_bin)/pg_ctl" -D "$dir/pg" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
   fi
 }
 

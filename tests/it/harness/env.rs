@@ -80,4 +80,15 @@ impl TestEnv {
             .expect("run migrate");
         assert!(status.success(), "migrate failed");
     }
+
+    /// The real binary's `dead-letters ARGS` on this database and Redis.
+    pub fn dead_letters(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_swisper-ingest"))
+            .arg("dead-letters")
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("OBSERVABILITY_REDIS_URL", &self.redis_url)
+            .output()
+            .expect("run dead-letters")
+    }
 }
