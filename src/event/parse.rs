@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::payload::{kind, REPAIRS_KEY};
+use super::payload::{kind, raw, tree, RawObject, REPAIRS_KEY};
 use super::{
     expand_data, parse_epoch_seconds, parse_iso_time, EventBody, Heartbeat, Json, Limits,
     ObservationEnd, ObservationStart, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
@@ -54,7 +55,7 @@ pub fn parse_entry(entry: &StreamEntry, limits: &Limits) -> Result<Parsed, Rejec
     let event_type = required(&fields, "event_type")?;
     let data = match fields.get("data") {
         Some(text) => expand_data(text, limits.max_expanded_bytes)?,
-        None => Map::new(),
+        None => RawObject::new(),
     };
     let mut event = EventFields { fields, data };
     match event_type {
@@ -149,7 +150,7 @@ fn truncate(text: &str) -> &str {
 /// what remains is kept as metadata.
 struct EventFields<'a> {
     fields: BTreeMap<&'a str, &'a str>,
-    data: Map<String, Value>,
+    data: RawObject,
 }
 
 impl<'a> EventFields<'a> {
@@ -255,7 +256,7 @@ impl<'a> EventFields<'a> {
         // message when none is given.
         // The studio's `data.get("error") or data.get("status_message")`:
         // an error that Python finds false ("", 0, false, [], {}) gives way.
-        let error = match self.data.get("error") {
+        let error = match self.data.get("error").map(|raw| tree(raw)).as_ref() {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) if n.as_f64() != Some(0.0) => Some(n.to_string()),
             Some(Value::Bool(true)) => Some("True".to_owned()),
@@ -267,11 +268,12 @@ impl<'a> EventFields<'a> {
             }
             _ => None,
         };
-        let output = self.data.remove("output").filter(|v| !v.is_null());
+        let output = self.data.remove("output").filter(|v| v.get() != "null");
         // The model goes to an indexed column; output keeps it whole.
         let llm = output
-            .as_ref()
-            .and_then(super::llm::studio_usage)
+            .as_deref()
+            .filter(|output| may_name_an_llm_call(output))
+            .and_then(|output| super::llm::studio_usage(&tree(output)))
             .map(|mut usage| {
                 usage.model = self.bounded("output._llm_model", usage.model.take());
                 usage
@@ -288,7 +290,7 @@ impl<'a> EventFields<'a> {
             observation_type: self.take_type()?,
             level: self.level(is_error, default_level)?,
             llm,
-            output: output.as_ref().map(Json::from_value),
+            output: output.as_deref().map(Json::from_raw),
             status_message,
             end_time: self.take_time("end_time")?.unwrap_or(published_at),
             metadata: self.metadata(),
@@ -303,7 +305,8 @@ impl<'a> EventFields<'a> {
             return Ok(given.unwrap_or_else(|| default_level.to_owned()));
         }
         if let Some(other) = given.filter(|level| level != "ERROR") {
-            self.data.insert("level".to_owned(), Value::String(other));
+            self.data
+                .insert("level".to_owned(), raw(&Value::String(other)));
         }
         Ok("ERROR".to_owned())
     }
@@ -340,7 +343,7 @@ impl<'a> EventFields<'a> {
     /// Text columns take strings; numbers and booleans are kept as their text
     /// (an integer user id, say); null is no value.
     fn take_text(&mut self, key: &str) -> Result<Option<String>, Rejection> {
-        match self.data.remove(key) {
+        match self.take_tree(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
@@ -363,7 +366,7 @@ impl<'a> EventFields<'a> {
         }
         metrics::counter!(crate::metrics::UNKNOWN_TYPES).increment(1);
         self.data
-            .insert(ORIGINAL_TYPE_KEY.to_owned(), Value::String(text));
+            .insert(ORIGINAL_TYPE_KEY.to_owned(), raw(&Value::String(text)));
         Ok(None)
     }
 
@@ -390,15 +393,20 @@ impl<'a> EventFields<'a> {
     }
 
     fn take_json(&mut self, key: &str) -> Option<Json> {
-        match self.data.remove(key) {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(Json::from_value(&value)),
-        }
+        self.data
+            .remove(key)
+            .filter(|raw| raw.get() != "null")
+            .map(|raw| Json::from_raw(&raw))
+    }
+
+    /// A small value (text, time, level) as a tree.
+    fn take_tree(&mut self, key: &str) -> Option<Value> {
+        self.data.remove(key).map(|raw| tree(&raw))
     }
 
     /// ISO 8601 text (zone-less is UTC) or epoch seconds as a number.
     fn take_time(&mut self, key: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
-        let parsed = match self.data.remove(key) {
+        let parsed = match self.take_tree(key) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => parse_iso_time(&s),
             Some(Value::Number(n)) => parse_epoch_seconds(&n.to_string()),
@@ -410,13 +418,13 @@ impl<'a> EventFields<'a> {
     }
 
     fn note_repair(&mut self, repair: &str) {
-        let repairs = self
-            .data
-            .entry(REPAIRS_KEY)
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(list) = repairs {
+        let mut repairs = self
+            .take_tree(REPAIRS_KEY)
+            .unwrap_or_else(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = &mut repairs {
             list.push(Value::String(repair.to_owned()));
         }
+        self.data.insert(REPAIRS_KEY.to_owned(), raw(&repairs));
     }
 
     /// The studio's `meta`: data.meta's keys (a meta that is not an object
@@ -426,9 +434,10 @@ impl<'a> EventFields<'a> {
     fn metadata(&mut self) -> Json {
         let meta = self.data.remove("meta");
         let mut rest = match meta {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(object)) => object,
-            Some(other) => Map::from_iter([("_meta".to_owned(), other)]),
+            None => RawObject::new(),
+            Some(meta) if meta.get() == "null" => RawObject::new(),
+            Some(meta) => serde_json::from_str::<RawObject>(meta.get())
+                .unwrap_or_else(|_| RawObject::from_iter([("_meta".to_owned(), meta)])),
         };
         rest.extend(std::mem::take(&mut self.data));
         let extra: Map<String, Value> = self
@@ -438,8 +447,17 @@ impl<'a> EventFields<'a> {
             .map(|(name, value)| ((*name).to_owned(), Value::String((*value).to_owned())))
             .collect();
         if !extra.is_empty() {
-            rest.insert("_fields".to_owned(), Value::Object(extra));
+            rest.insert("_fields".to_owned(), raw(&Value::Object(extra)));
         }
-        Json::from_map(rest)
+        Json::from_object(&rest)
     }
+}
+
+/// False only when `output` cannot have the `_llm_tokens` or `_llm_model`
+/// key that SwisperStudio reads an LLM call from: neither `_llm_` nor a
+/// `\u` escape (the one way to spell those keys otherwise) is in its text.
+/// Most outputs are not LLM calls and are never built into a tree.
+fn may_name_an_llm_call(output: &RawValue) -> bool {
+    let text = output.get();
+    text.contains("_llm_") || text.contains("\\u")
 }

@@ -7,10 +7,20 @@
 //! src/weighed_read.lua, mirrored by `weight::find_weighed_data`):
 //! the memory budget covers what the parser holds. Anything else is a dead
 //! letter with its reason (`decompression_failed`), not a bigger allocation.
+//!
+//! The object's values are kept as their JSON text ([`RawObject`]): input
+//! and output, most of an entry's bytes, go to their columns as the SDK
+//! wrote them (key order, spacing and escapes of its `json.dumps`, numbers
+//! exact), never built into a tree and written out again. Text that needs
+//! more than a validating read (a NUL escape, a surrogate escape, deep
+//! nesting, Python's NaN, anything invalid) takes the tree parse with its
+//! repairs and errors, exactly as before.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::weight;
@@ -26,8 +36,14 @@ impl Json {
         Self(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
     }
 
-    pub fn from_map(map: Map<String, Value>) -> Self {
-        Self::from_value(&Value::Object(map))
+    /// Text that a JSON parser accepted, kept as it is.
+    pub fn from_raw(raw: &RawValue) -> Self {
+        Self(raw.get().to_owned())
+    }
+
+    pub fn from_object(object: &RawObject) -> Self {
+        // Serializing strings and raw values cannot fail.
+        Self(serde_json::to_string(object).unwrap_or_else(|_| "{}".to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -41,14 +57,34 @@ impl Default for Json {
     }
 }
 
+/// A JSON object with each value as its JSON text; keys sorted, the last
+/// of a duplicated key kept (as a tree parse keeps it).
+pub type RawObject = BTreeMap<String, Box<RawValue>>;
+
+/// A value's JSON text (compact, object keys sorted).
+pub fn raw(value: &Value) -> Box<RawValue> {
+    // Serializing a Value cannot fail: its keys are strings.
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The tree of a value the raw parse accepted.
+pub fn tree(raw: &RawValue) -> Value {
+    // What the raw parse accepted the tree parse accepts: raw_parse_suffices
+    // sent everything else (deep nesting included) to the tree parse.
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
 /// Parses `data` into its object, expanding `{"_compressed": true, "_data":
 /// base64(gzip(json))}` first, and refuses anything jsonb would refuse.
-pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, Value>, Rejection> {
-    let mut object = parse_object(text, "data")?;
-    if object.get("_compressed") == Some(&Value::Bool(true)) {
-        let encoded = match object.remove("_data") {
-            Some(Value::String(s)) => s,
-            _ => {
+pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<RawObject, Rejection> {
+    let (mut object, mut nul) = parse_object(text, "data")?;
+    if object.get("_compressed").is_some_and(|v| v.get() == "true") {
+        let encoded = object
+            .remove("_data")
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        let encoded = match encoded {
+            Some(s) => s,
+            None => {
                 return Err(Rejection::new(
                     Reason::Decompression,
                     "data is marked _compressed but has no _data text",
@@ -62,9 +98,9 @@ pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, 
                 format!("expanded data is not valid UTF-8: {e}"),
             )
         })?;
-        object = parse_object(&text, "expanded data")?;
+        (object, nul) = parse_object(&text, "expanded data")?;
     }
-    if let Some(path) = find_nul(&object) {
+    if let Some(path) = nul.take() {
         return Err(Rejection::new(
             Reason::NulCharacter,
             format!("data{path} contains a NUL character (\\u0000), which jsonb cannot store"),
@@ -77,7 +113,65 @@ pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<Map<String, 
 /// lands in the row's metadata like any key without a column.
 pub const REPAIRS_KEY: &str = "_ingest_repairs";
 
-fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
+/// The object, and the path of a NUL in it (jsonb refuses those; whether
+/// that matters depends on whether this object is the data that is kept).
+fn parse_object(text: &str, what: &str) -> Result<(RawObject, Option<String>), Rejection> {
+    if raw_parse_suffices(text) {
+        if let Ok(object) = serde_json::from_str::<RawObject>(text) {
+            return Ok((object, None));
+        }
+    }
+    let object = parse_tree(text, what)?;
+    let nul = find_nul(&object);
+    let object = object.iter().map(|(k, v)| (k.clone(), raw(v))).collect();
+    Ok((object, nul))
+}
+
+/// Deeper than this, the tree parse decides (serde_json's recursion limit is
+/// 128; a raw parse has none).
+const MAX_RAW_DEPTH: usize = 100;
+
+/// True when a validating raw parse is all `text` needs: no `\u0000`
+/// (which jsonb refuses) and no surrogate escape (lone ones are repaired)
+/// in a string, and nesting well inside the tree parse's limit. Anything
+/// else takes the tree parse, with its repairs and errors.
+fn raw_parse_suffices(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match (in_string, bytes[i]) {
+            (true, b'"') => in_string = false,
+            (true, b'\\') => {
+                if bytes.get(i + 1) == Some(&b'u') {
+                    let hex = bytes.get(i + 2..i + 6).unwrap_or_default();
+                    let surrogate = matches!(
+                        hex,
+                        [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
+                    );
+                    if hex == b"0000" || surrogate {
+                        return false;
+                    }
+                }
+                i += 1;
+            }
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth >= MAX_RAW_DEPTH {
+                    return false;
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+fn parse_tree(text: &str, what: &str) -> Result<Map<String, Value>, Rejection> {
     let parsed =
         serde_json::from_str::<Value>(text).or_else(|error| match super::lenient::repair(text) {
             Some((repaired, repairs)) => {
@@ -228,8 +322,8 @@ mod tests {
     #[test]
     fn plain_object_is_returned() {
         let map = expand_data(r#"{"name":"n","input":{"a":1}}"#, 1024).unwrap();
-        assert_eq!(map["name"], "n");
-        assert_eq!(map["input"]["a"], 1);
+        assert_eq!(tree(&map["name"]), "n");
+        assert_eq!(tree(&map["input"])["a"], 1);
     }
 
     #[test]
@@ -237,7 +331,7 @@ mod tests {
         let inner = r#"{"name":"big","input":{"text":"xxxxxxxx"}}"#;
         let wire = format!(r#"{{"_compressed":true,"_data":"{}"}}"#, gzip_base64(inner));
         let map = expand_data(&wire, 1024).unwrap();
-        assert_eq!(map["name"], "big");
+        assert_eq!(tree(&map["name"]), "big");
         assert!(!map.contains_key("_compressed"));
     }
 
@@ -329,7 +423,7 @@ mod tests {
             inner.len() as u64
         );
         let map = expand_data(&wire, 1 << 20).unwrap();
-        assert_eq!(map["input"].as_str().map(str::len), Some(200_000));
+        assert_eq!(tree(&map["input"]).as_str().map(str::len), Some(200_000));
     }
 
     #[test]
@@ -380,8 +474,11 @@ mod tests {
     #[test]
     fn python_nan_is_repaired_and_noted() {
         let map = expand_data(r#"{"output":{"score":NaN}}"#, 1024).unwrap();
-        assert_eq!(map["output"]["score"], Value::Null);
-        assert_eq!(map[REPAIRS_KEY][0], super::super::lenient::NON_FINITE);
+        assert_eq!(tree(&map["output"])["score"], Value::Null);
+        assert_eq!(
+            tree(&map[REPAIRS_KEY])[0],
+            super::super::lenient::NON_FINITE
+        );
     }
 
     #[test]

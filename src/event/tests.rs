@@ -514,3 +514,107 @@ fn over_long_indexed_text_is_truncated_at_a_char_boundary_with_a_note() {
         .unwrap()
         .starts_with("output._llm_model truncated from 5000"));
 }
+
+/// The body of an observation event whose data is this exact text.
+fn observation_text(event_type: &str, data: &str) -> EventBody {
+    trace_event(&[
+        ("event_type", event_type),
+        ("trace_id", "t1"),
+        ("project_id", "p1"),
+        ("timestamp", TS),
+        ("observation_id", "o1"),
+        ("data", data),
+    ])
+    .body
+}
+
+#[test]
+fn input_and_output_keep_the_text_the_sdk_wrote() {
+    // Python's json.dumps: spaces after separators, keys in insertion
+    // order, non-ASCII as \u escapes; numbers beyond f64 stay exact.
+    let input = r#"{"z": 1, "a": [1.50, 12345678901234567890123], "s": "Gr\u00fcezi \"du\""}"#;
+    let data = format!(r#"{{"name": "n", "input": {input}}}"#);
+    let EventBody::ObservationStart { fields, .. } = observation_text("observation_start", &data)
+    else {
+        panic!()
+    };
+    assert_eq!(fields.input.as_ref().map(Json::as_str), Some(input));
+
+    let output = r#"{"messages": ["b", "a"], "n": 1e400}"#;
+    let data = format!(r#"{{"output": {output}, "level": "DEFAULT"}}"#);
+    let EventBody::ObservationEnd { fields, .. } = observation_text("observation_end", &data)
+    else {
+        panic!()
+    };
+    assert_eq!(fields.output.as_ref().map(Json::as_str), Some(output));
+    assert_eq!(fields.llm, None);
+}
+
+#[test]
+fn text_that_needs_the_tree_parse_gets_it() {
+    // A surrogate pair (an emoji as json.dumps escapes it) is valid, and
+    // goes through the tree parse: same value, its text rewritten.
+    let EventBody::ObservationStart { fields, .. } = observation_text(
+        "observation_start",
+        r#"{"input": {"s": "\ud83d\ude00", "b": 2}}"#,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        metadata(fields.input.as_ref().unwrap()),
+        json!({"s": "\u{1F600}", "b": 2})
+    );
+    // An escaped backslash before "u0000" is no NUL.
+    let EventBody::ObservationStart { fields, .. } =
+        observation_text("observation_start", r#"{"input": {"s": "\\u0000"}}"#)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        metadata(fields.input.as_ref().unwrap()),
+        json!({"s": "\\u0000"})
+    );
+    // A lone surrogate is repaired and noted, as before.
+    let EventBody::ObservationStart { fields, .. } =
+        observation_text("observation_start", r#"{"input": {"s": "a\ud800b"}}"#)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        metadata(fields.input.as_ref().unwrap()),
+        json!({"s": "a\u{FFFD}b"})
+    );
+    assert_eq!(
+        metadata(&fields.metadata)[payload::REPAIRS_KEY],
+        json!([lenient::LONE_SURROGATE])
+    );
+}
+
+#[test]
+fn an_llm_key_spelled_with_escapes_is_still_read() {
+    // "\u005f" is "_": the studio's json.loads reads this key as _llm_model.
+    let EventBody::ObservationEnd { fields, .. } = observation_text(
+        "observation_end",
+        r#"{"output": {"\u005fllm_model": "gpt-4o", "\u005fllm_tokens": {"prompt": 3, "completion": 4, "total": 7}}}"#,
+    ) else {
+        panic!()
+    };
+    let usage = fields.llm.expect("the call is read");
+    assert_eq!(usage.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(usage.total_tokens, Some(7));
+}
+
+#[test]
+fn meta_and_the_rest_of_data_merge_whatever_their_text() {
+    // data wins a clash with meta; meta's values keep their text.
+    let EventBody::ObservationStart { fields, .. } = observation_text(
+        "observation_start",
+        r#"{"meta": {"k": {"y": 1, "x": 2}, "clash": "meta"}, "clash": "data", "extra": [3, 1]}"#,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        fields.metadata.as_str(),
+        r#"{"clash":"data","extra":[3, 1],"k":{"y": 1, "x": 2}}"#
+    );
+}
