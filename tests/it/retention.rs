@@ -722,9 +722,12 @@ async fn upgrade_of_a_populated_database() {
         ],
     );
     service.wait_ready(WAIT);
+    // Heartbeats come last in a retention pass: waiting for traces and dead
+    // letters alone once ended the wait one step before them.
     let done = wait_for_async(WAIT, || async {
         count(&db, "SELECT count(*) FROM public.traces").await == 120
             && count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 3
+            && count(&db, "SELECT count(*) FROM swisper_ingest.sdk_heartbeats").await == 1
     })
     .await;
     assert!(done, "log: {}", service.log());
