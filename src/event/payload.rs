@@ -134,32 +134,50 @@ const MAX_RAW_DEPTH: usize = 100;
 /// True when a validating raw parse is all `text` needs: no `\u0000`
 /// (which jsonb refuses) and no surrogate escape (lone ones are repaired)
 /// in a string, and nesting well inside the tree parse's limit. Anything
-/// else takes the tree parse, with its repairs and errors.
+/// else takes the tree parse, with its repairs and errors. Both checks may
+/// answer no when yes was right (the tree parse then does the work), never
+/// the other way round.
 fn raw_parse_suffices(text: &str) -> bool {
     let bytes = text.as_bytes();
+    no_refused_escape(bytes) && shallow(bytes)
+}
+
+/// Looks at every `\u` of the text at C speed: one after an escaped
+/// backslash (`\\u0000`, text, not a NUL) is a false alarm, which only
+/// costs a tree parse.
+fn no_refused_escape(bytes: &[u8]) -> bool {
+    memchr::memmem::find_iter(bytes, b"\\u").all(|at| {
+        let hex = bytes.get(at + 2..at + 6).unwrap_or_default();
+        let surrogate = matches!(
+            hex,
+            [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
+        );
+        hex != b"0000" && !surrogate
+    })
+}
+
+/// Nesting below [`MAX_RAW_DEPTH`]. Text with fewer brackets than that in
+/// all (strings included) cannot nest deeper: one counting pass, which the
+/// compiler vectorizes, decides for nearly every entry; the rest are
+/// scanned byte by byte.
+fn shallow(bytes: &[u8]) -> bool {
+    let openers = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    openers < MAX_RAW_DEPTH || depth_stays_below(bytes, MAX_RAW_DEPTH)
+}
+
+fn depth_stays_below(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut i = 0;
     while i < bytes.len() {
         match (in_string, bytes[i]) {
             (true, b'"') => in_string = false,
-            (true, b'\\') => {
-                if bytes.get(i + 1) == Some(&b'u') {
-                    let hex = bytes.get(i + 2..i + 6).unwrap_or_default();
-                    let surrogate = matches!(
-                        hex,
-                        [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
-                    );
-                    if hex == b"0000" || surrogate {
-                        return false;
-                    }
-                }
-                i += 1;
-            }
+            // The escaped character is skipped: `\"` does not end a string.
+            (true, b'\\') => i += 1,
             (false, b'"') => in_string = true,
             (false, b'[' | b'{') => {
                 depth += 1;
-                if depth >= MAX_RAW_DEPTH {
+                if depth >= limit {
                     return false;
                 }
             }
@@ -317,6 +335,39 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(text.as_bytes()).unwrap();
         base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap())
+    }
+
+    #[test]
+    fn the_raw_parse_suffices_for_plain_text_and_shallow_nesting() {
+        assert!(raw_parse_suffices(
+            r#"{"a": "x\u00e9y", "b": [1, {"c": "d"}]}"#
+        ));
+        // Brackets inside strings, past the limit in number: depth 1.
+        let brackets = format!(r#"{{"a": "{}"}}"#, "[{".repeat(MAX_RAW_DEPTH));
+        assert!(raw_parse_suffices(&brackets));
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(raw_parse_suffices(&nested(MAX_RAW_DEPTH - 1)));
+    }
+
+    #[test]
+    fn refused_escapes_and_deep_nesting_take_the_tree_parse() {
+        assert!(!raw_parse_suffices(r#"{"a": "x\u0000"}"#));
+        assert!(!raw_parse_suffices(r#"{"a": "\ud83d"}"#));
+        assert!(!raw_parse_suffices(r#"{"a": "\uDFFF"}"#));
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!raw_parse_suffices(&nested(MAX_RAW_DEPTH)));
+        // An escaped quote does not end the string whose brackets follow.
+        let quoted = format!(r#"{{"a": "\"{}"}}"#, "[".repeat(MAX_RAW_DEPTH));
+        assert!(raw_parse_suffices(&quoted));
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_u_is_a_false_alarm_the_tree_parse_settles() {
+        let text = r#"{"a": "C:\\u0000dir"}"#;
+        assert!(!raw_parse_suffices(text));
+        let (object, nul) = parse_object(text, "data").unwrap();
+        assert_eq!(object["a"].get(), r#""C:\\u0000dir""#);
+        assert_eq!(nul, None);
     }
 
     #[test]
