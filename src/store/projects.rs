@@ -2,6 +2,7 @@
 //! key). In front of a studio, a project is the studio's to create; standing
 //! alone, the service creates the projects it sees (name = id).
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Transaction};
 
 use super::StoreError;
@@ -36,11 +37,11 @@ pub async fn missing(tx: &Transaction<'_>, ids: &[&str]) -> Result<Vec<String>, 
         return Ok(Vec::new());
     }
     let rows = tx
-        .query(
+        .query_typed(
             "SELECT id FROM unnest($1::text[]) AS p(id)
              WHERE NOT EXISTS (SELECT 1 FROM public.projects WHERE projects.id = p.id)
              ORDER BY id",
-            &[&ids],
+            &[(&ids, Type::TEXT_ARRAY)],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

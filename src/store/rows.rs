@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use super::arrays::column;
@@ -87,7 +87,7 @@ async fn lock_ids(
     ids: &[&str],
 ) -> Result<Vec<String>, StoreError> {
     Ok(tx
-        .query(sql, &[&ids])
+        .query_typed(sql, &[(&ids, Type::TEXT_ARRAY)])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -121,13 +121,13 @@ async fn lock_traces(
     )
     .await?;
     let rows = tx
-        .query(
+        .query_typed(
             "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
                     s.first_seen_at, s.start_version
              FROM public.traces t
              LEFT JOIN swisper_ingest.trace_state s ON s.id = t.id
              WHERE t.id = ANY($1)",
-            &[&locked],
+            &[(&locked, Type::TEXT_ARRAY)],
         )
         .await?;
     Ok(rows
@@ -173,7 +173,7 @@ async fn lock_observations(
     )
     .await?;
     let rows = tx
-        .query(
+        .query_typed(
             "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
                     s.seen_version, s.start_version, s.end_version,
                     CASE WHEN s.id IS NULL THEN o.type::text ELSE s.start_type END,
@@ -184,7 +184,7 @@ async fn lock_observations(
              LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
              LEFT JOIN public.traces tr ON tr.id = o.trace_id
              WHERE o.id = ANY($1)",
-            &[&locked],
+            &[(&locked, Type::TEXT_ARRAY)],
         )
         .await?;
     Ok(rows
@@ -545,13 +545,16 @@ async fn upsert_trace_state(
     if rows.is_empty() {
         return Ok(());
     }
-    let params: [&(dyn ToSql + Sync); 4] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.project_id),
-        &column(rows, |r| r.first_seen_at),
-        &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&column(rows, |r| r.id), Type::TEXT_ARRAY),
+        (&column(rows, |r| r.project_id), Type::TEXT_ARRAY),
+        (&column(rows, |r| r.first_seen_at), Type::TIMESTAMPTZ_ARRAY),
+        (
+            &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
+            Type::BYTEA_ARRAY,
+        ),
     ];
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO swisper_ingest.trace_state AS s (id, project_id, first_seen_at, start_version)
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bytea[])
          ON CONFLICT (id) DO UPDATE SET project_id = EXCLUDED.project_id,
@@ -682,19 +685,34 @@ async fn upsert_observation_state(
     if rows.is_empty() {
         return Ok(());
     }
-    let params: [&(dyn ToSql + Sync); 10] = [
-        &column(rows, |r| r.id),
-        &column(rows, |r| r.trace_id),
-        &column(rows, |r| r.project_id),
-        &column(rows, |r| r.seen_version.as_bytes()),
-        &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
-        &column(rows, |r| r.end_version.as_ref().map(Version::as_bytes)),
-        &column(rows, |r| r.start_type),
-        &column(rows, |r| r.end_type),
-        &column(rows, |r| r.start_meta.map(JsonbText)),
-        &column(rows, |r| r.end_meta.map(JsonbText)),
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
+        (&column(rows, |r| r.id), Type::TEXT_ARRAY),
+        (&column(rows, |r| r.trace_id), Type::TEXT_ARRAY),
+        (&column(rows, |r| r.project_id), Type::TEXT_ARRAY),
+        (
+            &column(rows, |r| r.seen_version.as_bytes()),
+            Type::BYTEA_ARRAY,
+        ),
+        (
+            &column(rows, |r| r.start_version.as_ref().map(Version::as_bytes)),
+            Type::BYTEA_ARRAY,
+        ),
+        (
+            &column(rows, |r| r.end_version.as_ref().map(Version::as_bytes)),
+            Type::BYTEA_ARRAY,
+        ),
+        (&column(rows, |r| r.start_type), Type::TEXT_ARRAY),
+        (&column(rows, |r| r.end_type), Type::TEXT_ARRAY),
+        (
+            &column(rows, |r| r.start_meta.map(JsonbText)),
+            Type::JSONB_ARRAY,
+        ),
+        (
+            &column(rows, |r| r.end_meta.map(JsonbText)),
+            Type::JSONB_ARRAY,
+        ),
     ];
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO swisper_ingest.observation_state AS s (id, trace_id, project_id,
              seen_version, start_version, end_version, start_type, end_type, start_meta, end_meta)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
