@@ -12,7 +12,7 @@
 #   loadtests/bench.sh --quick    smaller and 1 run each (~3 min)
 #   options: --runs N   --only 1,2,...  (scenarios to run; 3 without 1 takes
 #            its ladder from --capacity N events/s, default 8000)   --profile (perf record the service and Postgres
-#            during one drain; needs perf)   --keep (keep the services folder)
+#            during the first drain and the first steady run; needs perf)   --keep (keep the services folder)
 #            --baseline BIN|REV (also drain with this binary, or with REV
 #            built into target/baseline, interleaved with this build)
 #            --lever "LABEL:ENV=VALUE ..." (also drain with these settings;
@@ -74,6 +74,12 @@ suffix=$([[ $mode == quick ]] && echo "-quick" || true)
 [[ $only == 1,2,3,4,5,6 ]] || suffix="$suffix-only-${only//,/-}"
 results_dir=loadtests/results
 mkdir -p "$results_dir"
+# A second run of the same day and scenarios gets -2, -3...: results are
+# never overwritten.
+n=1 base_suffix=$suffix
+while [[ -e $results_dir/$stamp$suffix.md || -e $results_dir/$stamp$suffix.jsonl ]]; do
+  n=$((n + 1)) suffix=$base_suffix-$n
+done
 out_md=$results_dir/$stamp$suffix.md
 out_jsonl=$results_dir/$stamp$suffix.jsonl
 : >"$out_jsonl"
@@ -198,6 +204,17 @@ publish() { timeout 900 $loadgen publish --cache-dir "$cache_dir" "$@" 2>>"$work
 verify() { timeout 900 $loadgen verify --no-fail "$@" 2>>"$work/loadgen.log"; }
 j() { jq -r "$1" "$2"; }
 
+# profile_run WHAT DB DELAY: after DELAY s, 10 s of perf samples of the
+# service and of its Postgres backends, into $work/WHAT-{service,postgres}.perf.
+profile_run() {
+  sleep "$3"
+  perf record -F 499 -g -p "$svc_pid" -o "$work/$1-service.perf" -- sleep 10 >/dev/null 2>&1 &
+  local backends
+  backends=$(psql "$base/$2" -Atc "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = 'swisper-ingest'")
+  perf record -F 499 -g -p "$backends" -o "$work/$1-postgres.perf" -- sleep 10 >/dev/null 2>&1
+  wait
+}
+
 # drain RUN_NAME STREAM SUMMARY [ENV=VALUE...]: drains the stream into a fresh
 # database with a fresh group; leaves $work/RUN_NAME.json and sets drain_* vars.
 drain() {
@@ -210,13 +227,9 @@ drain() {
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
   since=$(date +%s.%N)
   start_service "$name" "$stream" "$name" r1 "$@"
-  if $profile && [[ -z ${profiled:-} ]]; then
-    profiled=1
-    (sleep 2
-     perf record -F 499 -g -p "$svc_pid" -o "$work/service.perf" -- sleep 10 >/dev/null 2>&1 &
-     backends=$(psql "$base/$name" -Atc "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = 'swisper-ingest'")
-     perf record -F 499 -g -p "$backends" -o "$work/postgres.perf" -- sleep 10 >/dev/null 2>&1
-     wait) &
+  if $profile && [[ -z ${profiled_drain:-} ]]; then
+    profiled_drain=1
+    profile_run drain "$name" 2 &
   fi
   verify --database-url "$base/$name" --group "$name" --summary "$summary" --since "$since" \
     --metrics-url "$svc_url" --timeout 600 >"$work/$name.json"
@@ -362,13 +375,17 @@ for wl in "${workloads[@]}"; do
   done
 done
 
-if $profile && [[ -f $work/service.perf ]]; then
+# report_profiles WHAT: the top symbols of WHAT's perf records (see profile_run).
+report_profiles() {
+  local what
   for what in service postgres; do
-    perf report -i "$work/$what.perf" --no-children --sort symbol -g none 2>/dev/null \
-      | grep -E '^ +[0-9]' | sed -E 's/ +-? +-? *$//; s/ {2,}/ /g' | head -25 >"$results_dir/$stamp$suffix-profile-$what.txt" || true
+    [[ -f $work/$1-$what.perf ]] || continue
+    perf report -i "$work/$1-$what.perf" --no-children --sort symbol -g none 2>/dev/null \
+      | grep -E '^ +[0-9]' | sed -E 's/ +-? +-? *$//; s/ {2,}/ /g' | head -25 >"$results_dir/$stamp$suffix-profile-$1-$what.txt" || true
+    log "profile: $results_dir/$stamp$suffix-profile-$1-$what.txt"
   done
-  log "profiles: $results_dir/$stamp$suffix-profile-*.txt"
-fi
+}
+$profile && wanted 1 && report_profiles drain
 
 # --- scenario 4: two replicas in one group ---------------------------------------
 for run in $(seq 1 "$REPLICA_RUNS"); do
@@ -417,6 +434,10 @@ steady() {
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
   local s0
   s0=$(cpu_of "$svc_pid")
+  if $profile && [[ -z ${profiled_steady:-} ]]; then
+    profiled_steady=1
+    profile_run steady "$name" 10 &
+  fi
   publish --stream "$name" --rate "$rate" --duration "$secs" --seed 7 --in-flight "$in_flight" \
     --summary "$work/$name-publish.json" >/dev/null
   verify --database-url "$base/$name" --group "$name" --summary "$work/$name-publish.json" \
@@ -478,6 +499,8 @@ if [[ $mode == full ]] && wanted 2; then
     record "$sc" "p99 with ${lever//OBSERVABILITY_/}" "ms" "$(j .latency_ms.p99 "$work/s2_lever.json")"
   done
 fi
+
+$profile && wanted 2 && report_profiles steady
 
 # --- scenario 3: peak sustained rate ----------------------------------------------------
 # A ladder from 60% of the drain capacity up in steps of 10%; the peak is the

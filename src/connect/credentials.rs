@@ -86,16 +86,18 @@ impl Credential {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("swisper-creds-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A folder removed when the guard drops.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("swisper-creds-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn each_read_sees_the_current_content_without_its_newline() {
-        let dir = scratch("rotate");
-        let path = dir.join("password");
+        let dir = scratch();
+        let path = dir.path().join("password");
         std::fs::write(&path, "first\n").unwrap();
         let file = SecretFile::open("X_FILE", &path).unwrap();
         assert_eq!(file.read(), "first");
@@ -110,11 +112,11 @@ mod tests {
 
     #[test]
     fn a_missing_or_empty_file_stops_the_start() {
-        let dir = scratch("missing");
-        let missing = SecretFile::open("X_FILE", &dir.join("none")).unwrap_err();
+        let dir = scratch();
+        let missing = SecretFile::open("X_FILE", &dir.path().join("none")).unwrap_err();
         assert_eq!(missing.setting, "X_FILE");
         assert!(missing.problem.contains("cannot read"), "{missing}");
-        let path = dir.join("empty");
+        let path = dir.path().join("empty");
         std::fs::write(&path, "\n").unwrap();
         let empty = SecretFile::open("X_FILE", &path).unwrap_err();
         assert!(empty.problem.contains("is empty"), "{empty}");
