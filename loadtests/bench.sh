@@ -17,7 +17,8 @@
 #            built into target/baseline, interleaved with this build)
 #            --lever "LABEL:ENV=VALUE ..." (also drain with these settings;
 #            repeatable)   --workload seed|sdk|both (scenario 1's backlogs;
-#            default both, sdk with --quick)
+#            default both, sdk with --quick)   --steady-lever "ENV=VALUE ..."
+#            (scenario 2's levers instead of its default four; repeatable)
 #
 # Scenarios (goals, not assertions):
 #   1 drain a backlog of 200,000 realistic events, seed-format (plain JSON)
@@ -38,7 +39,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 mode=full runs=3 profile=false keep=false only=1,2,3,4,5,6 capacity_arg=8000
-baseline='' workload_arg='' levers=()
+baseline='' workload_arg='' levers=() steady_levers=()
 while (($#)); do
   case $1 in
     --quick) mode=quick; runs=1 ;;
@@ -48,6 +49,7 @@ while (($#)); do
     --profile) profile=true ;;
     --baseline) baseline=$2; shift ;;
     --lever) levers+=("$2"); shift ;;
+    --steady-lever) steady_levers+=("$2"); shift ;;
     --workload) workload_arg=$2; shift ;;
     --keep) keep=true ;;
     -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -489,8 +491,9 @@ done
 
 # --- scenario 2: the latency levers that need no code change (one run each) ----
 if [[ $mode == full ]] && wanted 2; then
-  for lever in OBSERVABILITY_WRITE_LINGER_MS=5 OBSERVABILITY_CONSUMERS=1 OBSERVABILITY_PARSE_THREADS=0 \
-    OBSERVABILITY_WRITER_THREAD=false; do
+  ((${#steady_levers[@]})) || steady_levers=(OBSERVABILITY_WRITE_LINGER_MS=5 OBSERVABILITY_CONSUMERS=1
+    OBSERVABILITY_PARSE_THREADS=0 OBSERVABILITY_WRITER_THREAD=false)
+  for lever in "${steady_levers[@]}"; do
     log "scenario 2 lever: $lever at $STEADY_RATE events/s for $STEP_SECS s"
     # shellcheck disable=SC2086 # the lever is a list of settings
     steady "$STEADY_RATE" "$STEP_SECS" s2_lever $lever

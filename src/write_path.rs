@@ -24,7 +24,7 @@ use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
-use crate::store::{compression, describe, heartbeats, rows, Pool, StoreError};
+use crate::store::{compression, describe, heartbeats, planner, rows, Pool, StoreError};
 
 mod tenancy;
 
@@ -69,8 +69,9 @@ impl Studio {
         Ok(*self.resolved.get_or_init(|| creates))
     }
 
-    /// Sets this transaction's compression of long values.
-    async fn compress(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    /// Sets this transaction's planner costs and compression of long
+    /// values, in one round trip.
+    async fn configure(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         let lz4 = match self.lz4.get() {
             Some(lz4) => *lz4,
             None => {
@@ -78,9 +79,12 @@ impl Studio {
                 *self.lz4.get_or_init(|| lz4)
             }
         };
-        if lz4 {
-            compression::use_lz4(tx).await?;
-        }
+        let settings = if lz4 {
+            format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
+        } else {
+            planner::INDEX_PROBES.to_owned()
+        };
+        tx.batch_execute(&settings).await?;
         Ok(())
     }
 }
@@ -125,7 +129,7 @@ pub async fn commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), 
 async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), StoreError> {
     let mut client = to.pool.get().await?;
     let tx = client.transaction().await?;
-    to.studio.compress(&tx).await?;
+    to.studio.configure(&tx).await?;
     let prices = to.studio.prices.current(&*tx).await?;
     metrics::gauge!(crate::metrics::PRICES).set(prices.len() as f64);
     let creates_projects = to.studio.creates_projects(&*tx).await?;

@@ -5,7 +5,7 @@
 //! sees, through pgbouncer's transaction pooling too. On LangGraph states,
 //! pglz was 27% of Postgres' CPU in a drain (docs/benchmarks.md).
 
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::GenericClient;
 
 use super::StoreError;
 use crate::config::ToastCompression;
@@ -40,9 +40,5 @@ async fn lz4_available(client: &impl GenericClient) -> Result<bool, StoreError> 
     Ok(row.get(0))
 }
 
-/// Values this transaction TOASTs are compressed with lz4.
-pub async fn use_lz4(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    tx.batch_execute("SET LOCAL default_toast_compression = lz4")
-        .await?;
-    Ok(())
-}
+/// Values a transaction TOASTs after this are compressed with lz4.
+pub const USE_LZ4: &str = "SET LOCAL default_toast_compression = lz4";

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod heartbeats;
 mod jsonb;
 pub mod migrate;
+pub mod planner;
 pub mod pool;
 pub mod projects;
 pub mod retention;

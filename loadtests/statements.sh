@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Where Postgres spends its time, statement by statement: each given build
+# of swisper-ingest takes a steady load (RATE events/s for SECS s, the
+# loadgen workload of bench.sh's scenario 2) into a fresh database, and
+# pg_stat_statements' totals are printed per build, with time per row.
+# Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
+# temp folder removed at the end); builds run one after the other.
+#
+#   loadtests/statements.sh [BIN ...]   default: target/release/swisper-ingest
+#   RATE=5000 SECS=40 (defaults)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+RATE=${RATE:-5000} SECS=${SECS:-40}
+bins=("$@")
+((${#bins[@]})) || bins=(target/release/swisper-ingest)
+cargo build --release --quiet -p swisper-loadtests
+loadgen=target/release/loadgen
+
+work=$(mktemp -d /tmp/swisper-statements.XXXXXX)
+chmod 755 "$work"
+svc_pid=
+cleanup() {
+  [[ -n $svc_pid ]] && { kill -TERM "$svc_pid" 2>/dev/null || true; wait "$svc_pid" 2>/dev/null || true; }
+  scripts/services.sh purge "$work/services" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+scripts/services.sh up "$work/services" >/dev/null
+# shellcheck disable=SC1091
+source "$work/services/env"
+admin=${DATABASE_URL%/*}/postgres
+psql "$admin" -qc "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+scripts/services.sh stop-postgres "$work/services" && scripts/services.sh start-postgres "$work/services"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+for bin in "${bins[@]}"; do
+  psql "$admin" -qc "DROP DATABASE IF EXISTS statements" -c "CREATE DATABASE statements"
+  url=${DATABASE_URL%/*}/statements
+  psql "$url" -qc "CREATE EXTENSION pg_stat_statements"
+  DATABASE_URL=$url "$bin" migrate >/dev/null
+  redis-cli -u "$OBSERVABILITY_REDIS_URL" DEL statements >/dev/null
+  DATABASE_URL=$url OBSERVABILITY_STREAM_NAME=statements OBSERVABILITY_GROUP_NAME=statements \
+    OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
+    OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
+  svc_pid=$!
+  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
+  "$loadgen" publish --stream statements --rate "$RATE" --duration "$SECS" --seed 7 \
+    --in-flight $((RATE * 2 / 11 + 1)) --cache-dir target/loadgen-cache --summary "$work/publish.json" >/dev/null 2>>"$work/loadgen.log"
+  "$loadgen" verify --database-url "$url" --group statements --summary "$work/publish.json" --timeout 120 \
+    >/dev/null 2>>"$work/loadgen.log"
+  kill -TERM "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=
+  echo "## $bin: $RATE events/s for $SECS s"
+  psql "$url" -P pager=off -c "
+    SELECT calls, round(total_exec_time) AS exec_ms, rows,
+           round((1000 * total_exec_time / nullif(rows, 0))::numeric, 1) AS us_per_row,
+           left(regexp_replace(query, '\s+', ' ', 'g'), 60) AS statement
+    FROM pg_stat_statements WHERE total_exec_time > 50 ORDER BY total_exec_time DESC"
+  psql "$url" -Atc "SELECT 'all statements: ' || round(sum(total_exec_time)) || ' ms' FROM pg_stat_statements"
+done
