@@ -4,7 +4,7 @@
 //! the default `random_page_cost` (4, a spinning disk's) the planner reads a
 //! merge-state table whole by a sequential scan until it holds some tens of
 //! thousands of rows: the trace read of a 162-trace batch against 18,000
-//! stored traces took 5-7 ms so, 1.3-2 ms by index probes
+//! stored traces took 5-7 ms that way and 1.3-2 ms by index probes
 //! (docs/benchmarks.md). `SET LOCAL` ends with the transaction, so no other
 //! session and no pooled connection sees it.
 
