@@ -458,15 +458,42 @@ async fn projects_reusing_ids_keep_the_first_projects_rows_and_dead_letter_the_o
             event
         })
     };
+    // Each step is stored before the next is published: with two consumers,
+    // entries published a moment apart can reach the writer in either order,
+    // and "first" means first stored.
+    let db = env.db().await;
+    let ended = |trace: &'static str| {
+        let db = &db;
+        async move {
+            count(
+                db,
+                &format!(
+                    "SELECT count(*) FROM public.observations
+                     WHERE trace_id = '{trace}' AND end_time IS NOT NULL"
+                ),
+            )
+            .await
+                == 3
+        }
+    };
     env.publish_each(&mut redis, intruder("shared-1"));
+    assert!(
+        wait_for_async(LONG, || ended("shared-1")).await,
+        "log: {}",
+        service.log()
+    );
     env.publish_each(
         &mut redis,
         ["shared-1", "shared-2"]
             .into_iter()
             .flat_map(|trace| seed_trace(trace, "project-a")),
     );
+    assert!(
+        wait_for_async(LONG, || ended("shared-2")).await,
+        "log: {}",
+        service.log()
+    );
     env.publish_each(&mut redis, intruder("shared-2"));
-    let db = env.db().await;
     let settled = wait_for_async(LONG, || async {
         count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 14
             && count(
