@@ -45,7 +45,11 @@ for bin in "${bins[@]}"; do
     OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
     OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
   svc_pid=$!
-  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  for try in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    ((try < 300)) || { echo "statements.sh: $bin not ready after 30 s; log: $work/service.log" >&2; tail -5 "$work/service.log" >&2; exit 1; }
+    sleep 0.1
+  done
   psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
   "$loadgen" publish --stream statements --rate "$RATE" --duration "$SECS" --seed 7 \
     --in-flight $((RATE * 2 / 11 + 1)) --cache-dir target/loadgen-cache --summary "$work/publish.json" >/dev/null 2>>"$work/loadgen.log"
