@@ -37,8 +37,10 @@ pub struct Studio {
     /// `create_projects` resolved against the database, once.
     resolved: OnceLock<bool>,
     toast_compression: ToastCompression,
-    /// `toast_compression` resolved against the server, once.
-    lz4: OnceLock<bool>,
+    /// Each write transaction's `SET LOCAL`s: the planner's costs, and lz4
+    /// when `toast_compression` asks for it and the server has it (resolved
+    /// once).
+    settings: OnceLock<String>,
 }
 
 impl Studio {
@@ -50,7 +52,7 @@ impl Studio {
             create_projects,
             resolved: OnceLock::new(),
             toast_compression: ToastCompression::Lz4,
-            lz4: OnceLock::new(),
+            settings: OnceLock::new(),
         }
     }
 
@@ -72,19 +74,18 @@ impl Studio {
     /// Sets this transaction's planner costs and compression of long
     /// values, in one round trip.
     async fn configure(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
-        let lz4 = match self.lz4.get() {
-            Some(lz4) => *lz4,
+        let settings = match self.settings.get() {
+            Some(settings) => settings,
             None => {
-                let lz4 = self.toast_compression.resolve(tx).await?;
-                *self.lz4.get_or_init(|| lz4)
+                let settings = if self.toast_compression.resolve(tx).await? {
+                    format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
+                } else {
+                    planner::INDEX_PROBES.to_owned()
+                };
+                self.settings.get_or_init(|| settings)
             }
         };
-        let settings = if lz4 {
-            format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
-        } else {
-            planner::INDEX_PROBES.to_owned()
-        };
-        tx.batch_execute(&settings).await?;
+        tx.batch_execute(settings).await?;
         Ok(())
     }
 }
