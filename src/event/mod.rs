@@ -2,6 +2,7 @@
 //! with a precise reason. Pure code, no I/O.
 
 mod batch;
+pub mod gzip;
 mod lenient;
 mod llm;
 pub mod parse;

@@ -17,12 +17,12 @@
 //! repairs and errors, exactly as before.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use base64::Engine;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::gzip::{self, GzipError};
 use super::weight;
 use super::{Reason, Rejection};
 
@@ -248,32 +248,20 @@ fn inflate(data: &str, encoded: &str, limit: u64) -> Result<Vec<u8>, Rejection> 
     let compressed = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|e| Rejection::new(Reason::Decompression, format!("_data is not base64: {e}")))?;
-    let mut decoder = flate2::bufread::GzDecoder::new(compressed.as_slice());
-    // The size is known: no doubling growth past it.
-    let mut out = Vec::with_capacity(declared as usize + 1);
-    (&mut decoder)
-        .take(declared + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Rejection::new(
-                Reason::Decompression,
-                format!("_data does not inflate: {e}"),
-            )
-        })?;
-    if out.len() as u64 > declared {
-        return refuse(format!(
-            "_data inflates past the {declared} bytes its gzip trailer (its last four bytes) \
-             declares: a trailer that does not match the data, or more than one gzip member"
-        ));
-    }
-    let rest = decoder.into_inner();
-    if !rest.is_empty() {
-        return refuse(format!(
-            "_data holds more than one gzip member ({} bytes after the first); the SDK writes one",
-            rest.len()
-        ));
-    }
-    Ok(out)
+    gzip::inflate_member(&compressed, declared).map_err(|e| match e {
+        GzipError::PastLimit(_) => Rejection::new(
+            Reason::Decompression,
+            format!(
+                "_data inflates past the {declared} bytes its gzip trailer (its last four bytes) \
+                 declares: a trailer that does not match the data, or more than one gzip member"
+            ),
+        ),
+        GzipError::Trailing(after) => Rejection::new(
+            Reason::Decompression,
+            format!("_data holds more than one gzip member ({after} bytes after the first); the SDK writes one"),
+        ),
+        other => Rejection::new(Reason::Decompression, format!("_data does not inflate: {other}")),
+    })
 }
 
 /// What non-gzip `_data` looks like, for the dead letter.
