@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Where Postgres spends its time, statement by statement: each given build
 # of swisper-ingest takes a steady load (RATE events/s for SECS s, the
-# loadgen workload of bench.sh's scenario 2) into a fresh database, and
+# loadgen workload of bench.sh's scenario 2) or drains a backlog (BACKLOG
+# events, scenario 1's seed-format workload) into a fresh database, and
 # pg_stat_statements' totals are printed per build, with time per row.
 # Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
 # temp folder removed at the end); builds run one after the other.
 #
 #   loadtests/statements.sh [BIN ...]   default: target/release/swisper-ingest
-#   RATE=5000 SECS=40 (defaults)
+#   RATE=5000 SECS=40 (defaults)   BACKLOG=200000 (a drain instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-RATE=${RATE:-5000} SECS=${SECS:-40}
+RATE=${RATE:-5000} SECS=${SECS:-40} BACKLOG=${BACKLOG:-}
 bins=("$@")
 ((${#bins[@]})) || bins=(target/release/swisper-ingest)
 cargo build --release --quiet -p swisper-loadtests
@@ -41,6 +42,12 @@ for bin in "${bins[@]}"; do
   psql "$url" -qc "CREATE EXTENSION pg_stat_statements"
   DATABASE_URL=$url "$bin" migrate >/dev/null
   redis-cli -u "$OBSERVABILITY_REDIS_URL" DEL statements >/dev/null
+  if [[ -n $BACKLOG ]]; then
+    "$loadgen" publish --stream statements --events "$BACKLOG" --seed 42 --in-flight 200 --compression never \
+      --cache-dir target/loadgen-cache --summary "$work/publish.json" >/dev/null 2>>"$work/loadgen.log"
+    # The drain starts with the service: count from before it.
+    psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
+  fi
   DATABASE_URL=$url OBSERVABILITY_STREAM_NAME=statements OBSERVABILITY_GROUP_NAME=statements \
     OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
     OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
@@ -50,13 +57,18 @@ for bin in "${bins[@]}"; do
     ((try < 300)) || { echo "statements.sh: $bin not ready after 30 s; log: $work/service.log" >&2; tail -5 "$work/service.log" >&2; exit 1; }
     sleep 0.1
   done
-  psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
-  "$loadgen" publish --stream statements --rate "$RATE" --duration "$SECS" --seed 7 \
-    --in-flight $((RATE * 2 / 11 + 1)) --cache-dir target/loadgen-cache --summary "$work/publish.json" >/dev/null 2>>"$work/loadgen.log"
+  if [[ -n $BACKLOG ]]; then
+    what="a drain of $BACKLOG events"
+  else
+    what="$RATE events/s for $SECS s"
+    psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
+    "$loadgen" publish --stream statements --rate "$RATE" --duration "$SECS" --seed 7 \
+      --in-flight $((RATE * 2 / 11 + 1)) --cache-dir target/loadgen-cache --summary "$work/publish.json" >/dev/null 2>>"$work/loadgen.log"
+  fi
   "$loadgen" verify --database-url "$url" --group statements --summary "$work/publish.json" --timeout 120 \
     >/dev/null 2>>"$work/loadgen.log"
   kill -TERM "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=
-  echo "## $bin: $RATE events/s for $SECS s"
+  echo "## $bin: $what"
   psql "$url" -P pager=off -c "
     SELECT calls, round(total_exec_time) AS exec_ms, rows,
            round((1000 * total_exec_time / nullif(rows, 0))::numeric, 1) AS us_per_row,
