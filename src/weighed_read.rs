@@ -410,14 +410,9 @@ fn assemble(chosen: Chosen, mut fetched: Vec<Value>) -> Result<(Page, Vec<Stream
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::gzip::compress as gzip;
     use base64::Engine;
     use std::io::Write;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
 
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -143,19 +143,26 @@ fn inflate_raw(
     }
 }
 
+/// One gzip member of `bytes`, as the SDK's `gzip.compress` makes it (for
+/// tests).
+#[cfg(test)]
+pub(crate) fn compress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(bytes)
+        .expect("writing to a Vec cannot fail");
+    encoder.finish().expect("writing to a Vec cannot fail")
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Read;
 
     use proptest::prelude::*;
 
+    use super::compress as gzip;
     use super::*;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
 
     /// What `GzDecoder` makes of the same bytes: the output, or an error,
     /// and whether bytes follow the member.

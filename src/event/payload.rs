@@ -316,13 +316,12 @@ fn find_nul(object: &Map<String, Value>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::gzip::compress as gzip;
     use super::*;
     use std::io::Write;
 
     fn gzip_base64(text: &str) -> String {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(text.as_bytes()).unwrap();
-        base64::engine::general_purpose::STANDARD.encode(encoder.finish().unwrap())
+        base64::engine::general_purpose::STANDARD.encode(gzip(text.as_bytes()))
     }
 
     #[test]
@@ -372,12 +371,6 @@ mod tests {
         let map = expand_data(&wire, 1024).unwrap();
         assert_eq!(tree(&map["name"]), "big");
         assert!(!map.contains_key("_compressed"));
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
     }
 
     fn wire(compressed: &[u8]) -> String {
