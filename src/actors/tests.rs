@@ -429,3 +429,64 @@ async fn a_run_of_bad_entries_is_refused_and_turns_readiness_off() {
     assert!(health.readiness().poisoned);
     assert!(store.stored.lock().unwrap().is_empty(), "nothing stored");
 }
+
+/// Observation starts of trace `t`, which parse as events with no end.
+fn open_starts(
+    seqs: std::ops::RangeInclusive<u64>,
+    budget: crate::memory_budget::Reservation,
+) -> WriteEntries {
+    let items = seqs
+        .map(|seq| {
+            let observation = format!("o{seq}");
+            let fields = [
+                ("event_type", "observation_start"),
+                ("trace_id", "t"),
+                ("project_id", "p"),
+                ("observation_id", observation.as_str()),
+                ("timestamp", "1764000000.5"),
+                ("data", "{}"),
+            ];
+            let entry = StreamEntry {
+                id: id(seq),
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect(),
+                deliveries: 1,
+            };
+            let parsed = crate::event::parse_entry(&entry, &limits().entry());
+            assert!(parsed.is_ok(), "{parsed:?}");
+            BatchItem { entry, parsed }
+        })
+        .collect();
+    WriteEntries {
+        items,
+        reservation: Some(budget),
+        span: Default::default(),
+    }
+}
+
+#[actix_rt::test]
+async fn starts_held_at_the_end_of_a_backlog_are_written_alone_after_the_wait() {
+    let store = GatedStore::default();
+    store.gate.add_permits(10);
+    let (writer, _) = start_writer(&store, 0);
+    let budget = MemoryBudget::new(1 << 20);
+    // A full read (a backlog) of starts whose ends never come.
+    let answered = writer
+        .send(open_starts(1..=100, budget.acquire(4096).await))
+        .await
+        .expect("answered");
+    assert!(answered.is_ok(), "the sender is answered at once");
+    assert_eq!(budget.in_hand_bytes(), 4096, "held with its starts");
+    // No batch follows: the held starts go alone once the wait is over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.stored.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = store.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored[0].is_empty(), "every start was held");
+    assert_eq!(stored[1], (1..=100).collect::<Vec<u64>>());
+    assert_eq!(budget.in_hand_bytes(), 0);
+}

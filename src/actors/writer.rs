@@ -63,6 +63,11 @@ pub trait BatchStore: Send + 'static {
 /// (consumers + claimer) batches whatever the backlog.
 const MAILBOX_CAPACITY: usize = 64;
 
+/// How long deferred starts wait for the next batch (their ends are in it)
+/// before they are written alone. Only under backlog, where a consumer's
+/// next page is a parse away; at its end this is the added delay.
+const DEFERRED_WAIT: Duration = Duration::from_millis(250);
+
 type Waiter = oneshot::Sender<Result<(), WriteError>>;
 
 pub struct Writer {
@@ -70,6 +75,7 @@ pub struct Writer {
     health: Arc<Health>,
     batcher: Batcher<Waiter, Reservation>,
     linger: Duration,
+    /// The linger's timer, or deferred starts' wait for the next batch.
     linger_timer: Option<SpawnHandle>,
     /// Spans of the pages with entries in hand (crate::batch_span).
     pages: Pages,
@@ -112,6 +118,9 @@ impl Writer {
         match self.batcher.arrive(batch.items, batch.reservation, waiter) {
             Arrival::StartNow => self.start_next(ctx),
             Arrival::Linger => {
+                if let Some(timer) = self.linger_timer.take() {
+                    ctx.cancel_future(timer);
+                }
                 self.linger_timer = Some(ctx.run_later(self.linger, |writer, ctx| {
                     writer.linger_timer = None;
                     writer.start_next(ctx);
@@ -144,6 +153,12 @@ impl Writer {
         }
         if let Some(transaction) = next.transaction {
             self.run(transaction, ctx);
+        } else if next.awaiting_batch {
+            self.linger_timer = Some(ctx.run_later(DEFERRED_WAIT, |writer, ctx| {
+                writer.linger_timer = None;
+                writer.batcher.deferred_due();
+                writer.start_next(ctx);
+            }));
         }
     }
 

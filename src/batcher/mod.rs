@@ -7,8 +7,9 @@
 //! - Under backlog (a read batch arrived full), the starts of observations
 //!   whose end has not arrived are *deferred* one transaction, so that such
 //!   a row is written once instead of inserted and then updated. A deferred
-//!   start is never deferred twice; its batch's reservation is released with
-//!   the transaction that stores it.
+//!   start is never deferred twice; it waits for the next batch to arrive
+//!   (its end is in it), or goes alone once the writer says it is due; its
+//!   batch's reservation is released with the transaction that stores it.
 //! - Poison protection: a long run of rejected entries (across batches) is
 //!   refused whole; its senders keep the entries pending.
 //!
@@ -95,6 +96,9 @@ pub struct Next<W, R> {
     pub transaction: Option<Transaction<W, R>>,
     /// Starts deferred by this decision (for the metric).
     pub deferred: usize,
+    /// Only deferred starts wait, and no batch has arrived for them: the
+    /// writer calls [`Batcher::deferred_due`] if none arrives in time.
+    pub awaiting_batch: bool,
 }
 
 pub struct Batcher<W, R> {
@@ -107,6 +111,8 @@ pub struct Batcher<W, R> {
     lingering: bool,
     /// Rejected entries in a row at the end of what was last accepted.
     rejection_run: u64,
+    /// Deferred starts may go without a batch (the writer's wait ended).
+    deferred_due: bool,
 }
 
 impl<W, R> Batcher<W, R> {
@@ -121,6 +127,7 @@ impl<W, R> Batcher<W, R> {
             in_flight: false,
             lingering: false,
             rejection_run: 0,
+            deferred_due: false,
         }
     }
 
@@ -149,8 +156,15 @@ impl<W, R> Batcher<W, R> {
             poison: Poison::Unchanged,
             transaction: None,
             deferred: 0,
+            awaiting_batch: false,
         };
         if self.in_flight || self.gathered.waiters.is_empty() && self.deferred.items.is_empty() {
+            return next;
+        }
+        if self.gathered.waiters.is_empty() && !self.deferred_due {
+            // Written alone now, the deferred starts would meet their ends
+            // in no transaction: the ends are in the batch being read.
+            next.awaiting_batch = true;
             return next;
         }
         let gathered = std::mem::take(&mut self.gathered);
@@ -183,6 +197,8 @@ impl<W, R> Batcher<W, R> {
                 items: newly_deferred,
                 reservations: gathered.reservations,
             };
+            // A wait that ended before concerned other starts.
+            self.deferred_due = false;
         }
         self.in_flight = true;
         next.transaction = Some(transaction);
@@ -194,12 +210,19 @@ impl<W, R> Batcher<W, R> {
         self.in_flight = false;
     }
 
+    /// No batch arrived in time: the deferred starts go in the next
+    /// transaction, alone if need be.
+    pub fn deferred_due(&mut self) {
+        self.deferred_due = true;
+    }
+
     /// Deferred starts as a transaction of their own, if any.
     fn take_deferred(&mut self) -> Option<Transaction<W, R>> {
         if self.deferred.items.is_empty() {
             return None;
         }
         self.in_flight = true;
+        self.deferred_due = false;
         Some(Transaction {
             items: std::mem::take(&mut self.deferred.items),
             waiters: Vec::new(),

@@ -193,14 +193,66 @@ fn under_backlog_open_starts_are_deferred_once_with_their_reservation() {
         "r1 is still in hand: its start is deferred"
     );
     batcher.finished();
-    // The next transaction carries the deferred start even with no arrival,
-    // and releases r1 with it.
+    // With no arrival the deferred start waits for the next batch (its end
+    // is there), until the writer says it is due: then it goes alone, and
+    // releases r1 with it.
+    let waiting = batcher.decide();
+    assert!(waiting.transaction.is_none());
+    assert!(waiting.awaiting_batch);
+    batcher.deferred_due();
     let second = batcher.decide().transaction.expect("the deferred start");
     assert_eq!(seqs(&second.items), [1]);
     assert_eq!(second.release, ["r1"]);
     assert!(second.waiters.is_empty());
     batcher.finished();
-    assert!(batcher.decide().transaction.is_none());
+    let idle = batcher.decide();
+    assert!(idle.transaction.is_none());
+    assert!(!idle.awaiting_batch, "nothing is deferred any more");
+}
+
+#[test]
+fn deferred_starts_wait_for_the_next_batch_and_meet_their_ends_in_it() {
+    let mut batcher = TestBatcher::new(settings());
+    let full = vec![
+        event(1, "p", start("a")),
+        event(2, "p", start("b")),
+        item_at(3, true),
+        item_at(4, true),
+    ];
+    batcher.arrive(full, Some("r1"), "w1");
+    assert_eq!(batcher.decide().deferred, 2);
+    batcher.finished();
+    assert!(batcher.decide().awaiting_batch);
+    // The next page, with the ends, arrives before the writer's wait ends.
+    batcher.arrive(
+        vec![event(5, "p", end("a")), event(6, "p", end("b"))],
+        Some("r2"),
+        "w2",
+    );
+    let next = batcher.decide();
+    let transaction = next.transaction.expect("starts and ends together");
+    assert_eq!(seqs(&transaction.items), [1, 2, 5, 6]);
+    assert_eq!(transaction.release, ["r1", "r2"]);
+    assert_eq!(transaction.waiters, ["w2"]);
+    batcher.finished();
+    // A later wait that ends is not left set for the next deferral.
+    batcher.deferred_due();
+    batcher.arrive(
+        vec![
+            event(7, "p", start("c")),
+            item_at(8, true),
+            item_at(9, true),
+            item_at(10, true),
+        ],
+        Some("r3"),
+        "w3",
+    );
+    assert_eq!(batcher.decide().deferred, 1);
+    batcher.finished();
+    assert!(
+        batcher.decide().awaiting_batch,
+        "the new deferral waits again"
+    );
 }
 
 #[test]
