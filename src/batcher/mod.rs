@@ -167,6 +167,9 @@ impl<W, R> Batcher<W, R> {
             next.awaiting_batch = true;
             return next;
         }
+        // Whatever was deferred goes in this transaction: a wait that ended
+        // is spent.
+        self.deferred_due = false;
         let gathered = std::mem::take(&mut self.gathered);
         next.poison = self.check_poison(&gathered.items);
         if let Poison::Tripped(_) = next.poison {
@@ -197,8 +200,6 @@ impl<W, R> Batcher<W, R> {
                 items: newly_deferred,
                 reservations: gathered.reservations,
             };
-            // A wait that ended before concerned other starts.
-            self.deferred_due = false;
         }
         self.in_flight = true;
         next.transaction = Some(transaction);
@@ -222,7 +223,6 @@ impl<W, R> Batcher<W, R> {
             return None;
         }
         self.in_flight = true;
-        self.deferred_due = false;
         Some(Transaction {
             items: std::mem::take(&mut self.deferred.items),
             waiters: Vec::new(),
