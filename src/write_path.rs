@@ -24,7 +24,7 @@ use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
-use crate::store::{compression, describe, heartbeats, planner, rows, Pool, StoreError};
+use crate::store::{compression, heartbeats, planner, rows, Pool, StoreError};
 
 mod tenancy;
 
@@ -334,16 +334,16 @@ fn isolate<'a>(
                 }
                 Ok(())
             }
-            Err(StoreError::Data(error)) if items.len() == 1 => {
-                let detail = format!("postgres rejected this entry: {}", describe(&error));
+            Err(StoreError::Data(message)) if items.len() == 1 => {
+                let detail = format!("postgres rejected this entry: {message}");
                 tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
                 items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
                 commit(to, items).await?;
                 round.isolated += 1;
                 Ok(())
             }
-            Err(StoreError::Data(error)) => {
-                tracing::debug!(size = items.len(), error = %describe(&error), "splitting rejected batch");
+            Err(StoreError::Data(message)) => {
+                tracing::debug!(size = items.len(), error = %message, "splitting rejected batch");
                 split(to, items, offset, round).await
             }
             Err(StoreError::StatementTimeout(message)) => {

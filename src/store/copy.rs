@@ -10,13 +10,12 @@
 //! numeric.
 
 use bytes::{BufMut, BytesMut};
-use futures_util::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 use tokio_postgres::Transaction;
 
+use super::binary_copy::BinaryCopy;
 use super::row_writes::{ObservationWrite, TraceWrite};
-use super::{conflict_or, StoreError};
+use super::StoreError;
 use crate::event::OBSERVATION_TYPES;
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
@@ -88,25 +87,21 @@ pub async fn traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(),
         Type::JSON,
         Type::TIMESTAMP,
     ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
+    let mut copy = BinaryCopy::new(sink, &types);
     for row in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &row.id,
-                &row.project_id,
-                &row.name,
-                &row.user_id,
-                &row.session_id,
-                &row.meta.map(JsonText),
-                &JsonText(row.tags),
-                &row.timestamp,
-            ])
-            .await
-            .map_err(conflict_or)?;
+        copy.row(&[
+            &row.id,
+            &row.project_id,
+            &row.name,
+            &row.user_id,
+            &row.session_id,
+            &row.meta.map(JsonText),
+            &JsonText(row.tags),
+            &row.timestamp,
+        ])
+        .await?;
     }
-    writer.finish().await.map_err(conflict_or)?;
+    copy.finish().await?;
     Ok(())
 }
 
@@ -147,42 +142,38 @@ pub async fn observations(
         Type::NUMERIC,
         Type::NUMERIC,
     ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
+    let mut copy = BinaryCopy::new(sink, &types);
     for row in rows {
         let start = row.start;
         let end = row.end;
         let llm = end.and_then(|e| e.llm.as_ref());
         let costs = row.costs.as_ref();
-        writer
-            .as_mut()
-            .write(&[
-                &row.id,
-                &row.trace_id,
-                &start.and_then(|s| s.parent_observation_id.as_deref()),
-                &EnumLabel(&row.observation_type),
-                &row.name(),
-                &row.start_time,
-                &end.map(|e| e.end_time.naive_utc()),
-                &start
-                    .and_then(|s| s.input.as_ref())
-                    .map(|j| JsonText(j.as_str())),
-                &end.and_then(|e| e.output.as_ref())
-                    .map(|j| JsonText(j.as_str())),
-                &row.meta.as_deref().map(JsonText),
-                &llm.and_then(|l| l.model.as_deref()),
-                &llm.and_then(|l| l.prompt_tokens),
-                &llm.and_then(|l| l.completion_tokens),
-                &llm.and_then(|l| l.total_tokens),
-                &row.level(),
-                &end.and_then(|e| e.status_message.as_deref()),
-                &costs.map(|c| c.input),
-                &costs.map(|c| c.output),
-                &costs.map(|c| c.total),
-            ])
-            .await
-            .map_err(conflict_or)?;
+        copy.row(&[
+            &row.id,
+            &row.trace_id,
+            &start.and_then(|s| s.parent_observation_id.as_deref()),
+            &EnumLabel(&row.observation_type),
+            &row.name(),
+            &row.start_time,
+            &end.map(|e| e.end_time.naive_utc()),
+            &start
+                .and_then(|s| s.input.as_ref())
+                .map(|j| JsonText(j.as_str())),
+            &end.and_then(|e| e.output.as_ref())
+                .map(|j| JsonText(j.as_str())),
+            &row.meta.as_deref().map(JsonText),
+            &llm.and_then(|l| l.model.as_deref()),
+            &llm.and_then(|l| l.prompt_tokens),
+            &llm.and_then(|l| l.completion_tokens),
+            &llm.and_then(|l| l.total_tokens),
+            &row.level(),
+            &end.and_then(|e| e.status_message.as_deref()),
+            &costs.map(|c| c.input),
+            &costs.map(|c| c.output),
+            &costs.map(|c| c.total),
+        ])
+        .await?;
     }
-    writer.finish().await.map_err(conflict_or)?;
+    copy.finish().await?;
     Ok(())
 }

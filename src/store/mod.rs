@@ -3,6 +3,7 @@
 //! tables are in `public`; everything of ours is in `swisper_ingest`.
 
 mod arrays;
+mod binary_copy;
 pub mod compression;
 mod copy;
 pub mod dead_letters;
@@ -28,8 +29,10 @@ pub use pool::Pool;
 pub enum StoreError {
     /// Postgres refused the data itself (a bad value, a constraint): retrying
     /// the same rows fails again, so the culprit must be isolated.
+    /// Carries Postgres's message with its detail, or which column the
+    /// service could not encode.
     #[error("postgres rejected the data: {0}")]
-    Data(#[source] tokio_postgres::Error),
+    Data(String),
     /// 57014: the statement ran past `statement_timeout` (or was cancelled).
     /// A smaller batch may pass; a single entry is retried, never
     /// dead-lettered, because a lock or a slow disk is not the entry's fault.
@@ -119,7 +122,7 @@ impl From<tokio_postgres::Error> for StoreError {
         // are about the rows; 54 (program limit exceeded) too, e.g. a value
         // nested too deeply. Anything else is about the server.
         if matches!(&state[..2], "22" | "23" | "54") {
-            StoreError::Data(error)
+            StoreError::Data(describe(&error))
         } else {
             StoreError::Unavailable(describe(&error))
         }
