@@ -31,7 +31,8 @@ pub struct BinaryCopy<'t> {
 
 impl<'t> BinaryCopy<'t> {
     pub fn new(sink: CopyInSink<Bytes>, types: &'t [Type]) -> Self {
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        // Grown as rows come: a steady transaction's COPY holds a few KB.
+        let mut buf = BytesMut::new();
         buf.put_slice(MAGIC);
         buf.put_i32(0); // flags
         buf.put_i32(0); // header extension length
@@ -72,6 +73,7 @@ impl<'t> BinaryCopy<'t> {
             self.buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
         }
         if self.buf.len() >= CHUNK {
+            // More rows may follow a full chunk: the next is sized at once.
             let full = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK));
             self.sink.send(full.freeze()).await.map_err(conflict_or)?;
         }
