@@ -369,10 +369,17 @@ for wl in "${workloads[@]}"; do
       record "$sc" "drain time / COPY time (same run): $vname" "×" "$(echo "${d_time[$i]} / $copy_s" | bc -l)" \
         '{"target": "≤ 1.2", "limit": {"op": "<=", "value": 1.2}}'
       record "$sc" "CPU postgres / COPY's CPU postgres (same run): $vname" "×" "$(echo "${d_pg[$i]} / $copy_cpu_pg" | bc -l)" \
-        '{"target": "≤ 1.2", "limit": {"op": "<=", "value": 1.2}}'
+        '{"target": "≤ 1.1", "limit": {"op": "<=", "value": 1.1}}'
       record "$sc" "CPU service + postgres / COPY's CPU: $vname" "×" "$(echo "(${d_svc[$i]} + ${d_pg[$i]}) / $copy_cpu_pg" | bc -l)"
       record "$sc" "drain time / COPY time with the merge state (same run): $vname" "×" \
         "$(echo "${d_time[$i]} / ($copy_s + $state_copy_s)" | bc -l)"
+      # Each run drains every variant back to back: the ratio within that
+      # pair is the A/B figure least moved by the machine's state.
+      if ((i > 0)); then
+        record "$sc" "this build / $vname within a run: service CPU" "×" "$(echo "${d_svc[0]} / ${d_svc[$i]}" | bc -l)"
+        record "$sc" "this build / $vname within a run: Postgres CPU" "×" "$(echo "${d_pg[0]} / ${d_pg[$i]}" | bc -l)"
+        record "$sc" "this build / $vname within a run: drain time" "×" "$(echo "${d_time[0]} / ${d_time[$i]}" | bc -l)"
+      fi
     done
   done
 done
