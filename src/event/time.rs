@@ -48,8 +48,8 @@ pub fn parse_epoch_seconds(text: &str) -> Result<DateTime<Utc>, String> {
 const ZONE_LESS_FORMATS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
 
 /// [`ZONE_LESS_FORMATS`] compiled once: `NaiveDateTime::parse_from_str`
-/// compiles its format string at every call, which cost ~2% of the
-/// service's CPU (most times on the wire have no zone).
+/// compiles its format string at every call, which cost 1.3% of the
+/// service's CPU in a seed drain (most times on the wire have no zone).
 static ZONE_LESS: LazyLock<[Vec<Item<'static>>; 2]> =
     LazyLock::new(|| ZONE_LESS_FORMATS.map(|format| StrftimeItems::new(format).collect()));
 
