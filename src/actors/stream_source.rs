@@ -7,9 +7,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
-use redis::aio::MultiplexedConnection;
 
 use super::ReadSettings;
+use crate::connect::resp::Connection;
 use crate::memory_budget::{MemoryBudget, Weights};
 use crate::metrics as m;
 use crate::redis_stream::{self, StreamError};
@@ -49,7 +49,7 @@ pub struct RedisSource {
     shared: Shared,
     consumer: String,
     budget: MemoryBudget,
-    conn: Rc<RefCell<Option<MultiplexedConnection>>>,
+    conn: Rc<RefCell<Option<Connection>>>,
 }
 
 impl RedisSource {
@@ -133,8 +133,8 @@ impl StreamSource for RedisSource {
 /// and never reuses a socket in an unknown state.
 async fn connection(
     shared: &Shared,
-    slot: &RefCell<Option<MultiplexedConnection>>,
-) -> Result<MultiplexedConnection, SourceError> {
+    slot: &RefCell<Option<Connection>>,
+) -> Result<Connection, SourceError> {
     let existing = slot.borrow_mut().take();
     if let Some(conn) = existing {
         return Ok(conn);
@@ -147,7 +147,7 @@ async fn connection(
 }
 
 /// Connects with a response timeout above BLOCK (see `connect::redis`).
-async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> {
+async fn connect(shared: &Shared) -> Result<Connection, StreamError> {
     let block = shared.settings.pipeline.block();
     Ok(shared.redis.open_for_reads(block).await?)
 }
@@ -157,8 +157,8 @@ async fn connect(shared: &Shared) -> Result<MultiplexedConnection, StreamError> 
 async fn read_failed(
     shared: &Shared,
     consumer: &str,
-    slot: &RefCell<Option<MultiplexedConnection>>,
-    mut conn: MultiplexedConnection,
+    slot: &RefCell<Option<Connection>>,
+    mut conn: Connection,
     error: StreamError,
 ) -> Result<Read, SourceError> {
     if !redis_stream::is_missing_group(&error) {

@@ -23,6 +23,8 @@ pub mod credentials;
 pub mod postgres;
 pub mod problem;
 pub mod redis;
+pub mod resp;
+pub mod tls;
 pub mod verify;
 
 use std::time::Duration;

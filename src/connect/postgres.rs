@@ -17,14 +17,13 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::credentials::SecretFile;
-use super::verify::{AnyCertificate, ChainOnly};
+use super::tls::{self, TlsConfigError};
 use super::{Verification, CONNECT_TIMEOUT};
 use crate::config::{invalid, ConfigError, DatabaseSettings};
 use crate::metrics as m;
@@ -356,12 +355,8 @@ fn tls_config(
     mode: SslMode,
     params: &TlsParams,
 ) -> Result<(ClientConfig, Verification), ConfigError> {
-    let provider = super::crypto_provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(URL, e.to_string()))?;
     let roots = match params.root_cert.as_deref() {
-        None | Some("system") => system_roots(),
+        None | Some("system") => tls::system_roots(),
         Some(path) => file_roots(path)?,
     };
     let verification = match mode {
@@ -372,41 +367,24 @@ fn tls_config(
         SslMode::Require | SslMode::Prefer if params.root_cert.is_some() => Verification::Chain,
         SslMode::Require | SslMode::Prefer => Verification::None,
     };
-    let webpki = || {
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
-            .build()
-            .map_err(|e| invalid(URL, format!("sslrootcert: no usable CA certificate ({e})")))
-    };
-    let builder = match verification {
-        Verification::Full => builder.with_webpki_verifier(webpki()?),
-        Verification::Chain => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki()?))),
-        Verification::None | Verification::Plaintext => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone()))),
-    };
-    let config = match (&params.cert, &params.key) {
+    let identity = match (&params.cert, &params.key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| invalid(URL, format!("sslcert {cert}: {e}")))?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| invalid(URL, format!("sslkey {key}: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| invalid(URL, format!("sslcert/sslkey: {e}")))?
+            Some((chain, key))
         }
-        (None, None) => builder.with_no_client_auth(),
+        (None, None) => None,
         _ => return Err(invalid(URL, "sslcert and sslkey go together")),
     };
+    let config = tls::client_config(roots, verification, identity).map_err(|e| match e {
+        TlsConfigError::Roots(_) => invalid(URL, format!("sslrootcert: {e}")),
+        TlsConfigError::ClientIdentity(_) => invalid(URL, format!("sslcert/sslkey: {e}")),
+        TlsConfigError::Protocols(_) => invalid(URL, e.to_string()),
+    })?;
     Ok((config, verification))
-}
-
-fn system_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    roots
 }
 
 fn file_roots(path: &str) -> Result<RootCertStore, ConfigError> {

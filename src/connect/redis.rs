@@ -22,8 +22,12 @@ use redis::{
     StreamingCredentialsProvider, TlsCertificates, Value,
 };
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use super::credentials::{Credential, SecretFile};
-use super::{Verification, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use super::tls::TlsConfigError;
+use super::{resp, tls, Verification, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::config::{invalid, ConfigError, RedisSettings};
 use crate::connect::problem;
 use crate::metrics as m;
@@ -40,6 +44,8 @@ pub struct RedisTarget {
     credentials: Option<FileCredentials>,
     /// Refused credentials, logged once per outage.
     refused: Arc<OnceLog>,
+    /// Where the consumers' own connections ([`resp::Connection`]) go.
+    address: resp::Address,
 }
 
 /// The user and password of each new connection, the files read at that
@@ -94,9 +100,30 @@ impl RedisTarget {
     /// read on the client while Redis still delivers; the margin is wide
     /// because a weighed read of entries near the size limits copies them
     /// inside Redis first (a read that times out on the client is still a
-    /// delivery in Redis, counted and claimed later).
-    pub async fn open_for_reads(&self, block: Duration) -> RedisResult<MultiplexedConnection> {
-        self.open(block + Duration::from_secs(30)).await
+    /// delivery in Redis, counted and claimed later). Its replies, every
+    /// entry the service stores, are parsed by the service
+    /// ([`resp::Connection`]).
+    pub async fn open_for_reads(&self, block: Duration) -> RedisResult<resp::Connection> {
+        let settings = self.client.get_connection_info().redis_settings();
+        let identity = match &self.credentials {
+            Some(files) => resp::Identity {
+                username: Some(files.username.get()),
+                password: Some(files.password.get()),
+            },
+            None => resp::Identity {
+                username: settings.username().map(str::to_owned),
+                password: settings.password().map(str::to_owned),
+            },
+        };
+        let result = resp::Connection::open(
+            &self.address,
+            identity,
+            settings.db(),
+            block + Duration::from_secs(30),
+        )
+        .await;
+        self.observe(&result);
+        result
     }
 
     /// Counts and logs (once per outage) refused credentials; logs their
@@ -238,6 +265,7 @@ impl RedisSettings {
             .map_err(|e| invalid(URL, format!("{e} (in {})", self.url)))?;
         let credentials = self.credentials(info.redis_settings())?;
         let info = self.with_identity(info, credentials.as_ref());
+        let address = self.own_address(info.addr())?;
         let tls_addr = match info.addr() {
             ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
             _ => None,
@@ -251,6 +279,63 @@ impl RedisSettings {
             verification,
             credentials,
             refused: Arc::default(),
+            address,
+        })
+    }
+
+    /// Where the consumers' own connections go, with the TLS that redis-rs'
+    /// connections get from the same settings.
+    fn own_address(&self, addr: &ConnectionAddr) -> Result<resp::Address, ConfigError> {
+        Ok(match addr {
+            ConnectionAddr::Tcp(host, port) => resp::Address::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            ConnectionAddr::TcpTls { host, port, .. } => resp::Address::Tls {
+                host: host.clone(),
+                port: *port,
+                config: Arc::new(self.rustls_config()?),
+            },
+            ConnectionAddr::Unix(path) => resp::Address::Unix(path.clone()),
+            other => return Err(invalid(URL, format!("unsupported address {other}"))),
+        })
+    }
+
+    /// The private CA (or the system's roots), verification unless
+    /// insecure, the client certificate.
+    fn rustls_config(&self) -> Result<rustls::ClientConfig, ConfigError> {
+        const CA_FILE: &str = "OBSERVABILITY_REDIS_CA_FILE";
+        const CERT_FILE: &str = "OBSERVABILITY_REDIS_CLIENT_CERT_FILE";
+        let roots = match &self.ca_file {
+            Some(path) => {
+                let pem = read_pem(CA_FILE, path)?;
+                let certs = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(CA_FILE, format!("{}: {e}", path.display())))?;
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(certs);
+                roots
+            }
+            None => tls::system_roots(),
+        };
+        let identity = match self.client_tls()? {
+            Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            }) => {
+                let chain = CertificateDer::pem_slice_iter(&client_cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(CERT_FILE, e.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(&client_key)
+                    .map_err(|e| invalid("OBSERVABILITY_REDIS_CLIENT_KEY_FILE", e.to_string()))?;
+                Some((chain, key))
+            }
+            None => None,
+        };
+        tls::client_config(roots, self.tls_verification(), identity).map_err(|e| match e {
+            TlsConfigError::Roots(_) => invalid(CA_FILE, e.to_string()),
+            TlsConfigError::ClientIdentity(_) => invalid(CERT_FILE, e.to_string()),
+            TlsConfigError::Protocols(_) => invalid(URL, e.to_string()),
         })
     }
 

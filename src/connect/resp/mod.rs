@@ -1,0 +1,210 @@
+//! The consumers' Redis connection, whose replies the service reads itself
+//! ([`reply`]): every entry the service stores arrives on it, and redis-rs'
+//! multiplexed connection spent a fifth of the service's CPU parsing them.
+//! It speaks RESP2 one command at a time (a consumer's reads follow each
+//! other), over TCP, TLS or a Unix socket; AUTH with the credentials of the
+//! moment and SELECT are sent as it connects. It implements redis-rs'
+//! `ConnectionLike`, so commands, scripts and pipelines are built as
+//! everywhere else.
+//!
+//! A transport error, a timed-out answer or an unreadable reply leaves the
+//! stream at an unknown point: the connection refuses further commands and
+//! the caller opens a new one.
+
+pub mod reply;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::CONNECT_TIMEOUT;
+
+/// What a read asks the socket for at least: a large reply grows the buffer
+/// by doubling past it.
+const READ_SIZE: usize = 64 * 1024;
+
+/// A buffer left larger than this by a large reply is given back once it
+/// is empty: the memory budget counts entries, not this buffer.
+const KEPT_CAPACITY: usize = 1024 * 1024;
+
+/// Where the server is.
+#[derive(Clone)]
+pub enum Address {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+        config: Arc<rustls::ClientConfig>,
+    },
+    Unix(PathBuf),
+}
+
+/// Who the connection authenticates as (redis-rs' rule: AUTH is sent when
+/// there is a password; with the user when there is one).
+pub struct Identity {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub struct Connection {
+    io: Box<dyn Io>,
+    /// Bytes received and not yet parsed.
+    buf: BytesMut,
+    response_timeout: Duration,
+    db: i64,
+    /// Set when the stream's position is unknown.
+    broken: bool,
+}
+
+impl Connection {
+    /// Connects, authenticates and selects `db`, all within
+    /// [`CONNECT_TIMEOUT`].
+    pub async fn open(
+        address: &Address,
+        identity: Identity,
+        db: i64,
+        response_timeout: Duration,
+    ) -> RedisResult<Self> {
+        let setup = async {
+            let mut conn = Self {
+                io: connect(address).await?,
+                buf: BytesMut::new(),
+                response_timeout,
+                db,
+                broken: false,
+            };
+            if let Some(password) = identity.password {
+                let mut auth = redis::cmd("AUTH");
+                if let Some(username) = identity.username {
+                    auth.arg(username);
+                }
+                auth.arg(password).exec_async(&mut conn).await?;
+            }
+            if db != 0 {
+                redis::cmd("SELECT").arg(db).exec_async(&mut conn).await?;
+            }
+            Ok(conn)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, setup)
+            .await
+            .map_err(|_| timed_out("connect to redis", CONNECT_TIMEOUT))?
+    }
+
+    /// Sends `packed` (one or more commands) and reads `count` replies.
+    async fn exchange(&mut self, packed: &[u8], count: usize) -> RedisResult<Vec<Value>> {
+        if self.broken {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "connection left at an unknown point by an earlier failure",
+            )));
+        }
+        self.broken = true;
+        let timeout = self.response_timeout;
+        let replies = tokio::time::timeout(timeout, async {
+            self.io.write_all(packed).await?;
+            self.io.flush().await?;
+            let mut replies = Vec::with_capacity(count);
+            for _ in 0..count {
+                replies.push(self.receive().await?);
+            }
+            Ok::<_, RedisError>(replies)
+        })
+        .await
+        .map_err(|_| timed_out("answer", timeout))??;
+        self.broken = false;
+        Ok(replies)
+    }
+
+    /// Reads until one reply is complete, then parses it.
+    async fn receive(&mut self) -> RedisResult<Value> {
+        let mut scan = reply::Scan::default();
+        loop {
+            if let Some(end) = scan.advance(&self.buf).map_err(unreadable)? {
+                let bytes = self.buf.split_to(end);
+                let value = reply::parse(&bytes).map_err(unreadable)?;
+                if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
+                    self.buf = BytesMut::new();
+                }
+                return Ok(value);
+            }
+            self.buf.reserve(READ_SIZE);
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "redis closed the connection",
+                )
+                .into());
+            }
+        }
+    }
+}
+
+async fn connect(address: &Address) -> io::Result<Box<dyn Io>> {
+    Ok(match address {
+        Address::Tcp { host, port } => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+        Address::Tls { host, port, config } => {
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone());
+            Box::new(tls.connect(name, stream).await?)
+        }
+        Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+    })
+}
+
+fn unreadable(error: reply::ProtocolError) -> RedisError {
+    RedisError::from((ErrorKind::Parse, "unreadable reply", error.to_string()))
+}
+
+fn timed_out(what: &str, after: Duration) -> RedisError {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("redis: no {what} within {after:?}"),
+    )
+    .into()
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut replies = self.exchange(&cmd.get_packed_command(), 1).await?;
+            Ok(replies.pop().unwrap_or(Value::Nil))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let packed = pipeline.get_packed_pipeline();
+            let replies = self.exchange(&packed, offset + count).await?;
+            Ok(replies.into_iter().skip(offset).collect())
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}
