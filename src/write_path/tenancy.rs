@@ -6,7 +6,7 @@
 //! letter `project_mismatch`. Events of a project the studio does not know
 //! are `unknown_project` unless projects are created on first sight.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::event::{Reason, Rejection, TraceEvent};
 use crate::merge::Version;
@@ -22,12 +22,14 @@ fn version(event: &TraceEvent) -> Version {
     Version::of(event.published_at, event.entry_id)
 }
 
-/// The project of each id among the batch's new rows: that of its oldest event.
+/// The project of each id among the batch's new rows: that of its oldest
+/// event. Hashed: only looked up, and ids compared byte by byte in a tree
+/// were a tenth of the writer's time in a drain.
 fn oldest_projects<'a>(
     events: &Events<'a>,
     id_of: impl Fn(&'a TraceEvent) -> Option<&'a str>,
-) -> BTreeMap<&'a str, (Version, &'a str)> {
-    let mut oldest: BTreeMap<&str, (Version, &str)> = BTreeMap::new();
+) -> HashMap<&'a str, (Version, &'a str)> {
+    let mut oldest: HashMap<&str, (Version, &str)> = HashMap::with_capacity(events.len());
     for (_, event) in events {
         let Some(id) = id_of(event) else { continue };
         let candidate = (version(event), event.project_id.as_str());
