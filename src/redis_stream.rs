@@ -124,9 +124,39 @@ pub(crate) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, Stre
 }
 
 /// Field name and value bytes, as sent.
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+pub type EntryFields = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn pairs(command: &'static str, flat: Vec<Value>) -> Result<Fields, StreamError> {
+/// Connections that read a range of entries: redis-rs' through its `Value`
+/// tree, the consumers' own ([`crate::connect::resp::Connection`]) straight
+/// from the reply's bytes.
+#[allow(async_fn_in_trait)] // awaited in place, never spawned
+pub trait RangeReads: ConnectionLike + Sized {
+    /// XRANGE `stream` `first` `last`: each entry's id and fields.
+    async fn xrange(
+        &mut self,
+        stream: &str,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(StreamId, EntryFields)>, StreamError> {
+        let reply: Value = cmd("XRANGE")
+            .arg(stream)
+            .arg(first)
+            .arg(last)
+            .query_async(self)
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(bad_reply("XRANGE", &reply));
+        };
+        Ok(parse_entries("XRANGE", items, 0)?
+            .into_iter()
+            .map(|entry| (entry.id, entry.fields))
+            .collect())
+    }
+}
+
+impl RangeReads for redis::aio::MultiplexedConnection {}
+
+fn pairs(command: &'static str, flat: Vec<Value>) -> Result<EntryFields, StreamError> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut iter = flat.into_iter();
     while let Some(name) = iter.next() {

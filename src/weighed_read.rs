@@ -24,7 +24,9 @@ use redis::{Script, Value};
 pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
-use crate::redis_stream::{bad_reply, bytes, parse_entries, parse_id, StreamError};
+use crate::redis_stream::{
+    bad_reply, bytes, parse_entries, parse_id, EntryFields, RangeReads, StreamError,
+};
 
 const SCRIPT: &str = include_str!("weighed_read.lua");
 const COMMAND: &str = "weighed read";
@@ -90,7 +92,7 @@ pub enum Read {
 /// free is waited for with its own weight (the whole budget at most, so it
 /// may end up alone).
 pub async fn read_within_budget(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl RangeReads,
     budget: &MemoryBudget,
     request: &Request<'_>,
     mode: &Mode,
@@ -286,7 +288,7 @@ struct Chosen {
 /// no one else takes them meanwhile) with one pipelined XRANGE each. An
 /// entry deleted in between is acked and reported as deleted.
 async fn fetch(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl RangeReads,
     request: &Request<'_>,
     chosen: Chosen,
     contiguous: bool,
@@ -303,7 +305,7 @@ async fn fetch(
     } else {
         fetch_each(conn, request, &chosen.entries).await?
     };
-    let (mut page, gone) = assemble(chosen, fetched)?;
+    let (mut page, gone) = assemble(chosen, fetched);
     if !gone.is_empty() {
         crate::redis_stream::ack(conn, request.stream, request.group, &gone).await?;
         page.deleted.extend(gone);
@@ -311,39 +313,32 @@ async fn fetch(
     Ok(page)
 }
 
-/// New entries are consecutive in the stream: one XRANGE brings them all,
-/// split into one single-entry reply per chosen id, as [`fetch_each`] gives.
+/// The fields of each entry to fetch, in order; `None` for one deleted
+/// meanwhile.
+type Fetched = Vec<Option<EntryFields>>;
+
+/// New entries are consecutive in the stream: one XRANGE brings them all.
 async fn fetch_range(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl RangeReads,
     request: &Request<'_>,
     entries: &[(StreamId, u32, Fields)],
-) -> Result<Vec<Value>, StreamError> {
+) -> Result<Fetched, StreamError> {
     let (Some((first, ..)), Some((last, ..))) = (entries.first(), entries.last()) else {
         return Ok(Vec::new());
     };
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(request.stream)
-        .arg(first.to_string())
-        .arg(last.to_string())
-        .query_async(conn)
+    let found = conn
+        .xrange(request.stream, &first.to_string(), &last.to_string())
         .await?;
-    let mut by_id = match reply {
-        Value::Array(items) => items,
-        other => return Err(bad_reply("XRANGE", &other)),
+    let mut found = found.into_iter().peekable();
+    let mut fetched = Vec::with_capacity(entries.len());
+    for (id, _, fields) in entries {
+        // Every entry in the range comes back, an entry not to load too.
+        let this = found.next_if(|(found, _)| found == id).map(|(_, f)| f);
+        if let Fields::ToFetch = fields {
+            fetched.push(this);
+        }
     }
-    .into_iter()
-    .peekable();
-    let mut replies = Vec::with_capacity(entries.len());
-    for (id, ..) in entries {
-        let matches = matches!(by_id.peek(), Some(Value::Array(parts))
-            if parts.first().is_some_and(|v| parse_id("XRANGE", Some(v.clone())).ok() == Some(*id)));
-        replies.push(Value::Array(if matches {
-            vec![by_id.next().unwrap_or(Value::Nil)]
-        } else {
-            Vec::new()
-        }));
-    }
-    Ok(replies)
+    Ok(fetched)
 }
 
 /// One pipelined XRANGE per entry whose fields are to be loaded.
@@ -351,7 +346,7 @@ async fn fetch_each(
     conn: &mut impl ConnectionLike,
     request: &Request<'_>,
     entries: &[(StreamId, u32, Fields)],
-) -> Result<Vec<Value>, StreamError> {
+) -> Result<Fetched, StreamError> {
     let mut pipe = redis::pipe();
     for (id, _, fields) in entries {
         if let Fields::ToFetch = fields {
@@ -360,16 +355,26 @@ async fn fetch_each(
         }
     }
     if pipe.is_empty() {
-        Ok(Vec::new())
-    } else {
-        Ok(pipe.query_async(conn).await?)
+        return Ok(Vec::new());
     }
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    replies
+        .into_iter()
+        .map(|reply| {
+            let Value::Array(items) = reply else {
+                return Err(bad_reply("XRANGE", &reply));
+            };
+            Ok(parse_entries("XRANGE", items, 0)?
+                .pop()
+                .map(|entry| entry.fields))
+        })
+        .collect()
 }
 
-/// The page of the chosen entries with their fetched fields (one reply per
-/// entry to fetch, in order), and the ids found deleted meanwhile.
-fn assemble(chosen: Chosen, mut fetched: Vec<Value>) -> Result<(Page, Vec<StreamId>), StreamError> {
-    fetched.reverse();
+/// The page of the chosen entries with their fetched fields (one per entry
+/// to fetch, in order), and the ids found deleted meanwhile.
+fn assemble(chosen: Chosen, fetched: Fetched) -> (Page, Vec<StreamId>) {
+    let mut fetched = fetched.into_iter();
     let mut page = Page {
         entries: Vec::with_capacity(chosen.entries.len()),
         deleted: chosen.deleted,
@@ -383,20 +388,13 @@ fn assemble(chosen: Chosen, mut fetched: Vec<Value>) -> Result<(Page, Vec<Stream
                 crate::event::UNLOADED_FIELD.as_bytes().to_vec(),
                 size.to_string().into_bytes(),
             )],
-            Fields::ToFetch => {
-                let reply = fetched.pop().unwrap_or(Value::Nil);
-                let items = match reply {
-                    Value::Array(items) => items,
-                    other => return Err(bad_reply("XRANGE", &other)),
-                };
-                match parse_entries("XRANGE", items, deliveries)?.pop() {
-                    Some(entry) if !entry.fields.is_empty() => entry.fields,
-                    _ => {
-                        gone.push(id);
-                        continue;
-                    }
+            Fields::ToFetch => match fetched.next().flatten() {
+                Some(fields) if !fields.is_empty() => fields,
+                _ => {
+                    gone.push(id);
+                    continue;
                 }
-            }
+            },
         };
         page.entries.push(StreamEntry {
             id,
@@ -404,7 +402,7 @@ fn assemble(chosen: Chosen, mut fetched: Vec<Value>) -> Result<(Page, Vec<Stream
             deliveries,
         });
     }
-    Ok((page, gone))
+    (page, gone)
 }
 
 #[cfg(test)]

@@ -250,6 +250,8 @@ impl ConnectionLike for ConnectionManager {
     }
 }
 
+impl crate::redis_stream::RangeReads for ConnectionManager {}
+
 /// The variable of the Redis URL, named in its errors.
 const URL: &str = "OBSERVABILITY_REDIS_URL";
 

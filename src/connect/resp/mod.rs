@@ -25,6 +25,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::CONNECT_TIMEOUT;
+use crate::event::StreamId;
+use crate::redis_stream::{bad_reply, EntryFields, RangeReads, StreamError};
 
 /// What a read asks the socket for at least: a large reply grows the buffer
 /// by doubling past it.
@@ -103,8 +105,14 @@ impl Connection {
             .map_err(|_| timed_out("connect to redis", CONNECT_TIMEOUT))?
     }
 
-    /// Sends `packed` (one or more commands) and reads `count` replies.
-    async fn exchange(&mut self, packed: &[u8], count: usize) -> RedisResult<Vec<Value>> {
+    /// Sends `packed` (one or more commands) and reads `count` replies,
+    /// each read by `read` once complete.
+    async fn exchange<T>(
+        &mut self,
+        packed: &[u8],
+        count: usize,
+        read: impl Fn(&[u8]) -> Result<T, reply::ProtocolError>,
+    ) -> RedisResult<Vec<T>> {
         if self.broken {
             return Err(RedisError::from((
                 ErrorKind::Io,
@@ -118,27 +126,26 @@ impl Connection {
             self.io.flush().await?;
             let mut replies = Vec::with_capacity(count);
             for _ in 0..count {
-                replies.push(self.receive().await?);
+                let bytes = self.receive().await?;
+                replies.push(read(&bytes).map_err(unreadable)?);
             }
             Ok::<_, RedisError>(replies)
         })
         .await
         .map_err(|_| timed_out("answer", timeout))??;
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
+            self.buf = BytesMut::new();
+        }
         self.broken = false;
         Ok(replies)
     }
 
-    /// Reads until one reply is complete, then parses it.
-    async fn receive(&mut self) -> RedisResult<Value> {
+    /// Reads until one reply is complete: its bytes.
+    async fn receive(&mut self) -> RedisResult<BytesMut> {
         let mut scan = reply::Scan::default();
         loop {
             if let Some(end) = scan.advance(&self.buf).map_err(unreadable)? {
-                let bytes = self.buf.split_to(end);
-                let value = reply::parse(&bytes).map_err(unreadable)?;
-                if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
-                    self.buf = BytesMut::new();
-                }
-                return Ok(value);
+                return Ok(self.buf.split_to(end));
             }
             self.buf.reserve(READ_SIZE);
             if self.io.read_buf(&mut self.buf).await? == 0 {
@@ -186,7 +193,8 @@ fn timed_out(what: &str, after: Duration) -> RedisError {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let mut replies = self.exchange(&cmd.get_packed_command(), 1).await?;
+            let packed = cmd.get_packed_command();
+            let mut replies = self.exchange(&packed, 1, reply::parse).await?;
             Ok(replies.pop().unwrap_or(Value::Nil))
         })
     }
@@ -199,12 +207,50 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let packed = pipeline.get_packed_pipeline();
-            let replies = self.exchange(&packed, offset + count).await?;
+            let replies = self.exchange(&packed, offset + count, reply::parse).await?;
             Ok(replies.into_iter().skip(offset).collect())
         })
     }
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+/// XRANGE read straight into entries: no `Value` per field, no arrays to
+/// take apart again.
+impl RangeReads for Connection {
+    async fn xrange(
+        &mut self,
+        stream: &str,
+        first: &str,
+        last: &str,
+    ) -> Result<Vec<(StreamId, EntryFields)>, StreamError> {
+        let packed = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(first)
+            .arg(last)
+            .get_packed_command();
+        let reply = self.exchange(&packed, 1, reply::range).await?.pop();
+        let entries = match reply {
+            Some(Ok(entries)) => entries,
+            Some(Err(error)) => {
+                return Err(error
+                    .extract_error()
+                    .err()
+                    .map_or_else(|| bad_reply("XRANGE", &Value::Nil), StreamError::Redis))
+            }
+            None => return Err(bad_reply("XRANGE", &Value::Nil)),
+        };
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let id = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| bad_reply("XRANGE", &Value::BulkString(id)))?;
+                Ok((id, fields))
+            })
+            .collect()
     }
 }

@@ -26,6 +26,8 @@ pub enum ProtocolError {
     Terminator,
     #[error("unreadable error reply {0:?}")]
     ErrorLine(String),
+    #[error("XRANGE reply of an unexpected shape: {0}")]
+    Shape(&'static str),
 }
 
 /// Where the scan of a partly received reply stands.
@@ -167,6 +169,72 @@ fn element(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Value, Protocol
     })
 }
 
+/// One entry of an XRANGE reply: its id's text and its field pairs.
+pub type RangeEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// A complete XRANGE reply read straight into entries, with no `Value`
+/// tree in between; a server error as [`parse`] gives it.
+pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, Value>, ProtocolError> {
+    let (kind, line, after) = line_at(bytes, 0).ok_or(ProtocolError::Terminator)?;
+    match kind {
+        b'-' => return Ok(Err(server_error(&bytes[..after])?)),
+        b'*' => {}
+        _ => return Err(ProtocolError::Shape("not an array")),
+    }
+    let count = usize::try_from(number(line)?).unwrap_or(0);
+    let mut at = after;
+    // Each entry takes more than 4 bytes: a count cannot reserve more.
+    let mut entries = Vec::with_capacity(count.min(bytes.len() / 4));
+    for _ in 0..count {
+        if array_len(bytes, &mut at)? != Some(2) {
+            return Err(ProtocolError::Shape("an entry is not [id, fields]"));
+        }
+        let id = bulk(bytes, &mut at)?.to_vec();
+        let fields = match array_len(bytes, &mut at)? {
+            None => Vec::new(),
+            Some(n) if n % 2 == 1 => {
+                return Err(ProtocolError::Shape("odd number of field values"))
+            }
+            Some(n) => {
+                let mut fields = Vec::with_capacity((n / 2).min(bytes.len() / 8));
+                for _ in 0..n / 2 {
+                    let name = bulk(bytes, &mut at)?.to_vec();
+                    fields.push((name, bulk(bytes, &mut at)?.to_vec()));
+                }
+                fields
+            }
+        };
+        entries.push((id, fields));
+    }
+    Ok(Ok(entries))
+}
+
+/// An array's length at `at` (`None` for a nil array), moving past its line.
+fn array_len(bytes: &[u8], at: &mut usize) -> Result<Option<usize>, ProtocolError> {
+    match line_at(bytes, *at) {
+        Some((b'*', line, after)) => {
+            *at = after;
+            Ok(usize::try_from(number(line)?).ok())
+        }
+        _ => Err(ProtocolError::Shape("array expected")),
+    }
+}
+
+/// A bulk string's bytes at `at`, moving past them.
+fn bulk<'a>(bytes: &'a [u8], at: &mut usize) -> Result<&'a [u8], ProtocolError> {
+    let Some((b'$', line, after)) = line_at(bytes, *at) else {
+        return Err(ProtocolError::Shape("bulk string expected"));
+    };
+    let len = usize::try_from(number(line)?)
+        .map_err(|_| ProtocolError::Shape("nil where a string was expected"))?;
+    let end = after + len;
+    if bytes.get(end..end + 2) != Some(b"\r\n") {
+        return Err(ProtocolError::Terminator);
+    }
+    *at = end + 2;
+    Ok(&bytes[after..end])
+}
+
 /// An error line (with its CRLF) as redis-rs' parser reads it: the same
 /// error kinds and codes, which callers match on.
 fn server_error(line: &[u8]) -> Result<Value, ProtocolError> {
@@ -282,8 +350,90 @@ mod tests {
         })
     }
 
+    /// XRANGE replies as Redis writes them.
+    fn xrange_reply() -> impl Strategy<Value = Vec<u8>> {
+        let bulk = || proptest::collection::vec(any::<u8>(), 0..24);
+        let entry = (bulk(), proptest::collection::vec((bulk(), bulk()), 0..5));
+        proptest::collection::vec(entry, 0..6).prop_map(|entries| {
+            let mut out = format!("*{}\r\n", entries.len()).into_bytes();
+            let mut put = |out: &mut Vec<u8>, b: &[u8]| {
+                out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            };
+            for (id, fields) in entries {
+                out.extend_from_slice(b"*2\r\n");
+                put(&mut out, &id);
+                out.extend_from_slice(format!("*{}\r\n", fields.len() * 2).as_bytes());
+                for (name, value) in fields {
+                    put(&mut out, &name);
+                    put(&mut out, &value);
+                }
+            }
+            out
+        })
+    }
+
+    /// The entries of a `Value` XRANGE reply, as [`range`] gives them.
+    fn entries_of(value: Value) -> Vec<RangeEntry> {
+        let bytes = |v: Value| match v {
+            Value::BulkString(b) => b,
+            other => panic!("not a bulk string: {other:?}"),
+        };
+        let Value::Array(items) = value else {
+            panic!("not an array")
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                let Value::Array(mut parts) = item else {
+                    panic!("not an entry")
+                };
+                let Value::Array(flat) = parts.pop().unwrap() else {
+                    panic!("no fields")
+                };
+                let mut flat = flat.into_iter();
+                let mut fields = Vec::new();
+                while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                    fields.push((bytes(name), bytes(value)));
+                }
+                (bytes(parts.pop().unwrap()), fields)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn range_refuses_other_shapes_and_passes_errors_on() {
+        assert_eq!(range(b"*0\r\n"), Ok(Ok(Vec::new())));
+        assert!(matches!(
+            range(b"-WRONGTYPE Operation against a key\r\n"),
+            Ok(Err(Value::ServerError(_)))
+        ));
+        for bad in [
+            &b":1\r\n"[..],
+            b"*1\r\n$1\r\na\r\n",
+            b"*1\r\n*2\r\n$1\r\na\r\n*1\r\n$1\r\nb\r\n",
+            b"*1\r\n*2\r\n$-1\r\n*0\r\n",
+        ] {
+            assert!(range(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            range(b"*1\r\n*2\r\n$3\r\n1-1\r\n*-1\r\n"),
+            Ok(Ok(vec![(b"1-1".to_vec(), Vec::new())]))
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// An XRANGE reply read straight into entries holds what its
+        /// `Value` holds.
+        #[test]
+        fn range_reads_what_parse_reads(reply in xrange_reply()) {
+            prop_assert_eq!(scan_in_steps(&reply, 7), Ok(Some(reply.len())));
+            let direct = range(&reply).unwrap().unwrap();
+            prop_assert_eq!(direct, entries_of(parse(&reply).unwrap()));
+        }
 
         /// Whatever the reads' sizes, the scan finds the reply's end, and the
         /// parse gives what redis-rs' parser gives.
