@@ -356,7 +356,7 @@ mod tests {
         let entry = (bulk(), proptest::collection::vec((bulk(), bulk()), 0..5));
         proptest::collection::vec(entry, 0..6).prop_map(|entries| {
             let mut out = format!("*{}\r\n", entries.len()).into_bytes();
-            let mut put = |out: &mut Vec<u8>, b: &[u8]| {
+            let put = |out: &mut Vec<u8>, b: &[u8]| {
                 out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
                 out.extend_from_slice(b);
                 out.extend_from_slice(b"\r\n");
