@@ -6,7 +6,14 @@
 //! value is simply not copied out; the output itself (cached and thoughts
 //! tokens, latency included) is always stored whole.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// The keys of an output that [`studio_usage`] reads.
+const LLM_KEYS: [&str; 4] = ["_llm_tokens", "_llm_model", "_llm_messages", "_llm_result"];
 
 /// An LLM call as SwisperStudio's consumer reads it from an
 /// observation_end's output: what goes to `observations.model`,
@@ -81,6 +88,69 @@ pub fn studio_usage(output: &Value) -> Option<StudioUsage> {
         }
     }
     Some(usage)
+}
+
+/// [`studio_usage`] of an output's JSON text, with only the keys it reads
+/// built into values: the rest of the output (most of its bytes) is
+/// skipped. The same answer as `studio_usage` of the whole tree, duplicated
+/// keys included (the last one counts, as in a tree).
+pub fn studio_usage_of(output: &RawValue) -> Option<StudioUsage> {
+    if !output.get().trim_start().starts_with('{') {
+        return None;
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(output.get());
+    let kept = deserializer.deserialize_map(LlmKeys).ok()?;
+    studio_usage(&Value::Object(kept))
+}
+
+/// An object's [`LLM_KEYS`] entries.
+struct LlmKeys;
+
+impl<'de> Visitor<'de> for LlmKeys {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(key) = map.next_key_seed(LlmKey)? {
+            match key {
+                Some(key) => {
+                    kept.insert(key.to_owned(), map.next_value()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// A key: which of [`LLM_KEYS`] it is, if any (compared unescaped, with no
+/// allocation).
+struct LlmKey;
+
+impl<'de> DeserializeSeed<'de> for LlmKey {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for LlmKey {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(LLM_KEYS.into_iter().find(|wanted| *wanted == key))
+    }
 }
 
 /// A token count the studio's int4 columns hold: a JSON integer, or a float
@@ -217,6 +287,73 @@ impl Words {
     fn separator(&mut self) {
         self.char(false);
         self.char(true);
+    }
+}
+
+#[cfg(test)]
+mod key_only_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| Value::from(i64::from(n) * 3)),
+            (0.0f64..1e6).prop_map(Value::from),
+            "[a-z ]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("prompt".to_owned()),
+                        Just("completion".to_owned()),
+                        Just("total".to_owned()),
+                        Just("content".to_owned()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Outputs as text: objects with some of the LLM keys (a key spelled
+    /// with an escape, duplicated keys), or any other value.
+    fn output_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("\"_llm_tokens\"".to_owned()),
+            Just("\"_llm_model\"".to_owned()),
+            Just("\"_llm_messages\"".to_owned()),
+            Just("\"_llm_result\"".to_owned()),
+            Just("\"\\u005fllm_model\"".to_owned()),
+            "\"[a-z_]{1,8}\"",
+        ];
+        prop_oneof![
+            4 => proptest::collection::vec((key, json_value()), 0..6).prop_map(|pairs| {
+                let body: Vec<String> = pairs
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                format!("{{{}}}", body.join(", "))
+            }),
+            1 => json_value().prop_map(|v| v.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn reads_what_the_tree_reads(text in output_text()) {
+            let raw = RawValue::from_string(text.clone()).unwrap();
+            let tree: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(studio_usage_of(&raw), studio_usage(&tree));
+        }
     }
 }
 

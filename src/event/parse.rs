@@ -273,7 +273,7 @@ impl<'a> EventFields<'a> {
         let llm = output
             .as_deref()
             .filter(|output| may_name_an_llm_call(output))
-            .and_then(|output| super::llm::studio_usage(&tree(output)))
+            .and_then(super::llm::studio_usage_of)
             .map(|mut usage| {
                 usage.model = self.bounded("output._llm_model", usage.model.take());
                 usage
