@@ -17,6 +17,7 @@
 //! repairs and errors, exactly as before.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use base64::Engine;
 use serde_json::value::RawValue;
@@ -146,7 +147,10 @@ fn raw_parse_suffices(text: &str) -> bool {
 /// backslash (`\\u0000`, text, not a NUL) is a false alarm, which only
 /// costs a tree parse.
 fn no_refused_escape(bytes: &[u8]) -> bool {
-    memchr::memmem::find_iter(bytes, b"\\u").all(|at| {
+    // Built once: a searcher's set-up costs about what a short text's search does.
+    static BACKSLASH_U: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    BACKSLASH_U.find_iter(bytes).all(|at| {
         let hex = bytes.get(at + 2..at + 6).unwrap_or_default();
         let surrogate = matches!(
             hex,
@@ -157,12 +161,14 @@ fn no_refused_escape(bytes: &[u8]) -> bool {
 }
 
 /// Nesting below [`MAX_RAW_DEPTH`]. Text with fewer brackets than that in
-/// all (strings included) cannot nest deeper: one counting pass, which the
-/// compiler vectorizes, decides for nearly every entry; the rest are
-/// scanned byte by byte.
+/// all (strings included) cannot nest deeper: one SIMD search for them
+/// (memchr, which leaps between the few there are) decides for nearly
+/// every entry; the rest are scanned byte by byte.
 fn shallow(bytes: &[u8]) -> bool {
-    let openers = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
-    openers < MAX_RAW_DEPTH || depth_stays_below(bytes, MAX_RAW_DEPTH)
+    let few_openers = memchr::memchr2_iter(b'[', b'{', bytes)
+        .nth(MAX_RAW_DEPTH - 1)
+        .is_none();
+    few_openers || depth_stays_below(bytes, MAX_RAW_DEPTH)
 }
 
 fn depth_stays_below(bytes: &[u8], limit: usize) -> bool {
