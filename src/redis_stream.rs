@@ -138,10 +138,7 @@ pub trait RangeReads: ConnectionLike + Sized {
         first: &str,
         last: &str,
     ) -> Result<Vec<(StreamId, EntryFields)>, StreamError> {
-        let reply: Value = cmd("XRANGE")
-            .arg(stream)
-            .arg(first)
-            .arg(last)
+        let reply: Value = xrange_command(stream, first, last)
             .query_async(self)
             .await?;
         let Value::Array(items) = reply else {
@@ -155,6 +152,13 @@ pub trait RangeReads: ConnectionLike + Sized {
 }
 
 impl RangeReads for redis::aio::MultiplexedConnection {}
+
+/// `XRANGE stream first last`.
+pub(crate) fn xrange_command(stream: &str, first: &str, last: &str) -> redis::Cmd {
+    let mut command = cmd("XRANGE");
+    command.arg(stream).arg(first).arg(last);
+    command
+}
 
 fn pairs(command: &'static str, flat: Vec<Value>) -> Result<EntryFields, StreamError> {
     let mut out = Vec::with_capacity(flat.len() / 2);

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::CONNECT_TIMEOUT;
 use crate::event::StreamId;
-use crate::redis_stream::{bad_reply, EntryFields, RangeReads, StreamError};
+use crate::redis_stream::{bad_reply, xrange_command, EntryFields, RangeReads, StreamError};
 
 /// What a read asks the socket for at least: a large reply grows the buffer
 /// by doubling past it.
@@ -226,22 +226,13 @@ impl RangeReads for Connection {
         first: &str,
         last: &str,
     ) -> Result<Vec<(StreamId, EntryFields)>, StreamError> {
-        let packed = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(first)
-            .arg(last)
-            .get_packed_command();
-        let reply = self.exchange(&packed, 1, reply::range).await?.pop();
-        let entries = match reply {
-            Some(Ok(entries)) => entries,
-            Some(Err(error)) => {
-                return Err(error
-                    .extract_error()
-                    .err()
-                    .map_or_else(|| bad_reply("XRANGE", &Value::Nil), StreamError::Redis))
-            }
-            None => return Err(bad_reply("XRANGE", &Value::Nil)),
-        };
+        let packed = xrange_command(stream, first, last).get_packed_command();
+        let mut replies = self.exchange(&packed, 1, reply::range).await?;
+        // `exchange` gives as many replies as asked for, or an error.
+        let entries = replies
+            .pop()
+            .expect("one reply")
+            .map_err(RedisError::from)?;
         entries
             .into_iter()
             .map(|(id, fields)| {

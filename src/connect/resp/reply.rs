@@ -8,7 +8,7 @@
 //! Error replies are handed to redis-rs' parser, so that their kinds
 //! (NOSCRIPT, NOGROUP, WRONGPASS...) are exactly the ones redis-rs gives.
 
-use redis::Value;
+use redis::{ServerError, Value};
 
 /// Arrays nested deeper than this are refused: the service's replies nest
 /// three levels (a script's reply of id pairs; XRANGE's entries).
@@ -173,11 +173,18 @@ fn element(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Value, Protocol
 pub type RangeEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// A complete XRANGE reply read straight into entries, with no `Value`
-/// tree in between; a server error as [`parse`] gives it.
-pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, Value>, ProtocolError> {
+/// tree in between; a server error as redis-rs gives it.
+pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, ServerError>, ProtocolError> {
     let (kind, line, after) = line_at(bytes, 0).ok_or(ProtocolError::Terminator)?;
     match kind {
-        b'-' => return Ok(Err(server_error(&bytes[..after])?)),
+        b'-' => {
+            return match server_error(&bytes[..after])? {
+                Value::ServerError(error) => Ok(Err(error)),
+                _ => Err(ProtocolError::ErrorLine(
+                    String::from_utf8_lossy(line).into_owned(),
+                )),
+            }
+        }
         b'*' => {}
         _ => return Err(ProtocolError::Shape("not an array")),
     }
@@ -407,7 +414,7 @@ mod tests {
         assert_eq!(range(b"*0\r\n"), Ok(Ok(Vec::new())));
         assert!(matches!(
             range(b"-WRONGTYPE Operation against a key\r\n"),
-            Ok(Err(Value::ServerError(_)))
+            Ok(Err(_))
         ));
         for bad in [
             &b":1\r\n"[..],
