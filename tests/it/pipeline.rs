@@ -141,6 +141,38 @@ async fn seed_trace_is_stored_with_every_field() {
     assert!(acked, "entries still pending");
 }
 
+/// A Redis database other than 0 in the URL: the consumers' own connection
+/// (src/connect/resp) sends SELECT as it connects, and reads only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_database_other_than_0_is_the_one_read() {
+    let mut env = TestEnv::new("redis_db").await;
+    let base = env.redis_url.trim_end_matches('/').to_owned();
+    assert!(
+        base.rsplit_once("//")
+            .is_some_and(|(_, host)| !host.contains('/')),
+        "the shared Redis URL names no database: {base}"
+    );
+    env.redis_url = format!("{base}/3");
+    let mut redis = env.redis();
+    env.publish_each(&mut redis, seed_trace("trace-db3", "project-1"));
+    let service = env.spawn("replica-a", &[]);
+    let db = env.db().await;
+    let stored = wait_for_ended_observations(&db, 3, WAIT).await;
+    assert!(stored, "observations not stored; log: {}", service.log());
+    assert!(
+        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
+        "group in database 3 not drained"
+    );
+    let mut database_0 = redis::Client::open(base.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&env.stream)
+        .query(&mut database_0)
+        .unwrap();
+    assert_eq!(exists, 0, "the service made the stream in database 0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_entries_are_dead_lettered_and_neighbours_stored() {
     let env = TestEnv::new("bad_input").await;
