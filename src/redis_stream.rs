@@ -141,14 +141,19 @@ pub trait RangeReads: ConnectionLike + Sized {
         let reply: Value = xrange_command(stream, first, last)
             .query_async(self)
             .await?;
-        let Value::Array(items) = reply else {
-            return Err(bad_reply("XRANGE", &reply));
-        };
-        Ok(parse_entries("XRANGE", items, 0)?
-            .into_iter()
-            .map(|entry| (entry.id, entry.fields))
-            .collect())
+        range_entries(reply)
     }
+}
+
+/// An XRANGE reply as a `Value`: each entry's id and fields.
+pub(crate) fn range_entries(reply: Value) -> Result<Vec<(StreamId, EntryFields)>, StreamError> {
+    let Value::Array(items) = reply else {
+        return Err(bad_reply("XRANGE", &reply));
+    };
+    Ok(parse_entries("XRANGE", items, 0)?
+        .into_iter()
+        .map(|entry| (entry.id, entry.fields))
+        .collect())
 }
 
 impl RangeReads for redis::aio::MultiplexedConnection {}

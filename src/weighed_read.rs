@@ -25,7 +25,7 @@ pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
 use crate::redis_stream::{
-    bad_reply, bytes, parse_entries, parse_id, EntryFields, RangeReads, StreamError,
+    bad_reply, bytes, parse_id, range_entries, EntryFields, RangeReads, StreamError,
 };
 
 const SCRIPT: &str = include_str!("weighed_read.lua");
@@ -360,14 +360,7 @@ async fn fetch_each(
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     replies
         .into_iter()
-        .map(|reply| {
-            let Value::Array(items) = reply else {
-                return Err(bad_reply("XRANGE", &reply));
-            };
-            Ok(parse_entries("XRANGE", items, 0)?
-                .pop()
-                .map(|entry| entry.fields))
-        })
+        .map(|reply| Ok(range_entries(reply)?.pop().map(|(_, fields)| fields)))
         .collect()
 }
 
