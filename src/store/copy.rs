@@ -11,7 +11,7 @@
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
-use tokio_postgres::Transaction;
+use tokio_postgres::{Statement, Transaction};
 
 use super::binary_copy::BinaryCopy;
 use super::row_writes::{ObservationWrite, TraceWrite};
@@ -67,16 +67,47 @@ fn observation_type() -> Type {
     )
 }
 
-pub async fn traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
+const COPY_TRACES: &str =
+    "COPY public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
+     FROM STDIN BINARY";
+
+const COPY_OBSERVATIONS: &str =
+    "COPY public.observations (id, trace_id, parent_observation_id, type, name,
+         start_time, end_time, input, output, meta, model, prompt_tokens,
+         completion_tokens, total_tokens, level, status_message, calculated_input_cost,
+         calculated_output_cost, calculated_total_cost)
+     FROM STDIN BINARY";
+
+/// Both COPY statements, prepared in the transaction that runs them.
+/// Prepared up front, they travel with the transaction's first statements
+/// (one round trip) instead of one round trip each before its COPY. Drop
+/// them before the transaction ends: their Close then reaches the same
+/// server connection, also behind a pooler in transaction mode.
+pub struct Statements {
+    pub traces: Statement,
+    pub observations: Statement,
+}
+
+impl Statements {
+    pub async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+        let (traces, observations) =
+            futures_util::join!(tx.prepare(COPY_TRACES), tx.prepare(COPY_OBSERVATIONS));
+        Ok(Self {
+            traces: traces?,
+            observations: observations?,
+        })
+    }
+}
+
+pub async fn traces(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    rows: &[TraceWrite<'_>],
+) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let sink = tx
-        .copy_in(
-            "COPY public.traces (id, project_id, name, user_id, session_id, meta, tags, \"timestamp\")
-             FROM STDIN BINARY",
-        )
-        .await?;
+    let sink = tx.copy_in(statement).await?;
     let types = [
         Type::VARCHAR,
         Type::VARCHAR,
@@ -107,20 +138,13 @@ pub async fn traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(),
 
 pub async fn observations(
     tx: &Transaction<'_>,
+    statement: &Statement,
     rows: &[ObservationWrite<'_>],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let sink = tx
-        .copy_in(
-            "COPY public.observations (id, trace_id, parent_observation_id, type, name,
-                 start_time, end_time, input, output, meta, model, prompt_tokens,
-                 completion_tokens, total_tokens, level, status_message, calculated_input_cost,
-                 calculated_output_cost, calculated_total_cost)
-             FROM STDIN BINARY",
-        )
-        .await?;
+    let sink = tx.copy_in(statement).await?;
     let types = [
         Type::VARCHAR,
         Type::VARCHAR,

@@ -5,7 +5,7 @@
 mod arrays;
 mod binary_copy;
 pub mod compression;
-mod copy;
+pub mod copy;
 pub mod dead_letters;
 pub mod heartbeats;
 mod jsonb;

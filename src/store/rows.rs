@@ -3,9 +3,9 @@
 //! The studio's rows have no room for versions, so each row's merge state
 //! (the version of each column group, see [`crate::merge`]) lives beside it
 //! in `swisper_ingest.trace_state` / `observation_state`. One transaction:
-//! 1. [`lock`]: the studio rows the batch touches are locked in id order
-//!    (`FOR NO KEY UPDATE`, which leaves foreign-key checks free) and read
-//!    with their state;
+//! 1. [`lock`], then [`read`]: the studio rows the batch touches are locked
+//!    in id order (`FOR NO KEY UPDATE`, which leaves foreign-key checks
+//!    free) and read with their state;
 //! 2. [`plan`] (pure): which groups of which rows the batch's events win,
 //!    and the columns the studio combines from several groups (type, meta,
 //!    start_time before the start arrives);
@@ -86,6 +86,9 @@ async fn lock_ids(
     sql: &str,
     ids: &[&str],
 ) -> Result<Vec<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     Ok(tx
         .query_typed(sql, &[(&ids, Type::TEXT_ARRAY)])
         .await?
@@ -94,32 +97,63 @@ async fn lock_ids(
         .collect())
 }
 
-/// Locks the studio rows of these ids (in id order: two writers never
-/// deadlock) and reads them with their merge state. Ids must be sorted.
+/// The ids of the batch's studio rows that exist, locked.
+#[derive(Debug, Default)]
+pub struct Locked {
+    traces: Vec<String>,
+    observations: Vec<String>,
+}
+
+/// Locks the studio rows of these ids, in id order, traces before
+/// observations: two writers never deadlock. Ids must be sorted. Both lock
+/// statements are sent at once: PostgreSQL runs pipelined statements in
+/// the order sent, so the locks are taken in the same order as one
+/// statement at a time would take them.
+///
+/// Pipelined statements share one round trip; a failed one fails those
+/// after it ("transaction aborted"), so callers look at the answers in the
+/// order sent and return the first failure.
 pub async fn lock(
     tx: &Transaction<'_>,
     trace_ids: &[&str],
     observation_ids: &[&str],
-) -> Result<Stored, StoreError> {
-    Ok(Stored {
-        traces: lock_traces(tx, trace_ids).await?,
-        observations: lock_observations(tx, observation_ids).await?,
+) -> Result<Locked, StoreError> {
+    let (traces, observations) = futures_util::join!(
+        lock_ids(tx, LOCK_TRACES, trace_ids),
+        lock_ids(tx, LOCK_OBSERVATIONS, observation_ids),
+    );
+    Ok(Locked {
+        traces: traces?,
+        observations: observations?,
     })
 }
 
-async fn lock_traces(
+/// Reads the locked rows with their merge state, both tables in one round
+/// trip (see [`lock_ids`] for why after the locks, not with them).
+pub async fn read(tx: &Transaction<'_>, locked: &Locked) -> Result<Stored, StoreError> {
+    let (traces, observations) = futures_util::join!(
+        read_traces(tx, &locked.traces),
+        read_observations(tx, &locked.observations),
+    );
+    Ok(Stored {
+        traces: traces?,
+        observations: observations?,
+    })
+}
+
+const LOCK_TRACES: &str =
+    "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+const LOCK_OBSERVATIONS: &str =
+    "SELECT id FROM public.observations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+
+/// The locked traces with their merge state.
+async fn read_traces(
     tx: &Transaction<'_>,
-    ids: &[&str],
+    locked: &[String],
 ) -> Result<BTreeMap<String, StoredTrace>, StoreError> {
-    if ids.is_empty() {
+    if locked.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let locked = lock_ids(
-        tx,
-        "SELECT id FROM public.traces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        ids,
-    )
-    .await?;
     let rows = tx
         .query_typed(
             "SELECT t.id, t.project_id, t.\"timestamp\", s.id IS NOT NULL,
@@ -159,19 +193,14 @@ impl StoredTrace {
     }
 }
 
-async fn lock_observations(
+/// The locked observations with their merge state.
+async fn read_observations(
     tx: &Transaction<'_>,
-    ids: &[&str],
+    locked: &[String],
 ) -> Result<BTreeMap<String, StoredObservation>, StoreError> {
-    if ids.is_empty() {
+    if locked.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let locked = lock_ids(
-        tx,
-        "SELECT id FROM public.observations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        ids,
-    )
-    .await?;
     let rows = tx
         .query_typed(
             "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
@@ -479,37 +508,68 @@ fn observation_costs(
 }
 
 /// Executes the plan: inserts first (traces before the observations that
-/// refer to them), then updates, then the merge state.
-pub async fn write(tx: &Transaction<'_>, plan: &Plan<'_>) -> Result<(), StoreError> {
-    super::copy::traces(tx, &plan.new_traces).await?;
+/// refer to them), then updates, then the merge state. The last updates
+/// and both state upserts go in one round trip (pipelined: run in the order
+/// sent, the first failure in that order returned; see [`lock`]); the
+/// updates before them, when a batch holds more than a statement's worth,
+/// one statement at a time.
+pub async fn write(
+    tx: &Transaction<'_>,
+    copies: &super::copy::Statements,
+    plan: &Plan<'_>,
+) -> Result<(), StoreError> {
+    super::copy::traces(tx, &copies.traces, &plan.new_traces).await?;
     update_traces(tx, &plan.changed_traces).await?;
-    super::copy::observations(tx, &plan.new_observations).await?;
-    for chunk in chunks(&plan.changed_observations, observation_bytes) {
+    super::copy::observations(tx, &copies.observations, &plan.new_observations).await?;
+    let updates: Vec<&[ObservationWrite]> =
+        chunks(&plan.changed_observations, observation_bytes).collect();
+    let (last_updates, earlier_updates) = updates.split_last().unwrap_or((&(&[] as &[_]), &[]));
+    for chunk in earlier_updates {
         update_observations(tx, chunk).await?;
     }
     let traces: Vec<&TraceWrite> = plan.new_traces.iter().chain(&plan.changed_traces).collect();
-    upsert_trace_state(tx, &traces).await?;
     let observations: Vec<&ObservationWrite> = plan
         .new_observations
         .iter()
         .chain(&plan.changed_observations)
         .collect();
-    upsert_observation_state(tx, &observations).await?;
+    let (updated, traces_state, observations_state) = futures_util::join!(
+        update_observations(tx, last_updates),
+        upsert_trace_state(tx, &traces),
+        upsert_observation_state(tx, &observations),
+    );
+    updated?;
+    traces_state?;
+    observations_state?;
     Ok(())
 }
 
-/// The trace columns in parameter order, shared by INSERT and UPDATE.
-fn trace_params<'r>(rows: &'r [TraceWrite<'r>]) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
+/// Boxed column arrays with their types, for `query_typed` (one round trip,
+/// no statement prepared).
+type TypedParams<'r> = Vec<(Box<dyn ToSql + Sync + Send + 'r>, Type)>;
+
+fn typed_refs<'p>(params: &'p TypedParams<'_>) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|(value, ty)| (value.as_ref() as &(dyn ToSql + Sync), ty.clone()))
+        .collect()
+}
+
+/// The trace columns in parameter order, typed as [`TRACE_UNNEST`] casts them.
+fn trace_params<'r>(rows: &'r [TraceWrite<'r>]) -> TypedParams<'r> {
     vec![
-        Box::new(column(rows, |r| r.id)),
-        Box::new(column(rows, |r| r.project_id)),
-        Box::new(column(rows, |r| r.started)),
-        Box::new(column(rows, |r| r.name)),
-        Box::new(column(rows, |r| r.user_id)),
-        Box::new(column(rows, |r| r.session_id)),
-        Box::new(column(rows, |r| r.meta)),
-        Box::new(column(rows, |r| r.tags)),
-        Box::new(column(rows, |r| r.timestamp)),
+        (Box::new(column(rows, |r| r.id)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.project_id)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.started)), Type::BOOL_ARRAY),
+        (Box::new(column(rows, |r| r.name)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.user_id)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.session_id)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.meta)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.tags)), Type::TEXT_ARRAY),
+        (
+            Box::new(column(rows, |r| r.timestamp)),
+            Type::TIMESTAMP_ARRAY,
+        ),
     ]
 }
 
@@ -522,7 +582,6 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
         return Ok(());
     }
     let params = trace_params(rows);
-    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
     let sql = format!(
         "UPDATE public.traces t SET
              name = CASE WHEN u.started THEN u.name ELSE t.name END,
@@ -534,7 +593,7 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
          FROM {TRACE_UNNEST}
          WHERE t.id = u.id"
     );
-    tx.execute(sql.as_str(), &params).await?;
+    tx.query_typed(&sql, &typed_refs(&params)).await?;
     Ok(())
 }
 
@@ -580,57 +639,101 @@ fn cost_text(
     row.costs.as_ref().map(|c| decimal_text(pick(c)))
 }
 
-/// The observation columns in parameter order, shared by INSERT and UPDATE.
-fn observation_params<'r>(
-    rows: &'r [ObservationWrite<'r>],
-) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
+/// The observation columns in parameter order, typed as [`OBSERVATION_UNNEST`]
+/// casts them.
+fn observation_params<'r>(rows: &'r [ObservationWrite<'r>]) -> TypedParams<'r> {
     vec![
-        Box::new(column(rows, |r| r.id)),
-        Box::new(column(rows, |r| r.trace_id)),
-        Box::new(column(rows, |r| {
-            start(r).and_then(|s| s.parent_observation_id.as_deref())
-        })),
-        Box::new(column(rows, |r| r.observation_type.as_str())),
-        Box::new(column(rows, |r| r.name())),
-        Box::new(column(rows, |r| r.start_time)),
-        Box::new(column(rows, |r| end(r).map(|e| naive(e.end_time)))),
-        Box::new(column(rows, |r| {
-            start(r).and_then(|s| s.input.as_ref()).map(|j| j.as_str())
-        })),
-        Box::new(column(rows, |r| {
-            end(r).and_then(|e| e.output.as_ref()).map(|j| j.as_str())
-        })),
-        Box::new(column(rows, |r| r.meta.as_deref())),
-        Box::new(column(rows, |r| {
-            end(r)
-                .and_then(|e| e.llm.as_ref())
-                .and_then(|l| l.model.as_deref())
-        })),
-        Box::new(column(rows, |r| {
-            end(r)
-                .and_then(|e| e.llm.as_ref())
-                .and_then(|l| l.prompt_tokens)
-        })),
-        Box::new(column(rows, |r| {
-            end(r)
-                .and_then(|e| e.llm.as_ref())
-                .and_then(|l| l.completion_tokens)
-        })),
-        Box::new(column(rows, |r| {
-            end(r)
-                .and_then(|e| e.llm.as_ref())
-                .and_then(|l| l.total_tokens)
-        })),
-        Box::new(column(rows, |r| r.level())),
-        Box::new(column(rows, |r| {
-            end(r).and_then(|e| e.status_message.as_deref())
-        })),
-        Box::new(column(rows, |r| cost_text(r, |c| &c.input))),
-        Box::new(column(rows, |r| cost_text(r, |c| &c.output))),
-        Box::new(column(rows, |r| cost_text(r, |c| &c.total))),
-        Box::new(column(rows, |r| r.seen_wins)),
-        Box::new(column(rows, |r| r.start_wins)),
-        Box::new(column(rows, |r| r.end_wins)),
+        (Box::new(column(rows, |r| r.id)), Type::TEXT_ARRAY),
+        (Box::new(column(rows, |r| r.trace_id)), Type::TEXT_ARRAY),
+        (
+            Box::new(column(rows, |r| {
+                start(r).and_then(|s| s.parent_observation_id.as_deref())
+            })),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| r.observation_type.as_str())),
+            Type::TEXT_ARRAY,
+        ),
+        (Box::new(column(rows, |r| r.name())), Type::TEXT_ARRAY),
+        (
+            Box::new(column(rows, |r| r.start_time)),
+            Type::TIMESTAMP_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| end(r).map(|e| naive(e.end_time)))),
+            Type::TIMESTAMP_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                start(r).and_then(|s| s.input.as_ref()).map(|j| j.as_str())
+            })),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                end(r).and_then(|e| e.output.as_ref()).map(|j| j.as_str())
+            })),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| r.meta.as_deref())),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                end(r)
+                    .and_then(|e| e.llm.as_ref())
+                    .and_then(|l| l.model.as_deref())
+            })),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                end(r)
+                    .and_then(|e| e.llm.as_ref())
+                    .and_then(|l| l.prompt_tokens)
+            })),
+            Type::INT4_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                end(r)
+                    .and_then(|e| e.llm.as_ref())
+                    .and_then(|l| l.completion_tokens)
+            })),
+            Type::INT4_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| {
+                end(r)
+                    .and_then(|e| e.llm.as_ref())
+                    .and_then(|l| l.total_tokens)
+            })),
+            Type::INT4_ARRAY,
+        ),
+        (Box::new(column(rows, |r| r.level())), Type::TEXT_ARRAY),
+        (
+            Box::new(column(rows, |r| {
+                end(r).and_then(|e| e.status_message.as_deref())
+            })),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| cost_text(r, |c| &c.input))),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| cost_text(r, |c| &c.output))),
+            Type::TEXT_ARRAY,
+        ),
+        (
+            Box::new(column(rows, |r| cost_text(r, |c| &c.total))),
+            Type::TEXT_ARRAY,
+        ),
+        (Box::new(column(rows, |r| r.seen_wins)), Type::BOOL_ARRAY),
+        (Box::new(column(rows, |r| r.start_wins)), Type::BOOL_ARRAY),
+        (Box::new(column(rows, |r| r.end_wins)), Type::BOOL_ARRAY),
     ]
 }
 
@@ -650,7 +753,6 @@ async fn update_observations(
         return Ok(());
     }
     let params = observation_params(rows);
-    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
     let sql = format!(
         "UPDATE public.observations o SET
              trace_id = CASE WHEN u.seen THEN u.trace_id ELSE o.trace_id END,
@@ -674,7 +776,7 @@ async fn update_observations(
          FROM {OBSERVATION_UNNEST}
          WHERE o.id = u.id"
     );
-    tx.execute(sql.as_str(), &params).await?;
+    tx.query_typed(&sql, &typed_refs(&params)).await?;
     Ok(())
 }
 

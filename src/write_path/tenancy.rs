@@ -80,6 +80,15 @@ pub fn refuse_mismatches(events: &Events<'_>, stored: &Stored) -> Refused {
     refused
 }
 
+/// Every project the events name, sorted and distinct.
+pub fn projects_of<'a>(events: &Events<'a>) -> Vec<&'a str> {
+    let projects: BTreeSet<&str> = events
+        .iter()
+        .map(|(_, event)| event.project_id.as_str())
+        .collect();
+    projects.into_iter().collect()
+}
+
 /// Projects of the accepted events whose trace is not stored yet: the ones
 /// that must exist in `projects` before the trace row is inserted.
 pub fn projects_of_new_traces<'a>(

@@ -515,6 +515,94 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
     assert!(log.contains("drained"), "{log}");
 }
 
+/// The late updates of a transaction are sent together with the merge
+/// state's upserts (one round trip). When Postgres refuses an update, the
+/// statements behind it fail as "transaction aborted", a server error that
+/// would be retried for ever; the write path must see the update's own
+/// error first, isolate its entry as a dead letter and store the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_update_postgres_refuses_is_dead_lettered_and_its_neighbours_stored() {
+    let env = TestEnv::new("refused_update").await;
+    env.migrate();
+    let db = env.db().await;
+    db.batch_execute(
+        "ALTER TABLE public.observations ADD CONSTRAINT no_poison_output \
+         CHECK (output::text IS DISTINCT FROM '\"poison\"')",
+    )
+    .await
+    .unwrap();
+    let mut redis = env.redis();
+    let ts = now_ts();
+    let event = |event_type: &'static str, id: &'static str, data: String| {
+        vec![
+            ("event_type", event_type.to_owned()),
+            ("trace_id", "t".to_owned()),
+            ("project_id", "p".to_owned()),
+            ("timestamp", ts.clone()),
+            ("observation_id", id.to_owned()),
+            ("data", data),
+        ]
+    };
+    let ids = ["o-a", "o-poison", "o-c"];
+    for id in ids {
+        let fields = event("observation_start", id, json!({"name": id}).to_string());
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.publish(&mut redis, &fields);
+    }
+    let service = env.spawn("updater", &[("OBSERVABILITY_SKIP_MIGRATIONS", "true")]);
+    assert!(
+        wait_for_count(&db, "SELECT count(*) FROM public.observations", 3, WAIT).await,
+        "starts not stored; log: {}",
+        service.log()
+    );
+    // The ends update rows stored by an earlier transaction.
+    for id in ids {
+        let output = if id == "o-poison" { "poison" } else { "fine" };
+        let fields = event("observation_end", id, json!({"output": output}).to_string());
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.publish(&mut redis, &fields);
+    }
+    assert!(
+        wait_for_count(
+            &db,
+            "SELECT count(*) FROM swisper_ingest.dead_letters",
+            1,
+            WAIT
+        )
+        .await,
+        "the refused update was not dead-lettered; log: {}",
+        service.log()
+    );
+    assert!(
+        wait_for_ended_observations(&db, 2, WAIT).await,
+        "the neighbours' ends were not stored; log: {}",
+        service.log()
+    );
+    let letter = db
+        .query_one(
+            "SELECT reason_code, reason, fields::text FROM swisper_ingest.dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(letter.get::<_, &str>(0), "rejected_by_postgres");
+    let reason: &str = letter.get(1);
+    assert!(reason.contains("no_poison_output"), "{reason}");
+    let fields: &str = letter.get(2);
+    assert!(fields.contains("o-poison"), "{fields}");
+    let ended: Vec<String> = db
+        .query(
+            "SELECT id FROM public.observations WHERE end_time IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ended, ["o-a", "o-c"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     let env = TestEnv::new("replay").await;
