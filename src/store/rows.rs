@@ -203,7 +203,12 @@ async fn read_observations(
     }
     let rows = tx
         .query_typed(
-            "SELECT o.id, s.id IS NOT NULL, o.trace_id, COALESCE(s.project_id, tr.project_id),
+            // The trace's project only for rows without state (written by
+            // someone else): COALESCE runs the subquery for those alone, where
+            // a join probed the traces for every row.
+            "SELECT o.id, s.id IS NOT NULL, o.trace_id,
+                    COALESCE(s.project_id,
+                             (SELECT tr.project_id FROM public.traces tr WHERE tr.id = o.trace_id)),
                     s.seen_version, s.start_version, s.end_version,
                     CASE WHEN s.id IS NULL THEN o.type::text ELSE s.start_type END,
                     s.end_type,
@@ -211,7 +216,6 @@ async fn read_observations(
                     s.end_meta::text, o.end_time IS NOT NULL
              FROM public.observations o
              LEFT JOIN swisper_ingest.observation_state s ON s.id = o.id
-             LEFT JOIN public.traces tr ON tr.id = o.trace_id
              WHERE o.id = ANY($1)",
             &[(&locked, Type::TEXT_ARRAY)],
         )
