@@ -107,7 +107,11 @@ async fn start_pipeline(
     if !settings.skip_migrations {
         apply_migrations(&pg).await?;
     }
-    let pool = store::connect_pool(&pg, settings.database.db_pool_size)?;
+    let pools = store::Pools::new(
+        &pg,
+        settings.database.db_pool_size,
+        settings.pipeline.writers,
+    )?;
     let control = connect_redis(&redis).await?;
     create_group(&control, &redis, &settings).await?;
     health.set_redis(true);
@@ -125,7 +129,7 @@ async fn start_pipeline(
             .with_toast_compression(settings.database.toast_compression),
         ),
     };
-    Ok(Supervisor::new(shared, pool, control, prometheus).start())
+    Ok(Supervisor::new(shared, pools, control, prometheus).start())
 }
 
 /// One connection first, with or without migrations: TLS, certificate and

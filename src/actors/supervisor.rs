@@ -26,7 +26,7 @@ use crate::config::ServeSettings;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics as m;
 use crate::parse_pool::ParsePool;
-use crate::store::Pool;
+use crate::store::Pools;
 
 /// The replica's shared state with every setting: the supervisor hands each
 /// child only its own groups.
@@ -103,7 +103,7 @@ pub struct Supervisor {
     write: WriteSettings,
     monitoring: MonitorSettings,
     forgetting: RetentionWorkerSettings,
-    pool: Pool,
+    pools: Pools,
     /// Redis connection for commands that never block (acks, claims, info).
     control: ConnectionManager,
     prometheus: PrometheusHandle,
@@ -125,7 +125,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         shared: Shared,
-        pool: Pool,
+        pools: Pools,
         control: ConnectionManager,
         prometheus: PrometheusHandle,
     ) -> Self {
@@ -163,7 +163,7 @@ impl Supervisor {
             write,
             monitoring,
             forgetting,
-            pool,
+            pools,
             control,
             prometheus,
             budget,
@@ -184,7 +184,7 @@ impl Supervisor {
     fn start_writer(&self, index: usize) -> Addr<Writer> {
         let store = PostgresStore {
             shared: self.shared.with(self.write.clone()),
-            pool: self.pool.clone(),
+            pool: self.pools.writer(index),
             acker: self.control.clone(),
         };
         let pipeline = &self.shared.settings.pipeline;
@@ -247,7 +247,7 @@ impl Supervisor {
         LagMonitor::new(
             self.shared.with(self.monitoring.clone()),
             self.control.clone(),
-            self.pool.clone(),
+            self.pools.monitor.clone(),
             self.prometheus.clone(),
         )
         .start()

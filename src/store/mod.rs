@@ -20,7 +20,7 @@ pub mod studio_schema;
 
 pub use crate::connect::postgres::connect_pool;
 pub use jsonb::JsonbText;
-pub use pool::Pool;
+pub use pool::{Pool, Pools};
 
 /// Why a write failed, sorted by what the caller should do about it. Each
 /// variant has a bounded [`StoreError::label`], the `kind` label of
