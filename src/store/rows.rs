@@ -28,7 +28,7 @@ use super::arrays::column;
 use super::row_writes::{ObservationWrite, TraceWrite};
 use super::{JsonbText, StoreError};
 use crate::cost::{decimal_text, Costs, PriceBook};
-use crate::event::{ObservationEnd, ObservationStart, TraceStart};
+use crate::event::{ObservationEnd, ObservationStart, StudioUsage, TraceStart};
 use crate::merge::{ObservationRow, Rows, TraceRow, Version};
 
 /// The studio's defaults (its consumer's `data.get("name", ...)`).
@@ -636,6 +636,10 @@ fn end<'a>(row: &ObservationWrite<'a>) -> Option<&'a ObservationEnd> {
     row.end
 }
 
+fn llm<'a>(row: &ObservationWrite<'a>) -> Option<&'a StudioUsage> {
+    row.end.and_then(|e| e.llm.as_ref())
+}
+
 fn cost_text(
     row: &ObservationWrite<'_>,
     pick: fn(&Costs) -> &rust_decimal::Decimal,
@@ -685,35 +689,19 @@ fn observation_params<'r>(rows: &'r [ObservationWrite<'r>]) -> TypedParams<'r> {
             Type::TEXT_ARRAY,
         ),
         (
-            Box::new(column(rows, |r| {
-                end(r)
-                    .and_then(|e| e.llm.as_ref())
-                    .and_then(|l| l.model.as_deref())
-            })),
+            Box::new(column(rows, |r| llm(r).and_then(|l| l.model.as_deref()))),
             Type::TEXT_ARRAY,
         ),
         (
-            Box::new(column(rows, |r| {
-                end(r)
-                    .and_then(|e| e.llm.as_ref())
-                    .and_then(|l| l.prompt_tokens)
-            })),
+            Box::new(column(rows, |r| llm(r).and_then(|l| l.prompt_tokens))),
             Type::INT4_ARRAY,
         ),
         (
-            Box::new(column(rows, |r| {
-                end(r)
-                    .and_then(|e| e.llm.as_ref())
-                    .and_then(|l| l.completion_tokens)
-            })),
+            Box::new(column(rows, |r| llm(r).and_then(|l| l.completion_tokens))),
             Type::INT4_ARRAY,
         ),
         (
-            Box::new(column(rows, |r| {
-                end(r)
-                    .and_then(|e| e.llm.as_ref())
-                    .and_then(|l| l.total_tokens)
-            })),
+            Box::new(column(rows, |r| llm(r).and_then(|l| l.total_tokens))),
             Type::INT4_ARRAY,
         ),
         (Box::new(column(rows, |r| r.level())), Type::TEXT_ARRAY),
