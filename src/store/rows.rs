@@ -525,10 +525,10 @@ pub async fn write(
     super::copy::traces(tx, &copies.traces, &plan.new_traces).await?;
     update_traces(tx, &plan.changed_traces).await?;
     super::copy::observations(tx, &copies.observations, &plan.new_observations).await?;
-    let updates: Vec<&[ObservationWrite]> =
+    let mut updates: Vec<&[ObservationWrite]> =
         chunks(&plan.changed_observations, observation_bytes).collect();
-    let (last_updates, earlier_updates) = updates.split_last().unwrap_or((&(&[] as &[_]), &[]));
-    for chunk in earlier_updates {
+    let last_updates = updates.pop().unwrap_or_default();
+    for chunk in updates {
         update_observations(tx, chunk).await?;
     }
     let traces: Vec<&TraceWrite> = plan.new_traces.iter().chain(&plan.changed_traces).collect();
