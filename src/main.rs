@@ -14,21 +14,15 @@ use swisper_ingest::{admin, app, check, store, telemetry};
 
 /// Parsing allocates and frees many small values per entry; glibc's malloc
 /// spent a third of the service's CPU on that (docs/benchmarks.md).
+///
+/// mimalloc keeps freed pages 10 ms before giving them back to the OS (its
+/// default, `MIMALLOC_PURGE_DELAY`): a batch's buffers are freed and
+/// allocated again well within that, and giving them back at once
+/// (`MIMALLOC_PURGE_DELAY=0`) cost 11% more CPU on plain entries and 17% on
+/// the SDK's compressed ones, in page faults, for 30-50 MiB less peak RSS
+/// (docs/benchmarks.md, fifth session).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc.h's `mi_option_purge_delay` (between `eager_commit_delay`, 14,
-/// and `use_numa_nodes`, 16, which libmimalloc-sys names).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Gives freed memory back to the OS at once rather than after mimalloc's
-/// default 10 ms: pages freed by the writer but allocated by a parse thread
-/// otherwise linger, and a burst of big entries took a replica with the
-/// default budget from ~180 to ~290 MiB (tests/exclusive/memory.rs).
-fn return_freed_memory_at_once() {
-    // SAFETY: sets a process-wide option before any thread is started.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
 
 #[derive(Parser)]
 #[command(
@@ -110,7 +104,6 @@ fn parse_cli() -> Cli {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_at_once();
     let cli = parse_cli();
     let report_on_stdout = matches!(
         cli.command,
