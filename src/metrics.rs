@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::{KeyName, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS: &str = "swisper_ingest_events_total";
@@ -87,159 +88,103 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// What a metric counts, for its `# HELP` and `# TYPE`.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the recorder renders, with its kind, unit and help text.
+const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = {
+    use Kind::*;
+    &[
+        (Counter, EVENTS, None, "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat, expired: a late event of a trace past its retention horizon)."),
+        (Counter, DEAD_LETTERS, None, "Entries written to swisper_ingest.dead_letters, by reason."),
+        (Counter, UNKNOWN_TYPES, None, "Observation types outside the studio's enum, stored as SPAN with the original in meta._ingest_original_type."),
+        (Counter, PROJECTS_CREATED, None, "Projects created on first sight (standalone databases, OBSERVABILITY_CREATE_PROJECTS)."),
+        (Counter, WRITE_CONFLICTS, None, "Transactions retried because another writer inserted one of their new rows first."),
+        (Counter, COSTS, None, "Observation ends with LLM usage, by outcome (priced, no_price: the model has no row in model_pricing, not_billable: no model or zero counts)."),
+        (Gauge, PRICES, None, "Rows of model_pricing in this replica's price cache."),
+        (Histogram, BATCH_SIZE, None, "Entries per committed write batch."),
+        (Histogram, WRITE_DURATION, Some(Unit::Seconds), "Time to commit one batch, retries and isolation included."),
+        (Histogram, END_TO_END_LATENCY, Some(Unit::Seconds), "Commit time minus the event's publish timestamp."),
+        (Gauge, STREAM_LENGTH, None, "XLEN of the stream."),
+        (Gauge, GROUP_LAG, None, "Entries not yet delivered to the consumer group."),
+        (Gauge, PENDING_ENTRIES, None, "Entries delivered to the group and not yet acknowledged."),
+        (Gauge, OLDEST_PENDING_AGE, Some(Unit::Seconds), "Age of the oldest unacknowledged entry."),
+        (Counter, CLAIMED, None, "Idle pending entries claimed from other consumers."),
+        (Counter, ACKED, None, "Entries acknowledged after their batch committed."),
+        (Counter, TRIMMED_BEFORE_ACK, None, "Pending entries deleted from the stream (trimmed) before they were stored."),
+        (Counter, REDIS_ERRORS, None, "Failed Redis commands, by operation."),
+        (Counter, POSTGRES_ERRORS, None, "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout."),
+        (Counter, AUTH_FAILURES, None, "New connections refused for their credentials, by target (redis, postgres); the next one reads the credentials files again."),
+        (Counter, ACTOR_RESTARTS, None, "Actors restarted by the supervisor, by actor."),
+        (Counter, CONSUMERS_REMOVED, None, "Idle consumers with nothing pending removed from the group."),
+        (Gauge, READY, None, "1 when Redis and Postgres are reachable and the group exists."),
+        (Counter, TRIMMED, None, "Entries this service trimmed from the stream after every group acknowledged them."),
+        (Gauge, TRIMMED_BEFORE_DELIVERY, None, "Entries deleted from the stream (producer MAXLEN) before this group read them, when Redis can tell."),
+        (Gauge, POISONED, None, "1 while poison protection holds consumption: a run of bad entries past OBSERVABILITY_POISON_RUN."),
+        (Gauge, LAST_COMMIT, Some(Unit::Seconds), "Unix time of the last committed batch."),
+        (Counter, RETENTION_FORGOTTEN, None, "Rows forgotten by retention, by table (traces, observations, dead_letters, sdk_heartbeats, retention_tombstones)."),
+        (Gauge, RETENTION_BEHIND, Some(Unit::Seconds), "How far retention is behind: age past its horizon of the oldest trace still stored (0 when on time); set by the replica holding the retention lock."),
+        (Gauge, RETENTION_LAST_RUN, Some(Unit::Seconds), "Unix time of the last complete retention run of this replica."),
+        (Gauge, RETENTION_HOLDER, None, "1 while this replica holds the retention lock (does the forgetting)."),
+        (Histogram, RETENTION_BATCH_DURATION, Some(Unit::Seconds), "Time of one retention transaction (a batch of traces with their observations)."),
+        (Counter, RETENTION_ERRORS, None, "Retention runs or horizon refreshes that failed (Postgres unavailable); retried next interval."),
+        (Gauge, BUILD_INFO, None, "Always 1; the version and commit labels tell the build."),
+        (Gauge, MEMORY_BUDGET, Some(Unit::Bytes), "OBSERVABILITY_MEMORY_BUDGET_BYTES: the weight of entries a replica may hold at once."),
+        (Gauge, MEMORY_IN_HAND, Some(Unit::Bytes), "Weight of the entries in hand: read and not yet committed and acked."),
+        (Counter, OVERSIZED_FOR_BUDGET, None, "Entries heavier than the whole memory budget, each processed alone."),
+        (Gauge, POISON_HELD, None, "Entries a replica holds (pending, unacked) while poison protection pauses it."),
+        (Counter, STARTS_HELD, None, "Observation starts held for the next transaction under backlog, so that start and end are written together."),
+    ]
+};
+
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        EVENTS,
-        "Stream entries handled, by event_type and outcome (stored, dead_lettered, heartbeat, expired: a late event of a trace past its retention horizon)."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        "Entries written to swisper_ingest.dead_letters, by reason."
-    );
-    describe_counter!(
-        UNKNOWN_TYPES,
-        "Observation types outside the studio's enum, stored as SPAN with the original in meta._ingest_original_type."
-    );
-    describe_counter!(
-        PROJECTS_CREATED,
-        "Projects created on first sight (standalone databases, OBSERVABILITY_CREATE_PROJECTS)."
-    );
-    describe_counter!(
-        WRITE_CONFLICTS,
-        "Transactions retried because another writer inserted one of their new rows first."
-    );
-    describe_counter!(
-        COSTS,
-        "Observation ends with LLM usage, by outcome (priced, no_price: the model has no row in model_pricing, not_billable: no model or zero counts)."
-    );
-    describe_gauge!(
-        PRICES,
-        "Rows of model_pricing in this replica's price cache."
-    );
-    describe_histogram!(BATCH_SIZE, "Entries per committed write batch.");
-    describe_histogram!(
-        WRITE_DURATION,
-        Unit::Seconds,
-        "Time to commit one batch, retries and isolation included."
-    );
-    describe_histogram!(
-        END_TO_END_LATENCY,
-        Unit::Seconds,
-        "Commit time minus the event's publish timestamp."
-    );
-    describe_gauge!(STREAM_LENGTH, "XLEN of the stream.");
-    describe_gauge!(
-        GROUP_LAG,
-        "Entries not yet delivered to the consumer group."
-    );
-    describe_gauge!(
-        PENDING_ENTRIES,
-        "Entries delivered to the group and not yet acknowledged."
-    );
-    describe_gauge!(
-        OLDEST_PENDING_AGE,
-        Unit::Seconds,
-        "Age of the oldest unacknowledged entry."
-    );
-    describe_counter!(
-        CLAIMED,
-        "Idle pending entries claimed from other consumers."
-    );
-    describe_counter!(ACKED, "Entries acknowledged after their batch committed.");
-    describe_counter!(
-        TRIMMED_BEFORE_ACK,
-        "Pending entries deleted from the stream (trimmed) before they were stored."
-    );
-    describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation.");
-    describe_counter!(
-        POSTGRES_ERRORS,
-        "Failed Postgres writes, by kind: data, unavailable, read_only, disk_full, too_many_connections, statement_timeout."
-    );
-    describe_counter!(
-        AUTH_FAILURES,
-        "New connections refused for their credentials, by target (redis, postgres); the next one reads the credentials files again."
-    );
-    describe_counter!(
-        ACTOR_RESTARTS,
-        "Actors restarted by the supervisor, by actor."
-    );
-    describe_counter!(
-        CONSUMERS_REMOVED,
-        "Idle consumers with nothing pending removed from the group."
-    );
-    describe_gauge!(
-        READY,
-        "1 when Redis and Postgres are reachable and the group exists."
-    );
-    describe_counter!(
-        TRIMMED,
-        "Entries this service trimmed from the stream after every group acknowledged them."
-    );
-    describe_gauge!(
-        TRIMMED_BEFORE_DELIVERY,
-        "Entries deleted from the stream (producer MAXLEN) before this group read them, when Redis can tell."
-    );
-    describe_gauge!(
-        POISONED,
-        "1 while poison protection holds consumption: a run of bad entries past OBSERVABILITY_POISON_RUN."
-    );
-    describe_gauge!(
-        LAST_COMMIT,
-        Unit::Seconds,
-        "Unix time of the last committed batch."
-    );
-    describe_counter!(
-        RETENTION_FORGOTTEN,
-        "Rows forgotten by retention, by table (traces, observations, dead_letters, sdk_heartbeats, retention_tombstones)."
-    );
-    describe_gauge!(
-        RETENTION_BEHIND,
-        Unit::Seconds,
-        "How far retention is behind: age past its horizon of the oldest trace still stored (0 when on time); set by the replica holding the retention lock."
-    );
-    describe_gauge!(
-        RETENTION_LAST_RUN,
-        Unit::Seconds,
-        "Unix time of the last complete retention run of this replica."
-    );
-    describe_gauge!(
-        RETENTION_HOLDER,
-        "1 while this replica holds the retention lock (does the forgetting)."
-    );
-    describe_histogram!(
-        RETENTION_BATCH_DURATION,
-        Unit::Seconds,
-        "Time of one retention transaction (a batch of traces with their observations)."
-    );
-    describe_counter!(
-        RETENTION_ERRORS,
-        "Retention runs or horizon refreshes that failed (Postgres unavailable); retried next interval."
-    );
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version and commit labels tell the build."
-    );
-    describe_gauge!(
-        MEMORY_BUDGET,
-        Unit::Bytes,
-        "OBSERVABILITY_MEMORY_BUDGET_BYTES: the weight of entries a replica may hold at once."
-    );
-    describe_gauge!(
-        MEMORY_IN_HAND,
-        Unit::Bytes,
-        "Weight of the entries in hand: read and not yet committed and acked."
-    );
-    describe_counter!(
-        OVERSIZED_FOR_BUDGET,
-        "Entries heavier than the whole memory budget, each processed alone."
-    );
-    describe_gauge!(
-        POISON_HELD,
-        "Entries a replica holds (pending, unacked) while poison protection pauses it."
-    );
-    describe_counter!(
-        STARTS_HELD,
-        "Observation starts held for the next transaction under backlog, so that start and end are written together."
-    );
+    metrics::with_recorder(|recorder| {
+        for &(kind, name, unit, help) in DESCRIPTIONS {
+            let (key, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+            match kind {
+                Kind::Counter => recorder.describe_counter(key, unit, help),
+                Kind::Gauge => recorder.describe_gauge(key, unit, help),
+                Kind::Histogram => recorder.describe_histogram(key, unit, help),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_metric_is_rendered_with_its_help_text() {
+        let handle = install();
+        metrics::counter!(DEAD_LETTERS, "reason" => "test").increment(1);
+        metrics::gauge!(STREAM_LENGTH).set(1.0);
+        metrics::histogram!(WRITE_DURATION).record(0.01);
+        let text = handle.render();
+        for (name, help) in [
+            (
+                DEAD_LETTERS,
+                "Entries written to swisper_ingest.dead_letters, by reason.",
+            ),
+            (STREAM_LENGTH, "XLEN of the stream."),
+            (
+                WRITE_DURATION,
+                "Time to commit one batch, retries and isolation included.",
+            ),
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} {help}\n")),
+                "no help for {name} in:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!("# TYPE {WRITE_DURATION} histogram\n")),
+            "{text}"
+        );
+    }
 }
