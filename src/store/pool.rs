@@ -16,7 +16,7 @@ pub type Pool = deadpool_postgres::Pool;
 /// had its first connection opened by the monitor on the consumers' thread,
 /// and every round trip of the writer's went through that thread and back.
 pub struct Pools {
-    pub writers: Vec<Pool>,
+    writers: Vec<Pool>,
     pub monitor: Pool,
 }
 
