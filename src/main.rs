@@ -17,10 +17,10 @@ use swisper_ingest::{admin, app, check, store, telemetry};
 ///
 /// mimalloc keeps freed pages 10 ms before giving them back to the OS (its
 /// default, `MIMALLOC_PURGE_DELAY`): a batch's buffers are freed and
-/// allocated again well within that, and giving them back at once
-/// (`MIMALLOC_PURGE_DELAY=0`) cost 11% more CPU on plain entries and 17% on
-/// the SDK's compressed ones, in page faults, for 30-50 MiB less peak RSS
-/// (docs/benchmarks.md, fifth session).
+/// allocated again well within that. Giving them back at once
+/// (`MIMALLOC_PURGE_DELAY=0`) cost 10-17% more CPU draining, in page
+/// faults, for 30-50 MiB less peak RSS: pages a parse thread allocated and
+/// the writer freed linger those 10 ms (docs/benchmarks.md, fifth session).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
