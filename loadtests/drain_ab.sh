@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Interleaved drains for A/B comparisons of builds: one backlog is published
+# once, then each round drains it with every given build in turn, each into
+# a fresh database with a fresh consumer group, and prints per drain the
+# service's CPU seconds and minor page faults (from /proc/PID/stat, read
+# before it stops) and the drain time. CPU varies with the machine's load;
+# compare builds within a round, over several rounds.
+# Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
+# temp folder removed at the end).
+#
+#   loadtests/drain_ab.sh BIN [BIN ...]
+#   EVENTS=200000 ROUNDS=3 WORKLOAD=seed|sdk (defaults: 200000, 3, seed)
+#   Any other environment (MIMALLOC_PURGE_DELAY=0, say) reaches every build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+EVENTS=${EVENTS:-200000} ROUNDS=${ROUNDS:-3} WORKLOAD=${WORKLOAD:-seed}
+(($#)) || { echo "usage: $0 BIN [BIN ...]" >&2; exit 2; }
+case $WORKLOAD in
+  seed) compression=never ;;
+  sdk) compression=sdk ;;
+  *) echo "WORKLOAD is seed or sdk" >&2; exit 2 ;;
+esac
+cargo build --release --quiet -p swisper-loadtests
+loadgen=target/release/loadgen
+
+work=$(mktemp -d /tmp/swisper-drain-ab.XXXXXX)
+chmod 755 "$work"
+svc_pid=
+cleanup() {
+  [[ -n $svc_pid ]] && { kill -TERM "$svc_pid" 2>/dev/null || true; wait "$svc_pid" 2>/dev/null || true; }
+  scripts/services.sh purge "$work/services" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+scripts/services.sh up "$work/services" >/dev/null
+# shellcheck disable=SC1091
+source "$work/services/env"
+admin=${DATABASE_URL%/*}/postgres
+"$loadgen" publish --stream backlog --events "$EVENTS" --seed 42 --in-flight 200 \
+  --compression "$compression" --cache-dir target/loadgen-cache \
+  --summary "$work/publish.json" >"$work/publish.log" 2>&1 || { cat "$work/publish.log"; exit 1; }
+total=$(redis-cli -p "$REDIS_PORT" XLEN backlog)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+# Fields of /proc/PID/stat: 10 minflt, 14 utime, 15 stime (clock ticks).
+ticks_per_second=$(getconf CLK_TCK)
+printf '%-5s %-40s %10s %12s %10s %6s\n' round build cpu_s minor_faults drain_s load
+for round in $(seq 1 "$ROUNDS"); do
+  for bin in "$@"; do
+    PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS drain_ab" -c "CREATE DATABASE drain_ab"
+    DATABASE_URL=${DATABASE_URL%/*}/drain_ab "$bin" migrate >/dev/null 2>&1
+    group=ab-$round-$RANDOM
+    start=$(date +%s.%N)
+    DATABASE_URL=${DATABASE_URL%/*}/drain_ab OBSERVABILITY_STREAM_NAME=backlog \
+      OBSERVABILITY_GROUP_NAME=$group OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
+      OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >"$work/service.log" 2>&1 &
+    svc_pid=$!
+    # Drained: every entry delivered (lag 0) and acknowledged (0 pending).
+    until [[ $(redis-cli -p "$REDIS_PORT" XINFO GROUPS backlog | awk -v g="$group" '$0==g{f=1} f&&/^lag$/{getline; print; exit}') == 0 &&
+             $(redis-cli -p "$REDIS_PORT" XPENDING backlog "$group" | head -1) == 0 ]]; do
+      kill -0 "$svc_pid" 2>/dev/null || { cat "$work/service.log"; exit 1; }
+      sleep 0.2
+    done
+    drained=$(date +%s.%N)
+    read -r faults cpu_ticks < <(awk '{print $10, $14 + $15}' "/proc/$svc_pid/stat")
+    kill -TERM "$svc_pid"; wait "$svc_pid" || true; svc_pid=
+    redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$group" >/dev/null
+    printf '%-5s %-40s %10.2f %12s %10.2f %6s\n' "$round" "$bin" \
+      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$faults" "$(bc -l <<<"$drained - $start")" \
+      "$(cut -d' ' -f1 /proc/loadavg)"
+  done
+done
+echo "($total entries, workload $WORKLOAD)"
