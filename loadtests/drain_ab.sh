@@ -24,25 +24,13 @@ esac
 cargo build --release --quiet -p swisper-loadtests
 loadgen=target/release/loadgen
 
-work=$(mktemp -d /tmp/swisper-drain-ab.XXXXXX)
-chmod 755 "$work"
-svc_pid=
-cleanup() {
-  [[ -n $svc_pid ]] && { kill -TERM "$svc_pid" 2>/dev/null || true; wait "$svc_pid" 2>/dev/null || true; }
-  scripts/services.sh purge "$work/services" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-scripts/services.sh up "$work/services" >/dev/null
-# shellcheck disable=SC1091
-source "$work/services/env"
-admin=${DATABASE_URL%/*}/postgres
+# shellcheck source=loadtests/lib/services.sh
+source loadtests/lib/services.sh
+start_services drain-ab
 "$loadgen" publish --stream backlog --events "$EVENTS" --seed 42 --in-flight 200 \
   --compression "$compression" --cache-dir target/loadgen-cache \
   --summary "$work/publish.json" >"$work/publish.log" 2>&1 || { cat "$work/publish.log"; exit 1; }
 total=$(redis-cli -p "$REDIS_PORT" XLEN backlog)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 # Fields of /proc/PID/stat: 10 minflt, 14 utime, 15 stime (clock ticks).
 ticks_per_second=$(getconf CLK_TCK)

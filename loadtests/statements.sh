@@ -18,23 +18,11 @@ bins=("$@")
 cargo build --release --quiet -p swisper-loadtests
 loadgen=target/release/loadgen
 
-work=$(mktemp -d /tmp/swisper-statements.XXXXXX)
-chmod 755 "$work"
-svc_pid=
-cleanup() {
-  [[ -n $svc_pid ]] && { kill -TERM "$svc_pid" 2>/dev/null || true; wait "$svc_pid" 2>/dev/null || true; }
-  scripts/services.sh purge "$work/services" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-scripts/services.sh up "$work/services" >/dev/null
-# shellcheck disable=SC1091
-source "$work/services/env"
-admin=${DATABASE_URL%/*}/postgres
+# shellcheck source=loadtests/lib/services.sh
+source loadtests/lib/services.sh
+start_services statements
 psql "$admin" -qc "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
 scripts/services.sh stop-postgres "$work/services" && scripts/services.sh start-postgres "$work/services"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 for bin in "${bins[@]}"; do
   psql "$admin" -qc "DROP DATABASE IF EXISTS statements" -c "CREATE DATABASE statements"
