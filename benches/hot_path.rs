@@ -128,7 +128,10 @@ fn entry(
             ms: 1_764_000_000_000 + seq,
             seq: 0,
         },
-        fields,
+        fields: fields
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect(),
         deliveries: 1,
     }
 }

@@ -114,7 +114,7 @@ mod tests {
             id: StreamId { ms: 1, seq },
             fields: fields
                 .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
                 .collect(),
             deliveries: 1,
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{cmd, RedisError, Value};
 
-use crate::event::{StreamEntry, StreamId};
+use crate::event::{FieldBytes, StreamEntry, StreamId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -124,7 +124,7 @@ pub(crate) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, Stre
 }
 
 /// Field name and value bytes, as sent.
-pub type EntryFields = Vec<(Vec<u8>, Vec<u8>)>;
+pub type EntryFields = Vec<(FieldBytes, FieldBytes)>;
 
 /// Connections that read a range of entries: redis-rs' through its `Value`
 /// tree, the consumers' own ([`crate::connect::resp::Connection`]) straight
@@ -173,7 +173,7 @@ fn pairs(command: &'static str, flat: Vec<Value>) -> Result<EntryFields, StreamE
             command,
             detail: "odd number of field values".to_owned(),
         })?;
-        out.push((bytes(command, name)?, bytes(command, value)?));
+        out.push((bytes(command, name)?.into(), bytes(command, value)?.into()));
     }
     Ok(out)
 }

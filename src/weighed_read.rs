@@ -378,8 +378,8 @@ fn assemble(chosen: Chosen, fetched: Fetched) -> (Page, Vec<StreamId>) {
     for (id, deliveries, fields) in chosen.entries {
         let fields = match fields {
             Fields::Unloaded(size) => vec![(
-                crate::event::UNLOADED_FIELD.as_bytes().to_vec(),
-                size.to_string().into_bytes(),
+                bytes::Bytes::from_static(crate::event::UNLOADED_FIELD.as_bytes()),
+                size.to_string().into_bytes().into(),
             )],
             Fields::ToFetch => match fetched.next().flatten() {
                 Some(fields) if !fields.is_empty() => fields,

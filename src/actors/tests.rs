@@ -450,7 +450,7 @@ fn open_starts(
                 id: id(seq),
                 fields: fields
                     .iter()
-                    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
                     .collect(),
                 deliveries: 1,
             };

@@ -64,12 +64,17 @@ impl FromStr for StreamId {
     }
 }
 
+/// A field name or value: a slice of the reply it came in (see
+/// [`crate::connect::resp::reply::range`]), so reading an entry allocates
+/// nothing per field and dropping it frees nothing per field.
+pub type FieldBytes = bytes::Bytes;
+
 /// One entry as Redis delivered it: fields in order, bytes untouched, so that
 /// a dead letter can keep exactly what was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     pub id: StreamId,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Vec<(FieldBytes, FieldBytes)>,
     /// How often Redis has delivered it (known exactly for claimed entries).
     pub deliveries: u32,
 }
@@ -85,7 +90,7 @@ impl StreamEntry {
         self.fields
             .iter()
             .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v.as_ref())
     }
 }
 

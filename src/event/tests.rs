@@ -13,7 +13,7 @@ fn entry(fields: &[(&str, &str)]) -> StreamEntry {
         },
         fields: fields
             .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
             .collect(),
         deliveries: 1,
     }
@@ -426,7 +426,7 @@ fn byte_level_problems_are_rejected() {
         ("project_id", "p"),
         ("timestamp", TS),
     ]);
-    bad_utf8.fields[1].1 = vec![0xff, 0xfe];
+    bad_utf8.fields[1].1 = vec![0xff, 0xfe].into();
     assert_eq!(
         parse_entry(&bad_utf8, &Limits::default())
             .unwrap_err()

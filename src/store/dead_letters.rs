@@ -251,23 +251,34 @@ mod tests {
         let entry = StreamEntry {
             id: StreamId { ms: 1, seq: 0 },
             fields: vec![
-                (b"event_type".to_vec(), b"trace_start".to_vec()),
-                (b"data".to_vec(), vec![0xff, 0x00, 0x41]),
-                (b"data".to_vec(), b"{\"a\":\"nul\0\"}".to_vec()),
+                (
+                    b"event_type".to_vec().into(),
+                    b"trace_start".to_vec().into(),
+                ),
+                (b"data".to_vec().into(), vec![0xff, 0x00, 0x41].into()),
+                (
+                    b"data".to_vec().into(),
+                    b"{\"a\":\"nul\0\"}".to_vec().into(),
+                ),
             ],
             deliveries: 1,
         };
         let json = fields_json(&entry, None);
         assert_eq!(json[0], json!(["event_type", "trace_start"]));
         assert!(json[1][1].get("base64").is_some());
-        assert_eq!(fields_from_json(&json).unwrap(), entry.fields);
+        let sent: Vec<(Vec<u8>, Vec<u8>)> = entry
+            .fields
+            .iter()
+            .map(|(name, value)| (name.to_vec(), value.to_vec()))
+            .collect();
+        assert_eq!(fields_from_json(&json).unwrap(), sent);
     }
 
     #[test]
     fn oversized_values_are_omitted_with_their_size() {
         let entry = StreamEntry {
             id: StreamId { ms: 1, seq: 0 },
-            fields: vec![(b"data".to_vec(), vec![b'a'; 100])],
+            fields: vec![(b"data".to_vec().into(), vec![b'a'; 100].into())],
             deliveries: 1,
         };
         let json = fields_json(&entry, Some(10));

@@ -9,7 +9,10 @@ use swisper_ingest::event::{parse_entry, EventBody, Limits, Parsed, StreamEntry,
 fn entry(fields: Vec<(Vec<u8>, Vec<u8>)>) -> StreamEntry {
     StreamEntry {
         id: StreamId { ms: 1, seq: 0 },
-        fields,
+        fields: fields
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect(),
         deliveries: 1,
     }
 }

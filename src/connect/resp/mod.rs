@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use rustls::pki_types::ServerName;
@@ -111,7 +111,7 @@ impl Connection {
         &mut self,
         packed: &[u8],
         count: usize,
-        read: impl Fn(&[u8]) -> Result<T, reply::ProtocolError>,
+        read: impl Fn(&Bytes) -> Result<T, reply::ProtocolError>,
     ) -> RedisResult<Vec<T>> {
         if self.broken {
             return Err(RedisError::from((
@@ -140,12 +140,17 @@ impl Connection {
         Ok(replies)
     }
 
-    /// Reads until one reply is complete: its bytes.
-    async fn receive(&mut self) -> RedisResult<BytesMut> {
+    /// Reads until one reply is complete: its bytes, copied out of the
+    /// read buffer into an allocation of their own (that entries' fields
+    /// slice, and keep alive no longer than they live), so that the buffer
+    /// is reused as it is for the next reply.
+    async fn receive(&mut self) -> RedisResult<Bytes> {
         let mut scan = reply::Scan::default();
         loop {
             if let Some(end) = scan.advance(&self.buf).map_err(unreadable)? {
-                return Ok(self.buf.split_to(end));
+                let reply = Bytes::copy_from_slice(&self.buf[..end]);
+                self.buf.advance(end);
+                return Ok(reply);
             }
             self.buf.reserve(READ_SIZE);
             if self.io.read_buf(&mut self.buf).await? == 0 {
@@ -194,7 +199,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let packed = cmd.get_packed_command();
-            let mut replies = self.exchange(&packed, 1, reply::parse).await?;
+            let mut replies = self.exchange(&packed, 1, |r| reply::parse(r)).await?;
             Ok(replies.pop().unwrap_or(Value::Nil))
         })
     }
@@ -207,7 +212,9 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let packed = pipeline.get_packed_pipeline();
-            let replies = self.exchange(&packed, offset + count, reply::parse).await?;
+            let replies = self
+                .exchange(&packed, offset + count, |r| reply::parse(r))
+                .await?;
             Ok(replies.into_iter().skip(offset).collect())
         })
     }
@@ -239,7 +246,7 @@ impl RangeReads for Connection {
                 let id = std::str::from_utf8(&id)
                     .ok()
                     .and_then(|text| text.parse().ok())
-                    .ok_or_else(|| bad_reply("XRANGE", &Value::BulkString(id)))?;
+                    .ok_or_else(|| bad_reply("XRANGE", &Value::BulkString(id.to_vec())))?;
                 Ok((id, fields))
             })
             .collect()

@@ -8,6 +8,7 @@
 //! Error replies are handed to redis-rs' parser, so that their kinds
 //! (NOSCRIPT, NOGROUP, WRONGPASS...) are exactly the ones redis-rs gives.
 
+use bytes::Bytes;
 use redis::{ServerError, Value};
 
 /// Arrays nested deeper than this are refused: the service's replies nest
@@ -169,12 +170,16 @@ fn element(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Value, Protocol
     })
 }
 
-/// One entry of an XRANGE reply: its id's text and its field pairs.
-pub type RangeEntry = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+/// One entry of an XRANGE reply: its id's text and its field pairs, each a
+/// slice of the reply.
+pub type RangeEntry = (Bytes, Vec<(Bytes, Bytes)>);
 
 /// A complete XRANGE reply read straight into entries, with no `Value`
-/// tree in between; a server error as redis-rs gives it.
-pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, ServerError>, ProtocolError> {
+/// tree in between and no copy: every id, name and value is a slice of
+/// `reply`, which lives as long as the last of them; a server error as
+/// redis-rs gives it.
+pub fn range(reply: &Bytes) -> Result<Result<Vec<RangeEntry>, ServerError>, ProtocolError> {
+    let bytes = &reply[..];
     let (kind, line, after) = line_at(bytes, 0).ok_or(ProtocolError::Terminator)?;
     match kind {
         b'-' => {
@@ -190,13 +195,14 @@ pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, ServerError>, Proto
     }
     let count = usize::try_from(number(line)?).unwrap_or(0);
     let mut at = after;
+    let slice = |at: &mut usize| bulk(bytes, at).map(|range| reply.slice(range));
     // Each entry takes more than 4 bytes: a count cannot reserve more.
     let mut entries = Vec::with_capacity(count.min(bytes.len() / 4));
     for _ in 0..count {
         if array_len(bytes, &mut at)? != Some(2) {
             return Err(ProtocolError::Shape("an entry is not [id, fields]"));
         }
-        let id = bulk(bytes, &mut at)?.to_vec();
+        let id = slice(&mut at)?;
         let fields = match array_len(bytes, &mut at)? {
             None => Vec::new(),
             Some(n) if n % 2 == 1 => {
@@ -205,8 +211,8 @@ pub fn range(bytes: &[u8]) -> Result<Result<Vec<RangeEntry>, ServerError>, Proto
             Some(n) => {
                 let mut fields = Vec::with_capacity((n / 2).min(bytes.len() / 8));
                 for _ in 0..n / 2 {
-                    let name = bulk(bytes, &mut at)?.to_vec();
-                    fields.push((name, bulk(bytes, &mut at)?.to_vec()));
+                    let name = slice(&mut at)?;
+                    fields.push((name, slice(&mut at)?));
                 }
                 fields
             }
@@ -227,8 +233,8 @@ fn array_len(bytes: &[u8], at: &mut usize) -> Result<Option<usize>, ProtocolErro
     }
 }
 
-/// A bulk string's bytes at `at`, moving past them.
-fn bulk<'a>(bytes: &'a [u8], at: &mut usize) -> Result<&'a [u8], ProtocolError> {
+/// Where a bulk string's bytes at `at` are, moving past them.
+fn bulk(bytes: &[u8], at: &mut usize) -> Result<std::ops::Range<usize>, ProtocolError> {
     let Some((b'$', line, after)) = line_at(bytes, *at) else {
         return Err(ProtocolError::Shape("bulk string expected"));
     };
@@ -239,7 +245,7 @@ fn bulk<'a>(bytes: &'a [u8], at: &mut usize) -> Result<&'a [u8], ProtocolError> 
         return Err(ProtocolError::Terminator);
     }
     *at = end + 2;
-    Ok(&bytes[after..end])
+    Ok(after..end)
 }
 
 /// An error line (with its CRLF) as redis-rs' parser reads it: the same
@@ -384,7 +390,7 @@ mod tests {
     /// The entries of a `Value` XRANGE reply, as [`range`] gives them.
     fn entries_of(value: Value) -> Vec<RangeEntry> {
         let bytes = |v: Value| match v {
-            Value::BulkString(b) => b,
+            Value::BulkString(b) => Bytes::from(b),
             other => panic!("not a bulk string: {other:?}"),
         };
         let Value::Array(items) = value else {
@@ -411,6 +417,7 @@ mod tests {
 
     #[test]
     fn range_refuses_other_shapes_and_passes_errors_on() {
+        let range = |reply: &'static [u8]| range(&Bytes::from_static(reply));
         assert_eq!(range(b"*0\r\n"), Ok(Ok(Vec::new())));
         assert!(matches!(
             range(b"-WRONGTYPE Operation against a key\r\n"),
@@ -426,7 +433,7 @@ mod tests {
         }
         assert_eq!(
             range(b"*1\r\n*2\r\n$3\r\n1-1\r\n*-1\r\n"),
-            Ok(Ok(vec![(b"1-1".to_vec(), Vec::new())]))
+            Ok(Ok(vec![(Bytes::from_static(b"1-1"), Vec::new())]))
         );
     }
 
@@ -438,7 +445,7 @@ mod tests {
         #[test]
         fn range_reads_what_parse_reads(reply in xrange_reply()) {
             prop_assert_eq!(scan_in_steps(&reply, 7), Ok(Some(reply.len())));
-            let direct = range(&reply).unwrap().unwrap();
+            let direct = range(&Bytes::from(reply.clone())).unwrap().unwrap();
             prop_assert_eq!(direct, entries_of(parse(&reply).unwrap()));
         }
 
