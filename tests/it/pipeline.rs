@@ -603,6 +603,265 @@ async fn a_late_update_postgres_refuses_is_dead_lettered_and_its_neighbours_stor
     assert_eq!(ended, ["o-a", "o-c"]);
 }
 
+/// The merge state of each row's groups: (id, seen, start, end) versions of
+/// the trace and its observations, in id order (a trace has no seen or end).
+async fn state_versions(db: &tokio_postgres::Client, trace: &str) -> Vec<StateVersions> {
+    db.query(
+        "SELECT id, NULL::bytea, start_version, NULL::bytea FROM swisper_ingest.trace_state
+         WHERE id = $1
+         UNION ALL
+         SELECT id, seen_version, start_version, end_version FROM swisper_ingest.observation_state
+         WHERE trace_id = $1
+         ORDER BY 1",
+        &[&trace],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+type StateVersions = (String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Merge state can outlive its studio rows: the studio deletes a trace (its
+/// observations go by cascade) and `swisper_ingest`'s state has no foreign
+/// key. Events for those ids afterwards insert new studio rows, whose state
+/// meets the old rows: the events are stored from their own content alone,
+/// acked, and nothing is dead-lettered (a state COPY would meet the old row
+/// again in every attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_left_by_deleted_studio_rows_is_written_over() {
+    let env = TestEnv::new("orphan_state").await;
+    let mut redis = env.redis();
+    env.publish_each(&mut redis, seed_trace("trace-o", "project-1"));
+    let service = env.spawn("replica-a", &[]);
+    let db = env.db().await;
+    assert!(
+        wait_for_ended_observations(&db, 3, WAIT).await,
+        "seed trace not stored; log: {}",
+        service.log()
+    );
+    assert!(
+        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
+        "seed trace not acked"
+    );
+    let before = state_versions(&db, "trace-o").await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    let first_seen = "SELECT first_seen_at FROM swisper_ingest.trace_state WHERE id = 'trace-o'";
+    let first_seen_before: chrono::DateTime<chrono::Utc> =
+        db.query_one(first_seen, &[]).await.unwrap().get(0);
+
+    // The studio deletes the trace; its observations go by cascade.
+    db.execute("DELETE FROM public.traces WHERE id = 'trace-o'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.observations").await,
+        0
+    );
+    assert_eq!(state_versions(&db, "trace-o").await, before, "state left");
+
+    // The same ids again, other content; the grandchild only ends.
+    let event = |event_type: &str, observation: Option<&str>, data: serde_json::Value| {
+        let mut fields = vec![
+            ("event_type".to_owned(), event_type.to_owned()),
+            ("trace_id".to_owned(), "trace-o".to_owned()),
+            ("project_id".to_owned(), "project-1".to_owned()),
+            ("timestamp".to_owned(), now_ts()),
+        ];
+        if let Some(id) = observation {
+            fields.push(("observation_id".to_owned(), id.to_owned()));
+        }
+        fields.push(("data".to_owned(), data.to_string()));
+        fields
+    };
+    let mut again = vec![event(
+        "trace_start",
+        None,
+        json!({"name": "chat again", "user_id": "user-2",
+               "timestamp": "2025-11-06T10:00:00.000000"}),
+    )];
+    for (i, id) in ["trace-o-root", "trace-o-child"].iter().enumerate() {
+        again.push(event(
+            "observation_start",
+            Some(id),
+            json!({"name": format!("again-{i}"), "type": "TOOL", "input": {"again": i},
+                   "meta": {"round": 2}, "start_time": format!("2025-11-06T10:00:0{i}.000000")}),
+        ));
+        again.push(event(
+            "observation_end",
+            Some(id),
+            json!({"output": {"again": i}, "level": "WARNING",
+                   "end_time": format!("2025-11-06T10:00:1{i}.000000")}),
+        ));
+    }
+    again.push(event(
+        "observation_end",
+        Some("trace-o-grandchild"),
+        json!({"output": {"again": 2}, "end_time": "2025-11-06T10:00:12.000000"}),
+    ));
+    env.publish_each(&mut redis, again);
+
+    assert!(
+        wait_for_count(
+            &db,
+            "SELECT count(*) FROM public.observations WHERE output::text LIKE '{\"again\"%'",
+            3,
+            WAIT
+        )
+        .await,
+        "events for the deleted ids not stored; log: {}",
+        service.log()
+    );
+    assert!(
+        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
+        "entries not acked; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0,
+        "log: {}",
+        service.log()
+    );
+
+    let trace = db
+        .query_one(
+            "SELECT name, user_id, session_id, \"timestamp\"::text FROM public.traces
+             WHERE id = 'trace-o'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let trace: (Option<String>, Option<String>, Option<String>, String) =
+        (trace.get(0), trace.get(1), trace.get(2), trace.get(3));
+    assert_eq!(
+        trace,
+        (
+            Some("chat again".into()),
+            Some("user-2".into()),
+            None,
+            "2025-11-06 10:00:00".into()
+        )
+    );
+    let rows: Vec<serde_json::Value> = db
+        .query(
+            "SELECT json_build_object('id', o.id, 'trace', o.trace_id, 'type', o.type,
+                 'name', o.name, 'input', o.input, 'output', o.output, 'meta', o.meta,
+                 'level', o.level, 'start', o.start_time::text, 'end', o.end_time::text,
+                 'state_start_type', s.start_type, 'state_start_meta', s.start_meta,
+                 'state_end_meta', s.end_meta)
+             FROM public.observations o
+             JOIN swisper_ingest.observation_state s ON s.id = o.id AND s.trace_id = o.trace_id
+             ORDER BY o.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"id": "trace-o-child", "trace": "trace-o", "type": "TOOL", "name": "again-1",
+                   "input": {"again": 1}, "output": {"again": 1}, "meta": {"round": 2},
+                   "level": "WARNING", "start": "2025-11-06 10:00:01", "end": "2025-11-06 10:00:11",
+                   "state_start_type": "TOOL", "state_start_meta": {"round": 2},
+                   "state_end_meta": null}),
+            // Nothing of the old start: no name, no input, the end's time.
+            json!({"id": "trace-o-grandchild", "trace": "trace-o", "type": "SPAN", "name": null,
+                   "input": null, "output": {"again": 2}, "meta": null, "level": "DEFAULT",
+                   "start": "2025-11-06 10:00:12", "end": "2025-11-06 10:00:12",
+                   "state_start_type": null, "state_start_meta": null, "state_end_meta": null}),
+            json!({"id": "trace-o-root", "trace": "trace-o", "type": "TOOL", "name": "again-0",
+                   "input": {"again": 0}, "output": {"again": 0}, "meta": {"round": 2},
+                   "level": "WARNING", "start": "2025-11-06 10:00:00", "end": "2025-11-06 10:00:10",
+                   "state_start_type": "TOOL", "state_start_meta": {"round": 2},
+                   "state_end_meta": null}),
+        ]
+    );
+    // The state is the new events' alone: every version newer than the old
+    // one, and the grandchild's start (not sent again) forgotten.
+    let after = state_versions(&db, "trace-o").await;
+    assert_eq!(after.len(), 4, "{after:?}");
+    for ((id, seen, start, end), (old_id, old_seen, old_start, old_end)) in
+        after.iter().zip(&before)
+    {
+        assert_eq!(id, old_id);
+        assert!(seen > old_seen || seen.is_none(), "{id}: seen version");
+        assert!(end > old_end || end.is_none(), "{id}: end version");
+        if id == "trace-o-grandchild" {
+            assert_eq!(*start, None, "{id}: the old start's version left");
+        } else {
+            assert!(start > old_start, "{id}: start version");
+        }
+    }
+    let first_seen_after: chrono::DateTime<chrono::Utc> =
+        db.query_one(first_seen, &[]).await.unwrap().get(0);
+    assert!(
+        first_seen_after > first_seen_before,
+        "the trace's time for retention is the new events'"
+    );
+
+    // Someone deletes one observation by hand, its trace stays: the
+    // observation's state alone is left, and its next end written over it.
+    let before = state_versions(&db, "trace-o").await;
+    db.execute(
+        "DELETE FROM public.observations WHERE id = 'trace-o-root'",
+        &[],
+    )
+    .await
+    .unwrap();
+    env.publish_each(
+        &mut redis,
+        [event(
+            "observation_end",
+            Some("trace-o-root"),
+            json!({"output": {"again": 3}, "end_time": "2025-11-06T10:00:13.000000"}),
+        )],
+    );
+    let stored = "SELECT count(*) FROM public.observations
+                  WHERE id = 'trace-o-root' AND output::text = '{\"again\":3}' AND name IS NULL";
+    assert!(
+        wait_for_count(&db, stored, 1, WAIT).await,
+        "the end of the deleted observation not stored; log: {}",
+        service.log()
+    );
+    assert!(
+        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
+        "entries not acked; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0
+    );
+    let after = state_versions(&db, "trace-o").await;
+    let root = |state: &[StateVersions]| {
+        state
+            .iter()
+            .find(|(id, ..)| id == "trace-o-root")
+            .cloned()
+            .unwrap()
+    };
+    let ((_, seen, start, end), (_, old_seen, _, old_end)) = (root(&after), root(&before));
+    assert!(seen > old_seen && end > old_end, "{after:?}");
+    assert_eq!(start, None, "the old start's version left");
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(id, ..)| id != "trace-o-root")
+            .collect::<Vec<_>>(),
+        before
+            .iter()
+            .filter(|(id, ..)| id != "trace-o-root")
+            .collect::<Vec<_>>(),
+        "the others' state untouched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_replayed_after_a_fix_and_purged() {
     let env = TestEnv::new("replay").await;
