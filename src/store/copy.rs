@@ -5,6 +5,15 @@
 //! and the caller runs the transaction again, when the row is found and
 //! merged instead ([`super::StoreError::Conflict`]).
 //!
+//! A COPY is never pipelined behind a statement that may fail, another
+//! COPY included. tokio-postgres sends a COPY's start with a Sync, which
+//! PostgreSQL ignores once in copy mode; a COPY refused before that (as
+//! every statement is once an earlier one failed) answers that Sync and
+//! the one after its end, and the connection then hands each later answer
+//! to the statement after its own (rust-postgres issue 789). So a COPY
+//! starts once the statement before it has succeeded: a round trip for its
+//! start, another for its rows.
+//!
 //! Binary COPY does no casts, so each value is sent as its column's type:
 //! json as its text, the `observationtype` enum as its label, costs as
 //! numeric.
