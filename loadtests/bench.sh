@@ -29,7 +29,7 @@
 #   2 steady 5,000 events/s for 60 s: end-to-end latency (commit - publish)
 #   3 peak sustained rate with p99 < 1 s (a ladder of rates), and how drain
 #     capacity moves with consumers, batch sizes, TOAST compression and the
-#     number of traces in flight
+#     number of traces in flight (LEVER_EVENTS=0: the ladder alone)
 #   4 two replicas in one group vs one
 #   5 resident memory (VmHWM) at peak and with a 1,000,000-entry backlog
 #   6 steady 5,000 events/s (RET_RATE) with retention running vs off:
@@ -60,7 +60,7 @@ done
 
 if [[ $mode == full ]]; then
   BACKLOG=200000 STEADY_RATE=5000 STEADY_SECS=60 STEP_SECS=20 LADDER_MAX=6
-  LEVER_EVENTS=100000 MEM_BACKLOG=1000000 MEM_WATCH_SECS=30 REPLICA_RUNS=$runs
+  LEVER_EVENTS=${LEVER_EVENTS:-100000} MEM_BACKLOG=1000000 MEM_WATCH_SECS=30 REPLICA_RUNS=$runs
   RET_SECS=${RET_SECS:-90} RET_HORIZON=${RET_HORIZON:-20}
 else
   BACKLOG=50000 STEADY_RATE=5000 STEADY_SECS=15 STEP_SECS=10 LADDER_MAX=2
@@ -479,6 +479,9 @@ for run in $(seq 1 "$runs"); do
     '{"note": "the Redis part of the SDK publish cost per event, under this load; 11 events a trace"}'
   record "$sc" "every event stored, 0 dead letters" "(1 = yes)" "$(j 'if .ok then 1 else 0 end' "$v")"
   record "$sc" "entries per transaction" "" "$(j '.service[0].entries_per_transaction' "$v")"
+  record "$sc" "mean write transaction" "ms" "$(j '.service[0].write_ms_mean' "$v")" \
+    '{"note": "swisper_ingest_write_duration_seconds: lock, statements, COPY and commit of one batch; an event waits for the one in flight, then its own"}'
+  record "$sc" "writer busy (write time / publish time)" "" "$(jq --argjson d "$STEADY_SECS" '.service[0].write_seconds_total / $d' "$v")"
   record "$sc" "CPU: service" "% of one core" "$(echo "100 * $steady_cpu_service / $STEADY_SECS" | bc -l)"
   record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $steady_cpu_pg / $STEADY_SECS" | bc -l)"
   record "$sc" "CPU: redis" "% of one core" "$(echo "100 * $steady_cpu_redis / $STEADY_SECS" | bc -l)"

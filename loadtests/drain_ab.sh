@@ -3,7 +3,8 @@
 # once, then each round drains it with every given build in turn, each into
 # a fresh database with a fresh consumer group, and prints per drain the
 # service's CPU seconds and minor page faults (from /proc/PID/stat, read
-# before it stops) and the drain time. CPU varies with the machine's load;
+# before it stops), Postgres's CPU seconds over the drain (all its
+# processes) and the drain time. CPU varies with the machine's load;
 # compare builds within a round, over several rounds.
 # Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
 # temp folder removed at the end).
@@ -34,12 +35,24 @@ total=$(redis-cli -p "$REDIS_PORT" XLEN backlog)
 
 # Fields of /proc/PID/stat: 10 minflt, 14 utime, 15 stime (clock ticks).
 ticks_per_second=$(getconf CLK_TCK)
-printf '%-5s %-40s %10s %12s %10s %6s\n' round build cpu_s minor_faults drain_s load
+# Postgres: the postmaster, its ended children (cutime, cstime: the
+# service's backends are gone when a drain is measured) and the live ones.
+postmaster_pid=$(head -1 "$work/services/pg/postmaster.pid")
+pg_cpu() {
+  local ticks
+  ticks=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster_pid/stat")
+  for child in $(pgrep -P "$postmaster_pid"); do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || echo 0)))
+  done
+  bc -l <<<"$ticks / $ticks_per_second"
+}
+printf '%-5s %-40s %10s %10s %12s %10s %6s\n' round build cpu_s pg_cpu_s minor_faults drain_s load
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do
     PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS drain_ab" -c "CREATE DATABASE drain_ab"
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab "$bin" migrate >/dev/null 2>&1
     group=ab-$round-$RANDOM
+    pg0=$(pg_cpu)
     start=$(date +%s.%N)
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab OBSERVABILITY_STREAM_NAME=backlog \
       OBSERVABILITY_GROUP_NAME=$group OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
@@ -54,9 +67,11 @@ for round in $(seq 1 "$ROUNDS"); do
     drained=$(date +%s.%N)
     read -r faults cpu_ticks < <(awk '{print $10, $14 + $15}' "/proc/$svc_pid/stat")
     kill -TERM "$svc_pid"; wait "$svc_pid" || true; svc_pid=
+    sleep 0.5 # the service's backends end after it
+    pg=$(bc -l <<<"$(pg_cpu) - $pg0")
     redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$group" >/dev/null
-    printf '%-5s %-40s %10.2f %12s %10.2f %6s\n' "$round" "$bin" \
-      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$faults" "$(bc -l <<<"$drained - $start")" \
+    printf '%-5s %-40s %10.2f %10.2f %12s %10.2f %6s\n' "$round" "$bin" \
+      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$pg" "$faults" "$(bc -l <<<"$drained - $start")" \
       "$(cut -d' ' -f1 /proc/loadavg)"
   done
 done
