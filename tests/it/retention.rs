@@ -318,7 +318,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     }
     let mut publisher = Publisher::start(&env, "p-steady", "steady", RATE);
     let started = Instant::now();
-    let mut samples = Vec::new(); // (seconds since start, window, total bytes)
+    let mut samples = Vec::new(); // (seconds since start, window, total bytes, trace rows)
     while started.elapsed().as_secs_f64() < HORIZON * f64::from(HORIZONS) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let row = db
@@ -326,7 +326,8 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
                 "SELECT extract(epoch FROM now() - min(first_seen_at))::float8,
                         (pg_total_relation_size('public.traces') + pg_total_relation_size('public.observations')
                          + pg_total_relation_size('swisper_ingest.trace_state')
-                         + pg_total_relation_size('swisper_ingest.observation_state'))::float8
+                         + pg_total_relation_size('swisper_ingest.observation_state'))::float8,
+                        (SELECT count(*) FROM public.traces)::float8
                  FROM swisper_ingest.trace_state",
                 &[],
             )
@@ -337,6 +338,7 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
             started.elapsed().as_secs_f64(),
             window.unwrap_or(0.0),
             row.get::<_, f64>(1),
+            row.get::<_, f64>(2),
         ));
     }
     let published = publisher.stop();
@@ -438,21 +440,28 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
 
     // The window: never past the horizon plus one interval, plus the time a
     // run takes and the sampling (3 s on a loaded 2-core machine; 1.8 s seen).
-    let steady: Vec<&(f64, f64, f64)> = samples.iter().filter(|s| s.0 > HORIZON + 2.0).collect();
+    type Sample = (f64, f64, f64, f64);
+    let steady: Vec<&Sample> = samples.iter().filter(|s| s.0 > HORIZON + 2.0).collect();
     let widest = steady.iter().map(|s| s.1).fold(0.0, f64::max);
-    // Sizes: flat after the first two horizons (the window is full and
-    // autovacuum has had its first passes): the last horizon's largest size
-    // stays within 1.5x of the second horizon's largest. Without retention
-    // it would be 2.5x (5 horizons of rows against 2).
-    let largest = |from: f64, to: f64| {
+    // Flat after the first two horizons (the window is full): the last
+    // horizon's largest against the second horizon's largest. Without
+    // retention both would be 2.5x (5 horizons of rows against 2). Rows are
+    // what retention decides: within 1.3x. Bytes also depend on when
+    // autovacuum gets to the studio's tables (their default thresholds, a
+    // busy 2-core machine): 1.08x to 1.71x over 14 runs, so within 2x.
+    let largest = |from: f64, to: f64, of: fn(&Sample) -> f64| {
         samples
             .iter()
             .filter(|s| s.0 > from && s.0 <= to)
-            .map(|s| s.2)
+            .map(of)
             .fold(0.0, f64::max)
     };
-    let second = largest(HORIZON, 2.0 * HORIZON);
-    let last = largest(HORIZON * f64::from(HORIZONS - 1), f64::INFINITY);
+    let bytes: fn(&Sample) -> f64 = |s| s.2;
+    let rows: fn(&Sample) -> f64 = |s| s.3;
+    let second = largest(HORIZON, 2.0 * HORIZON, bytes);
+    let last = largest(HORIZON * f64::from(HORIZONS - 1), f64::INFINITY, bytes);
+    let second_rows = largest(HORIZON, 2.0 * HORIZON, rows);
+    let last_rows = largest(HORIZON * f64::from(HORIZONS - 1), f64::INFINITY, rows);
     let mut figures = vec![format!(
         "retention steady: horizon {HORIZON} s, interval {INTERVAL} s, {RATE} traces/s ({} events/s), {} traces published, widest window {widest:.1} s",
         RATE * 5,
@@ -461,17 +470,19 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
     for chunk in samples.chunks(4) {
         let s = chunk[0];
         figures.push(format!(
-            "  t={:>5.1} s  window {:>5.1} s  traces+observations+state {:>7.0} kB",
+            "  t={:>5.1} s  window {:>5.1} s  traces+observations+state {:>7.0} kB  {:>5.0} traces",
             s.0,
             s.1,
-            s.2 / 1024.0
+            s.2 / 1024.0,
+            s.3
         ));
     }
     figures.push(format!(
-        "  largest size in horizon 2: {:.0} kB, in horizon {HORIZONS}: {:.0} kB ({:.2}x)",
+        "  largest size in horizon 2: {:.0} kB, in horizon {HORIZONS}: {:.0} kB ({:.2}x); traces {second_rows:.0}, {last_rows:.0} ({:.2}x)",
         second / 1024.0,
         last / 1024.0,
-        last / second
+        last / second,
+        last_rows / second_rows
     ));
     record_figures(&figures);
     admin
@@ -484,7 +495,11 @@ async fn steady_publish_keeps_a_bounded_flat_window() {
         "window {widest:.1} s past horizon + interval; samples: {samples:?}"
     );
     assert!(
-        last <= 1.5 * second,
+        last_rows <= 1.3 * second_rows,
+        "trace rows grew from {second_rows} to {last_rows}; samples: {samples:?}"
+    );
+    assert!(
+        last <= 2.0 * second,
         "tables grew from {second} to {last} bytes; samples: {samples:?}"
     );
 }
