@@ -327,7 +327,8 @@ pub struct PipelineSettings {
 
     /// Writers in this replica: each commits one transaction at a time, so
     /// this is how many batches Postgres works on at once (consumer `i`
-    /// feeds writer `i % writers`). More than 1 did not help on 2 cores.
+    /// feeds writer `i % writers`). On 2 cores more than 1 traded p99 for
+    /// p50 at best (docs/benchmarks.md).
     #[arg(long, env = "OBSERVABILITY_WRITERS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub writers: u32,
