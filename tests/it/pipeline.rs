@@ -624,6 +624,26 @@ async fn state_versions(db: &tokio_postgres::Client, trace: &str) -> Vec<StateVe
 
 type StateVersions = (String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// Every entry published so far acked, and none of them dead-lettered.
+async fn acked_without_dead_letters(
+    env: &TestEnv,
+    redis: &mut redis::Connection,
+    db: &tokio_postgres::Client,
+    service: &Service,
+) {
+    assert!(
+        wait_for(WAIT, || group_drained(redis, &env.stream, &env.group)),
+        "entries not acked; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0,
+        "log: {}",
+        service.log()
+    );
+}
+
 /// Merge state can outlive its studio rows: the studio deletes a trace (its
 /// observations go by cascade) and `swisper_ingest`'s state has no foreign
 /// key. Events for those ids afterwards insert new studio rows, whose state
@@ -714,17 +734,7 @@ async fn state_left_by_deleted_studio_rows_is_written_over() {
         "events for the deleted ids not stored; log: {}",
         service.log()
     );
-    assert!(
-        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
-        "entries not acked; log: {}",
-        service.log()
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
-        0,
-        "log: {}",
-        service.log()
-    );
+    acked_without_dead_letters(&env, &mut redis, &db, &service).await;
 
     let trace = db
         .query_one(
@@ -829,15 +839,7 @@ async fn state_left_by_deleted_studio_rows_is_written_over() {
         "the end of the deleted observation not stored; log: {}",
         service.log()
     );
-    assert!(
-        wait_for(WAIT, || group_drained(&mut redis, &env.stream, &env.group)),
-        "entries not acked; log: {}",
-        service.log()
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
-        0
-    );
+    acked_without_dead_letters(&env, &mut redis, &db, &service).await;
     let after = state_versions(&db, "trace-o").await;
     let root = |state: &[StateVersions]| {
         state
