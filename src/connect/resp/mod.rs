@@ -141,9 +141,9 @@ impl Connection {
     }
 
     /// Reads until one reply is complete: its bytes, copied out of the
-    /// read buffer into an allocation of their own (that entries' fields
-    /// slice, and keep alive no longer than they live), so that the buffer
-    /// is reused as it is for the next reply.
+    /// read buffer into an allocation of their own, which the entries read
+    /// from it slice and keep alive while they live; the buffer is reused
+    /// as it is for the next reply.
     async fn receive(&mut self) -> RedisResult<Bytes> {
         let mut scan = reply::Scan::default();
         loop {
