@@ -3,7 +3,8 @@
 # of swisper-ingest takes a steady load (RATE events/s for SECS s, the
 # loadgen workload of bench.sh's scenario 2) or drains a backlog (BACKLOG
 # events, scenario 1's seed-format workload) into a fresh database, and
-# pg_stat_statements' totals are printed per build, with time per row.
+# pg_stat_statements' totals are printed per build, with time per row and
+# planning time (the service's statements are not prepared: planned per call).
 # Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
 # temp folder removed at the end); builds run one after the other.
 #
@@ -23,6 +24,8 @@ source loadtests/lib/services.sh
 start_services statements
 psql "$admin" -qc "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
 scripts/services.sh stop-postgres "$work/services" && scripts/services.sh start-postgres "$work/services"
+# Known once the library is loaded.
+psql "$admin" -qc "ALTER SYSTEM SET pg_stat_statements.track_planning = on" -c "SELECT pg_reload_conf()"
 
 for bin in "${bins[@]}"; do
   psql "$admin" -qc "DROP DATABASE IF EXISTS statements" -c "CREATE DATABASE statements"
@@ -58,9 +61,10 @@ for bin in "${bins[@]}"; do
   kill -TERM "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=
   echo "## $bin: $what"
   psql "$url" -P pager=off -c "
-    SELECT calls, round(total_exec_time) AS exec_ms, rows,
+    SELECT calls, round(total_plan_time) AS plan_ms, round(total_exec_time) AS exec_ms, rows,
            round((1000 * total_exec_time / nullif(rows, 0))::numeric, 1) AS us_per_row,
            left(regexp_replace(query, '\s+', ' ', 'g'), 60) AS statement
-    FROM pg_stat_statements WHERE total_exec_time > 50 ORDER BY total_exec_time DESC"
-  psql "$url" -Atc "SELECT 'all statements: ' || round(sum(total_exec_time)) || ' ms' FROM pg_stat_statements"
+    FROM pg_stat_statements WHERE total_exec_time + total_plan_time > 50 ORDER BY total_exec_time DESC"
+  psql "$url" -Atc "SELECT 'all statements: ' || round(sum(total_exec_time)) || ' ms executing, '
+                           || round(sum(total_plan_time)) || ' ms planning' FROM pg_stat_statements"
 done
