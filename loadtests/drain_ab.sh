@@ -3,8 +3,8 @@
 # once, then each round drains it with every given build in turn, each into
 # a fresh database with a fresh consumer group, and prints per drain the
 # service's CPU seconds, minor page faults and peak RSS (from /proc/PID/,
-# read before it stops), Postgres's CPU seconds over the drain (all its
-# processes) and the drain time. CPU varies with the machine's load;
+# read before it stops), Postgres's and Redis's CPU seconds over the drain
+# (all of Postgres's processes) and the drain time. CPU varies with the machine's load;
 # compare builds within a round, over several rounds.
 # Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
 # temp folder removed at the end).
@@ -46,13 +46,15 @@ pg_cpu() {
   done
   bc -l <<<"$ticks / $ticks_per_second"
 }
-printf '%-5s %-40s %10s %10s %12s %8s %10s %6s\n' round build cpu_s pg_cpu_s minor_faults hwm_mib drain_s load
+redis_pid=$(<"$work/services/redis.pid")
+redis_cpu() { awk -v t="$ticks_per_second" '{print ($14 + $15) / t}' "/proc/$redis_pid/stat"; }
+printf '%-5s %-40s %10s %10s %11s %12s %8s %10s %6s\n' round build cpu_s pg_cpu_s redis_cpu_s minor_faults hwm_mib drain_s load
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do
     PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS drain_ab" -c "CREATE DATABASE drain_ab"
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab "$bin" migrate >/dev/null 2>&1
     group=ab-$round-$RANDOM
-    pg0=$(pg_cpu)
+    pg0=$(pg_cpu) redis0=$(redis_cpu)
     start=$(date +%s.%N)
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab OBSERVABILITY_STREAM_NAME=backlog \
       OBSERVABILITY_GROUP_NAME=$group OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
@@ -66,13 +68,14 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     drained=$(date +%s.%N)
     read -r faults cpu_ticks < <(awk '{print $10, $14 + $15}' "/proc/$svc_pid/stat")
+    redis_s=$(bc -l <<<"$(redis_cpu) - $redis0")
     hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$svc_pid/status")
     kill -TERM "$svc_pid"; wait "$svc_pid" || true; svc_pid=
     sleep 0.5 # the service's backends end after it
     pg=$(bc -l <<<"$(pg_cpu) - $pg0")
     redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$group" >/dev/null
-    printf '%-5s %-40s %10.2f %10.2f %12s %8s %10.2f %6s\n' "$round" "$bin" \
-      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$pg" "$faults" "$hwm" "$(bc -l <<<"$drained - $start")" \
+    printf '%-5s %-40s %10.2f %10.2f %11.2f %12s %8s %10.2f %6s\n' "$round" "$bin" \
+      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$pg" "$redis_s" "$faults" "$hwm" "$(bc -l <<<"$drained - $start")" \
       "$(cut -d' ' -f1 /proc/loadavg)"
   done
 done

@@ -21,6 +21,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
+use crate::connect::resp::group_read::Limit;
 pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
@@ -61,6 +62,10 @@ pub struct Request<'a> {
     pub max_count: usize,
     pub weights: Weights,
     pub max_deliveries: u32,
+    /// What one new entry is expected to weigh (0: unknown), from the
+    /// previous page ([`Page::heaviest`]): a plain read asks for as many as
+    /// the reservation covers at that weight.
+    pub expected_entry_weight: u64,
 }
 
 /// Entries read, with what they weigh.
@@ -75,6 +80,12 @@ pub struct Page {
     /// claim scan is complete). New mode: the group's last delivered id.
     pub next: String,
     pub weight: u64,
+    /// New mode: entries delivered after `entries` that did not fit the
+    /// reservation and were not loaded. Pending to this consumer: reload
+    /// them with [`Mode::Held`] (their delivery is counted already).
+    pub unloaded: Vec<StreamId>,
+    /// The heaviest entry's weight (for pages the script read, the mean).
+    pub heaviest: u64,
 }
 
 /// The outcome of [`read_within_budget`].
@@ -97,6 +108,11 @@ pub async fn read_within_budget(
     request: &Request<'_>,
     mode: &Mode,
 ) -> Result<Read, StreamError> {
+    if let Mode::New = mode {
+        if let Some(read) = read_new_plain(conn, budget, request).await {
+            return read;
+        }
+    }
     let mut wanted: Option<u64> = None;
     // Pending ids found deleted (and acked) by a try that then needed more
     // budget: reported with the page finally read.
@@ -139,6 +155,115 @@ pub async fn read_within_budget(
             }
         }
     }
+}
+
+/// New entries by a plain XREADGROUP, weighed as they arrive: the entries
+/// that fit the reservation, and the ids of those delivered past it (see
+/// [`Page::unloaded`]). `None` when `conn` cannot (see
+/// [`RangeReads::read_new`]) or when no page read before tells what an
+/// entry weighs: the script reads then.
+async fn read_new_plain(
+    conn: &mut impl RangeReads,
+    budget: &MemoryBudget,
+    request: &Request<'_>,
+) -> Option<Result<Read, StreamError>> {
+    if request.expected_entry_weight == 0 {
+        // Nothing read yet tells what entries weigh: the script weighs them.
+        return None;
+    }
+    let mut reservation = budget
+        .acquire_available(MIN_RESERVATION, budget.total_bytes())
+        .await;
+    let limit = Limit {
+        weight: reservation.bytes(),
+        take_first: reservation.is_whole_budget(),
+        weights: request.weights,
+    };
+    let each = request.expected_entry_weight;
+    let count = (limit.weight / each).clamp(1, request.max_count.max(1) as u64);
+    let expected_bytes = count * each / request.weights.raw_factor.max(1);
+    let mut command = redis::cmd("XREADGROUP");
+    command
+        .arg("GROUP")
+        .arg(request.group)
+        .arg(request.consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(request.stream)
+        .arg(">");
+    let read = match conn
+        .read_new(&command, limit, expected_bytes as usize)
+        .await?
+    {
+        Ok(Some(read)) if !(read.entries.is_empty() && read.unloaded.is_empty()) => read,
+        Ok(_) => {
+            return Some(
+                last_delivered_id(conn, request)
+                    .await
+                    .map(|next| Read::Empty { next }),
+            )
+        }
+        Err(error) => return Some(Err(error)),
+    };
+    if !read.unloaded.is_empty() {
+        metrics::counter!(crate::metrics::DELIVERED_UNLOADED).increment(read.unloaded.len() as u64);
+        tracing::debug!(
+            count,
+            limit = limit.weight,
+            expected = request.expected_entry_weight,
+            loaded = read.entries.len(),
+            unloaded = read.unloaded.len(),
+            "new entries delivered past the reservation"
+        );
+    }
+    reservation.shrink_to(read.weight);
+    let next = read
+        .unloaded
+        .last()
+        .or(read.entries.last().map(|(id, ..)| id))
+        .map(StreamId::to_string)
+        .unwrap_or_default();
+    let page = Page {
+        heaviest: read
+            .entries
+            .iter()
+            .map(|(.., weight)| *weight)
+            .max()
+            .unwrap_or(0),
+        entries: read
+            .entries
+            .into_iter()
+            .map(|(id, fields, _)| StreamEntry {
+                id,
+                fields,
+                deliveries: 1,
+            })
+            .collect(),
+        deleted: Vec::new(),
+        next,
+        weight: read.weight,
+        unloaded: read.unloaded,
+    };
+    Some(Ok(Read::Page(page, reservation)))
+}
+
+/// The group's last delivered id, where a wait for new entries starts.
+/// A group that is gone gives `0-0`: the wait ends at once on any entry, and
+/// the next read meets the missing group (and recreates it).
+async fn last_delivered_id(
+    conn: &mut impl ConnectionLike,
+    request: &Request<'_>,
+) -> Result<String, StreamError> {
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(request.stream)
+        .query_async(conn)
+        .await?;
+    Ok(crate::redis_stream::group_infos(groups)?
+        .into_iter()
+        .find(|group| group.name == request.group)
+        .map_or_else(|| "0-0".to_owned(), |group| group.last_delivered_id))
 }
 
 enum Reply {
@@ -373,6 +498,8 @@ fn assemble(chosen: Chosen, fetched: Fetched) -> (Page, Vec<StreamId>) {
         deleted: chosen.deleted,
         next: chosen.next,
         weight: chosen.weight,
+        unloaded: Vec::new(),
+        heaviest: chosen.weight / chosen.entries.len().max(1) as u64,
     };
     let mut gone = Vec::new();
     for (id, deliveries, fields) in chosen.entries {

@@ -154,6 +154,7 @@ async fn claim_pass(
         max_count: settings.pipeline.batch_size as usize,
         weights: Weights::new(settings.limits.max_expanded_bytes),
         max_deliveries: settings.limits.max_deliveries,
+        expected_entry_weight: 0,
     };
     let mut start = "-".to_owned();
     loop {

@@ -140,6 +140,7 @@ enum Outcome {
     Page {
         next: String,
         ids: Vec<StreamId>,
+        unloaded: Vec<StreamId>,
         handed: Option<Handed>,
     },
     Failed(SourceError),
@@ -162,11 +163,17 @@ impl Handler<ReadNext> for Consumer {
         let step = async move {
             match read.await {
                 Ok(Read::Empty { next }) => Outcome::Empty { next },
-                Ok(Read::Page(page, reservation)) => {
+                Ok(Read::Page(mut page, reservation)) => {
                     let ids: Vec<StreamId> = page.entries.iter().map(|e| e.id).collect();
                     let next = page.next.clone();
+                    let unloaded = std::mem::take(&mut page.unloaded);
                     let handed = handover.hand(page, reservation).await;
-                    Outcome::Page { next, ids, handed }
+                    Outcome::Page {
+                        next,
+                        ids,
+                        unloaded,
+                        handed,
+                    }
                 }
                 Err(error) => Outcome::Failed(error),
             }
@@ -179,9 +186,14 @@ impl Handler<ReadNext> for Consumer {
                         consumer.problems.clear();
                         consumer.state.on_empty(next)
                     }
-                    Outcome::Page { next, ids, handed } => {
+                    Outcome::Page {
+                        next,
+                        ids,
+                        unloaded,
+                        handed,
+                    } => {
                         consumer.problems.clear();
-                        consumer.state.on_page(&next, &ids);
+                        consumer.state.on_page(&next, &ids, &unloaded);
                         apply(&mut consumer.state, &ids, handed)
                     }
                 };

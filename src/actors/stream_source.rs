@@ -3,7 +3,7 @@
 //! replaced after a transport failure. Behind [`StreamSource`] so that the
 //! consumer actor can be tested without Redis.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
@@ -50,6 +50,8 @@ pub struct RedisSource {
     consumer: String,
     budget: MemoryBudget,
     conn: Rc<RefCell<Option<Connection>>>,
+    /// The heaviest entry of the last page: what the next read expects.
+    entry_weight: Rc<Cell<u64>>,
 }
 
 impl RedisSource {
@@ -59,6 +61,7 @@ impl RedisSource {
             consumer,
             budget,
             conn: Rc::default(),
+            entry_weight: Rc::default(),
         }
     }
 }
@@ -69,11 +72,12 @@ impl StreamSource for RedisSource {
         mode: Mode,
         max_count: usize,
     ) -> LocalBoxFuture<'static, Result<Read, SourceError>> {
-        let (shared, consumer, budget, slot) = (
+        let (shared, consumer, budget, slot, entry_weight) = (
             self.shared.clone(),
             self.consumer.clone(),
             self.budget.clone(),
             self.conn.clone(),
+            self.entry_weight.clone(),
         );
         async move {
             let mut conn = connection(&shared, &slot).await?;
@@ -85,9 +89,15 @@ impl StreamSource for RedisSource {
                 max_count,
                 weights: Weights::new(settings.limits.max_expanded_bytes),
                 max_deliveries: settings.limits.max_deliveries,
+                expected_entry_weight: entry_weight.get(),
             };
             match weighed_read::read_within_budget(&mut conn, &budget, &request, &mode).await {
                 Ok(read) => {
+                    if let Read::Page(page, _) = &read {
+                        if page.heaviest > 0 {
+                            entry_weight.set(page.heaviest);
+                        }
+                    }
                     shared.health.set_redis(true);
                     *slot.borrow_mut() = Some(conn);
                     Ok(read)

@@ -8,6 +8,9 @@
 //! - A batch that poison protection refused is *kept*: reloaded as it is
 //!   (no delivery counted, idle time reset) until it commits or is acked by
 //!   hand, instead of being re-read.
+//! - New entries delivered past a read's budget (a plain XREADGROUP weighs
+//!   them only as they arrive) are *unloaded*: reloaded next the same way
+//!   as a kept batch, their delivery already counted.
 //! - A batch that could not be stored resets the cursor to the start of the
 //!   consumer's own pending entries, where it still is.
 
@@ -36,6 +39,9 @@ pub struct ReadState {
     /// Ids of a batch refused by poison protection, still pending to this
     /// consumer, oldest first.
     kept: Vec<StreamId>,
+    /// Ids delivered past a read's budget, not loaded, still pending to this
+    /// consumer, oldest first: read after `kept`.
+    unloaded: Vec<StreamId>,
 }
 
 const START: StreamId = StreamId { ms: 0, seq: 0 };
@@ -45,6 +51,7 @@ impl Default for ReadState {
         Self {
             cursor: Cursor::Pending(START),
             kept: Vec::new(),
+            unloaded: Vec::new(),
         }
     }
 }
@@ -52,20 +59,32 @@ impl Default for ReadState {
 impl ReadState {
     /// The read to make.
     pub fn mode(&self) -> Mode {
-        match (self.kept.is_empty(), self.cursor) {
-            (false, _) => Mode::Held(self.kept.clone()),
-            (true, Cursor::Pending(after)) => Mode::Pending(after),
-            (true, Cursor::New) => Mode::New,
+        if let Some(held) = self.held() {
+            return Mode::Held(held.clone());
+        }
+        match self.cursor {
+            Cursor::Pending(after) => Mode::Pending(after),
+            Cursor::New => Mode::New,
         }
     }
 
     /// How many entries the read may bring.
     pub fn max_count(&self, batch_size: usize) -> usize {
-        if self.kept.is_empty() {
-            batch_size
-        } else {
-            self.kept.len()
-        }
+        self.held().map_or(batch_size, Vec::len)
+    }
+
+    /// The held ids the next read reloads: kept ones first, then unloaded.
+    fn held(&self) -> Option<&Vec<StreamId>> {
+        [&self.kept, &self.unloaded]
+            .into_iter()
+            .find(|ids| !ids.is_empty())
+    }
+
+    /// As [`Self::held`], to change.
+    fn held_mut(&mut self) -> Option<&mut Vec<StreamId>> {
+        [&mut self.kept, &mut self.unloaded]
+            .into_iter()
+            .find(|ids| !ids.is_empty())
     }
 
     /// Entries kept by poison protection.
@@ -75,9 +94,10 @@ impl ReadState {
 
     /// The read brought nothing; `next` is the script's [`crate::weighed_read::Page::next`].
     pub fn on_empty(&mut self, next: String) -> Next {
-        if !self.kept.is_empty() {
-            // Everything kept was acknowledged by hand (the runbook's way out).
-            self.kept.clear();
+        if let Some(held) = self.held_mut() {
+            // None of them is pending any more: kept ones acknowledged by
+            // hand (the runbook's way out), or unloaded ones claimed.
+            held.clear();
             return Next::ReadAgain;
         }
         match self.cursor {
@@ -91,17 +111,21 @@ impl ReadState {
     }
 
     /// The read brought a page (the entry ids, possibly none but deleted
-    /// ones), not yet stored. Kept entries after the page's end did not fit
-    /// this time and stay kept; those before its end that did not come back
-    /// were acknowledged by hand.
-    pub fn on_page(&mut self, next: &str, ids: &[StreamId]) {
-        if let Cursor::Pending(after) = self.cursor {
-            if self.kept.is_empty() {
-                self.cursor = Cursor::Pending(next.parse().unwrap_or(after));
+    /// ones), not yet stored, and `unloaded`, the ids it delivered and did
+    /// not load. Held entries after the page's end did not fit this time
+    /// and stay held; those before its end that did not come back were
+    /// acknowledged by hand (or claimed).
+    pub fn on_page(&mut self, next: &str, ids: &[StreamId], unloaded: &[StreamId]) {
+        let end = ids.last().copied();
+        match self.held_mut() {
+            Some(held) => held.retain(|id| end.is_some_and(|end| *id > end)),
+            None => {
+                if let Cursor::Pending(after) = self.cursor {
+                    self.cursor = Cursor::Pending(next.parse().unwrap_or(after));
+                }
             }
         }
-        let end = ids.last().copied();
-        self.kept.retain(|id| end.is_some_and(|end| *id > end));
+        self.unloaded.extend_from_slice(unloaded);
     }
 
     /// The page is committed and acked.

@@ -12,7 +12,7 @@ fn ids(seqs: &[u64]) -> Vec<StreamId> {
 fn reads_own_pending_entries_first_then_new_ones() {
     let mut state = ReadState::default();
     assert!(matches!(state.mode(), Mode::Pending(after) if after == START));
-    state.on_page("1-7", &ids(&[5, 7]));
+    state.on_page("1-7", &ids(&[5, 7]), &[]);
     assert_eq!(state.on_stored(), Next::ReadAgain);
     assert!(matches!(state.mode(), Mode::Pending(after) if after == id(7)));
     // Own pending list exhausted: new entries from now on.
@@ -26,8 +26,8 @@ fn reads_own_pending_entries_first_then_new_ones() {
 #[test]
 fn an_unparsable_next_id_keeps_the_cursor_where_it_was() {
     let mut state = ReadState::default();
-    state.on_page("1-3", &ids(&[3]));
-    state.on_page("garbage", &ids(&[4]));
+    state.on_page("1-3", &ids(&[3]), &[]);
+    state.on_page("garbage", &ids(&[4]), &[]);
     assert!(matches!(state.mode(), Mode::Pending(after) if after == id(3)));
 }
 
@@ -35,18 +35,18 @@ fn an_unparsable_next_id_keeps_the_cursor_where_it_was() {
 fn a_refused_page_is_kept_and_reloaded_as_it_is() {
     let mut state = ReadState::default();
     state.on_empty("0-0".into());
-    state.on_page("1-3", &ids(&[1, 2, 3]));
+    state.on_page("1-3", &ids(&[1, 2, 3]), &[]);
     assert_eq!(state.on_refused(&ids(&[1, 2, 3])), Next::RetryKept);
     assert_eq!(state.kept(), 3);
     assert_eq!(state.max_count(100), 3);
     assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[1, 2, 3])));
     // The retry brought only the first two (the third did not fit): it stays
     // kept, and is reloaded next.
-    state.on_page("0-0", &ids(&[1, 2]));
+    state.on_page("0-0", &ids(&[1, 2]), &[]);
     assert_eq!(state.kept(), 1);
     assert_eq!(state.on_stored(), Next::ReadAgain);
     assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[3])));
-    state.on_page("0-0", &ids(&[3]));
+    state.on_page("0-0", &ids(&[3]), &[]);
     assert_eq!(state.kept(), 0);
     assert!(matches!(state.mode(), Mode::New), "back to new entries");
 }
@@ -56,7 +56,7 @@ fn kept_entries_acked_by_hand_are_let_go() {
     let mut state = ReadState::default();
     state.on_refused(&ids(&[1, 2, 3]));
     // Entry 2 was acked by hand: the reload brings 1 and 3 only.
-    state.on_page("0-0", &ids(&[1, 3]));
+    state.on_page("0-0", &ids(&[1, 3]), &[]);
     assert_eq!(state.kept(), 0);
     state.on_refused(&ids(&[4]));
     // All acked by hand: the reload brings nothing.
@@ -68,7 +68,7 @@ fn kept_entries_acked_by_hand_are_let_go() {
 fn a_second_refusal_keeps_the_new_page_ahead_of_the_rest() {
     let mut state = ReadState::default();
     state.on_refused(&ids(&[1, 2, 3]));
-    state.on_page("0-0", &ids(&[1]));
+    state.on_page("0-0", &ids(&[1]), &[]);
     state.on_refused(&ids(&[1]));
     assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[1, 2, 3])));
 }
@@ -93,4 +93,34 @@ fn a_failed_read_changes_nothing() {
     assert_eq!(state.on_read_failed(), Next::Backoff);
     assert_eq!(state, before);
     assert_eq!(state.on_group_recreated(), Next::ReadAgain);
+}
+
+#[test]
+fn entries_delivered_past_the_budget_are_reloaded_next_and_not_counted_as_kept() {
+    let mut state = ReadState::default();
+    state.on_empty("0-0".into());
+    state.on_page("1-4", &ids(&[1, 2]), &ids(&[3, 4]));
+    assert_eq!(state.on_stored(), Next::ReadAgain);
+    assert_eq!(state.kept(), 0, "not poison protection's");
+    assert_eq!(state.max_count(100), 2);
+    assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[3, 4])));
+    // The reload brought the first (the second did not fit): it stays.
+    state.on_page("0-0", &ids(&[3]), &[]);
+    assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[4])));
+    state.on_page("0-0", &ids(&[4]), &[]);
+    assert!(matches!(state.mode(), Mode::New));
+}
+
+#[test]
+fn a_refused_page_goes_before_entries_not_loaded() {
+    let mut state = ReadState::default();
+    state.on_empty("0-0".into());
+    state.on_page("1-4", &ids(&[1, 2]), &ids(&[3, 4]));
+    state.on_refused(&ids(&[1, 2]));
+    assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[1, 2])));
+    state.on_page("0-0", &ids(&[1, 2]), &[]);
+    assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&[3, 4])));
+    // Claimed by another replica meanwhile: nothing comes back.
+    assert_eq!(state.on_empty("0-0".into()), Next::ReadAgain);
+    assert!(matches!(state.mode(), Mode::New));
 }

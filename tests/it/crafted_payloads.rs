@@ -147,6 +147,7 @@ async fn the_weight_covers_what_the_parser_inflates() {
         max_count: 1,
         weights,
         max_deliveries: 10,
+        expected_entry_weight: 0,
     };
     let mut table = String::new();
     let mut failures = Vec::new();

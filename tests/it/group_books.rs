@@ -4,7 +4,9 @@
 //! group operations (XADD with and without MAXLEN, XDEL, XTRIM MAXLEN and
 //! MINID, group creation at `0`, `$` or an id, SETID, consumer deletion,
 //! XACK) to two identical streams, and reads both: stream A through the
-//! weighed read (`read_within_budget`, in every mode: new, own pending, claim,
+//! weighed read (`read_within_budget` on the consumers' own connection, in
+//! every mode: new, by the script or, once the reader expects an entry's
+//! weight, by a plain XREADGROUP weighed as it arrives; own pending, claim,
 //! held), stream B through the plain commands a consumer would use
 //! (XREADGROUP `>`, XREADGROUP with an id, XAUTOCLAIM, XCLAIM JUSTID). After
 //! every step both must show the same ids delivered, the same pending entries
@@ -12,7 +14,8 @@
 //! lag.
 //!
 //! The weighed read decides how many entries fit its budget; the plain read
-//! on B then takes that many (the books, not the sizing, are compared).
+//! on B then takes that many, counting those a plain read on A delivered
+//! without loading them (the books, not the sizing, are compared).
 //!
 //! Cases: GROUP_BOOKS_CASES (default 1,000). A failure prints the shrunk
 //! sequence and the seed: `PROPTEST_RNG_SEED=<seed> cargo test --test
@@ -26,6 +29,7 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 use redis::Value;
+use swisper_ingest::connect::resp::Connection;
 use swisper_ingest::event::StreamId;
 use swisper_ingest::memory_budget::{MemoryBudget, Weights};
 use swisper_ingest::weighed_read::{read_within_budget, Mode, Read, Request};
@@ -77,10 +81,13 @@ enum Op {
         pick: usize,
         n: u8,
     },
+    /// `hint`: what the reader expects an entry to weigh (the weight of a
+    /// size class; none: unknown, and the script weighs the entries).
     ReadNew {
         consumer: u8,
         count: u8,
         budget: u8,
+        hint: Option<u8>,
     },
     ReadPending {
         consumer: u8,
@@ -132,8 +139,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (pos(), option::weighted(0.3, 0u8..16)).prop_map(|(p, n)| Op::SetId(p, n)),
         1 => consumer.clone().prop_map(Op::DelConsumer),
         2 => (any::<usize>(), 1u8..4).prop_map(|(pick, n)| Op::Ack { pick, n }),
-        5 => (consumer.clone(), count.clone(), budget.clone())
-            .prop_map(|(consumer, count, budget)| Op::ReadNew { consumer, count, budget }),
+        5 => (consumer.clone(), count.clone(), budget.clone(), option::weighted(0.7, 0u8..4))
+            .prop_map(|(consumer, count, budget, hint)| Op::ReadNew { consumer, count, budget, hint }),
         2 => (consumer.clone(), option::of(any::<usize>()), count.clone(), budget.clone())
             .prop_map(|(consumer, after, count, budget)| Op::ReadPending { consumer, after, count, budget }),
         2 => (consumer.clone(), option::of(any::<usize>()), count, budget)
@@ -297,22 +304,32 @@ impl Pair {
 /// Delivered (id, deliveries) and deleted ids of one weighed read.
 type Outcome = (Vec<(String, u32)>, Vec<String>);
 
+/// A read of the service's own consumer connection; `hint` as in
+/// [`Op::ReadNew`]. Entries a plain read delivered without loading them are
+/// delivered all the same: they count with the page.
+#[allow(clippy::too_many_arguments)]
 fn weighed(
     runtime: &tokio::runtime::Runtime,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Connection,
     stream: &str,
     consumer: &str,
     count: u8,
     budget: u8,
+    hint: Option<u8>,
     mode: &Mode,
 ) -> Result<Outcome, TestCaseError> {
+    let weights = Weights::new(16 * 1024 * 1024);
+    let expected_entry_weight = hint.map_or(0, |size| {
+        weights.weight(4 + SIZES[usize::from(size)] as u64, 0)
+    });
     let request = Request {
         stream,
         group: GROUP,
         consumer,
         max_count: usize::from(count),
-        weights: Weights::new(16 * 1024 * 1024),
+        weights,
         max_deliveries: 1_000,
+        expected_entry_weight,
     };
     let budget = MemoryBudget::new(BUDGETS[usize::from(budget)]);
     let read = runtime
@@ -324,6 +341,7 @@ fn weighed(
             page.entries
                 .iter()
                 .map(|e| (e.id.to_string(), e.deliveries))
+                .chain(page.unloaded.iter().map(|id| (id.to_string(), 1)))
                 .collect(),
             page.deleted.iter().map(|id| id.to_string()).collect(),
         ),
@@ -457,7 +475,7 @@ fn run_case(
     pair: &Pair,
     conn: &mut redis::Connection,
     runtime: &tokio::runtime::Runtime,
-    aconn: &mut redis::aio::MultiplexedConnection,
+    aconn: &mut Connection,
 ) -> Result<(), TestCaseError> {
     let ops = steps(case);
     for (step, op) in ops.iter().enumerate() {
@@ -479,7 +497,7 @@ fn apply(
     pair: &Pair,
     conn: &mut redis::Connection,
     runtime: &tokio::runtime::Runtime,
-    aconn: &mut redis::aio::MultiplexedConnection,
+    aconn: &mut Connection,
 ) -> Result<(), TestCaseError> {
     match op {
         Op::Add { sizes, maxlen } => {
@@ -590,6 +608,7 @@ fn apply(
             consumer,
             count,
             budget,
+            hint,
         } => {
             let consumer = CONSUMERS[usize::from(*consumer)];
             let got = weighed(
@@ -599,6 +618,7 @@ fn apply(
                 consumer,
                 *count,
                 *budget,
+                *hint,
                 &Mode::New,
             )?;
             // As many as the weighed read took (one when it took none: the
@@ -621,7 +641,9 @@ fn apply(
                 _ => "0-0".to_owned(),
             };
             let mode = Mode::Pending(after.parse().expect("an id"));
-            let got = weighed(runtime, aconn, &pair.a, consumer, *count, *budget, &mode)?;
+            let got = weighed(
+                runtime, aconn, &pair.a, consumer, *count, *budget, None, &mode,
+            )?;
             let pel_b = pel(conn, &pair.b, None);
             let n = consumed(&pel_b, Some(consumer), id_key(&after), false, &got).max(1);
             let reference = xreadgroup(conn, &pair.b, consumer, n, &after);
@@ -662,7 +684,9 @@ fn apply(
                 start: start.clone(),
                 min_idle: std::time::Duration::ZERO,
             };
-            let got = weighed(runtime, aconn, &pair.a, consumer, *count, *budget, &mode)?;
+            let got = weighed(
+                runtime, aconn, &pair.a, consumer, *count, *budget, None, &mode,
+            )?;
             let pel_b = pel(conn, &pair.b, None);
             let n = consumed(&pel_b, None, id_key(&start), true, &got).max(1);
             let reply: Value = redis::cmd("XAUTOCLAIM")
@@ -715,7 +739,7 @@ fn apply(
             unique.sort_by_key(|id| id_key(id));
             unique.dedup();
             let mode = Mode::Held(unique.iter().map(|id| id.parse().unwrap()).collect());
-            let got = weighed(runtime, aconn, &pair.a, consumer, 1, 0, &mode)?;
+            let got = weighed(runtime, aconn, &pair.a, consumer, 1, 0, None, &mode)?;
             // A held batch is reloaded whole: the reference is every held
             // id still pending to the consumer, kept fresh without counting.
             let own_b = pel(conn, &pair.b, Some(consumer));
@@ -765,9 +789,7 @@ fn the_weighed_read_keeps_the_books_of_plain_consumer_group_commands() {
         .enable_all()
         .build()
         .unwrap();
-    let aconn = runtime
-        .block_on(client.get_multiplexed_async_connection())
-        .expect("connect to redis");
+    let aconn = runtime.block_on(crate::harness::consumer_connection(&url));
     let aconn = std::cell::RefCell::new(aconn);
     let conn_cell = std::cell::RefCell::new(conn);
 

@@ -19,6 +19,7 @@ fn request<'a>(env: &'a TestEnv, consumer: &'a str) -> Request<'a> {
         max_count: 500,
         weights: Weights::new(MAX_EXPANDED),
         max_deliveries: 10,
+        expected_entry_weight: 0,
     }
 }
 
@@ -146,4 +147,93 @@ fn page_id(redis: &mut redis::Connection, env: &TestEnv) -> swisper_ingest::even
     pending_all(redis, &env.stream, &env.group)[0]
         .parse()
         .unwrap()
+}
+
+/// The consumers' connection reads new entries with a plain XREADGROUP once
+/// it knows what an entry weighs, weighing them as they arrive: those past
+/// the reservation are delivered (pending, counted once) but not loaded, and
+/// a held reload brings them without counting a delivery again.
+#[tokio::test]
+async fn a_plain_read_delivers_past_its_budget_and_the_held_reload_brings_the_rest() {
+    let env = TestEnv::new("weighed_plain").await;
+    let mut redis = env.redis();
+    env.create_group(&mut redis);
+    let small = "s".repeat(1_000);
+    let big = "b".repeat(400_000);
+    for data in [&small, &small, &big, &small] {
+        env.publish(&mut redis, &[("data", data.as_str())]);
+    }
+    let mut conn = consumer_connection(&env.redis_url).await;
+    let weights = Weights::new(MAX_EXPANDED);
+    let small_weight = weights.weight(raw_size(&[("data", small.as_str())]), 0);
+    let request = Request {
+        expected_entry_weight: small_weight,
+        ..request(&env, "c")
+    };
+    // Half the budget is in other hands: room for the small ones, not for
+    // the big one (1.6 MB).
+    let budget = MemoryBudget::new(2 * 1024 * 1024);
+    let elsewhere = budget.acquire(1024 * 1024).await;
+    let read = read_within_budget(&mut conn, &budget, &request, &Mode::New)
+        .await
+        .unwrap();
+    let Read::Page(page, reservation) = read else {
+        panic!("nothing read")
+    };
+    assert_eq!(page.entries.len(), 2);
+    assert_eq!(page.weight, 2 * small_weight);
+    assert_eq!(page.heaviest, small_weight);
+    assert!(reservation.bytes() >= page.weight && reservation.bytes() < page.weight + 1024);
+    assert_eq!(page.unloaded.len(), 2, "the big one and the one after it");
+    drop((reservation, elsewhere));
+    let all = pending_ids(&mut redis, &env.stream, &env.group, Some("c"));
+    assert_eq!(all.len(), 4, "all four delivered to c");
+    assert_eq!(lag(&mut redis, &env), Some(0));
+
+    // With the whole budget free, the reload brings both.
+    let held = Mode::Held(page.unloaded.clone());
+    let read = read_within_budget(&mut conn, &budget, &request, &held)
+        .await
+        .unwrap();
+    let Read::Page(page, _reservation) = read else {
+        panic!("nothing reloaded")
+    };
+    let ids: Vec<String> = page.entries.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, all[2..]);
+    assert!(
+        page.entries.iter().all(|e| e.deliveries == 1),
+        "not counted again"
+    );
+    assert_eq!(page.entries[0].fields[0].1.len(), big.len());
+
+    // Nothing new: empty, with the group's last delivered id to wait after.
+    let read = read_within_budget(&mut conn, &budget, &request, &Mode::New)
+        .await
+        .unwrap();
+    let Read::Empty { next } = read else {
+        panic!("read something")
+    };
+    assert_eq!(next, all[3]);
+}
+
+/// The group's lag as XINFO GROUPS reports it.
+fn lag(redis: &mut redis::Connection, env: &TestEnv) -> Option<u64> {
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&env.stream)
+        .query(redis)
+        .unwrap();
+    let redis::Value::Array(groups) = groups else {
+        return None;
+    };
+    let redis::Value::Array(fields) = groups.into_iter().next()? else {
+        return None;
+    };
+    let at = fields
+        .iter()
+        .position(|f| matches!(f, redis::Value::BulkString(b) if b == b"lag"))?;
+    match fields.get(at + 1) {
+        Some(redis::Value::Int(n)) => Some(*n as u64),
+        _ => None,
+    }
 }

@@ -11,6 +11,7 @@
 //! stream at an unknown point: the connection refuses further commands and
 //! the caller opens a new one.
 
+pub mod group_read;
 pub mod reply;
 
 use std::io;
@@ -140,6 +141,38 @@ impl Connection {
         Ok(replies)
     }
 
+    /// XREADGROUP of up to `count` new entries, kept while they fit `limit`
+    /// ([`group_read`]); `expected_bytes` is what the reply likely holds.
+    pub async fn read_new_entries(
+        &mut self,
+        command: &Cmd,
+        limit: group_read::Limit,
+        expected_bytes: usize,
+    ) -> RedisResult<Option<group_read::GroupRead>> {
+        if self.broken {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "connection left at an unknown point by an earlier failure",
+            )));
+        }
+        self.broken = true;
+        let timeout = self.response_timeout;
+        let read = tokio::time::timeout(timeout, async {
+            self.io.write_all(&command.get_packed_command()).await?;
+            self.io.flush().await?;
+            group_read::read_group_reply(&mut self.io, &mut self.buf, limit, expected_bytes)
+                .await
+                .map_err(|error| match error {
+                    group_read::ReadError::Io(error) => RedisError::from(error),
+                    group_read::ReadError::Protocol(error) => unreadable(error),
+                })
+        })
+        .await
+        .map_err(|_| timed_out("answer", timeout))??;
+        self.broken = false;
+        read.map_err(RedisError::from)
+    }
+
     /// Reads until one reply is complete: its bytes, copied out of the
     /// read buffer into an allocation of their own, which the entries read
     /// from it slice and keep alive while they live; the buffer is reused
@@ -250,5 +283,18 @@ impl RangeReads for Connection {
                 Ok((id, fields))
             })
             .collect()
+    }
+
+    async fn read_new(
+        &mut self,
+        command: &Cmd,
+        limit: group_read::Limit,
+        expected_bytes: usize,
+    ) -> Option<Result<Option<group_read::GroupRead>, StreamError>> {
+        Some(
+            self.read_new_entries(command, limit, expected_bytes)
+                .await
+                .map_err(StreamError::from),
+        )
     }
 }

@@ -99,7 +99,7 @@ impl Scan {
 /// after the line's CRLF; `None` when the line is not complete yet. (A
 /// line holds no CR or LF of its own: lengths, integers, status and error
 /// text.)
-fn line_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+pub(super) fn line_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let kind = *bytes.get(at)?;
     let rest = &bytes[at + 1..];
     let lf = memchr::memchr(b'\n', rest)?;
@@ -108,7 +108,7 @@ fn line_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
 }
 
 /// A length or an integer: ASCII digits, perhaps after a minus sign.
-fn number(line: &[u8]) -> Result<i64, ProtocolError> {
+pub(super) fn number(line: &[u8]) -> Result<i64, ProtocolError> {
     let bad = || ProtocolError::Number(String::from_utf8_lossy(line).into_owned());
     let (negative, digits) = match line.split_first() {
         Some((b'-', digits)) => (true, digits),
@@ -250,7 +250,7 @@ fn bulk(bytes: &[u8], at: &mut usize) -> Result<std::ops::Range<usize>, Protocol
 
 /// An error line (with its CRLF) as redis-rs' parser reads it: the same
 /// error kinds and codes, which callers match on.
-fn server_error(line: &[u8]) -> Result<Value, ProtocolError> {
+pub(super) fn server_error(line: &[u8]) -> Result<Value, ProtocolError> {
     redis::parse_redis_value(line)
         .map_err(|_| ProtocolError::ErrorLine(String::from_utf8_lossy(line).into_owned()))
 }

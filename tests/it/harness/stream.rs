@@ -126,3 +126,25 @@ pub fn group_drained(conn: &mut redis::Connection, stream: &str, group: &str) ->
         _ => false,
     }
 }
+
+/// The consumers' own connection (`connect::resp`), opened as the service
+/// opens it from the URL.
+pub async fn consumer_connection(redis_url: &str) -> swisper_ingest::connect::resp::Connection {
+    let settings = swisper_ingest::config::RedisSettings {
+        url: redis_url.parse().expect("redis url"),
+        username: None,
+        username_file: None,
+        password: None,
+        password_file: None,
+        ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        tls_insecure: false,
+    };
+    settings
+        .target()
+        .expect("redis settings")
+        .open_for_reads(std::time::Duration::from_secs(1))
+        .await
+        .expect("connect to redis")
+}
