@@ -145,6 +145,20 @@ pub trait RangeReads: ConnectionLike + Sized {
         range_entries(reply)
     }
 
+    /// One pipelined `XRANGE stream id id` per id: each entry's fields,
+    /// `None` for an entry no longer there.
+    async fn xrange_each(
+        &mut self,
+        stream: &str,
+        ids: &[StreamId],
+    ) -> Result<Vec<Option<EntryFields>>, StreamError> {
+        let replies: Vec<Value> = xrange_each_pipeline(stream, ids).query_async(self).await?;
+        replies
+            .into_iter()
+            .map(|reply| Ok(range_entries(reply)?.pop().map(|(_, fields)| fields)))
+            .collect()
+    }
+
     /// `command`, an XREADGROUP of new entries, its reply weighed as it
     /// arrives and kept within `limit` (see [`crate::connect::resp::group_read`]).
     /// `None` from connections that buffer whole replies (redis-rs'): the
@@ -172,6 +186,16 @@ pub(crate) fn range_entries(reply: Value) -> Result<Vec<(StreamId, EntryFields)>
 }
 
 impl RangeReads for redis::aio::MultiplexedConnection {}
+
+/// `XRANGE stream id id` for each id.
+pub(crate) fn xrange_each_pipeline(stream: &str, ids: &[StreamId]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        let id = id.to_string();
+        pipe.add_command(xrange_command(stream, &id, &id));
+    }
+    pipe
+}
 
 /// `XRANGE stream first last`.
 pub(crate) fn xrange_command(stream: &str, first: &str, last: &str) -> redis::Cmd {

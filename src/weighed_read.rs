@@ -25,9 +25,7 @@ use crate::connect::resp::group_read::Limit;
 pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
-use crate::redis_stream::{
-    bad_reply, bytes, parse_id, range_entries, EntryFields, RangeReads, StreamError,
-};
+use crate::redis_stream::{bad_reply, bytes, parse_id, EntryFields, RangeReads, StreamError};
 
 const SCRIPT: &str = include_str!("weighed_read.lua");
 const COMMAND: &str = "weighed read";
@@ -35,6 +33,9 @@ const COMMAND: &str = "weighed read";
 /// The least a read waits for before asking Redis: enough for a batch of
 /// small entries; a heavier first entry asks for its own weight.
 const MIN_RESERVATION: u64 = 64 * 1024;
+
+/// The most a plain read reserves up front for its reply.
+const MAX_PRESIZED: u64 = 4 * 1024 * 1024;
 
 /// Which entries to read.
 #[derive(Debug, Clone)]
@@ -181,7 +182,10 @@ async fn read_new_plain(
     };
     let each = request.expected_entry_weight;
     let count = (limit.weight / each).clamp(1, request.max_count.max(1) as u64);
-    let expected_bytes = count * each / request.weights.raw_factor.max(1);
+    // Room for the reply up front, so that it is not copied as it grows; at
+    // most a few MiB, as a weight may be mostly expansion (compressed data),
+    // and memory reserved is memory the allocator may hand out resident.
+    let expected_bytes = (count * each / request.weights.raw_factor.max(1)).min(MAX_PRESIZED);
     let mut command = redis::cmd("XREADGROUP");
     command
         .arg("GROUP")
@@ -468,25 +472,19 @@ async fn fetch_range(
 
 /// One pipelined XRANGE per entry whose fields are to be loaded.
 async fn fetch_each(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl RangeReads,
     request: &Request<'_>,
     entries: &[(StreamId, u32, Fields)],
 ) -> Result<Fetched, StreamError> {
-    let mut pipe = redis::pipe();
-    for (id, _, fields) in entries {
-        if let Fields::ToFetch = fields {
-            let id = id.to_string();
-            pipe.cmd("XRANGE").arg(request.stream).arg(&id).arg(&id);
-        }
-    }
-    if pipe.is_empty() {
+    let ids: Vec<StreamId> = entries
+        .iter()
+        .filter(|(.., fields)| matches!(fields, Fields::ToFetch))
+        .map(|(id, ..)| *id)
+        .collect();
+    if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    replies
-        .into_iter()
-        .map(|reply| Ok(range_entries(reply)?.pop().map(|(_, fields)| fields)))
-        .collect()
+    conn.xrange_each(request.stream, &ids).await
 }
 
 /// The page of the chosen entries with their fetched fields (one per entry

@@ -164,7 +164,11 @@ pub async fn read_group_reply(
     }
     let frozen = match frozen {
         Some(prefix) => prefix,
-        None => reader.buf.split_to(reader.at).freeze(),
+        None => {
+            let prefix = reader.buf.split_to(reader.at).freeze();
+            detach(reader.buf);
+            prefix
+        }
     };
     for ((_, ranges), (_, fields, _)) in kept.into_iter().zip(read.entries.iter_mut()) {
         *fields = ranges
@@ -288,6 +292,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         let kept = self.buf.split_to(entry_start).freeze();
         self.at -= entry_start;
         self.consumed();
+        detach(self.buf);
         kept
     }
 
@@ -298,6 +303,13 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             self.at = 0;
         }
     }
+}
+
+/// Moves what `buf` holds (at most one read) out of the allocation the kept
+/// entries share: later reads would otherwise fill, and so keep resident,
+/// the rest of that allocation for as long as the entries live.
+fn detach(buf: &mut BytesMut) {
+    *buf = BytesMut::from(&buf[..]);
 }
 
 /// Where a kept field's name and value are in the reply.

@@ -27,7 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::CONNECT_TIMEOUT;
 use crate::event::StreamId;
-use crate::redis_stream::{bad_reply, xrange_command, EntryFields, RangeReads, StreamError};
+use crate::redis_stream::{
+    bad_reply, xrange_command, xrange_each_pipeline, EntryFields, RangeReads, StreamError,
+};
 
 /// What a read asks the socket for at least: a large reply grows the buffer
 /// by doubling past it.
@@ -281,6 +283,22 @@ impl RangeReads for Connection {
                     .and_then(|text| text.parse().ok())
                     .ok_or_else(|| bad_reply("XRANGE", &Value::BulkString(id.to_vec())))?;
                 Ok((id, fields))
+            })
+            .collect()
+    }
+
+    async fn xrange_each(
+        &mut self,
+        stream: &str,
+        ids: &[StreamId],
+    ) -> Result<Vec<Option<EntryFields>>, StreamError> {
+        let packed = xrange_each_pipeline(stream, ids).get_packed_pipeline();
+        let replies = self.exchange(&packed, ids.len(), reply::range).await?;
+        replies
+            .into_iter()
+            .map(|reply| {
+                let mut entries = reply.map_err(RedisError::from)?;
+                Ok(entries.pop().map(|(_, fields)| fields))
             })
             .collect()
     }
