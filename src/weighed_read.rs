@@ -85,7 +85,8 @@ pub struct Page {
     /// reservation and were not loaded. Pending to this consumer: reload
     /// them with [`Mode::Held`] (their delivery is counted already).
     pub unloaded: Vec<StreamId>,
-    /// The heaviest entry's weight (for pages the script read, the mean).
+    /// The heaviest entry's weight (for pages the script read, the mean; for
+    /// a plain read, the first entry not loaded counts too).
     pub heaviest: u64,
 }
 
@@ -233,6 +234,7 @@ async fn read_new_plain(
             .entries
             .iter()
             .map(|(.., weight)| *weight)
+            .chain([read.first_unloaded_weight])
             .max()
             .unwrap_or(0),
         entries: read

@@ -46,6 +46,9 @@ pub struct ReadState {
 
 const START: StreamId = StreamId { ms: 0, seq: 0 };
 
+/// The most unloaded ids one reload asks for.
+const UNLOADED_AT_ONCE: usize = 64;
+
 impl Default for ReadState {
     fn default() -> Self {
         Self {
@@ -60,7 +63,7 @@ impl ReadState {
     /// The read to make.
     pub fn mode(&self) -> Mode {
         if let Some(held) = self.held() {
-            return Mode::Held(held.clone());
+            return Mode::Held(held.to_vec());
         }
         match self.cursor {
             Cursor::Pending(after) => Mode::Pending(after),
@@ -70,14 +73,18 @@ impl ReadState {
 
     /// How many entries the read may bring.
     pub fn max_count(&self, batch_size: usize) -> usize {
-        self.held().map_or(batch_size, Vec::len)
+        self.held().map_or(batch_size, <[StreamId]>::len)
     }
 
-    /// The held ids the next read reloads: kept ones first, then unloaded.
-    fn held(&self) -> Option<&Vec<StreamId>> {
-        [&self.kept, &self.unloaded]
-            .into_iter()
-            .find(|ids| !ids.is_empty())
+    /// The held ids the next read reloads: the kept batch whole, else the
+    /// first unloaded ones (a reload looks each id up: a long tail is
+    /// reloaded a slice at a time).
+    fn held(&self) -> Option<&[StreamId]> {
+        if !self.kept.is_empty() {
+            return Some(&self.kept);
+        }
+        let slice = &self.unloaded[..self.unloaded.len().min(UNLOADED_AT_ONCE)];
+        (!slice.is_empty()).then_some(slice)
     }
 
     /// As [`Self::held`], to change.

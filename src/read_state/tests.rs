@@ -124,3 +124,16 @@ fn a_refused_page_goes_before_entries_not_loaded() {
     assert_eq!(state.on_empty("0-0".into()), Next::ReadAgain);
     assert!(matches!(state.mode(), Mode::New));
 }
+
+#[test]
+fn a_long_unloaded_tail_is_reloaded_a_slice_at_a_time() {
+    let mut state = ReadState::default();
+    state.on_empty("0-0".into());
+    let tail: Vec<u64> = (2..200).collect();
+    state.on_page("1-199", &ids(&[1]), &ids(&tail));
+    assert_eq!(state.max_count(1000), UNLOADED_AT_ONCE);
+    assert!(matches!(state.mode(), Mode::Held(held) if held == ids(&tail[..UNLOADED_AT_ONCE])));
+    // Ten of them fit: the next slice starts after them.
+    state.on_page("0-0", &ids(&tail[..10]), &[]);
+    assert!(matches!(state.mode(), Mode::Held(held) if held[0] == id(12)));
+}

@@ -41,6 +41,9 @@ pub struct GroupRead {
     /// Entries delivered (now pending to the consumer) but not loaded: they
     /// did not fit. Oldest first, all after the kept ones.
     pub unloaded: Vec<StreamId>,
+    /// What the first of them weighs at least (its raw bytes, and its
+    /// expansion when it was read whole): the next read expects as much.
+    pub first_unloaded_weight: u64,
 }
 
 /// What reading a reply can fail with besides the server's error reply.
@@ -136,6 +139,10 @@ pub async fn read_group_reply(
             }
         }
         if !reader.keeping {
+            if read.unloaded.is_empty() {
+                // Its expansion unread: what its raw bytes alone weigh.
+                read.first_unloaded_weight = limit.weights.weight(raw, 0);
+            }
             read.unloaded.push(id);
             continue;
         }
@@ -151,6 +158,7 @@ pub async fn read_group_reply(
         let first = read.entries.is_empty() && limit.take_first;
         if !first && read.weight + weight > limit.weight {
             frozen = Some(reader.stop_keeping(entry_start));
+            read.first_unloaded_weight = weight;
             read.unloaded.push(id);
             continue;
         }
@@ -476,6 +484,7 @@ mod tests {
             let read = read.unwrap().unwrap();
             assert_eq!(ids(&read), ["1-1", "1-2"], "step {step}");
             assert_eq!(unloaded(&read), ["1-3", "1-4"]);
+            assert_eq!(read.first_unloaded_weight, weight_of(100));
             assert_eq!(read.weight, 2 * weight_of(100));
             assert_eq!(&read.entries[1].1[1].1[..], &[b'x'; 100][..]);
             assert!(buf.is_empty());
@@ -518,6 +527,7 @@ mod tests {
         assert_eq!(ids(&read), ["1-1"]);
         assert_eq!(read.weight, weight);
         assert_eq!(unloaded(&read), ["1-2"]);
+        assert_eq!(read.first_unloaded_weight, weight, "its expansion too");
     }
 
     #[tokio::test]
@@ -527,6 +537,11 @@ mod tests {
         let read = read.unwrap().unwrap();
         assert_eq!(ids(&read), ["1-1"]);
         assert_eq!(unloaded(&read), ["1-2", "1-3"]);
+        assert_eq!(
+            read.first_unloaded_weight,
+            weight_of(8 << 20),
+            "skipped whole"
+        );
         // Skipped bytes went through a buffer of one read's size.
         assert!(buf.capacity() <= 4 * READ_SIZE, "{}", buf.capacity());
     }
