@@ -19,6 +19,8 @@
 #            repeatable)   --workload seed|sdk|both (scenario 1's backlogs;
 #            default both, sdk with --quick)   --steady-lever "ENV=VALUE ..."
 #            (scenario 2's levers instead of its default four; repeatable)
+#   SERVICE_BIN=path: benchmark that binary as "this build" (scenario 3's
+#            ladder of an older build, say)
 #
 # Scenarios (goals, not assertions):
 #   1 drain a backlog of 200,000 realistic events, seed-format (plain JSON)
@@ -110,7 +112,8 @@ rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations || ec
 log "building swisper-ingest $rev and loadgen (release)"
 cargo build --release --quiet --bin swisper-ingest -p swisper-ingest
 cargo build --release --quiet -p swisper-loadtests
-bin=target/release/swisper-ingest
+bin=${SERVICE_BIN:-target/release/swisper-ingest}
+[[ -n ${SERVICE_BIN:-} ]] && rev="$(basename "$SERVICE_BIN") (SERVICE_BIN)"
 loadgen=target/release/loadgen
 
 # Scenario 1's variants: name, binary, settings.
