@@ -95,11 +95,39 @@ pub async fn read_group_reply(
     reader.terminator().await?;
     let count = reader.array().await?.unwrap_or(0);
 
-    let mut read = GroupRead::default();
-    // Kept entries as ranges of the buffer, sliced once it is frozen.
-    let mut kept: Vec<(StreamId, Vec<FieldRanges>)> = Vec::new();
-    let mut frozen: Option<Bytes> = None;
+    let mut entries = Entries::default();
     for _ in 0..count {
+        entries.read_one(&mut reader, &limit).await?;
+    }
+    Ok(Ok(Some(entries.finish(&mut reader))))
+}
+
+impl Limit {
+    /// Whether an entry weighing `weight` joins the entries kept so far.
+    fn admits(&self, read: &GroupRead, weight: u64) -> bool {
+        (read.entries.is_empty() && self.take_first) || read.weight + weight <= self.weight
+    }
+}
+
+/// The entries of a reply as they are read.
+#[derive(Default)]
+struct Entries {
+    read: GroupRead,
+    /// Where each kept entry's fields are in the reply, sliced once it is
+    /// frozen.
+    kept: Vec<Vec<FieldRanges>>,
+    /// The kept prefix of the reply, once an entry did not fit.
+    frozen: Option<Bytes>,
+}
+
+impl Entries {
+    /// Reads the next entry: kept while keeping and it fits, else its bytes
+    /// dropped as they arrive and its id noted as unloaded.
+    async fn read_one<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut Reader<'_, R>,
+        limit: &Limit,
+    ) -> Result<(), ReadError> {
         let entry_start = reader.at;
         if reader.array().await? != Some(2) {
             return Err(ProtocolError::Shape("an entry is not [id, fields]").into());
@@ -109,25 +137,21 @@ pub async fn read_group_reply(
         let id = parse_id(&reader.buf[reader.at..reader.at + id_len])?;
         reader.at += id_len + 2;
         reader.consumed();
-        let pairs = match reader.array().await? {
+        let values = match reader.array().await? {
             None => 0,
             Some(n) if n % 2 == 1 => {
                 return Err(ProtocolError::Shape("odd number of field values").into())
             }
-            Some(n) => n / 2,
-        };
-        let may_overflow = |raw: u64, read: &GroupRead| {
-            let first = read.entries.is_empty() && limit.take_first;
-            !first && read.weight + limit.weights.raw_factor * raw > limit.weight
+            Some(n) => n,
         };
         let mut raw = 0u64;
-        let mut fields = Vec::with_capacity(if reader.keeping { pairs } else { 0 });
-        for _ in 0..pairs * 2 {
+        let mut fields = Vec::new();
+        for _ in 0..values {
             let len = reader.bulk_len().await?;
             raw += len as u64;
-            if reader.keeping && may_overflow(raw, &read) {
+            if reader.keeping && !limit.admits(&self.read, limit.weights.weight(raw, 0)) {
                 // Not even its raw bytes fit: drop what was received of it.
-                frozen = Some(reader.stop_keeping(entry_start));
+                self.frozen = Some(reader.stop_keeping(entry_start));
             }
             if reader.keeping {
                 reader.need(len + 2).await?;
@@ -139,52 +163,68 @@ pub async fn read_group_reply(
             }
         }
         if !reader.keeping {
-            if read.unloaded.is_empty() {
-                // Its expansion unread: what its raw bytes alone weigh.
-                read.first_unloaded_weight = limit.weights.weight(raw, 0);
-            }
-            read.unloaded.push(id);
-            continue;
+            // Its expansion unread: what its raw bytes alone weigh.
+            self.unloaded(id, limit.weights.weight(raw, 0));
+            return Ok(());
         }
-        let buffered = &reader.buf[..];
-        let expanded = fields
-            .chunks(2)
-            .rev()
-            .find(|pair| &buffered[pair[0].clone()] == b"data")
-            .map_or(0, |pair| {
-                expanded_size(&buffered[pair[1].clone()], limit.weights.max_expanded_bytes)
-            });
-        let weight = limit.weights.weight(raw, expanded);
-        let first = read.entries.is_empty() && limit.take_first;
-        if !first && read.weight + weight > limit.weight {
-            frozen = Some(reader.stop_keeping(entry_start));
-            read.first_unloaded_weight = weight;
-            read.unloaded.push(id);
-            continue;
+        let weight = limit
+            .weights
+            .weight(raw, expansion(&reader.buf[..], &fields, limit));
+        if !limit.admits(&self.read, weight) {
+            self.frozen = Some(reader.stop_keeping(entry_start));
+            self.unloaded(id, weight);
+            return Ok(());
         }
-        read.weight += weight;
-        let pairs = fields
-            .chunks_exact(2)
-            .map(|pair| (pair[0].clone(), pair[1].clone()))
-            .collect();
-        kept.push((id, pairs));
-        read.entries.push((id, Vec::new(), weight));
+        self.read.weight += weight;
+        self.read.entries.push((id, Vec::new(), weight));
+        let pairs = fields.chunks_exact(2);
+        self.kept.push(
+            pairs
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect(),
+        );
+        Ok(())
     }
-    let frozen = match frozen {
-        Some(prefix) => prefix,
-        None => {
+
+    fn unloaded(&mut self, id: StreamId, weight: u64) {
+        if self.read.unloaded.is_empty() {
+            self.read.first_unloaded_weight = weight;
+        }
+        self.read.unloaded.push(id);
+    }
+
+    /// The entries read, their fields slices of the kept prefix.
+    fn finish<R>(self, reader: &mut Reader<'_, R>) -> GroupRead {
+        let Entries {
+            mut read,
+            kept,
+            frozen,
+        } = self;
+        let frozen = frozen.unwrap_or_else(|| {
             let prefix = reader.buf.split_to(reader.at).freeze();
             detach(reader.buf);
             prefix
+        });
+        for (ranges, (_, fields, _)) in kept.into_iter().zip(read.entries.iter_mut()) {
+            *fields = ranges
+                .into_iter()
+                .map(|(name, value)| (frozen.slice(name), frozen.slice(value)))
+                .collect();
         }
-    };
-    for ((_, ranges), (_, fields, _)) in kept.into_iter().zip(read.entries.iter_mut()) {
-        *fields = ranges
-            .into_iter()
-            .map(|(name, value)| (frozen.slice(name), frozen.slice(value)))
-            .collect();
+        read
     }
-    Ok(Ok(Some(read)))
+}
+
+/// What the entry's compressed `data` expands to, weighed as the script
+/// weighs it (the last field named `data`).
+fn expansion(buffered: &[u8], fields: &[Range<usize>], limit: &Limit) -> u64 {
+    fields
+        .chunks(2)
+        .rev()
+        .find(|pair| &buffered[pair[0].clone()] == b"data")
+        .map_or(0, |pair| {
+            expanded_size(&buffered[pair[1].clone()], limit.weights.max_expanded_bytes)
+        })
 }
 
 /// The reply's bytes so far. While keeping, `buf` holds the reply from its
