@@ -116,15 +116,8 @@ impl Connection {
         count: usize,
         read: impl Fn(&Bytes) -> Result<T, reply::ProtocolError>,
     ) -> RedisResult<Vec<T>> {
-        if self.broken {
-            return Err(RedisError::from((
-                ErrorKind::Io,
-                "connection left at an unknown point by an earlier failure",
-            )));
-        }
-        self.broken = true;
-        let timeout = self.response_timeout;
-        let replies = tokio::time::timeout(timeout, async {
+        let timeout = self.begin_exchange()?;
+        let replies = within(timeout, async {
             self.io.write_all(packed).await?;
             self.io.flush().await?;
             let mut replies = Vec::with_capacity(count);
@@ -132,15 +125,28 @@ impl Connection {
                 let bytes = self.receive().await?;
                 replies.push(read(&bytes).map_err(unreadable)?);
             }
-            Ok::<_, RedisError>(replies)
+            Ok(replies)
         })
-        .await
-        .map_err(|_| timed_out("answer", timeout))??;
+        .await?;
         if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
             self.buf = BytesMut::new();
         }
         self.broken = false;
         Ok(replies)
+    }
+
+    /// Refuses to start when an earlier exchange left the stream at an
+    /// unknown point; else marks it unknown until the exchange completes
+    /// (its caller clears `broken`). Returns the response timeout.
+    fn begin_exchange(&mut self) -> RedisResult<Duration> {
+        if self.broken {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "connection left at an unknown point by an earlier failure",
+            )));
+        }
+        self.broken = true;
+        Ok(self.response_timeout)
     }
 
     /// XREADGROUP of up to `count` new entries, kept while they fit `limit`
@@ -151,15 +157,8 @@ impl Connection {
         limit: group_read::Limit,
         expected_bytes: usize,
     ) -> RedisResult<Option<group_read::GroupRead>> {
-        if self.broken {
-            return Err(RedisError::from((
-                ErrorKind::Io,
-                "connection left at an unknown point by an earlier failure",
-            )));
-        }
-        self.broken = true;
-        let timeout = self.response_timeout;
-        let read = tokio::time::timeout(timeout, async {
+        let timeout = self.begin_exchange()?;
+        let read = within(timeout, async {
             self.io.write_all(&command.get_packed_command()).await?;
             self.io.flush().await?;
             group_read::read_group_reply(&mut self.io, &mut self.buf, limit, expected_bytes)
@@ -169,8 +168,7 @@ impl Connection {
                     group_read::ReadError::Protocol(error) => unreadable(error),
                 })
         })
-        .await
-        .map_err(|_| timed_out("answer", timeout))??;
+        .await?;
         self.broken = false;
         read.map_err(RedisError::from)
     }
@@ -216,6 +214,16 @@ async fn connect(address: &Address) -> io::Result<Box<dyn Io>> {
         }
         Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
     })
+}
+
+/// `answer` within `timeout`, else a timed-out error.
+async fn within<T>(
+    timeout: Duration,
+    answer: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| timed_out("answer", timeout))?
 }
 
 fn unreadable(error: reply::ProtocolError) -> RedisError {
