@@ -7,8 +7,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{cmd, RedisError, Value};
 
-use crate::connect::resp::group_read::{GroupRead, Limit};
 use crate::event::{FieldBytes, StreamEntry, StreamId};
+use crate::memory_budget::Weights;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -126,6 +126,39 @@ pub(crate) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, Stre
 
 /// Field name and value bytes, as sent.
 pub type EntryFields = Vec<(FieldBytes, FieldBytes)>;
+
+/// What a plain read of new entries may keep (see
+/// [`crate::connect::resp::group_read`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// The most the kept entries may weigh together.
+    pub weight: u64,
+    /// Keep the first entry whatever it weighs (the whole budget is held).
+    pub take_first: bool,
+    pub weights: Weights,
+}
+
+/// The entries of one XREADGROUP reply.
+#[derive(Debug, Default)]
+pub struct GroupRead {
+    /// The entries kept, each with its fields and its weight, in order.
+    pub entries: Vec<(StreamId, EntryFields, u64)>,
+    /// What the kept entries weigh together.
+    pub weight: u64,
+    /// Entries delivered (now pending to the consumer) but not loaded: they
+    /// did not fit. Oldest first, all after the kept ones.
+    pub unloaded: Vec<StreamId>,
+    /// What the first of them weighs at least (its raw bytes, and its
+    /// expansion when it was read whole): the next read expects as much.
+    pub first_unloaded_weight: u64,
+}
+
+impl Limit {
+    /// Whether an entry weighing `weight` joins the entries kept so far.
+    pub(crate) fn admits(&self, read: &GroupRead, weight: u64) -> bool {
+        (read.entries.is_empty() && self.take_first) || read.weight + weight <= self.weight
+    }
+}
 
 /// Connections that read a range of entries: redis-rs' through its `Value`
 /// tree, the consumers' own ([`crate::connect::resp::Connection`]) straight

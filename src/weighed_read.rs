@@ -21,10 +21,10 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
-use crate::connect::resp::group_read::Limit;
 pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
+use crate::redis_stream::Limit;
 use crate::redis_stream::{bad_reply, bytes, parse_id, EntryFields, RangeReads, StreamError};
 
 const SCRIPT: &str = include_str!("weighed_read.lua");

@@ -18,33 +18,7 @@ use super::reply::{line_at, number, server_error, ProtocolError};
 use super::READ_SIZE;
 use crate::event::weight::expanded_size;
 use crate::event::StreamId;
-use crate::memory_budget::Weights;
-use crate::redis_stream::EntryFields;
-
-/// What a read may keep.
-#[derive(Debug, Clone, Copy)]
-pub struct Limit {
-    /// The most the kept entries may weigh together.
-    pub weight: u64,
-    /// Keep the first entry whatever it weighs (the whole budget is held).
-    pub take_first: bool,
-    pub weights: Weights,
-}
-
-/// The entries of one XREADGROUP reply.
-#[derive(Debug, Default)]
-pub struct GroupRead {
-    /// The entries kept, each with its fields and its weight, in order.
-    pub entries: Vec<(StreamId, EntryFields, u64)>,
-    /// What the kept entries weigh together.
-    pub weight: u64,
-    /// Entries delivered (now pending to the consumer) but not loaded: they
-    /// did not fit. Oldest first, all after the kept ones.
-    pub unloaded: Vec<StreamId>,
-    /// What the first of them weighs at least (its raw bytes, and its
-    /// expansion when it was read whole): the next read expects as much.
-    pub first_unloaded_weight: u64,
-}
+use crate::redis_stream::{GroupRead, Limit};
 
 /// What reading a reply can fail with besides the server's error reply.
 #[derive(Debug, thiserror::Error)]
@@ -100,13 +74,6 @@ pub async fn read_group_reply(
         entries.read_one(&mut reader, &limit).await?;
     }
     Ok(Ok(Some(entries.finish(&mut reader))))
-}
-
-impl Limit {
-    /// Whether an entry weighing `weight` joins the entries kept so far.
-    fn admits(&self, read: &GroupRead, weight: u64) -> bool {
-        (read.entries.is_empty() && self.take_first) || read.weight + weight <= self.weight
-    }
 }
 
 /// The entries of a reply as they are read.
@@ -384,6 +351,7 @@ mod tests {
     use tokio::io::ReadBuf;
 
     use super::*;
+    use crate::memory_budget::Weights;
 
     /// Gives its bytes `step` at a time, as a socket might.
     struct Chunked {

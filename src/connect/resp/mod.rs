@@ -28,7 +28,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::CONNECT_TIMEOUT;
 use crate::event::StreamId;
 use crate::redis_stream::{
-    bad_reply, xrange_command, xrange_each_pipeline, EntryFields, RangeReads, StreamError,
+    bad_reply, xrange_command, xrange_each_pipeline, EntryFields, GroupRead, Limit, RangeReads,
+    StreamError,
 };
 
 /// What a read asks the socket for at least: a large reply grows the buffer
@@ -154,9 +155,9 @@ impl Connection {
     pub async fn read_new_entries(
         &mut self,
         command: &Cmd,
-        limit: group_read::Limit,
+        limit: Limit,
         expected_bytes: usize,
-    ) -> RedisResult<Option<group_read::GroupRead>> {
+    ) -> RedisResult<Option<GroupRead>> {
         let timeout = self.begin_exchange()?;
         let read = within(timeout, async {
             self.io.write_all(&command.get_packed_command()).await?;
@@ -314,9 +315,9 @@ impl RangeReads for Connection {
     async fn read_new(
         &mut self,
         command: &Cmd,
-        limit: group_read::Limit,
+        limit: Limit,
         expected_bytes: usize,
-    ) -> Option<Result<Option<group_read::GroupRead>, StreamError>> {
+    ) -> Option<Result<Option<GroupRead>, StreamError>> {
         Some(
             self.read_new_entries(command, limit, expected_bytes)
                 .await
