@@ -24,8 +24,9 @@ use redis::{Script, Value};
 pub use crate::event::weight::{expanded_size, find_weighed_data, WeighedData};
 use crate::event::{StreamEntry, StreamId};
 use crate::memory_budget::{MemoryBudget, Reservation, Weights};
-use crate::redis_stream::Limit;
-use crate::redis_stream::{bad_reply, bytes, parse_id, EntryFields, RangeReads, StreamError};
+use crate::redis_stream::{
+    bad_reply, bytes, parse_id, EntryFields, Limit, RangeReads, StreamError,
+};
 
 const SCRIPT: &str = include_str!("weighed_read.lua");
 const COMMAND: &str = "weighed read";
