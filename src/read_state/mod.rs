@@ -101,10 +101,17 @@ impl ReadState {
 
     /// The read brought nothing; `next` is the script's [`crate::weighed_read::Page::next`].
     pub fn on_empty(&mut self, next: String) -> Next {
-        if let Some(held) = self.held_mut() {
-            // None of them is pending any more: kept ones acknowledged by
-            // hand (the runbook's way out), or unloaded ones claimed.
-            held.clear();
+        if !self.kept.is_empty() {
+            // None is pending any more: acknowledged by hand (the runbook's
+            // way out).
+            self.kept.clear();
+            return Next::ReadAgain;
+        }
+        if !self.unloaded.is_empty() {
+            // None of the slice asked for is pending any more (claimed by
+            // another replica): the rest is asked for next.
+            let slice = self.unloaded.len().min(UNLOADED_AT_ONCE);
+            self.unloaded.drain(..slice);
             return Next::ReadAgain;
         }
         match self.cursor {

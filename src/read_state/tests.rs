@@ -137,3 +137,15 @@ fn a_long_unloaded_tail_is_reloaded_a_slice_at_a_time() {
     state.on_page("0-0", &ids(&tail[..10]), &[]);
     assert!(matches!(state.mode(), Mode::Held(held) if held[0] == id(12)));
 }
+
+#[test]
+fn a_slice_of_unloaded_entries_claimed_elsewhere_leaves_the_rest_to_reload() {
+    let mut state = ReadState::default();
+    state.on_empty("0-0".into());
+    let tail: Vec<u64> = (2..200).collect();
+    state.on_page("1-199", &ids(&[1]), &ids(&tail));
+    // The first slice came back empty: the next one is asked for.
+    assert_eq!(state.on_empty("0-0".into()), Next::ReadAgain);
+    let next = UNLOADED_AT_ONCE as u64 + 2;
+    assert!(matches!(state.mode(), Mode::Held(held) if held[0] == id(next)));
+}
