@@ -2,6 +2,9 @@
 //! without inflating it: the Rust twin of `weighed_read.lua`'s weighing.
 
 use std::ops::Range;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 /// What the weigher (`expanded_size` in weighed_read.lua) reads of a `data`
 /// field: the `_data` text it found and what that text declares.
@@ -20,13 +23,17 @@ fn is_lua_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
-fn find_from(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| from + i)
+/// Where `"_data"` next occurs at or after `from`. A vectorised search:
+/// every new entry's `data` is scanned once, on the consumers' thread, and
+/// most hold no `_data` at all (6.8% of a seed-format drain's service CPU
+/// with a byte-window search).
+fn find_key_from(haystack: &[u8], from: usize) -> Option<usize> {
+    static KEY_FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(KEY));
+    KEY_FINDER.find(haystack.get(from..)?).map(|i| from + i)
 }
+
+const KEY: &[u8] = b"\"_data\"";
 
 fn base64_value(c: u8) -> Option<u32> {
     Some(u32::from(match c {
@@ -82,7 +89,6 @@ fn gzip_declared(text: &[u8]) -> Option<u64> {
 /// followed by `:` and a string (spaces allowed around the colon), up to the
 /// next quote. `None` when there is none (weighed as no expansion).
 pub fn find_weighed_data(data: &[u8]) -> Option<WeighedData> {
-    const KEY: &[u8] = b"\"_data\"";
     let skip_spaces = |mut i: usize| {
         while data.get(i).copied().is_some_and(is_lua_space) {
             i += 1;
@@ -91,7 +97,7 @@ pub fn find_weighed_data(data: &[u8]) -> Option<WeighedData> {
     };
     let mut from = 0;
     let open = loop {
-        let at = find_from(data, KEY, from)?;
+        let at = find_key_from(data, from)?;
         let colon = skip_spaces(at + KEY.len());
         if data.get(colon) == Some(&b':') {
             let quote = skip_spaces(colon + 1);
@@ -101,7 +107,7 @@ pub fn find_weighed_data(data: &[u8]) -> Option<WeighedData> {
         }
         from = at + 1;
     };
-    let close = open + 1 + data[open + 1..].iter().position(|&b| b == b'"')?;
+    let close = open + 1 + memchr::memchr(b'"', &data[open + 1..])?;
     let text = open + 1..close;
     let declared = gzip_declared(&data[text.clone()]);
     Some(WeighedData { text, declared })
