@@ -14,7 +14,7 @@
 //! Spans go wherever `tracing` sends them: into every log line written
 //! inside them, and over OTLP when [`crate::telemetry`] exports them.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::{Arc, Mutex, MutexGuard};
 

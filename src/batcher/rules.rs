@@ -1,7 +1,7 @@
 //! The two rules the batcher applies to a batch: which starts to defer,
 //! and how long the run of rejected entries is.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use crate::event::{BatchItem, EventBody, Parsed, TraceEvent};
 

@@ -6,7 +6,9 @@
 //! letter `project_mismatch`. Events of a project the studio does not know
 //! are `unknown_project` unless projects are created on first sight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::event::{Reason, Rejection, TraceEvent};
 use crate::merge::Version;
