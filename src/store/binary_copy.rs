@@ -7,6 +7,8 @@
 //! encoder writes the same bytes (header, one tuple per row, trailer) into
 //! buffers of [`CHUNK`] and sends each whole.
 
+use std::collections::VecDeque;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::types::{IsNull, ToSql, Type};
@@ -18,6 +20,9 @@ use super::{conflict_or, StoreError};
 /// grows its buffer). Bounds the memory a COPY adds to the rows it encodes.
 const CHUNK: usize = 256 * 1024;
 
+/// Sent chunks kept for reuse (at most this many more chunks held).
+const SENT_KEPT: usize = 3;
+
 const MAGIC: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// A binary COPY in progress: [`Self::row`] for each row, then
@@ -27,6 +32,11 @@ pub struct BinaryCopy<'t> {
     sink: std::pin::Pin<Box<CopyInSink<Bytes>>>,
     types: &'t [Type],
     buf: BytesMut,
+    /// The chunks sent last, oldest first, each taken back for a next one
+    /// once the connection has copied it out: a fresh 256 KiB buffer per
+    /// chunk was fresh pages faulted in and zeroed by the kernel each time.
+    /// With one kept, half of them were still in the connection's hands.
+    sent: VecDeque<Bytes>,
 }
 
 impl<'t> BinaryCopy<'t> {
@@ -40,6 +50,7 @@ impl<'t> BinaryCopy<'t> {
             sink: Box::pin(sink),
             types,
             buf,
+            sent: VecDeque::with_capacity(SENT_KEPT),
         }
     }
 
@@ -73,11 +84,34 @@ impl<'t> BinaryCopy<'t> {
             self.buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
         }
         if self.buf.len() >= CHUNK {
-            // More rows may follow a full chunk: the next is sized at once.
-            let full = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK));
-            self.sink.send(full.freeze()).await.map_err(conflict_or)?;
+            let next = self.reusable_chunk();
+            let full = std::mem::replace(&mut self.buf, next).freeze();
+            // Kept only if it is no bigger than a chunk needs: one huge row
+            // must not pin its buffer for the rest of the COPY.
+            if full.len() <= 2 * CHUNK {
+                if self.sent.len() == SENT_KEPT {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(full.clone());
+            }
+            self.sink.send(full).await.map_err(conflict_or)?;
         }
         Ok(())
+    }
+
+    /// The last chunk's buffer if the connection is done with it, else a new
+    /// one sized at once (more rows may follow a full chunk).
+    fn reusable_chunk(&mut self) -> BytesMut {
+        if let Some(oldest) = self.sent.pop_front() {
+            match oldest.try_into_mut() {
+                Ok(mut buf) => {
+                    buf.clear();
+                    return buf;
+                }
+                Err(still_sent) => self.sent.push_front(still_sent),
+            }
+        }
+        BytesMut::with_capacity(CHUNK)
     }
 
     /// Sends the trailer and ends the COPY: the number of rows copied.

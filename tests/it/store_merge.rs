@@ -719,3 +719,81 @@ async fn a_copy_that_meets_a_row_stored_meanwhile_merges_instead() {
         0
     );
 }
+
+/// A transaction whose COPY spans many 256 KiB chunks (the encoder reuses a
+/// chunk's buffer once the connection has copied it out) stores every row
+/// whole: each observation's input and output exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_many_chunks_stores_every_row_as_sent() {
+    let env = harness::TestEnv::new("store_merge_chunks").await;
+    let (pool, studio) = harness::migrated_pool(&env.database_url).await;
+    let horizons = Horizons::fixed(None);
+    const OBSERVATIONS: usize = 600;
+    // ~3 KB of distinct text per value: about 3.6 MB of COPY, 14 chunks.
+    let text = |kind: &str, n: usize| format!("{kind}-{n}-{}", "abcdefghij".repeat(300 + n % 7));
+    let mut seq = 0;
+    let mut event = |body: EventBody| {
+        seq += 1;
+        TraceEvent {
+            entry_id: StreamId {
+                ms: 1_762_336_800_000,
+                seq,
+            },
+            trace_id: "chunks-t".into(),
+            project_id: "p".into(),
+            published_at: at(0, seq as i64),
+            body,
+        }
+    };
+    let mut events = vec![event(EventBody::TraceStart(TraceStart {
+        timestamp: at(0, 0),
+        metadata: Json::from_value(&json!({})),
+        ..TraceStart::default()
+    }))];
+    for n in 0..OBSERVATIONS {
+        let observation_id = format!("chunks-o-{n:04}");
+        events.push(event(EventBody::ObservationStart {
+            observation_id: observation_id.clone(),
+            fields: ObservationStart {
+                input: Some(Json::from_value(&json!({ "in": text("in", n) }))),
+                start_time: at(1, n as i64),
+                metadata: Json::from_value(&json!({})),
+                ..ObservationStart::default()
+            },
+        }));
+        events.push(event(EventBody::ObservationEnd {
+            observation_id,
+            fields: ObservationEnd {
+                level: "DEFAULT".into(),
+                output: Some(Json::from_value(&json!({ "out": text("out", n) }))),
+                end_time: at(2, n as i64),
+                metadata: Json::from_value(&json!({})),
+                ..ObservationEnd::default()
+            },
+        }));
+    }
+    write(
+        &pool,
+        &horizons,
+        &studio,
+        vec![events.iter().map(item).collect()],
+    )
+    .await;
+
+    let client = pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT id, input::text, output::text FROM public.observations
+             WHERE trace_id = 'chunks-t' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), OBSERVATIONS);
+    for (n, row) in rows.iter().enumerate() {
+        let (id, input, output): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(id, format!("chunks-o-{n:04}"));
+        assert_eq!(input, json!({ "in": text("in", n) }).to_string(), "{id}");
+        assert_eq!(output, json!({ "out": text("out", n) }).to_string(), "{id}");
+    }
+}
