@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::payload::{kind, raw, tree, RawObject, REPAIRS_KEY};
@@ -272,7 +271,7 @@ impl<'a> EventFields<'a> {
         // The model goes to an indexed column; output keeps it whole.
         let llm = output
             .as_deref()
-            .filter(|output| may_name_an_llm_call(output))
+            .filter(|output| super::llm::may_name_an_llm_call(output))
             .and_then(super::llm::studio_usage_of)
             .map(|mut usage| {
                 usage.model = self.bounded("output._llm_model", usage.model.take());
@@ -451,13 +450,4 @@ impl<'a> EventFields<'a> {
         }
         Json::from_object(&rest)
     }
-}
-
-/// False only when `output` cannot have the `_llm_tokens` or `_llm_model`
-/// key that SwisperStudio reads an LLM call from: neither `_llm_` nor a
-/// `\u` escape (the one way to spell those keys otherwise) is in its text.
-/// Most outputs are not LLM calls and are never built into a tree.
-fn may_name_an_llm_call(output: &RawValue) -> bool {
-    let text = output.get();
-    text.contains("_llm_") || text.contains("\\u")
 }
