@@ -8,7 +8,6 @@
 //! stored meanwhile (its own fault), never when nothing could be (a held
 //! lock or a slow disk is not the entry's fault).
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -142,13 +141,9 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
             _ => None,
         })
         .collect();
-    let trace_ids: BTreeSet<&str> = events.iter().map(|(_, e)| e.trace_id.as_str()).collect();
-    let observation_ids: BTreeSet<&str> = events
-        .iter()
-        .filter_map(|(_, e)| e.observation_id())
-        .collect();
-    let trace_ids: Vec<&str> = trace_ids.into_iter().collect();
-    let observation_ids: Vec<&str> = observation_ids.into_iter().collect();
+    // Sorted and distinct: the order every replica locks rows in.
+    let trace_ids = sorted_distinct(events.iter().map(|(_, e)| e.trace_id.as_str()));
+    let observation_ids = sorted_distinct(events.iter().filter_map(|(_, e)| e.observation_id()));
     let projects = tenancy::projects_of(&events);
 
     // Round trips cost far more than these statements when the machine is
@@ -397,4 +392,13 @@ async fn split(
     let (left, right) = items.split_at_mut(middle);
     isolate(to, left, offset, round).await?;
     isolate(to, right, offset + middle, round).await
+}
+
+/// The ids sorted and each once. A sort of a vector, not a tree: the tree's
+/// node-by-node comparisons were 1.9% of a seed drain's service CPU.
+fn sorted_distinct<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
