@@ -192,6 +192,20 @@ impl Reservation {
         self.bytes() >= self.budget.total_bytes()
     }
 
+    /// Splits `bytes` (rounded up, at most all but one unit of what this
+    /// holds) off into a reservation of their own: each part of a page sent
+    /// to another writer gives its share back when that writer is done.
+    pub fn split_off(&mut self, bytes: u64) -> Reservation {
+        let permit = self.permit.as_mut().and_then(|permit| {
+            let units = (self.budget.units(bytes) as usize).min(permit.num_permits() - 1);
+            (units > 0).then(|| permit.split(units)).flatten()
+        });
+        Reservation {
+            permit,
+            budget: self.budget.clone(),
+        }
+    }
+
     /// Gives back what `bytes` (rounded up) do not need.
     pub fn shrink_to(&mut self, bytes: u64) {
         let Some(permit) = self.permit.as_mut() else {

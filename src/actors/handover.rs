@@ -1,12 +1,16 @@
-//! Handing a page to the writer, the same way for consumers and the
-//! claimer: parse it on the parse pool, send it, await its commit.
+//! Handing a page to the writers, the same way for consumers and the
+//! claimer: parse it on the parse pool, send each writer the entries of its
+//! traces, await their commits.
 
-use actix::Recipient;
+use std::hash::BuildHasher;
+
+use actix::{MailboxError, Recipient};
+use futures_util::future::join_all;
 
 use super::writer::{WriteEntries, WriteError};
 use crate::batch_span::BatchSpan;
 use crate::config::LimitSettings;
-use crate::event::StreamId;
+use crate::event::{BatchItem, Parsed, StreamId};
 use crate::memory_budget::Reservation;
 use crate::metrics as m;
 use crate::parse_pool::ParsePool;
@@ -36,7 +40,9 @@ pub struct Handover {
     pub claims: bool,
     pub parse_pool: ParsePool,
     pub limits: LimitSettings,
-    pub writer: Recipient<WriteEntries>,
+    /// The replica's writers; a trace's entries always go to the same one
+    /// (see [`part_of`]).
+    pub writers: Vec<Recipient<WriteEntries>>,
 }
 
 impl Handover {
@@ -77,12 +83,15 @@ impl Handover {
             tracing::error!(reader = %self.reader, entries, "parsing a batch panicked; its entries stay pending");
             return Handed::NotStored;
         };
-        let write = WriteEntries {
-            items,
-            reservation: Some(reservation),
-            span: batch.clone(),
-        };
-        let sent = self.writer.send(write).await;
+        let parts = split_by_trace(items, reservation, self.writers.len());
+        let sends = parts.into_iter().map(|(writer, items, reservation)| {
+            self.writers[writer].send(WriteEntries {
+                items,
+                reservation: Some(reservation),
+                span: batch.clone(),
+            })
+        });
+        let sent = worst(join_all(sends).await);
         // Log lines below carry the batch; a refusal or a lost writer ends it.
         let _in_batch = batch.answered(&sent);
         match sent {
@@ -100,6 +109,74 @@ impl Handover {
     }
 }
 
+/// Which of `writers` stores an item: the same for every entry of a trace,
+/// so that two writers never lock the same rows and each trace's entries
+/// keep their order. Entries with no trace (heartbeats, refusals) go to the
+/// first, where poison protection counts runs of bad entries as before.
+fn part_of(item: &BatchItem, writers: usize) -> usize {
+    match &item.parsed {
+        Ok(Parsed::Trace(event)) if writers > 1 => {
+            // Fixed seed: the same writer for a trace on every page.
+            let hash = foldhash::fast::FixedState::with_seed(0).hash_one(&event.trace_id);
+            (hash % writers as u64) as usize
+        }
+        _ => 0,
+    }
+}
+
+/// The page's items per writer (in their order), each part with its share
+/// of the reservation by entry bytes. One writer: the page whole.
+fn split_by_trace(
+    items: Vec<BatchItem>,
+    mut reservation: Reservation,
+    writers: usize,
+) -> Vec<(usize, Vec<BatchItem>, Reservation)> {
+    if writers <= 1 {
+        return vec![(0, items, reservation)];
+    }
+    let mut parts: Vec<Vec<BatchItem>> = (0..writers).map(|_| Vec::new()).collect();
+    for item in items {
+        parts[part_of(&item, writers)].push(item);
+    }
+    let bytes =
+        |items: &[BatchItem]| -> u64 { items.iter().map(|i| i.entry.byte_size() as u64).sum() };
+    let total = parts.iter().map(|p| bytes(p)).sum::<u64>().max(1);
+    let reserved = reservation.bytes();
+    let mut nonempty: Vec<(usize, Vec<BatchItem>)> = parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, items)| !items.is_empty())
+        .collect();
+    // The last part keeps what is left of the reservation.
+    let last = nonempty.pop();
+    let mut split: Vec<(usize, Vec<BatchItem>, Reservation)> = nonempty
+        .into_iter()
+        .map(|(writer, items)| {
+            let share = reserved * bytes(&items) / total;
+            let part = reservation.split_off(share);
+            (writer, items, part)
+        })
+        .collect();
+    if let Some((writer, items)) = last {
+        split.push((writer, items, reservation));
+    }
+    split
+}
+
+/// The answer that decides what became of the page: the first failure
+/// (a lost writer before a refusal before anything else), or success.
+fn worst(
+    answers: Vec<Result<Result<(), WriteError>, MailboxError>>,
+) -> Result<Result<(), WriteError>, MailboxError> {
+    let rank = |answer: &Result<Result<(), WriteError>, MailboxError>| match answer {
+        Err(_) => 3,
+        Ok(Err(WriteError::Poisoned(_))) => 2,
+        Ok(Err(_)) => 1,
+        Ok(Ok(())) => 0,
+    };
+    answers.into_iter().max_by_key(rank).unwrap_or(Ok(Ok(())))
+}
+
 /// Pending entries deleted from the stream (trimmed) before they were
 /// stored: the read script acked them, as nothing is left to store.
 fn report_trimmed(deleted: &[StreamId]) {
@@ -109,5 +186,110 @@ fn report_trimmed(deleted: &[StreamId]) {
             entries = deleted.len(),
             "pending entries were trimmed from the stream before being stored"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventBody, Reason, Rejection, StreamEntry, TraceEvent, TraceStart};
+    use crate::memory_budget::MemoryBudget;
+    use chrono::Utc;
+
+    fn item(seq: u64, trace: Option<&str>) -> BatchItem {
+        BatchItem {
+            entry: StreamEntry {
+                id: StreamId { ms: 1, seq },
+                fields: vec![("data".into(), vec![b'x'; 100].into())],
+                deliveries: 1,
+            },
+            parsed: match trace {
+                Some(trace) => Ok(Parsed::Trace(TraceEvent {
+                    entry_id: StreamId { ms: 1, seq },
+                    trace_id: trace.into(),
+                    project_id: "p".into(),
+                    published_at: Utc::now(),
+                    body: EventBody::TraceStart(TraceStart::default()),
+                })),
+                None => Err(Rejection::new(Reason::InvalidData, "bad")),
+            },
+        }
+    }
+
+    fn trace_of(item: &BatchItem) -> Option<&str> {
+        match &item.parsed {
+            Ok(Parsed::Trace(event)) => Some(&event.trace_id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_trace_goes_whole_and_in_order_to_one_writer_and_the_reservation_is_shared_out() {
+        let budget = MemoryBudget::new(64 << 20);
+        let items: Vec<BatchItem> = (0..400)
+            .map(|seq| {
+                let trace = format!("t{}", seq % 37);
+                item(seq, (seq % 50 != 0).then_some(trace.as_str()))
+            })
+            .collect();
+        let reservation = budget.acquire(1 << 20).await;
+        let parts = split_by_trace(items, reservation, 3);
+
+        assert_eq!(parts.len(), 3, "37 traces reach every writer");
+        let mut writer_of_trace = std::collections::BTreeMap::new();
+        let mut seen = 0;
+        for (writer, items, _) in &parts {
+            assert!(
+                items.windows(2).all(|w| w[0].entry.id < w[1].entry.id),
+                "in order"
+            );
+            for item in items {
+                seen += 1;
+                match trace_of(item) {
+                    Some(trace) => {
+                        assert_eq!(*writer_of_trace.entry(trace).or_insert(*writer), *writer)
+                    }
+                    None => assert_eq!(*writer, 0, "entries with no trace go to the first"),
+                }
+            }
+        }
+        assert_eq!(seen, 400);
+        let shared: u64 = parts.iter().map(|(_, _, r)| r.bytes()).sum();
+        assert_eq!(shared, 1 << 20, "the shares add up to the reservation");
+        assert!(parts.iter().all(|(_, _, r)| r.bytes() > 0));
+        drop(parts);
+        assert_eq!(budget.in_hand_bytes(), 0, "every share is given back");
+    }
+
+    #[tokio::test]
+    async fn one_writer_gets_the_page_whole() {
+        let budget = MemoryBudget::new(64 << 20);
+        let items: Vec<BatchItem> = (0..10).map(|seq| item(seq, Some("t"))).collect();
+        let parts = split_by_trace(items, budget.acquire(4096).await, 1);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].1.len(), 10);
+        assert_eq!(parts[0].2.bytes(), budget.in_hand_bytes());
+    }
+
+    #[test]
+    fn a_lost_writer_decides_before_a_refusal_before_success() {
+        let ok = || Ok(Ok(()));
+        assert!(matches!(worst(vec![ok(), ok()]), Ok(Ok(()))));
+        assert!(matches!(
+            worst(vec![
+                ok(),
+                Ok(Err(WriteError::Stopped)),
+                Ok(Err(WriteError::Poisoned(3)))
+            ]),
+            Ok(Err(WriteError::Poisoned(3)))
+        ));
+        assert!(matches!(
+            worst(vec![
+                Ok(Err(WriteError::Poisoned(3))),
+                Err(MailboxError::Closed),
+                ok()
+            ]),
+            Err(MailboxError::Closed)
+        ));
     }
 }

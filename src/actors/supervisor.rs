@@ -203,18 +203,18 @@ impl Supervisor {
         )
     }
 
-    fn handover(&self, reader: String, claims: bool, writer: &Addr<Writer>) -> Handover {
+    fn handover(&self, reader: String, claims: bool, writers: &[Addr<Writer>]) -> Handover {
         Handover {
             reader,
             stream: self.read.pipeline.stream.clone(),
             claims,
             parse_pool: self.parse_pool.clone(),
             limits: self.read.limits.clone(),
-            writer: writer.clone().recipient(),
+            writers: writers.iter().map(|w| w.clone().recipient()).collect(),
         }
     }
 
-    fn start_consumer(&self, index: usize, writer: &Addr<Writer>) -> Addr<Consumer> {
+    fn start_consumer(&self, index: usize, writers: &[Addr<Writer>]) -> Addr<Consumer> {
         let name = self.consumer_name(index);
         let shared = self.shared.with(self.read.clone());
         let pacing = Pacing {
@@ -225,19 +225,19 @@ impl Supervisor {
         Consumer::new(
             name.clone(),
             Box::new(RedisSource::new(shared, name.clone(), self.budget.clone())),
-            self.handover(name, false, writer),
+            self.handover(name, false, writers),
             self.shared.health.clone(),
             pacing,
         )
         .start()
     }
 
-    fn start_claimer(&self, writer: &Addr<Writer>) -> Addr<Claimer> {
+    fn start_claimer(&self, writers: &[Addr<Writer>]) -> Addr<Claimer> {
         let name = format!("{}-claimer", self.shared.settings.pipeline.replica_name());
         Claimer::new(
             self.shared.with(self.read.clone()),
             self.control.clone(),
-            self.handover(name, true, writer),
+            self.handover(name, true, writers),
             self.budget.clone(),
         )
         .start()
@@ -274,13 +274,12 @@ impl Supervisor {
 
         let mut consumers = std::mem::take(&mut self.consumers);
         for (index, consumer) in consumers.iter_mut().enumerate() {
-            let writer = &writer_addrs[index % writer_addrs.len()];
-            consumer.revive(now, || self.start_consumer(index, writer));
+            consumer.revive(now, || self.start_consumer(index, &writer_addrs));
         }
         self.consumers = consumers;
 
         let mut claimer = self.claimer.take().expect("claimer started");
-        claimer.revive(now, || self.start_claimer(&writer_addrs[0]));
+        claimer.revive(now, || self.start_claimer(&writer_addrs));
         self.claimer = Some(claimer);
 
         let mut monitor = self.monitor.take().expect("monitor started");
@@ -307,14 +306,9 @@ impl Actor for Supervisor {
             .map(|index| self.start_writer(index as usize))
             .collect();
         self.consumers = (0..self.shared.settings.pipeline.consumers as usize)
-            .map(|index| {
-                Child::new(
-                    "consumer",
-                    self.start_consumer(index, &writers[index % writers.len()]),
-                )
-            })
+            .map(|index| Child::new("consumer", self.start_consumer(index, &writers)))
             .collect();
-        self.claimer = Some(Child::new("claimer", self.start_claimer(&writers[0])));
+        self.claimer = Some(Child::new("claimer", self.start_claimer(&writers)));
         self.monitor = Some(Child::new("lag_monitor", self.start_monitor()));
         self.retention = Some(Child::new("retention", self.start_retention()));
         self.writers = writers

@@ -175,7 +175,7 @@ fn start_consumer(
         claims: false,
         parse_pool: ParsePool::new(0),
         limits: limits(),
-        writer: writer.clone().recipient(),
+        writers: vec![writer.clone().recipient()],
     };
     let pacing = Pacing {
         batch_size: 10,

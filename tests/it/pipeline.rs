@@ -485,6 +485,71 @@ async fn metrics_show_the_lag_while_a_backlog_drains() {
     );
 }
 
+/// With two writers each trace goes to one of them: traces interleaved
+/// over small pages are all stored whole, with nothing left pending and
+/// nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_store_interleaved_traces_whole() {
+    let env = TestEnv::new("two_writers").await;
+    let mut redis = env.redis();
+    let traces: Vec<Vec<Entry>> = (0..300)
+        .map(|t| seed_trace(&format!("trace-{t}"), "p"))
+        .collect();
+    let longest = traces.iter().map(Vec::len).max().unwrap();
+    let interleaved =
+        (0..longest).flat_map(|i| traces.iter().filter_map(move |trace| trace.get(i).cloned()));
+    let published = env.publish_backlog(&mut redis, interleaved);
+    assert_eq!(published, 300 * 7);
+
+    let service = env.spawn(
+        "two-writers",
+        &[
+            ("OBSERVABILITY_WRITERS", "2"),
+            ("OBSERVABILITY_BATCH_SIZE", "100"),
+        ],
+    );
+    let db = env.db().await;
+    let stored = wait_for_ended_observations(&db, 300 * 3, WAIT).await;
+    assert!(
+        stored,
+        "not every observation ended; log: {}",
+        service.log()
+    );
+    let acked = wait_for(WAIT, || {
+        service
+            .json("/api/v1/observability/metrics")
+            .and_then(|j| j["pending"].as_u64())
+            == Some(0)
+    });
+    assert!(acked, "entries left pending; log: {}", service.log());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM traces WHERE name = 'chat'").await,
+        300
+    );
+    // Every start and every end landed: inputs on all, outputs on the two
+    // that end well, the error on the third.
+    for (sql, expected) in [
+        (
+            "SELECT count(*) FROM observations WHERE input IS NOT NULL",
+            900,
+        ),
+        (
+            "SELECT count(*) FROM observations WHERE output IS NOT NULL",
+            600,
+        ),
+        (
+            "SELECT count(*) FROM observations WHERE level = 'ERROR'",
+            300,
+        ),
+    ] {
+        assert_eq!(count(&db, sql).await, expected, "{sql}");
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_leaves_nothing_pending() {
     let env = TestEnv::new("sigterm").await;
