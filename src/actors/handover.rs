@@ -40,6 +40,8 @@ pub struct Handover {
     pub claims: bool,
     pub parse_pool: ParsePool,
     pub limits: LimitSettings,
+    /// How many entries a read asks for: a page this long is a backlog.
+    pub batch_size: usize,
     /// The replica's writers; a trace's entries always go to the same one
     /// (see [`part_of`]).
     pub writers: Vec<Recipient<WriteEntries>>,
@@ -89,6 +91,7 @@ impl Handover {
                 items,
                 reservation: Some(reservation),
                 span: batch.clone(),
+                full_page: entries >= self.batch_size,
             })
         });
         let sent = worst(join_all(sends).await);

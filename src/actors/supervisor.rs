@@ -113,8 +113,9 @@ pub struct Supervisor {
     parse_pool: ParsePool,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
-    /// Each commits one transaction at a time; consumer `i` feeds writer
-    /// `i % writers`, so that Postgres works on several batches at once.
+    /// Each commits one transaction at a time, over the traces that hash to
+    /// it (every reader splits its pages among them), so that Postgres works
+    /// on several batches at once without two locking the same rows.
     writers: Vec<Child<Writer>>,
     consumers: Vec<Child<Consumer>>,
     claimer: Option<Child<Claimer>>,
@@ -210,6 +211,7 @@ impl Supervisor {
             claims,
             parse_pool: self.parse_pool.clone(),
             limits: self.read.limits.clone(),
+            batch_size: self.read.pipeline.batch_size as usize,
             writers: writers.iter().map(|w| w.clone().recipient()).collect(),
         }
     }

@@ -175,6 +175,7 @@ fn start_consumer(
         claims: false,
         parse_pool: ParsePool::new(0),
         limits: limits(),
+        batch_size: 100,
         writers: vec![writer.clone().recipient()],
     };
     let pacing = Pacing {
@@ -363,6 +364,7 @@ fn batch(seqs: &[u64], budget: Option<crate::memory_budget::Reservation>) -> Wri
         items,
         reservation: budget,
         span: Default::default(),
+        full_page: false,
     }
 }
 
@@ -463,6 +465,7 @@ fn open_starts(
         items,
         reservation: Some(budget),
         span: Default::default(),
+        full_page: false,
     }
 }
 

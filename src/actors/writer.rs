@@ -30,6 +30,8 @@ pub struct WriteEntries {
     pub reservation: Option<Reservation>,
     /// The page's span, ended by the writer at its last XACK.
     pub span: BatchSpan,
+    /// The page read was full (a backlog), whatever share of it this is.
+    pub full_page: bool,
 }
 
 /// Write whatever is gathered or deferred now; replies when it is committed.
@@ -115,6 +117,9 @@ impl Writer {
     ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (waiter, receiver) = oneshot::channel();
         self.pages.add(batch.span);
+        if batch.full_page {
+            self.batcher.page_was_full();
+        }
         match self.batcher.arrive(batch.items, batch.reservation, waiter) {
             Arrival::StartNow => self.start_next(ctx),
             Arrival::Linger => {
@@ -206,6 +211,7 @@ impl Handler<Flush> for Writer {
             items: Vec::new(),
             reservation: None,
             span: BatchSpan::default(),
+            full_page: false,
         };
         let done = self.arrive(empty, ctx);
         self.start_next(ctx);

@@ -39,6 +39,8 @@ pub struct BatcherSettings {
 /// each batch's waiter and reservation.
 struct Gathered<W, R> {
     items: Vec<BatchItem>,
+    /// Some of them are a full page's share (see [`Batcher::page_was_full`]).
+    backlog: bool,
     waiters: Vec<W>,
     reservations: Vec<R>,
 }
@@ -47,6 +49,7 @@ impl<W, R> Default for Gathered<W, R> {
     fn default() -> Self {
         Self {
             items: Vec::new(),
+            backlog: false,
             waiters: Vec::new(),
             reservations: Vec::new(),
         }
@@ -132,6 +135,13 @@ impl<W, R> Batcher<W, R> {
     }
 
     /// Takes a batch (possibly empty: a flush request) and says when to act.
+    /// The next batch to arrive is this writer's part of a full read
+    /// page: a backlog, though with several writers it holds only the
+    /// page's entries of this writer's traces.
+    pub fn page_was_full(&mut self) {
+        self.gathered.backlog = true;
+    }
+
     pub fn arrive(&mut self, items: Vec<BatchItem>, reservation: Option<R>, waiter: W) -> Arrival {
         self.gathered.items.extend(items);
         self.gathered.reservations.extend(reservation);
@@ -179,7 +189,7 @@ impl<W, R> Batcher<W, R> {
             next.transaction = self.take_deferred();
             return next;
         }
-        let backlog = gathered.items.len() >= self.settings.read_batch_size;
+        let backlog = gathered.backlog || gathered.items.len() >= self.settings.read_batch_size;
         let (fresh, newly_deferred) = if backlog {
             split_open_starts(gathered.items)
         } else {

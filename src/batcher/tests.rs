@@ -210,6 +210,43 @@ fn under_backlog_open_starts_are_deferred_once_with_their_reservation() {
     assert!(!idle.awaiting_batch, "nothing is deferred any more");
 }
 
+/// With several writers a full page reaches each writer as a part shorter
+/// than a read: still a backlog, so its open starts are deferred as well
+/// (without this, 29% of a drain's observation rows were inserted and then
+/// updated with two writers, against 2% with one).
+#[test]
+fn a_full_pages_share_is_a_backlog_however_short() {
+    let part = || {
+        vec![
+            event(1, "p", start("open")),
+            event(2, "p", start("closed")),
+            event(3, "p", end("closed")),
+        ]
+    };
+    let mut batcher = TestBatcher::new(settings());
+    batcher.arrive(part(), Some("r1"), "w1");
+    assert_eq!(batcher.decide().deferred, 0, "a short page: no backlog");
+
+    let mut batcher = TestBatcher::new(settings());
+    batcher.page_was_full();
+    batcher.arrive(part(), Some("r1"), "w1");
+    let next = batcher.decide();
+    assert_eq!(next.deferred, 1);
+    assert_eq!(
+        seqs(&next.transaction.expect("a transaction").items),
+        [2, 3]
+    );
+    // The mark goes with the batch it came with.
+    batcher.finished();
+    batcher.arrive(vec![event(4, "p", start("later"))], Some("r2"), "w2");
+    let after = batcher.decide();
+    assert_eq!(after.deferred, 0);
+    assert_eq!(
+        seqs(&after.transaction.expect("a transaction").items),
+        [1, 4]
+    );
+}
+
 #[test]
 fn deferred_starts_wait_for_the_next_batch_and_meet_their_ends_in_it() {
     let mut batcher = TestBatcher::new(settings());
