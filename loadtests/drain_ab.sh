@@ -11,6 +11,9 @@
 #
 #   loadtests/drain_ab.sh BIN [BIN ...]
 #   EVENTS=200000 ROUNDS=3 WORKLOAD=seed|sdk (defaults: 200000, 3, seed)
+#   PERF_DIR=dir: also `perf record --call-graph dwarf` (300 Hz) each drain's
+#   service into dir/ROUND-N.data (N: the build's position), for call-graph
+#   profiles (`perf report -i …`); perf adds CPU of its own to the drain.
 #   Any other environment (MIMALLOC_PURGE_DELAY=0, say) reaches every build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +53,7 @@ redis_pid=$(<"$work/services/redis.pid")
 redis_cpu() { awk -v t="$ticks_per_second" '{print ($14 + $15) / t}' "/proc/$redis_pid/stat"; }
 printf '%-5s %-40s %10s %10s %11s %12s %8s %10s %6s\n' round build cpu_s pg_cpu_s redis_cpu_s minor_faults hwm_mib drain_s load
 for round in $(seq 1 "$ROUNDS"); do
+  position=0
   for bin in "$@"; do
     PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS drain_ab" -c "CREATE DATABASE drain_ab"
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab "$bin" migrate >/dev/null 2>&1
@@ -60,6 +64,12 @@ for round in $(seq 1 "$ROUNDS"); do
       OBSERVABILITY_GROUP_NAME=$group OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
       OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >"$work/service.log" 2>&1 &
     svc_pid=$!
+    perf_pid=
+    if [[ -n ${PERF_DIR:-} ]]; then
+      mkdir -p "$PERF_DIR"
+      perf record -q -F 300 --call-graph dwarf,16384 -o "$PERF_DIR/$round-$((++position)).data" -p "$svc_pid" 2>/dev/null &
+      perf_pid=$!
+    fi
     # Drained: every entry delivered (lag 0) and acknowledged (0 pending).
     until [[ $(redis-cli -p "$REDIS_PORT" XINFO GROUPS backlog | awk -v g="$group" '$0==g{f=1} f&&/^lag$/{getline; print; exit}') == 0 &&
              $(redis-cli -p "$REDIS_PORT" XPENDING backlog "$group" | head -1) == 0 ]]; do
@@ -67,6 +77,7 @@ for round in $(seq 1 "$ROUNDS"); do
       sleep 0.2
     done
     drained=$(date +%s.%N)
+    [[ -n $perf_pid ]] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
     read -r faults cpu_ticks < <(awk '{print $10, $14 + $15}' "/proc/$svc_pid/stat")
     redis_s=$(bc -l <<<"$(redis_cpu) - $redis0")
     hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$svc_pid/status")

@@ -326,9 +326,10 @@ pub struct PipelineSettings {
     pub consumers: u32,
 
     /// Writers in this replica: each commits one transaction at a time, so
-    /// this is how many batches Postgres works on at once (consumer `i`
-    /// feeds writer `i % writers`). On 2 cores more than 1 traded p99 for
-    /// p50 at best (docs/benchmarks.md).
+    /// this is how many batches Postgres works on at once. Each trace goes
+    /// to one writer (pages are split by trace), so they never lock the same
+    /// rows; more than 1 drains faster for more Postgres CPU per event
+    /// (docs/benchmarks.md).
     #[arg(long, env = "OBSERVABILITY_WRITERS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub writers: u32,
