@@ -166,8 +166,9 @@ fn split_by_trace(
     split
 }
 
-/// The answer that decides what became of the page: the first failure
-/// (a lost writer before a refusal before anything else), or success.
+/// The answer that decides what became of the page: the worst of its
+/// parts' (a lost writer, then a refusal, then any other failure), or
+/// success when every part was stored.
 fn worst(
     answers: Vec<Result<Result<(), WriteError>, MailboxError>>,
 ) -> Result<Result<(), WriteError>, MailboxError> {
