@@ -181,6 +181,10 @@ fresh_db() {
   DATABASE_URL=$base/$1 $bin migrate >/dev/null 2>&1
 }
 drop_db() { psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $1" 2>/dev/null; }
+# Every drain and yardstick COPY starts right after a checkpoint: a drain
+# writes ~40% of max_wal_size, and a checkpoint (with the full-page images
+# after it) cost about a tenth more Postgres CPU in whichever drain it hit.
+checkpoint() { psql "$base/postgres" -qc CHECKPOINT; }
 
 # start_service DB STREAM GROUP REPLICA [ENV=VALUE...]: sets svc_pid, svc_url
 start_service() {
@@ -227,6 +231,7 @@ drain() {
   shift 3
   fresh_db "$name"
   redis-cli -p "$REDIS_PORT" XGROUP DESTROY "$stream" "$name" >/dev/null
+  checkpoint
   local pg0 r0 since
   drain_load=$(cut -d' ' -f1 /proc/loadavg)
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
@@ -295,6 +300,7 @@ yardstick_copy() { # DB: sets copy_s and copy_cpu_pg (the studio's rows), state_
   # The studio tables of a fresh database are standalone ones (migrate made
   # them): they come with the studio's default user, nothing else.
   local pg0 t0 t1 backend
+  checkpoint
   pg0=$(pg_cpu) t0=$(date +%s.%N)
   backend=$(copy_in "$1" "${studio_tables[@]}")
   t1=$(date +%s.%N)

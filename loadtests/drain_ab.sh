@@ -11,6 +11,7 @@
 #
 #   loadtests/drain_ab.sh BIN [BIN ...]
 #   EVENTS=200000 ROUNDS=3 WORKLOAD=seed|sdk (defaults: 200000, 3, seed)
+#   CHECKPOINT_FIRST=0: no CHECKPOINT before each drain (the default runs one)
 #   PERF_DIR=dir: also `perf record --call-graph dwarf` (300 Hz) each drain's
 #   service into dir/ROUND-N.data (N: the build's position), for call-graph
 #   profiles (`perf report -i …`); perf adds CPU of its own to the drain.
@@ -58,6 +59,11 @@ for round in $(seq 1 "$ROUNDS"); do
     PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS drain_ab" -c "CREATE DATABASE drain_ab"
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab "$bin" migrate >/dev/null 2>&1
     group=ab-$round-$RANDOM
+    # Every drain starts right after a checkpoint unless CHECKPOINT_FIRST=0:
+    # a drain writes ~40% of max_wal_size, so otherwise where the next
+    # checkpoint (and the full-page images after it) lands depends on the
+    # drain's position in the round.
+    [[ ${CHECKPOINT_FIRST:-1} == 1 ]] && psql "$admin" -qc CHECKPOINT
     pg0=$(pg_cpu) redis0=$(redis_cpu)
     start=$(date +%s.%N)
     DATABASE_URL=${DATABASE_URL%/*}/drain_ab OBSERVABILITY_STREAM_NAME=backlog \
