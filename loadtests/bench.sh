@@ -182,8 +182,9 @@ fresh_db() {
 }
 drop_db() { psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $1" 2>/dev/null; }
 # Every drain and yardstick COPY starts right after a checkpoint: a drain
-# writes ~40% of max_wal_size, and a checkpoint (with the full-page images
-# after it) cost about a tenth more Postgres CPU in whichever drain it hit.
+# writes ~40% of max_wal_size, and drains that may meet a checkpoint (with
+# the full-page images after it) spent a tenth more Postgres CPU on average
+# than drains that start from one (docs/benchmarks.md, ninth session).
 checkpoint() { psql "$base/postgres" -qc CHECKPOINT; }
 
 # start_service DB STREAM GROUP REPLICA [ENV=VALUE...]: sets svc_pid, svc_url
