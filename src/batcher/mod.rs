@@ -134,7 +134,6 @@ impl<W, R> Batcher<W, R> {
         }
     }
 
-    /// Takes a batch (possibly empty: a flush request) and says when to act.
     /// The next batch to arrive is this writer's part of a full read
     /// page: a backlog, though with several writers it holds only the
     /// page's entries of this writer's traces.
@@ -142,6 +141,7 @@ impl<W, R> Batcher<W, R> {
         self.gathered.backlog = true;
     }
 
+    /// Takes a batch (possibly empty: a flush request) and says when to act.
     pub fn arrive(&mut self, items: Vec<BatchItem>, reservation: Option<R>, waiter: W) -> Arrival {
         self.gathered.items.extend(items);
         self.gathered.reservations.extend(reservation);

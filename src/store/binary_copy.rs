@@ -99,8 +99,8 @@ impl<'t> BinaryCopy<'t> {
         Ok(())
     }
 
-    /// The last chunk's buffer if the connection is done with it, else a new
-    /// one sized at once (more rows may follow a full chunk).
+    /// The oldest sent chunk's buffer if the connection is done with it,
+    /// else a new one sized at once (more rows may follow a full chunk).
     fn reusable_chunk(&mut self) -> BytesMut {
         if let Some(oldest) = self.sent.pop_front() {
             match oldest.try_into_mut() {
