@@ -364,6 +364,15 @@ pub struct PipelineSettings {
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     write_linger_ms: u64,
 
+    /// How long an observation start waits in the writer for its end, so
+    /// that the row is written once instead of inserted and then updated
+    /// (about half the database's work for that row). The studio shows a
+    /// running observation this much later. 0: written as they come. Under
+    /// backlog starts wait for the next batch whatever this is.
+    #[arg(long = "hold-starts-ms", env = "OBSERVABILITY_HOLD_STARTS_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    hold_starts_ms: u64,
+
     /// How long one XREADGROUP waits for new entries.
     #[arg(long = "block-ms", env = "OBSERVABILITY_BLOCK_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -392,6 +401,11 @@ impl PipelineSettings {
         self.consumer_name
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// How long an observation start waits for its end.
+    pub fn hold_starts(&self) -> Duration {
+        Duration::from_millis(self.hold_starts_ms)
     }
 
     /// How long one XREADGROUP blocks.
@@ -596,6 +610,15 @@ impl ServeSettings {
                 ),
             ));
         }
+        if self.pipeline.hold_starts() * 2 > self.claim.idle() {
+            return Err(invalid(
+                "OBSERVABILITY_HOLD_STARTS_MS",
+                format!(
+                    "must be at most half of OBSERVABILITY_CLAIM_IDLE_MS ({} ms), or held starts are claimed from their own writer",
+                    self.claim.idle().as_millis()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -695,7 +718,36 @@ pub enum ToastCompression {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use clap::Parser;
+
+    use super::{redact_url, ServeSettings};
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        settings: ServeSettings,
+    }
+
+    fn serve(args: &[&str]) -> ServeSettings {
+        let argv = ["serve", "--database-url", "postgres://localhost/x"];
+        Serve::try_parse_from(argv.iter().chain(args))
+            .expect("parses")
+            .settings
+    }
+
+    /// Held starts stay pending; held longer than half the claim idle time,
+    /// the claimer would hand them to a writer a second time.
+    #[test]
+    fn starts_are_held_for_at_most_half_the_claim_idle_time() {
+        assert!(serve(&["--hold-starts-ms", "1500"]).validate().is_ok());
+        let refused = serve(&["--hold-starts-ms", "1501"]).validate().unwrap_err();
+        assert!(
+            refused.to_string().contains("OBSERVABILITY_HOLD_STARTS_MS"),
+            "{refused}"
+        );
+        let longer_claims = ["--hold-starts-ms", "5000", "--claim-idle-ms", "10000"];
+        assert!(serve(&longer_claims).validate().is_ok());
+    }
 
     #[test]
     fn passwords_never_print() {

@@ -43,6 +43,7 @@ pub const MEMORY_IN_HAND: &str = "swisper_ingest_memory_in_hand_bytes";
 pub const OVERSIZED_FOR_BUDGET: &str = "swisper_ingest_oversized_for_budget_total";
 pub const POISON_HELD: &str = "swisper_ingest_poison_held_entries";
 pub const STARTS_HELD: &str = "swisper_ingest_starts_held_total";
+pub const HELD_STARTS_ALONE: &str = "swisper_ingest_held_starts_alone_total";
 pub const DELIVERED_UNLOADED: &str = "swisper_ingest_delivered_unloaded_total";
 pub const RETENTION_FORGOTTEN: &str = "swisper_ingest_retention_forgotten_rows_total";
 pub const RETENTION_BEHIND: &str = "swisper_ingest_retention_behind_seconds";
@@ -139,7 +140,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = {
         (Gauge, MEMORY_IN_HAND, Some(Unit::Bytes), "Weight of the entries in hand: read and not yet committed and acked."),
         (Counter, OVERSIZED_FOR_BUDGET, None, "Entries heavier than the whole memory budget, each processed alone."),
         (Gauge, POISON_HELD, None, "Entries a replica holds (pending, unacked) while poison protection pauses it."),
-        (Counter, STARTS_HELD, None, "Observation starts held for the next transaction under backlog, so that start and end are written together."),
+        (Counter, STARTS_HELD, None, "Observation starts held for their end (for the next batch under backlog, else up to OBSERVABILITY_HOLD_STARTS_MS), so that start and end are written together."),
+        (Counter, HELD_STARTS_ALONE, None, "Held observation starts written without their end: it did not arrive in time (or the writer flushed)."),
         (Counter, DELIVERED_UNLOADED, None, "New entries a plain read delivered past its memory reservation without loading them, then reloaded by the weighing script."),
     ]
 };

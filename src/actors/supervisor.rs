@@ -42,6 +42,10 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 /// A child that lived this long starts again from the shortest delay.
 const HEALTHY_LIFETIME: Duration = Duration::from_secs(30);
+/// How long starts held under backlog wait for the next batch (their ends
+/// are in it) before they are written alone: a consumer's next page is a
+/// parse away; at the backlog's end this is the added delay.
+const BACKLOG_WAIT: Duration = Duration::from_millis(250);
 
 /// A supervised actor and its restart history.
 struct Child<A: Actor> {
@@ -194,6 +198,8 @@ impl Supervisor {
             write_batch_size: pipeline.write_batch_size as usize,
             poison_run: self.shared.settings.limits.poison_run,
             lingers: !pipeline.write_linger().is_zero(),
+            hold_starts: pipeline.hold_starts(),
+            backlog_wait: BACKLOG_WAIT,
         };
         Writer::start(
             Box::new(store),

@@ -375,6 +375,8 @@ fn start_writer(store: &GatedStore, poison_run: u64) -> (Addr<Writer>, Arc<Healt
         write_batch_size: 100,
         poison_run,
         lingers: false,
+        hold_starts: Duration::ZERO,
+        backlog_wait: Duration::from_millis(250),
     };
     let writer = Writer::start(
         Box::new(store.clone()),

@@ -5,7 +5,7 @@
 //! answers the senders and keeps the linger timer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
@@ -20,8 +20,8 @@ use crate::memory_budget::Reservation;
 use crate::metrics as m;
 
 /// Store these entries, already parsed by the sender; the reply comes once
-/// they are committed and acked (starts deferred to the next transaction
-/// excepted: the writer answers for those). The reservation of their bytes
+/// they are committed and acked (held observation starts excepted: the
+/// writer answers for those, see [`crate::batcher`]). The reservation of their bytes
 /// in the memory budget is given back once none of them is in hand.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
@@ -34,7 +34,7 @@ pub struct WriteEntries {
     pub full_page: bool,
 }
 
-/// Write whatever is gathered or deferred now; replies when it is committed.
+/// Write whatever is gathered or held now; replies when it is committed.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
 pub struct Flush;
@@ -65,11 +65,6 @@ pub trait BatchStore: Send + 'static {
 /// (consumers + claimer) batches whatever the backlog.
 const MAILBOX_CAPACITY: usize = 64;
 
-/// How long deferred starts wait for the next batch (their ends are in it)
-/// before they are written alone. Only under backlog, where a consumer's
-/// next page is a parse away; at its end this is the added delay.
-const DEFERRED_WAIT: Duration = Duration::from_millis(250);
-
 type Waiter = oneshot::Sender<Result<(), WriteError>>;
 
 pub struct Writer {
@@ -77,7 +72,7 @@ pub struct Writer {
     health: Arc<Health>,
     batcher: Batcher<Waiter, Reservation>,
     linger: Duration,
-    /// The linger's timer, or deferred starts' wait for the next batch.
+    /// The linger's timer, or the wake-up of held starts.
     linger_timer: Option<SpawnHandle>,
     /// Spans of the pages with entries in hand (crate::batch_span).
     pages: Pages,
@@ -141,7 +136,7 @@ impl Writer {
         if let Some(timer) = self.linger_timer.take() {
             ctx.cancel_future(timer);
         }
-        let next = self.batcher.decide();
+        let next = self.batcher.decide(Instant::now());
         match next.poison {
             Poison::Tripped(run) => {
                 self.health.set_poisoned(true);
@@ -153,15 +148,18 @@ impl Writer {
             Poison::Cleared => self.health.set_poisoned(false),
             Poison::Unchanged => {}
         }
-        if next.deferred > 0 {
-            metrics::counter!(m::STARTS_HELD).increment(next.deferred as u64);
+        if next.held > 0 {
+            metrics::counter!(m::STARTS_HELD).increment(next.held as u64);
+        }
+        if next.held_went_alone > 0 {
+            metrics::counter!(m::HELD_STARTS_ALONE).increment(next.held_went_alone as u64);
         }
         if let Some(transaction) = next.transaction {
             self.run(transaction, ctx);
-        } else if next.awaiting_batch {
-            self.linger_timer = Some(ctx.run_later(DEFERRED_WAIT, |writer, ctx| {
+        } else if let Some(at) = next.wake_at {
+            let wait = at.saturating_duration_since(Instant::now());
+            self.linger_timer = Some(ctx.run_later(wait, |writer, ctx| {
                 writer.linger_timer = None;
-                writer.batcher.deferred_due();
                 writer.start_next(ctx);
             }));
         }
@@ -182,7 +180,7 @@ impl Writer {
                 let _ = waiter.send(Ok(()));
             }
             writer.batcher.finished();
-            // What arrived meanwhile, or was deferred, goes at once.
+            // What arrived meanwhile, and held starts now due, go at once.
             writer.start_next(ctx);
         }));
     }
@@ -204,9 +202,10 @@ impl Handler<WriteEntries> for Writer {
 impl Handler<Flush> for Writer {
     type Result = ResponseFuture<Result<(), WriteError>>;
 
-    /// Replies once everything gathered or deferred before it is committed
+    /// Replies once everything gathered or held before it is committed
     /// (after the transaction in flight, if any).
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        self.batcher.release_held();
         let empty = WriteEntries {
             items: Vec::new(),
             reservation: None,

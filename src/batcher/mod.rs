@@ -1,26 +1,39 @@
 //! Which entries go into a writer's next transaction: a pure state machine,
-//! no I/O, no actor. The writer actor feeds it what arrives, asks it for the
-//! next transaction, runs that, and tells it when it finished.
+//! no I/O, no actor, no clock (the writer passes the time in). The writer
+//! actor feeds it what arrives, asks it for the next transaction, runs that,
+//! and tells it when it finished.
 //!
 //! - Batches that arrive while a transaction is in flight go into the next
 //!   one together, with their senders' waiters and memory reservations.
-//! - Under backlog (a read batch arrived full), the starts of observations
-//!   whose end has not arrived are *deferred* one transaction, so that such
-//!   a row is written once instead of inserted and then updated. A deferred
-//!   start is never deferred twice; it waits for the next batch to arrive
-//!   (its end is in it), or goes alone once the writer says it is due; its
-//!   batch's reservation is released with the transaction that stores it.
+//! - Starts of observations whose end has not arrived are *held*, so that
+//!   such a row is written once instead of inserted and then updated (an
+//!   update costs Postgres as much as the insert: a new row version and an
+//!   entry in each of the studio's eight indexes):
+//!   - under backlog (a read batch arrived full) for one transaction: the
+//!     next page holds most of their ends; with no next batch they go alone
+//!     after [`BatcherSettings::backlog_wait`];
+//!   - otherwise for at most [`BatcherSettings::hold_starts`]: each
+//!     transaction takes the held starts whose end arrived, and those held
+//!     that long.
+//!
+//!   A held batch's reservation is released with the transaction that
+//!   stores its last held start; its sender is answered at once (it reads
+//!   on), and its entries are acked only once stored.
 //! - Poison protection: a long run of rejected entries (across batches) is
 //!   refused whole; its senders keep the entries pending.
 //!
 //! Generic over the waiter `W` and the reservation `R`, so that tests can
 //! watch which transaction answers whom and releases what.
 
+mod held;
 mod rules;
 
 pub use rules::{rejection_run, split_open_starts, RejectionRun};
 
+use std::time::{Duration, Instant};
+
 use crate::event::BatchItem;
+use held::Held;
 
 /// The limits the batcher decides by.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +46,12 @@ pub struct BatcherSettings {
     pub poison_run: u64,
     /// Whether an idle writer waits (lingers) before starting.
     pub lingers: bool,
+    /// Outside a backlog, how long an observation start waits for its end;
+    /// zero: starts are written as they come.
+    pub hold_starts: Duration,
+    /// Under backlog, how long starts held for the next batch wait for it
+    /// before they are written alone.
+    pub backlog_wait: Duration,
 }
 
 /// Arrived batches, not yet in a transaction: items in arrival order, with
@@ -54,13 +73,6 @@ impl<W, R> Default for Gathered<W, R> {
             reservations: Vec::new(),
         }
     }
-}
-
-/// Observation starts deferred to the next transaction, with the
-/// reservations of the batches they came from.
-struct Deferred<R> {
-    items: Vec<BatchItem>,
-    reservations: Vec<R>,
 }
 
 /// What the writer should do after a batch arrived.
@@ -97,25 +109,25 @@ pub struct Next<W, R> {
     pub refused: Vec<W>,
     pub poison: Poison,
     pub transaction: Option<Transaction<W, R>>,
-    /// Starts deferred by this decision (for the metric).
-    pub deferred: usize,
-    /// Only deferred starts wait, and no batch has arrived for them: the
-    /// writer calls [`Batcher::deferred_due`] if none arrives in time.
-    pub awaiting_batch: bool,
+    /// Starts held by this decision (for the metric).
+    pub held: usize,
+    /// Held starts this transaction writes without their end (for the metric).
+    pub held_went_alone: usize,
+    /// Starts are held and nothing else is to be done: ask again at this
+    /// time if no batch arrives first.
+    pub wake_at: Option<Instant>,
 }
 
 pub struct Batcher<W, R> {
     settings: BatcherSettings,
     gathered: Gathered<W, R>,
-    deferred: Deferred<R>,
+    held: Held<R>,
     /// One transaction at a time: a second would only queue behind the first
     /// in Postgres and lock the same rows.
     in_flight: bool,
     lingering: bool,
     /// Rejected entries in a row at the end of what was last accepted.
     rejection_run: u64,
-    /// Deferred starts may go without a batch (the writer's wait ended).
-    deferred_due: bool,
 }
 
 impl<W, R> Batcher<W, R> {
@@ -123,14 +135,10 @@ impl<W, R> Batcher<W, R> {
         Self {
             settings,
             gathered: Gathered::default(),
-            deferred: Deferred {
-                items: Vec::new(),
-                reservations: Vec::new(),
-            },
+            held: Held::default(),
             in_flight: false,
             lingering: false,
             rejection_run: 0,
-            deferred_due: false,
         }
     }
 
@@ -157,59 +165,79 @@ impl<W, R> Batcher<W, R> {
         }
     }
 
-    /// The next transaction, unless one is in flight or nothing waits; ends
-    /// any linger.
-    pub fn decide(&mut self) -> Next<W, R> {
+    /// Every start held so far goes with the next batch: the writer is
+    /// flushing (shutdown), and a flush arrives as an empty batch.
+    pub fn release_held(&mut self) {
+        self.held.release_with_next_batch();
+    }
+
+    /// The next transaction, unless one is in flight or nothing is to be
+    /// written by `now`; ends any linger.
+    pub fn decide(&mut self, now: Instant) -> Next<W, R> {
         self.lingering = false;
         let mut next = Next {
             refused: Vec::new(),
             poison: Poison::Unchanged,
             transaction: None,
-            deferred: 0,
-            awaiting_batch: false,
+            held: 0,
+            held_went_alone: 0,
+            wake_at: None,
         };
-        if self.in_flight || self.gathered.waiters.is_empty() && self.deferred.items.is_empty() {
+        if self.in_flight {
             return next;
         }
-        if self.gathered.waiters.is_empty() && !self.deferred_due {
-            // Written alone now, the deferred starts would meet their ends
-            // in no transaction: the ends are in the batch being read.
-            next.awaiting_batch = true;
-            return next;
-        }
-        // Whatever was deferred goes in this transaction: a wait that ended
-        // is spent.
-        self.deferred_due = false;
         let gathered = std::mem::take(&mut self.gathered);
         next.poison = self.check_poison(&gathered.items);
-        if let Poison::Tripped(_) = next.poison {
-            // Refused: the senders keep the entries (pending) and retry;
-            // what was deferred is stored all the same.
-            next.refused = gathered.waiters;
-            next.transaction = self.take_deferred();
-            return next;
-        }
-        let backlog = gathered.backlog || gathered.items.len() >= self.settings.read_batch_size;
-        let (fresh, newly_deferred) = if backlog {
-            split_open_starts(gathered.items)
-        } else {
-            (gathered.items, Vec::new())
-        };
-        next.deferred = newly_deferred.len();
-        let mut transaction = self.take_deferred().unwrap_or_else(|| Transaction {
+        let mut transaction = Transaction {
             items: Vec::new(),
             waiters: Vec::new(),
             release: Vec::new(),
-        });
-        transaction.items.extend(fresh);
-        transaction.waiters = gathered.waiters;
-        if newly_deferred.is_empty() {
-            transaction.release.extend(gathered.reservations);
+        };
+        let a_batch_arrived = !gathered.waiters.is_empty();
+        if let Poison::Tripped(_) = next.poison {
+            // Refused: the senders keep the entries (pending) and retry;
+            // held starts due are stored all the same.
+            next.refused = gathered.waiters;
+            let released = self
+                .held
+                .take_released(&[], a_batch_arrived, now, &mut transaction);
+            next.held_went_alone = released.alone;
         } else {
-            self.deferred = Deferred {
-                items: newly_deferred,
-                reservations: gathered.reservations,
+            // Held starts whose end arrived, or whose time is up, go first.
+            let released =
+                self.held
+                    .take_released(&gathered.items, a_batch_arrived, now, &mut transaction);
+            next.held_went_alone = released.alone;
+            let backlog = gathered.backlog || gathered.items.len() >= self.settings.read_batch_size;
+            // How long this batch's open starts are held, and whether only
+            // until the next batch.
+            let hold = if backlog {
+                Some((self.settings.backlog_wait, true))
+            } else if self.settings.hold_starts.is_zero() {
+                None
+            } else {
+                Some((self.settings.hold_starts, false))
             };
+            let (fresh, newly_held) = match hold {
+                Some(_) => split_open_starts(gathered.items),
+                None => (gathered.items, Vec::new()),
+            };
+            next.held = newly_held.len();
+            transaction.items.extend(fresh);
+            transaction.waiters = gathered.waiters;
+            match hold {
+                Some((wait, next_batch_only)) if !newly_held.is_empty() => self.held.hold(
+                    newly_held,
+                    gathered.reservations,
+                    now + wait,
+                    next_batch_only,
+                ),
+                _ => transaction.release.extend(gathered.reservations),
+            }
+        }
+        if transaction.items.is_empty() && transaction.waiters.is_empty() {
+            next.wake_at = self.held.earliest_due();
+            return next;
         }
         self.in_flight = true;
         next.transaction = Some(transaction);
@@ -219,25 +247,6 @@ impl<W, R> Batcher<W, R> {
     /// The transaction in flight is committed (and acked).
     pub fn finished(&mut self) {
         self.in_flight = false;
-    }
-
-    /// No batch arrived in time: the deferred starts go in the next
-    /// transaction, alone if need be.
-    pub fn deferred_due(&mut self) {
-        self.deferred_due = true;
-    }
-
-    /// Deferred starts as a transaction of their own, if any.
-    fn take_deferred(&mut self) -> Option<Transaction<W, R>> {
-        if self.deferred.items.is_empty() {
-            return None;
-        }
-        self.in_flight = true;
-        Some(Transaction {
-            items: std::mem::take(&mut self.deferred.items),
-            waiters: Vec::new(),
-            release: std::mem::take(&mut self.deferred.reservations),
-        })
     }
 
     fn check_poison(&mut self, fresh: &[BatchItem]) -> Poison {

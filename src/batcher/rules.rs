@@ -1,33 +1,18 @@
-//! The two rules the batcher applies to a batch: which starts to defer,
+//! The two rules the batcher applies to a batch: which starts to hold,
 //! and how long the run of rejected entries is.
 
 use foldhash::HashSet;
 
 use crate::event::{BatchItem, EventBody, Parsed, TraceEvent};
 
-/// Splits off the starts of observations whose end is not among `items`:
-/// deferred to the next transaction, where the end usually is, such a row is
-/// written once instead of inserted and then updated. The rest is returned
-/// in order.
+/// Splits off the starts of observations whose end is not among `items`,
+/// to be held (see the batcher); the rest is returned in order.
 pub fn split_open_starts(items: Vec<BatchItem>) -> (Vec<BatchItem>, Vec<BatchItem>) {
-    let ended: HashSet<&str> = items
+    let ended: HashSet<&str> = items.iter().filter_map(ended_observation).collect();
+    let open: Vec<bool> = items
         .iter()
-        .filter_map(|item| match &item.parsed {
-            Ok(Parsed::Trace(TraceEvent {
-                body: EventBody::ObservationEnd { observation_id, .. },
-                ..
-            })) => Some(observation_id.as_str()),
-            _ => None,
-        })
+        .map(|item| started_observation(item).is_some_and(|id| !ended.contains(id)))
         .collect();
-    let is_open = |item: &BatchItem| match &item.parsed {
-        Ok(Parsed::Trace(TraceEvent {
-            body: EventBody::ObservationStart { observation_id, .. },
-            ..
-        })) => !ended.contains(observation_id.as_str()),
-        _ => false,
-    };
-    let open: Vec<bool> = items.iter().map(is_open).collect();
     // One move of each item (352 bytes), straight to its side.
     let mut written = Vec::with_capacity(items.len());
     let mut held = Vec::new();
@@ -39,6 +24,28 @@ pub fn split_open_starts(items: Vec<BatchItem>) -> (Vec<BatchItem>, Vec<BatchIte
         }
     }
     (written, held)
+}
+
+/// The observation an item starts, if it is a start.
+pub(super) fn started_observation(item: &BatchItem) -> Option<&str> {
+    match &item.parsed {
+        Ok(Parsed::Trace(TraceEvent {
+            body: EventBody::ObservationStart { observation_id, .. },
+            ..
+        })) => Some(observation_id),
+        _ => None,
+    }
+}
+
+/// The observation an item ends (an error ends it too), if it is an end.
+pub(super) fn ended_observation(item: &BatchItem) -> Option<&str> {
+    match &item.parsed {
+        Ok(Parsed::Trace(TraceEvent {
+            body: EventBody::ObservationEnd { observation_id, .. },
+            ..
+        })) => Some(observation_id),
+        _ => None,
+    }
 }
 
 /// Runs of rejected entries, continuing the run of earlier batches.

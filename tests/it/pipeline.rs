@@ -550,6 +550,106 @@ async fn two_writers_store_interleaved_traces_whole() {
     );
 }
 
+/// With OBSERVABILITY_HOLD_STARTS_MS, an observation start waits for its
+/// end in the writer, so the studio row is inserted once, never inserted and
+/// then updated (a trigger counts the updates); a start whose end does not
+/// come is stored alone once held that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_starts_are_written_once_with_their_ends_or_alone_when_due() {
+    let env = TestEnv::new("held_starts").await;
+    env.migrate();
+    let db = env.db().await;
+    db.batch_execute(
+        "CREATE TABLE public.test_updates (id text);
+         CREATE FUNCTION public.test_count_update() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.test_updates VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER test_count_update AFTER UPDATE ON public.observations
+           FOR EACH ROW EXECUTE FUNCTION public.test_count_update();",
+    )
+    .await
+    .unwrap();
+    let mut redis = env.redis();
+    // Long enough that the ends, published once the starts are in the
+    // writer's hands, always come in time, even on a busy machine.
+    let service = env.spawn(
+        "holding",
+        &[
+            ("OBSERVABILITY_HOLD_STARTS_MS", "10000"),
+            ("OBSERVABILITY_CLAIM_IDLE_MS", "30000"),
+        ],
+    );
+    let trace = seed_trace("trace-h", "p");
+    let (starts, ends): (Vec<_>, Vec<_>) = trace[1..].iter().cloned().partition(|e| {
+        e.iter()
+            .any(|(k, v)| k == "event_type" && v == "observation_start")
+    });
+    env.publish_each(&mut redis, std::iter::once(trace[0].clone()).chain(starts));
+    // The starts are in hand: held (this build) or stored (one that does
+    // not hold them).
+    let mut in_hand = false;
+    for _ in 0..300 {
+        let held = service.metric("swisper_ingest_starts_held_total") == Some(3.0);
+        if held || count(&db, "SELECT count(*) FROM observations").await == 3 {
+            in_hand = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_hand, "starts not taken; log: {}", service.log());
+    env.publish_each(&mut redis, ends);
+    let stored = wait_for_ended_observations(&db, 3, WAIT).await;
+    assert!(stored, "observations not ended; log: {}", service.log());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE input IS NOT NULL"
+        )
+        .await,
+        3,
+        "every start stored"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM public.test_updates").await,
+        0,
+        "rows inserted and then updated"
+    );
+    assert_eq!(
+        service.metric("swisper_ingest_held_starts_alone_total"),
+        None
+    );
+
+    // A start whose end never comes goes alone once due.
+    env.publish(
+        &mut redis,
+        &as_fields(&observation_start(
+            "trace-h",
+            "lonely",
+            &now_ts(),
+            r#"{"name": "lonely"}"#,
+        )),
+    );
+    let lonely = wait_for_count(
+        &db,
+        "SELECT count(*) FROM observations WHERE id = 'lonely'",
+        1,
+        WAIT + Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        lonely,
+        "the lonely start not stored; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        service.metric("swisper_ingest_held_starts_alone_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_leaves_nothing_pending() {
     let env = TestEnv::new("sigterm").await;

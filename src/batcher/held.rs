@@ -1,0 +1,111 @@
+//! Observation starts held for their end, grouped by the decision that held
+//! them: a group keeps the reservations of the batches its starts came in,
+//! released with the transaction that takes its last start.
+
+use std::time::Instant;
+
+use foldhash::HashSet;
+
+use super::rules::{ended_observation, started_observation};
+use super::Transaction;
+use crate::event::BatchItem;
+
+struct Group<R> {
+    items: Vec<BatchItem>,
+    reservations: Vec<R>,
+    /// When its starts go, ended or not.
+    due: Instant,
+    /// Held for the next batch only (a backlog's): it goes whole with it.
+    next_batch_only: bool,
+}
+
+pub(super) struct Held<R> {
+    groups: Vec<Group<R>>,
+}
+
+impl<R> Default for Held<R> {
+    fn default() -> Self {
+        Self { groups: Vec::new() }
+    }
+}
+
+/// What [`Held::take_released`] moved into a transaction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Released {
+    /// Starts whose end arrived in the same batch.
+    pub met_end: usize,
+    /// Starts that go without it.
+    pub alone: usize,
+}
+
+impl<R> Held<R> {
+    pub fn hold(
+        &mut self,
+        items: Vec<BatchItem>,
+        reservations: Vec<R>,
+        due: Instant,
+        next_batch_only: bool,
+    ) {
+        self.groups.push(Group {
+            items,
+            reservations,
+            due,
+            next_batch_only,
+        });
+    }
+
+    /// Moves into `into` the held starts whose end is among `arrived`, and
+    /// every start of a group that is due by `now`, or held for the next
+    /// batch when `a_batch_arrived`.
+    pub fn take_released<W>(
+        &mut self,
+        arrived: &[BatchItem],
+        a_batch_arrived: bool,
+        now: Instant,
+        into: &mut Transaction<W, R>,
+    ) -> Released {
+        let mut released = Released::default();
+        if self.groups.is_empty() {
+            return released;
+        }
+        let ended: HashSet<&str> = arrived.iter().filter_map(ended_observation).collect();
+        let has_ended =
+            |item: &BatchItem| started_observation(item).is_some_and(|id| ended.contains(id));
+        for group in &mut self.groups {
+            let whole = group.due <= now || group.next_batch_only && a_batch_arrived;
+            if whole {
+                for item in group.items.drain(..) {
+                    if has_ended(&item) {
+                        released.met_end += 1;
+                    } else {
+                        released.alone += 1;
+                    }
+                    into.items.push(item);
+                }
+            } else if !ended.is_empty() {
+                let (met, kept): (Vec<_>, Vec<_>) =
+                    group.items.drain(..).partition(|item| has_ended(item));
+                released.met_end += met.len();
+                into.items.extend(met);
+                group.items = kept;
+            }
+            if group.items.is_empty() {
+                into.release.append(&mut group.reservations);
+            }
+        }
+        self.groups.retain(|group| !group.items.is_empty());
+        released
+    }
+
+    /// Every group goes whole with the next batch (a flush is one).
+    pub fn release_with_next_batch(&mut self) {
+        for group in &mut self.groups {
+            group.next_batch_only = true;
+        }
+    }
+
+    /// When the first held start goes without its end.
+    pub fn earliest_due(&self) -> Option<Instant> {
+        self.groups.iter().map(|group| group.due).min()
+    }
+}
