@@ -83,11 +83,18 @@ impl<R> Held<R> {
                     into.items.push(item);
                 }
             } else if !ended.is_empty() {
-                let (met, kept): (Vec<_>, Vec<_>) =
-                    group.items.drain(..).partition(|item| has_ended(item));
-                released.met_end += met.len();
-                into.items.extend(met);
-                group.items = kept;
+                // Most held starts stay: move out only those that go (the
+                // order of a transaction's items does not matter to the
+                // merge).
+                let mut i = 0;
+                while i < group.items.len() {
+                    if has_ended(&group.items[i]) {
+                        into.items.push(group.items.swap_remove(i));
+                        released.met_end += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
             }
             if group.items.is_empty() {
                 into.release.append(&mut group.reservations);

@@ -680,6 +680,51 @@ async fn sigterm_drains_and_leaves_nothing_pending() {
     assert!(log.contains("drained"), "{log}");
 }
 
+/// Starts held for their end are stored by the drain on SIGTERM, not left
+/// pending for another replica to claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stores_held_starts_and_leaves_nothing_pending() {
+    let env = TestEnv::new("sigterm_held").await;
+    let mut redis = env.redis();
+    let mut service = env.spawn(
+        "draining-held",
+        &[
+            ("OBSERVABILITY_HOLD_STARTS_MS", "20000"),
+            ("OBSERVABILITY_CLAIM_IDLE_MS", "60000"),
+        ],
+    );
+    service.wait_ready(WAIT);
+    let ts = now_ts();
+    env.publish_each(
+        &mut redis,
+        (0..20).map(|i| observation_start("trace-s", &format!("open-{i}"), &ts, "{}")),
+    );
+    let held = wait_for(WAIT, || {
+        service.metric("swisper_ingest_starts_held_total") == Some(20.0)
+    });
+    assert!(held, "starts not held; log: {}", service.log());
+    let status = service.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        pending_all(&mut redis, &env.stream, &env.group),
+        Vec::<String>::new(),
+        "entries left pending after SIGTERM"
+    );
+    let db = env.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM observations WHERE id LIKE 'open-%'"
+        )
+        .await,
+        20
+    );
+}
+
 /// The late updates of a transaction are sent together with the merge
 /// state's upserts (one round trip). When Postgres refuses an update, the
 /// statements behind it fail as "transaction aborted", a server error that
