@@ -67,4 +67,15 @@ for bin in "${bins[@]}"; do
     FROM pg_stat_statements WHERE total_exec_time + total_plan_time > 50 ORDER BY total_exec_time DESC"
   psql "$url" -Atc "SELECT 'all statements: ' || round(sum(total_exec_time)) || ' ms executing, '
                            || round(sum(total_plan_time)) || ' ms planning' FROM pg_stat_statements"
+  # What the rows take on disk, and how their long values are compressed:
+  # the same rows cost Postgres more when they end up in more pages.
+  psql "$url" -Atc "SELECT 'sizes: ' || string_agg(format('%s %s (heap %s, toast %s, indexes %s)', c.relname,
+                             pg_size_pretty(pg_total_relation_size(c.oid)), pg_size_pretty(pg_relation_size(c.oid)),
+                             pg_size_pretty(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)),
+                             pg_size_pretty(pg_indexes_size(c.oid))), '; ' ORDER BY c.relname)
+                    FROM pg_class c WHERE c.oid IN ('public.observations'::regclass, 'public.traces'::regclass,
+                                                    'swisper_ingest.observation_state'::regclass)" \
+       -c "SELECT 'compression of observations.output: ' || string_agg(m || ' ' || n, ', ')
+           FROM (SELECT coalesce(pg_column_compression(output), 'none') AS m, count(*) AS n
+                 FROM public.observations GROUP BY 1) t"
 done

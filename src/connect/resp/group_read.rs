@@ -167,11 +167,7 @@ impl Entries {
             kept,
             frozen,
         } = self;
-        let frozen = frozen.unwrap_or_else(|| {
-            let prefix = reader.buf.split_to(reader.at).freeze();
-            detach(reader.buf);
-            prefix
-        });
+        let frozen = frozen.unwrap_or_else(|| freeze_reply(reader.buf, reader.at));
         for (ranges, (_, fields, _)) in kept.into_iter().zip(read.entries.iter_mut()) {
             *fields = ranges
                 .into_iter()
@@ -304,10 +300,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     /// kept entries) are handed back, the rest of the current entry dropped.
     fn stop_keeping(&mut self, entry_start: usize) -> Bytes {
         self.keeping = false;
-        let kept = self.buf.split_to(entry_start).freeze();
+        let kept = freeze_reply(self.buf, entry_start);
         self.at -= entry_start;
         self.consumed();
-        detach(self.buf);
         kept
     }
 
@@ -318,6 +313,25 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             self.at = 0;
         }
     }
+}
+
+/// The first `len` bytes of `buf` (the kept entries), taken out of it. The
+/// entries live until their transaction commits, or longer while their
+/// observation start is held, and every one of them keeps the allocation
+/// it is a slice of. A read is presized for a full page (up to 4 MiB); when
+/// the reply filled a fraction of that (a few entries in steady state) it
+/// is copied out, or each held start would keep a mostly empty 4 MiB
+/// allocation resident (238 MB VmHWM at 5,000 events/s with starts held
+/// 500 ms). A reply that fills its allocation is frozen where it is.
+fn freeze_reply(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len < buf.capacity() / 4 {
+        let reply = Bytes::copy_from_slice(&buf[..len]);
+        buf.advance(len);
+        return reply;
+    }
+    let reply = buf.split_to(len).freeze();
+    detach(buf);
+    reply
 }
 
 /// Moves what `buf` holds (at most one read) out of the allocation the kept
@@ -552,6 +566,38 @@ mod tests {
         );
         // Skipped bytes went through a buffer of one read's size.
         assert!(buf.capacity() <= 4 * READ_SIZE, "{}", buf.capacity());
+    }
+
+    /// A read presized for a full page that brought a few entries: their
+    /// fields keep an allocation of the reply's size, not of the page's.
+    #[tokio::test]
+    async fn a_small_reply_in_a_presized_buffer_is_not_kept_in_it() {
+        let entries = [entry("1-1", 1000), entry("1-2", 1000)];
+        let bytes = reply(&entries);
+        for presized in [0, 4 << 20] {
+            let mut io = Chunked {
+                data: bytes.clone(),
+                at: 0,
+                step: bytes.len(),
+            };
+            let mut buf = BytesMut::new();
+            let read = read_group_reply(&mut io, &mut buf, limit(1 << 30), presized)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let (_, mut fields, _) = read.entries.into_iter().next().unwrap();
+            let (_, value) = fields.pop().unwrap();
+            drop(fields);
+            drop(buf);
+            // The last reference to its allocation: how big that is shows.
+            let alone = value.try_into_mut().expect("no other reference");
+            assert!(
+                alone.capacity() < 64 * 1024,
+                "presized {presized}: a field keeps {} bytes",
+                alone.capacity()
+            );
+        }
     }
 
     #[tokio::test]
