@@ -10,10 +10,12 @@
 #
 #   loadtests/statements.sh [BIN ...]   default: target/release/swisper-ingest
 #   RATE=5000 SECS=40 (defaults)   BACKLOG=200000 (a drain instead)
+#   AUTOVACUUM=off: no autovacuum during the runs (its workers start on a
+#   timer, and a run they overlap pays for them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-RATE=${RATE:-5000} SECS=${SECS:-40} BACKLOG=${BACKLOG:-}
+RATE=${RATE:-5000} SECS=${SECS:-40} BACKLOG=${BACKLOG:-} AUTOVACUUM=${AUTOVACUUM:-on}
 bins=("$@")
 ((${#bins[@]})) || bins=(target/release/swisper-ingest)
 cargo build --release --quiet -p swisper-loadtests
@@ -25,7 +27,8 @@ start_services statements
 psql "$admin" -qc "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
 scripts/services.sh stop-postgres "$work/services" && scripts/services.sh start-postgres "$work/services"
 # Known once the library is loaded.
-psql "$admin" -qc "ALTER SYSTEM SET pg_stat_statements.track_planning = on" -c "SELECT pg_reload_conf()"
+psql "$admin" -qc "ALTER SYSTEM SET pg_stat_statements.track_planning = on" \
+  -c "ALTER SYSTEM SET autovacuum = $AUTOVACUUM" -c "SELECT pg_reload_conf()"
 
 for bin in "${bins[@]}"; do
   psql "$admin" -qc "DROP DATABASE IF EXISTS statements" -c "CREATE DATABASE statements"
@@ -75,6 +78,9 @@ for bin in "${bins[@]}"; do
                              pg_size_pretty(pg_indexes_size(c.oid))), '; ' ORDER BY c.relname)
                     FROM pg_class c WHERE c.oid IN ('public.observations'::regclass, 'public.traces'::regclass,
                                                     'swisper_ingest.observation_state'::regclass)" \
+       -c "SELECT 'autovacuum / autoanalyze runs: ' || string_agg(format('%s %s/%s', relname, autovacuum_count,
+                                                                       autoanalyze_count), ', ' ORDER BY relname)
+           FROM pg_stat_user_tables WHERE autovacuum_count + autoanalyze_count > 0" \
        -c "SELECT 'compression of observations.output: ' || string_agg(m || ' ' || n, ', ')
            FROM (SELECT coalesce(pg_column_compression(output), 'none') AS m, count(*) AS n
                  FROM public.observations GROUP BY 1) t"
