@@ -29,15 +29,6 @@ impl<R> Default for Held<R> {
     }
 }
 
-/// What [`Held::take_released`] moved into a transaction.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Released {
-    /// Starts whose end arrived in the same batch.
-    pub met_end: usize,
-    /// Starts that go without it.
-    pub alone: usize,
-}
-
 impl<R> Held<R> {
     pub fn hold(
         &mut self,
@@ -56,17 +47,17 @@ impl<R> Held<R> {
 
     /// Moves into `into` the held starts whose end is among `arrived`, and
     /// every start of a group that is due by `now`, or held for the next
-    /// batch when `a_batch_arrived`.
+    /// batch when `a_batch_arrived`. Returns how many go without their end.
     pub fn take_released<W>(
         &mut self,
         arrived: &[BatchItem],
         a_batch_arrived: bool,
         now: Instant,
         into: &mut Transaction<W, R>,
-    ) -> Released {
-        let mut released = Released::default();
+    ) -> usize {
+        let mut alone = 0;
         if self.groups.is_empty() {
-            return released;
+            return alone;
         }
         let ended: HashSet<&str> = arrived.iter().filter_map(ended_observation).collect();
         let has_ended =
@@ -74,14 +65,8 @@ impl<R> Held<R> {
         for group in &mut self.groups {
             let whole = group.due <= now || group.next_batch_only && a_batch_arrived;
             if whole {
-                for item in group.items.drain(..) {
-                    if has_ended(&item) {
-                        released.met_end += 1;
-                    } else {
-                        released.alone += 1;
-                    }
-                    into.items.push(item);
-                }
+                alone += group.items.iter().filter(|item| !has_ended(item)).count();
+                into.items.append(&mut group.items);
             } else if !ended.is_empty() {
                 // Most held starts stay: move out only those that go (the
                 // order of a transaction's items does not matter to the
@@ -90,7 +75,6 @@ impl<R> Held<R> {
                 while i < group.items.len() {
                     if has_ended(&group.items[i]) {
                         into.items.push(group.items.swap_remove(i));
-                        released.met_end += 1;
                     } else {
                         i += 1;
                     }
@@ -101,7 +85,7 @@ impl<R> Held<R> {
             }
         }
         self.groups.retain(|group| !group.items.is_empty());
-        released
+        alone
     }
 
     /// Every group goes whole with the next batch (a flush is one).

@@ -198,16 +198,14 @@ impl<W, R> Batcher<W, R> {
             // Refused: the senders keep the entries (pending) and retry;
             // held starts due are stored all the same.
             next.refused = gathered.waiters;
-            let released = self
-                .held
-                .take_released(&[], a_batch_arrived, now, &mut transaction);
-            next.held_went_alone = released.alone;
+            next.held_went_alone =
+                self.held
+                    .take_released(&[], a_batch_arrived, now, &mut transaction);
         } else {
             // Held starts whose end arrived, or whose time is up, go first.
-            let released =
+            next.held_went_alone =
                 self.held
                     .take_released(&gathered.items, a_batch_arrived, now, &mut transaction);
-            next.held_went_alone = released.alone;
             let backlog = gathered.backlog || gathered.items.len() >= self.settings.read_batch_size;
             // How long this batch's open starts are held, and whether only
             // until the next batch.
