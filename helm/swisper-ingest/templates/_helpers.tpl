@@ -479,6 +479,9 @@ volumeMounts:
 {{- if le (int $v.config.claimIdleMs) (int $v.config.blockMs) }}
 {{- fail (printf "config.claimIdleMs (%d) must exceed config.blockMs (%d), or live consumers' entries are claimed away" (int $v.config.claimIdleMs) (int $v.config.blockMs)) }}
 {{- end }}
+{{- if gt (mul (int $v.config.holdStartsMs) 2) (int $v.config.claimIdleMs) }}
+{{- fail (printf "config.holdStartsMs (%d) must be at most half of config.claimIdleMs (%d), or held starts are claimed from their own writer" (int $v.config.holdStartsMs) (int $v.config.claimIdleMs)) }}
+{{- end }}
 {{- if and $v.autoscaling.enabled $v.keda.enabled }}
 {{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA creates its own HPA for the Deployment" }}
 {{- end }}
