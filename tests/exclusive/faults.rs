@@ -88,7 +88,16 @@ async fn killed_replica_pending_entries_are_claimed_by_the_other() {
         assert!(holding, "replica never held pending entries");
         victim.kill();
         let killed_at = Instant::now();
+        // What it held when it died: entries it acked between the look
+        // above and the kill are not there to recover (a recovery of 0 s).
+        held = consumers
+            .iter()
+            .flat_map(|c| pending_of(&mut redis, &env.stream, &env.group, c))
+            .collect();
         victim = env.spawn(&format!("replica-a{}", round + 1), &default_claims);
+        if held.is_empty() {
+            continue;
+        }
         let recovered = wait_for(WAIT, || {
             let pending = pending_all(&mut redis, &env.stream, &env.group);
             !held.iter().any(|id| pending.contains(id))
@@ -102,9 +111,10 @@ async fn killed_replica_pending_entries_are_claimed_by_the_other() {
     stop.store(true, Ordering::Relaxed);
     let traces = publisher.join().unwrap();
     assert_all_stored(&env, traces, &[&survivor, &victim]).await;
-    let worst = recoveries.iter().max().unwrap();
+    let worst = recoveries.iter().max().copied().unwrap_or_default();
     report_figure(&format!(
-        "kill -9 recovery (kill to last pending entry stored), 3 kills: {} ; worst {:.2} s ; {traces} traces, 0 lost",
+        "kill -9 recovery (kill to last pending entry stored), {} of 3 kills while holding entries: {} ; worst {:.2} s ; {traces} traces, 0 lost",
+        recoveries.len(),
         recoveries.iter().map(|d| format!("{:.2} s", d.as_secs_f64())).collect::<Vec<_>>().join(", "),
         worst.as_secs_f64()
     ));
