@@ -21,8 +21,9 @@ use crate::metrics as m;
 
 /// Store these entries, already parsed by the sender; the reply comes once
 /// they are committed and acked (held observation starts excepted: the
-/// writer answers for those, see [`crate::batcher`]). The reservation of their bytes
-/// in the memory budget is given back once none of them is in hand.
+/// writer answers for those, see [`crate::batcher`]). The reservation of
+/// their bytes in the memory budget is given back once none of them is in
+/// hand.
 #[derive(Message)]
 #[rtype(result = "Result<(), WriteError>")]
 pub struct WriteEntries {
