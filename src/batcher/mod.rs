@@ -193,19 +193,18 @@ impl<W, R> Batcher<W, R> {
             waiters: Vec::new(),
             release: Vec::new(),
         };
+        let refused = matches!(next.poison, Poison::Tripped(_));
+        // Held starts whose end arrived, or whose time is up, go first; a
+        // refused batch's ends are not stored, so they release none.
+        let arrived: &[BatchItem] = if refused { &[] } else { &gathered.items };
         let a_batch_arrived = !gathered.waiters.is_empty();
-        if let Poison::Tripped(_) = next.poison {
-            // Refused: the senders keep the entries (pending) and retry;
-            // held starts due are stored all the same.
+        next.held_went_alone =
+            self.held
+                .take_released(arrived, a_batch_arrived, now, &mut transaction);
+        if refused {
+            // The senders keep the entries (pending) and retry.
             next.refused = gathered.waiters;
-            next.held_went_alone =
-                self.held
-                    .take_released(&[], a_batch_arrived, now, &mut transaction);
         } else {
-            // Held starts whose end arrived, or whose time is up, go first.
-            next.held_went_alone =
-                self.held
-                    .take_released(&gathered.items, a_batch_arrived, now, &mut transaction);
             let backlog = gathered.backlog || gathered.items.len() >= self.settings.read_batch_size;
             // How long this batch's open starts are held, and whether only
             // until the next batch.

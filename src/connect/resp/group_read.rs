@@ -330,15 +330,11 @@ fn freeze_reply(buf: &mut BytesMut, len: usize) -> Bytes {
         return reply;
     }
     let reply = buf.split_to(len).freeze();
-    detach(buf);
-    reply
-}
-
-/// Moves what `buf` holds (at most one read) out of the allocation the kept
-/// entries share: later reads would otherwise fill, and so keep resident,
-/// the rest of that allocation for as long as the entries live.
-fn detach(buf: &mut BytesMut) {
+    // What follows (at most one read) moves out of the allocation the kept
+    // entries share: later reads would otherwise fill, and so keep resident,
+    // the rest of it for as long as the entries live.
     *buf = BytesMut::from(&buf[..]);
+    reply
 }
 
 /// Where a kept field's name and value are in the reply.
