@@ -353,6 +353,7 @@ for wl in "${workloads[@]}"; do
       record "$sc" "CPU postgres: $vname" "s" "$drain_cpu_pg"
       record "$sc" "entries per transaction: $vname" "" "$(j '.service[0].entries_per_transaction' "$v")"
       record "$sc" "writer busy (write time / drain time): $vname" "" "$(jq '.service[0].write_seconds_total / .drain_seconds' "$v")"
+      record "$sc" "transactions run again (write conflicts): $vname" "" "$(j '.service[0].write_conflicts' "$v")"
       record "$sc" "observation rows updated after insert: $vname" "%" \
         "$(jq '[.table_writes[] | select(.table == "observations")][0] | 100 * .updated / .inserted' "$v")"
       record "$sc" "trace rows updated after insert: $vname" "%" \
@@ -492,6 +493,7 @@ for run in $(seq 1 "$runs"); do
   record "$sc" "mean write transaction" "ms" "$(j '.service[0].write_ms_mean' "$v")" \
     '{"note": "swisper_ingest_write_duration_seconds: lock, statements, COPY and commit of one batch; an event waits for the one in flight, then its own"}'
   record "$sc" "writer busy (write time / publish time)" "" "$(jq --argjson d "$STEADY_SECS" '.service[0].write_seconds_total / $d' "$v")"
+  record "$sc" "transactions run again (write conflicts)" "" "$(j '.service[0].write_conflicts' "$v")"
   record "$sc" "CPU: service" "% of one core" "$(echo "100 * $steady_cpu_service / $STEADY_SECS" | bc -l)"
   record "$sc" "CPU: postgres (all processes)" "% of one core" "$(echo "100 * $steady_cpu_pg / $STEADY_SECS" | bc -l)"
   record "$sc" "CPU: redis" "% of one core" "$(echo "100 * $steady_cpu_redis / $STEADY_SECS" | bc -l)"
@@ -540,6 +542,7 @@ if wanted 3; then
     p99=$(j .latency_ms.p99 "$work/s3_$i.json")
     ok=$(j .ok "$work/s3_$i.json")
     record "3 peak ladder" "p99 at $rate events/s" "ms" "$p99"
+    record "3 peak ladder" "write conflicts at $rate events/s" "" "$(j '.service[0].write_conflicts' "$work/s3_$i.json")"
     if [[ $ok == true ]] && (($(echo "$p99 < 1000" | bc))); then
       peak=$rate peak_run=s3_$i peak_hwm=$steady_hwm
       rate=$((rate + step))

@@ -177,6 +177,9 @@ pub struct ServiceMetrics {
     pub entries_per_transaction: Option<f64>,
     pub write_seconds_total: f64,
     pub write_ms_mean: Option<f64>,
+    /// Transactions run again because another writer stored one of their
+    /// new rows first (swisper_ingest_write_conflicts_total).
+    pub write_conflicts: f64,
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
@@ -647,6 +650,7 @@ pub fn service_metrics(url: &str) -> anyhow::Result<ServiceMetrics> {
         entries_per_transaction: mean(&batch),
         write_seconds_total: write.sum,
         write_ms_mean: mean(&write).map(|s| s * 1e3),
+        write_conflicts: counter(&text, "swisper_ingest_write_conflicts_total", ""),
     })
 }
 
