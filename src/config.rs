@@ -326,11 +326,12 @@ pub struct PipelineSettings {
     pub consumers: u32,
 
     /// Writers in this replica: each commits one transaction at a time, so
-    /// this is how many batches Postgres works on at once. Each trace goes
-    /// to one writer (pages are split by trace), so they never lock the same
-    /// rows; more than 1 drains faster for more Postgres CPU per event
-    /// (docs/benchmarks.md).
-    #[arg(long, env = "OBSERVABILITY_WRITERS", default_value_t = 1,
+    /// this is how many batches Postgres works on at once while a backlog
+    /// drains. A full page (a backlog) is split over them by trace, so they
+    /// never lock the same rows; a short page (steady state) goes whole to
+    /// the first, as one transaction costs Postgres less than two halves
+    /// (docs/benchmarks.md). 1: one transaction at a time, always.
+    #[arg(long, env = "OBSERVABILITY_WRITERS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub writers: u32,
 

@@ -1,7 +1,8 @@
 //! A consumer: asks its [`ReadState`] what to read, reads it through its
 //! [`StreamSource`] within the replica's memory budget, hands the page to the
 //! writer and awaits its commit before the next read (backpressure), then
-//! reports the outcome to the state, which says what to do next.
+//! reports the outcome to the state, which says what to do next. A consumer
+//! on standby reads new entries only during a backlog.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::health::Health;
 use crate::metrics as m;
 use crate::once_log::OnceLog;
 use crate::read_state::{Next, ReadState};
-use crate::weighed_read::Read;
+use crate::weighed_read::{Mode, Read};
 
 /// Read the next batch (sent to itself after each step).
 #[derive(Message)]
@@ -41,7 +42,15 @@ pub struct Pacing {
     /// How soon a batch kept by poison protection is retried: well within
     /// the claim idle time, as each retry also resets its idle time.
     pub kept_retry: Duration,
+    /// Reads new entries only while the stream is backlogged (every
+    /// consumer but the first): see [`super::backlog`]. Its own pending and
+    /// kept entries it reads whenever.
+    pub standby: bool,
 }
+
+/// How often a consumer on standby looks whether a backlog began: a drain
+/// starts this much later on its second reader, at most.
+const STANDBY_POLL: Duration = Duration::from_millis(20);
 
 pub struct Consumer {
     name: String,
@@ -149,16 +158,20 @@ enum Outcome {
 impl Handler<ReadNext> for Consumer {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: ReadNext, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: ReadNext, ctx: &mut Context<Self>) -> Self::Result {
         #[cfg(feature = "fault-injection")]
         crate::fault::panic_once_at("consumer");
         if self.health.is_draining() {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
-        let read = self.source.read(
-            self.state.mode(),
-            self.state.max_count(self.pacing.batch_size),
-        );
+        let mode = self.state.mode();
+        if self.pacing.standby && matches!(mode, Mode::New) && !self.handover.backlog.is_on() {
+            ctx.notify_later(ReadNext, STANDBY_POLL);
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let read = self
+            .source
+            .read(mode, self.state.max_count(self.pacing.batch_size));
         let handover = self.handover.clone();
         let step = async move {
             match read.await {

@@ -7,6 +7,7 @@ use std::hash::BuildHasher;
 use actix::{MailboxError, Recipient};
 use futures_util::future::join_all;
 
+use super::backlog::Backlog;
 use super::writer::{WriteEntries, WriteError};
 use crate::batch_span::BatchSpan;
 use crate::config::LimitSettings;
@@ -42,9 +43,12 @@ pub struct Handover {
     pub limits: LimitSettings,
     /// How many entries a read asks for: a page this long is a backlog.
     pub batch_size: usize,
-    /// The replica's writers; a trace's entries always go to the same one
-    /// (see [`part_of`]).
+    /// The replica's writers: a full page is split over them by trace (see
+    /// [`spread_over`] and [`part_of`]), a short one goes to the first.
     pub writers: Vec<Recipient<WriteEntries>>,
+    /// Set by each page a consumer reads (full or not), read by the
+    /// consumers on standby.
+    pub backlog: Backlog,
 }
 
 impl Handover {
@@ -56,6 +60,11 @@ impl Handover {
         let entries = page.entries.len();
         if entries == 0 {
             return None;
+        }
+        if !self.claims {
+            // Before parsing and storing it: a consumer on standby starts
+            // reading while this page is in hand.
+            self.backlog.saw_page(entries >= self.batch_size);
         }
         Some(self.store(page, reservation).await)
     }
@@ -85,13 +94,18 @@ impl Handover {
             tracing::error!(reader = %self.reader, entries, "parsing a batch panicked; its entries stay pending");
             return Handed::NotStored;
         };
-        let parts = split_by_trace(items, reservation, self.writers.len());
+        let full_page = entries >= self.batch_size;
+        let parts = split_by_trace(
+            items,
+            reservation,
+            spread_over(full_page, self.writers.len()),
+        );
         let sends = parts.into_iter().map(|(writer, items, reservation)| {
             self.writers[writer].send(WriteEntries {
                 items,
                 reservation: Some(reservation),
                 span: batch.clone(),
-                full_page: entries >= self.batch_size,
+                full_page,
             })
         });
         let sent = worst(join_all(sends).await);
@@ -112,9 +126,25 @@ impl Handover {
     }
 }
 
+/// How many writers a page is split over: all of them for a full page (a
+/// backlog: each writer's transaction is still long, and Postgres works on
+/// as many at once), the first alone for a short one (steady state: one
+/// transaction of the whole page beats two of half of it, which cost
+/// Postgres about 30% more CPU for the same rows, docs/benchmarks.md).
+/// A trace whose entries arrive on both kinds of pages may meet itself in
+/// two writers: the merge takes rows in any order, and a row inserted by
+/// both makes one transaction run again ([`crate::store::StoreError::Conflict`]).
+fn spread_over(full_page: bool, writers: usize) -> usize {
+    if full_page {
+        writers
+    } else {
+        1
+    }
+}
+
 /// Which of `writers` stores an item: the same for every entry of a trace,
-/// so that two writers never lock the same rows and each trace's entries
-/// keep their order. Entries with no trace (heartbeats, refusals) go to the
+/// so that the writers of a full page never lock the same rows and each
+/// trace's entries keep their order. Entries with no trace (heartbeats, refusals) go to the
 /// first, where poison protection counts runs of bad entries as before.
 fn part_of(item: &BatchItem, writers: usize) -> usize {
     match &item.parsed {

@@ -9,6 +9,7 @@
 //! - [`consumer::Consumer`] × N: reads within the memory budget on its own connection, hands each
 //!   batch to the writer and waits for it to be committed before reading more
 //!   (backpressure; what is in hand is bounded by [`crate::memory_budget`]).
+//!   All but the first read new entries only during a backlog ([`backlog`]).
 //! - [`claimer::Claimer`]: claims entries idle too long (their consumer
 //!   died) and sends them through the same writer.
 //! - [`writer::Writer`] × W: gathers the batches of the consumers it serves
@@ -18,6 +19,7 @@
 //! - [`retention::RetentionWorker`]: forgets data past its horizon (one
 //!   replica at a time) and refreshes every replica's horizons.
 
+pub mod backlog;
 pub mod claimer;
 pub mod commit;
 pub mod consumer;

@@ -12,6 +12,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::backlog::Backlog;
 use super::claimer::{Claimer, StopClaiming};
 use super::commit::PostgresStore;
 use super::consumer::{Consumer, Pacing, StopReading};
@@ -115,6 +116,9 @@ pub struct Supervisor {
     budget: MemoryBudget,
     /// Where consumers and the claimer parse what they read.
     parse_pool: ParsePool,
+    /// Whether the consumers last saw a full page; consumers beyond the
+    /// first read new entries only then.
+    backlog: Backlog,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
     /// Each commits one transaction at a time, over the traces that hash to
@@ -173,6 +177,7 @@ impl Supervisor {
             prometheus,
             budget,
             parse_pool,
+            backlog: Backlog::default(),
             writer_arbiters,
             writers: Vec::new(),
             consumers: Vec::new(),
@@ -219,6 +224,7 @@ impl Supervisor {
             limits: self.read.limits.clone(),
             batch_size: self.read.pipeline.batch_size as usize,
             writers: writers.iter().map(|w| w.clone().recipient()).collect(),
+            backlog: self.backlog.clone(),
         }
     }
 
@@ -229,6 +235,7 @@ impl Supervisor {
             batch_size: self.read.pipeline.batch_size as usize,
             kept_retry: (self.read.claim.idle() / 3)
                 .clamp(Duration::from_millis(50), Duration::from_secs(5)),
+            standby: index > 0,
         };
         Consumer::new(
             name.clone(),

@@ -12,6 +12,7 @@ use clap::Parser;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tokio::sync::Semaphore;
 
+use super::backlog::Backlog;
 use super::consumer::{Consumer, Pacing, StopReading};
 use super::handover::Handover;
 use super::stream_source::{SourceError, StreamSource};
@@ -155,11 +156,20 @@ struct ConsumerUnderTest {
     source: FakeSource,
     received: Rc<RefCell<Vec<Vec<u64>>>>,
     health: Arc<Health>,
+    backlog: Backlog,
 }
 
 fn start_consumer(
     script: Vec<Scripted>,
     replies: Vec<Result<(), WriteError>>,
+) -> ConsumerUnderTest {
+    start_consumer_on(script, replies, false)
+}
+
+fn start_consumer_on(
+    script: Vec<Scripted>,
+    replies: Vec<Result<(), WriteError>>,
+    standby: bool,
 ) -> ConsumerUnderTest {
     let received = Rc::<RefCell<Vec<Vec<u64>>>>::default();
     let writer = FakeWriter {
@@ -177,10 +187,13 @@ fn start_consumer(
         limits: limits(),
         batch_size: 100,
         writers: vec![writer.clone().recipient()],
+        backlog: Backlog::default(),
     };
+    let backlog = handover.backlog.clone();
     let pacing = Pacing {
         batch_size: 10,
         kept_retry: Duration::from_millis(1),
+        standby,
     };
     let consumer = Consumer::new(
         "c-0".into(),
@@ -196,6 +209,7 @@ fn start_consumer(
         source,
         received,
         health,
+        backlog,
     }
 }
 
@@ -230,6 +244,36 @@ async fn a_consumer_reads_its_pending_entries_then_new_ones() {
         ["pending after 0-0", "pending after 1-2", "new", "new"]
     );
     assert_eq!(*test.received.borrow(), [vec![1, 2], vec![3]]);
+}
+
+#[actix_rt::test]
+async fn a_consumer_on_standby_reads_new_entries_only_during_a_backlog() {
+    let test = start_consumer_on(
+        vec![
+            Scripted::Page(vec![1, 2], "1-2"),
+            Scripted::Empty("0-0"),
+            Scripted::Page(vec![3], "1-3"),
+        ],
+        vec![],
+        true,
+    );
+    until_reads(&test.source, 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        test.source.modes(3),
+        ["pending after 0-0", "pending after 1-2"],
+        "its own pending entries, then nothing new while no backlog"
+    );
+
+    test.backlog.saw_page(true);
+    until_reads(&test.source, 3).await;
+    assert_eq!(test.source.modes(3)[2], "new");
+    assert_eq!(*test.received.borrow(), [vec![1, 2], vec![3]]);
+    // Its short page ended the backlog: it stands by again.
+    assert!(!test.backlog.is_on());
+    let reads = test.source.modes.borrow().len();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(test.source.modes.borrow().len(), reads);
 }
 
 #[actix_rt::test]
@@ -494,4 +538,82 @@ async fn starts_held_at_the_end_of_a_backlog_are_written_alone_after_the_wait() 
     assert!(stored[0].is_empty(), "every start was held");
     assert_eq!(stored[1], (1..=100).collect::<Vec<u64>>());
     assert_eq!(budget.in_hand_bytes(), 0);
+}
+
+/// A trace_start of `trace`, as the seed publishes it.
+fn trace_start_entry(seq: u64, trace: &str) -> StreamEntry {
+    let fields = [
+        ("event_type", "trace_start".to_owned()),
+        ("trace_id", trace.to_owned()),
+        ("project_id", "p".to_owned()),
+        ("timestamp", "1762336800.25".to_owned()),
+        ("data", r#"{"name":"chat"}"#.to_owned()),
+    ];
+    StreamEntry {
+        id: id(seq),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
+            .collect(),
+        deliveries: 1,
+    }
+}
+
+#[actix_rt::test]
+async fn a_full_page_is_split_over_the_writers_and_a_short_one_goes_whole_to_the_first() {
+    let received: Vec<Rc<RefCell<Vec<Vec<u64>>>>> = (0..2).map(|_| Rc::default()).collect();
+    let writers = received
+        .iter()
+        .map(|received| {
+            FakeWriter {
+                replies: VecDeque::new(),
+                received: received.clone(),
+            }
+            .start()
+            .recipient()
+        })
+        .collect();
+    let handover = Handover {
+        reader: "c-0".into(),
+        stream: "s".into(),
+        claims: false,
+        parse_pool: ParsePool::new(0),
+        limits: limits(),
+        batch_size: 20,
+        writers,
+        backlog: Backlog::default(),
+    };
+    let budget = MemoryBudget::new(1 << 20);
+    let page = |seqs: std::ops::Range<u64>| Page {
+        entries: seqs
+            .map(|seq| trace_start_entry(seq, &format!("trace-{seq}")))
+            .collect(),
+        next: "0-0".to_owned(),
+        ..Page::default()
+    };
+    let received_by = |writer: usize| received[writer].borrow().concat();
+
+    let short = handover.hand(page(0..19), budget.acquire(1024).await).await;
+    assert!(matches!(short, Some(super::handover::Handed::Stored)));
+    assert_eq!(
+        received_by(0),
+        (0..19).collect::<Vec<_>>(),
+        "whole, in order"
+    );
+    assert!(received_by(1).is_empty(), "{:?}", received_by(1));
+
+    received[0].borrow_mut().clear();
+    let full = handover
+        .hand(page(100..120), budget.acquire(1024).await)
+        .await;
+    assert!(matches!(full, Some(super::handover::Handed::Stored)));
+    let (first, second) = (received_by(0), received_by(1));
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "{first:?} / {second:?}"
+    );
+    let mut all = [first, second].concat();
+    all.sort_unstable();
+    assert_eq!(all, (100..120).collect::<Vec<_>>());
+    assert_eq!(budget.in_hand_bytes(), 0, "every share is given back");
 }
