@@ -550,6 +550,86 @@ async fn two_writers_store_interleaved_traces_whole() {
     );
 }
 
+/// Each consumer of the test's group by name, with its idle time in ms
+/// (XINFO CONSUMERS: since its last read, claim or ack attempt); none
+/// before the service made the group.
+fn consumer_idle_ms(
+    redis: &mut redis::Connection,
+    env: &TestEnv,
+) -> std::collections::BTreeMap<String, i64> {
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&env.stream)
+        .arg(&env.group)
+        .query(redis)
+        .unwrap_or_default();
+    consumers
+        .into_iter()
+        .map(|mut c| {
+            let name: String = redis::from_redis_value(c.remove("name").unwrap()).unwrap();
+            let idle: i64 = redis::from_redis_value(c.remove("idle").unwrap()).unwrap();
+            (name, idle)
+        })
+        .collect()
+}
+
+/// Outside a backlog only the first consumer reads new entries: a second
+/// reader would only take the first few entries that arrive into a
+/// transaction of their own. A backlog (full pages) wakes the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_consumer_reads_only_during_a_backlog() {
+    let env = TestEnv::new("standby").await;
+    let mut redis = env.redis();
+    let service = env.spawn(
+        "standby",
+        &[
+            ("OBSERVABILITY_CONSUMERS", "2"),
+            ("OBSERVABILITY_BATCH_SIZE", "50"),
+        ],
+    );
+    service.wait_ready(WAIT);
+
+    // A trickle: one trace at a time, each stored before the next.
+    let trickle = std::time::Instant::now();
+    let db = env.db().await;
+    for t in 0..8 {
+        env.publish_traces(&mut redis, t..t + 1);
+        assert!(
+            wait_for_ended_observations(&db, 3 * (t + 1), WAIT).await,
+            "trace {t} not stored; log: {}",
+            service.log()
+        );
+    }
+    let idle = consumer_idle_ms(&mut redis, &env);
+    let trickle_ms = trickle.elapsed().as_millis() as i64;
+    // Redis knows a consumer from its first read: the second has none, or
+    // none since before the trickle.
+    assert!(
+        idle.get("standby-1").is_none_or(|&ms| ms >= trickle_ms),
+        "the second consumer read during the trickle ({trickle_ms} ms): {idle:?}"
+    );
+    assert!(idle["standby-0"] < trickle_ms, "{idle:?}");
+
+    // A backlog: 2,100 entries at once, pages of 50.
+    let backlog = std::time::Instant::now();
+    let published = env.publish_backlog(
+        &mut redis,
+        (100..400).flat_map(|t| seed_trace(&format!("trace-{t}"), "p")),
+    );
+    assert_eq!(published, 2100);
+    assert!(
+        wait_for_ended_observations(&db, 3 * 308, WAIT).await,
+        "backlog not stored; log: {}",
+        service.log()
+    );
+    let idle = consumer_idle_ms(&mut redis, &env);
+    let backlog_ms = backlog.elapsed().as_millis() as i64;
+    assert!(
+        idle.get("standby-1").is_some_and(|&ms| ms < backlog_ms),
+        "the second consumer did not read during the backlog ({backlog_ms} ms): {idle:?}"
+    );
+}
+
 /// With OBSERVABILITY_HOLD_STARTS_MS, an observation start waits for its
 /// end in the writer, so the studio row is inserted once, never inserted and
 /// then updated (a trigger counts the updates); a start whose end does not
