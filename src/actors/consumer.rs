@@ -2,7 +2,7 @@
 //! [`StreamSource`] within the replica's memory budget, hands the page to the
 //! writer and awaits its commit before the next read (backpressure), then
 //! reports the outcome to the state, which says what to do next. A consumer
-//! on standby reads new entries only during a backlog.
+//! on standby reads new entries only while one reader falls behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,14 +42,14 @@ pub struct Pacing {
     /// How soon a batch kept by poison protection is retried: well within
     /// the claim idle time, as each retry also resets its idle time.
     pub kept_retry: Duration,
-    /// Reads new entries only while the stream is backlogged (every
+    /// Reads new entries only while one reader falls behind (every
     /// consumer but the first): see [`super::backlog`]. Its own pending and
     /// kept entries it reads whenever.
     pub standby: bool,
 }
 
-/// How often a consumer on standby looks whether a backlog began: a drain
-/// starts this much later on its second reader, at most.
+/// How often a consumer on standby looks whether the first fell behind: a
+/// drain starts this much later on its second reader, at most.
 const STANDBY_POLL: Duration = Duration::from_millis(20);
 
 pub struct Consumer {

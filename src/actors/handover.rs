@@ -64,7 +64,7 @@ impl Handover {
         if !self.claims {
             // Before parsing and storing it: a consumer on standby starts
             // reading while this page is in hand.
-            self.backlog.saw_page(entries >= self.batch_size);
+            self.backlog.saw_page(entries, self.batch_size);
         }
         Some(self.store(page, reservation).await)
     }

@@ -265,11 +265,11 @@ async fn a_consumer_on_standby_reads_new_entries_only_during_a_backlog() {
         "its own pending entries, then nothing new while no backlog"
     );
 
-    test.backlog.saw_page(true);
+    test.backlog.saw_page(100, 100);
     until_reads(&test.source, 3).await;
     assert_eq!(test.source.modes(3)[2], "new");
     assert_eq!(*test.received.borrow(), [vec![1, 2], vec![3]]);
-    // Its short page ended the backlog: it stands by again.
+    // Its short page (1 of 100) ended the backlog: it stands by again.
     assert!(!test.backlog.is_on());
     let reads = test.source.modes.borrow().len();
     tokio::time::sleep(Duration::from_millis(100)).await;

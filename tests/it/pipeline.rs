@@ -573,9 +573,10 @@ fn consumer_idle_ms(
         .collect()
 }
 
-/// Outside a backlog only the first consumer reads new entries: a second
-/// reader would only take the first few entries that arrive into a
-/// transaction of their own. A backlog (full pages) wakes the second.
+/// While one reader keeps up only the first consumer reads new entries: a
+/// second would only take the first few entries that arrive into a
+/// transaction of their own. A backlog (pages an eighth full or more) wakes
+/// the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_second_consumer_reads_only_during_a_backlog() {
     let env = TestEnv::new("standby").await;
@@ -584,7 +585,7 @@ async fn the_second_consumer_reads_only_during_a_backlog() {
         "standby",
         &[
             ("OBSERVABILITY_CONSUMERS", "2"),
-            ("OBSERVABILITY_BATCH_SIZE", "50"),
+            ("OBSERVABILITY_BATCH_SIZE", "500"),
         ],
     );
     service.wait_ready(WAIT);
@@ -610,7 +611,7 @@ async fn the_second_consumer_reads_only_during_a_backlog() {
     );
     assert!(idle["standby-0"] < trickle_ms, "{idle:?}");
 
-    // A backlog: 2,100 entries at once, pages of 50.
+    // A backlog: 2,100 entries at once, pages of 500.
     let backlog = std::time::Instant::now();
     let published = env.publish_backlog(
         &mut redis,
