@@ -41,7 +41,8 @@ pub struct Handover {
     pub claims: bool,
     pub parse_pool: ParsePool,
     pub limits: LimitSettings,
-    /// How many entries a read asks for: a page this long is a backlog.
+    /// How many entries a read asks for: a page this long is a backlog,
+    /// split over the writers.
     pub batch_size: usize,
     /// The replica's writers: a full page is split over them by trace (see
     /// [`spread_over`] and [`part_of`]), a short one goes to the first.
@@ -144,8 +145,9 @@ fn spread_over(full_page: bool, writers: usize) -> usize {
 
 /// Which of `writers` stores an item: the same for every entry of a trace,
 /// so that the writers of a full page never lock the same rows and each
-/// trace's entries keep their order. Entries with no trace (heartbeats, refusals) go to the
-/// first, where poison protection counts runs of bad entries as before.
+/// trace's entries keep their order. Entries with no trace (heartbeats,
+/// refusals) go to the first, where poison protection counts runs of bad
+/// entries as before.
 fn part_of(item: &BatchItem, writers: usize) -> usize {
     match &item.parsed {
         Ok(Parsed::Trace(event)) if writers > 1 => {

@@ -9,7 +9,8 @@
 //! - [`consumer::Consumer`] × N: reads within the memory budget on its own connection, hands each
 //!   batch to the writer and waits for it to be committed before reading more
 //!   (backpressure; what is in hand is bounded by [`crate::memory_budget`]).
-//!   All but the first read new entries only during a backlog ([`backlog`]).
+//!   All but the first read new entries only while one reader falls behind
+//!   ([`backlog`]).
 //! - [`claimer::Claimer`]: claims entries idle too long (their consumer
 //!   died) and sends them through the same writer.
 //! - [`writer::Writer`] × W: gathers the batches of the consumers it serves

@@ -116,14 +116,15 @@ pub struct Supervisor {
     budget: MemoryBudget,
     /// Where consumers and the claimer parse what they read.
     parse_pool: ParsePool,
-    /// Whether the consumers last saw a full page; consumers beyond the
-    /// first read new entries only then.
+    /// Whether one reader falls behind, from the pages the consumers read;
+    /// consumers beyond the first read new entries only then.
     backlog: Backlog,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
-    /// Each commits one transaction at a time, over the traces that hash to
-    /// it (every reader splits its pages among them), so that Postgres works
-    /// on several batches at once without two locking the same rows.
+    /// Each commits one transaction at a time. Readers split a full page
+    /// among them by trace, so that Postgres works on several batches of a
+    /// backlog at once without two locking the same rows; a short page goes
+    /// whole to the first.
     writers: Vec<Child<Writer>>,
     consumers: Vec<Child<Consumer>>,
     claimer: Option<Child<Claimer>>,
