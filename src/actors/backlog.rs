@@ -30,6 +30,12 @@ impl Backlog {
         }
     }
 
+    /// The first reader is down (dead, its restart pending): the others
+    /// read until a short page says one reader keeps up again.
+    pub fn first_reader_down(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
     pub fn is_on(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -52,5 +58,7 @@ mod tests {
         assert!(!backlog.is_on());
         backlog.saw_page(100, 2000);
         assert!(!backlog.is_on(), "between the two: unchanged");
+        backlog.first_reader_down();
+        assert!(backlog.is_on());
     }
 }

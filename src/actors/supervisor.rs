@@ -292,6 +292,11 @@ impl Supervisor {
         for (index, consumer) in consumers.iter_mut().enumerate() {
             consumer.revive(now, || self.start_consumer(index, &writer_addrs));
         }
+        // Up to MAX_RESTART_DELAY without the first consumer: the others
+        // must not stand by meanwhile, or nothing reads new entries.
+        if consumers.first().is_some_and(|c| !c.addr.connected()) {
+            self.backlog.first_reader_down();
+        }
         self.consumers = consumers;
 
         let mut claimer = self.claimer.take().expect("claimer started");
