@@ -159,6 +159,20 @@ struct ConsumerUnderTest {
     backlog: Backlog,
 }
 
+/// A consumer's handover (parsing on its own thread) to these writers.
+fn consumer_handover(batch_size: usize, writers: Vec<Recipient<WriteEntries>>) -> Handover {
+    Handover {
+        reader: "c-0".into(),
+        stream: "s".into(),
+        claims: false,
+        parse_pool: ParsePool::new(0),
+        limits: limits(),
+        batch_size,
+        writers,
+        backlog: Backlog::default(),
+    }
+}
+
 fn start_consumer(
     script: Vec<Scripted>,
     replies: Vec<Result<(), WriteError>>,
@@ -179,16 +193,7 @@ fn start_consumer_on(
     .start();
     let source = FakeSource::new(script);
     let health = Health::new();
-    let handover = Handover {
-        reader: "c-0".into(),
-        stream: "s".into(),
-        claims: false,
-        parse_pool: ParsePool::new(0),
-        limits: limits(),
-        batch_size: 100,
-        writers: vec![writer.clone().recipient()],
-        backlog: Backlog::default(),
-    };
+    let handover = consumer_handover(100, vec![writer.clone().recipient()]);
     let backlog = handover.backlog.clone();
     let pacing = Pacing {
         batch_size: 10,
@@ -228,16 +233,18 @@ async fn until_reads(source: &FakeSource, reads: usize) {
     );
 }
 
+/// Two pending entries, the end of the pending ones, then one new entry.
+fn pending_then_new() -> Vec<Scripted> {
+    vec![
+        Scripted::Page(vec![1, 2], "1-2"),
+        Scripted::Empty("0-0"),
+        Scripted::Page(vec![3], "1-3"),
+    ]
+}
+
 #[actix_rt::test]
 async fn a_consumer_reads_its_pending_entries_then_new_ones() {
-    let test = start_consumer(
-        vec![
-            Scripted::Page(vec![1, 2], "1-2"),
-            Scripted::Empty("0-0"),
-            Scripted::Page(vec![3], "1-3"),
-        ],
-        vec![],
-    );
+    let test = start_consumer(pending_then_new(), vec![]);
     until_reads(&test.source, 4).await;
     assert_eq!(
         test.source.modes(4),
@@ -248,15 +255,7 @@ async fn a_consumer_reads_its_pending_entries_then_new_ones() {
 
 #[actix_rt::test]
 async fn a_consumer_on_standby_reads_new_entries_only_during_a_backlog() {
-    let test = start_consumer_on(
-        vec![
-            Scripted::Page(vec![1, 2], "1-2"),
-            Scripted::Empty("0-0"),
-            Scripted::Page(vec![3], "1-3"),
-        ],
-        vec![],
-        true,
-    );
+    let test = start_consumer_on(pending_then_new(), vec![], true);
     until_reads(&test.source, 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -494,14 +493,7 @@ fn open_starts(
                 ("timestamp", "1764000000.5"),
                 ("data", "{}"),
             ];
-            let entry = StreamEntry {
-                id: id(seq),
-                fields: fields
-                    .iter()
-                    .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
-                    .collect(),
-                deliveries: 1,
-            };
+            let entry = entry_of(seq, &fields);
             let parsed = crate::event::parse_entry(&entry, &limits().entry());
             assert!(parsed.is_ok(), "{parsed:?}");
             BatchItem { entry, parsed }
@@ -540,15 +532,8 @@ async fn starts_held_at_the_end_of_a_backlog_are_written_alone_after_the_wait() 
     assert_eq!(budget.in_hand_bytes(), 0);
 }
 
-/// A trace_start of `trace`, as the seed publishes it.
-fn trace_start_entry(seq: u64, trace: &str) -> StreamEntry {
-    let fields = [
-        ("event_type", "trace_start".to_owned()),
-        ("trace_id", trace.to_owned()),
-        ("project_id", "p".to_owned()),
-        ("timestamp", "1762336800.25".to_owned()),
-        ("data", r#"{"name":"chat"}"#.to_owned()),
-    ];
+/// A stream entry of these fields, delivered once.
+fn entry_of(seq: u64, fields: &[(&str, &str)]) -> StreamEntry {
     StreamEntry {
         id: id(seq),
         fields: fields
@@ -557,6 +542,20 @@ fn trace_start_entry(seq: u64, trace: &str) -> StreamEntry {
             .collect(),
         deliveries: 1,
     }
+}
+
+/// A trace_start of `trace`, as the seed publishes it.
+fn trace_start_entry(seq: u64, trace: &str) -> StreamEntry {
+    entry_of(
+        seq,
+        &[
+            ("event_type", "trace_start"),
+            ("trace_id", trace),
+            ("project_id", "p"),
+            ("timestamp", "1762336800.25"),
+            ("data", r#"{"name":"chat"}"#),
+        ],
+    )
 }
 
 #[actix_rt::test]
@@ -573,16 +572,7 @@ async fn a_full_page_is_split_over_the_writers_and_a_short_one_goes_whole_to_the
             .recipient()
         })
         .collect();
-    let handover = Handover {
-        reader: "c-0".into(),
-        stream: "s".into(),
-        claims: false,
-        parse_pool: ParsePool::new(0),
-        limits: limits(),
-        batch_size: 20,
-        writers,
-        backlog: Backlog::default(),
-    };
+    let handover = consumer_handover(20, writers);
     let budget = MemoryBudget::new(1 << 20);
     let page = |seqs: std::ops::Range<u64>| Page {
         entries: seqs
