@@ -66,6 +66,11 @@ pub struct VerifyArgs {
     /// Exit 0 even when a check fails (the JSON says which).
     #[arg(long)]
     pub no_fail: bool,
+    /// Also write each row's latency sample here, as CSV lines of its
+    /// commit (epoch µs) and its latency (ms), for a timeline
+    /// (loadtests/tail.sh).
+    #[arg(long)]
+    pub latencies: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -306,6 +311,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
         }
     }
     let mut latencies = Vec::new();
+    let mut timeline = Vec::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     for (sql, expected, missing) in [
         (&trace_sql, &mut expected_traces, &mut v.missing_traces),
@@ -330,11 +336,15 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
             let published = version.and_then(published_micros).or(first_seen);
             if let (Some(commit), Some(published)) = (commit, published) {
                 latencies.push((commit - published) as f64 / 1e3);
+                timeline.push((commit, commit - published));
                 first = first.min(commit);
                 last = last.max(commit);
             }
         }
         *missing = expected.len() as u64;
+    }
+    if let Some(path) = &args.latencies {
+        write_timeline(path, &mut timeline)?;
     }
     if with_commit && !latencies.is_empty() {
         v.latency_source = "commit_timestamp".into();
@@ -446,6 +456,20 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<(Verification, bool)> {
 
 /// The publish time inside a version: 8 big-endian bytes of µs with the sign
 /// bit flipped (see swisper_ingest::merge::Version).
+/// The latency samples in commit order, one `commit_us,latency_ms` line each.
+fn write_timeline(path: &std::path::Path, samples: &mut [(i64, i64)]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    samples.sort_unstable();
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for (commit, latency) in samples.iter() {
+        writeln!(out, "{commit},{:.3}", *latency as f64 / 1e3)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn published_micros(version: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = version.get(..8)?.try_into().ok()?;
     Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
