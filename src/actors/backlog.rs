@@ -1,9 +1,9 @@
 //! Whether one reader is falling behind the stream, as the replica's
-//! consumers last saw it. Consumers beyond the first read new entries only
-//! then: under load one reads and parses while another's page commits, but
-//! at a rate one reader keeps up with, a second only grabs the first few
-//! entries that arrive into a transaction of their own and leaves the rest
-//! waiting in Redis until a consumer is free (docs/architecture.md).
+//! consumers last saw it. Then the consumers read new entries at will: one
+//! reads and parses while another's page commits. Otherwise they take
+//! turns ([`super::read_pace`]): reading at will at a rate one reader keeps
+//! up with, a second only grabs the first few entries that arrive into a
+//! transaction of their own (docs/architecture.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 const WAKE: usize = 8;
 /// ...and one of under 1/`SLEEP` that it keeps up again. Between the two
 /// nothing changes, so that a rate near one threshold does not flip the
-/// second reader on and off with every page.
+/// consumers between the two ways of reading with every page.
 const SLEEP: usize = 32;
 
 /// Shared by a replica's consumers (not the claimer: claimed pages are
@@ -28,12 +28,6 @@ impl Backlog {
         } else if entries * SLEEP < batch_size {
             self.0.store(false, Ordering::Relaxed);
         }
-    }
-
-    /// The first reader is down (dead, its restart pending): the others
-    /// read until a short page says one reader keeps up again.
-    pub fn first_reader_down(&self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 
     pub fn is_on(&self) -> bool {
@@ -58,7 +52,5 @@ mod tests {
         assert!(!backlog.is_on());
         backlog.saw_page(100, 2000);
         assert!(!backlog.is_on(), "between the two: unchanged");
-        backlog.first_reader_down();
-        assert!(backlog.is_on());
     }
 }

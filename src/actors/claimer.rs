@@ -170,7 +170,7 @@ async fn claim_pass(
             tracing::info!(claimer = %handover.reader, entries = page.entries.len(), first = %first.id, last = %last.id, "claimed idle entries");
         }
         // Whatever is not stored stays pending and is claimed again later.
-        if let Some(Handed::WriterGone) = handover.hand(page, reservation).await {
+        if let Some(Handed::WriterGone) = handover.hand(page, reservation, None).await {
             return Err(PassError::WriterGone);
         }
         if next == "0-0" || shared.health.is_draining() {

@@ -1,15 +1,16 @@
 //! A consumer: asks its [`ReadState`] what to read, reads it through its
 //! [`StreamSource`] within the replica's memory budget, hands the page to the
 //! writer and awaits its commit before the next read (backpressure), then
-//! reports the outcome to the state, which says what to do next. A consumer
-//! on standby reads new entries only while one reader falls behind.
+//! reports the outcome to the state, which says what to do next. Outside a
+//! backlog, consumers take turns to read new entries ([`ReadPace`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::handover::{Handed, Handover};
+use super::read_pace::{ReadPace, Turn};
 use super::stream_source::{SourceError, StreamSource};
 use crate::backoff::Backoff;
 use crate::connect::problem::Problem;
@@ -42,15 +43,7 @@ pub struct Pacing {
     /// How soon a batch kept by poison protection is retried: well within
     /// the claim idle time, as each retry also resets its idle time.
     pub kept_retry: Duration,
-    /// Reads new entries only while one reader falls behind (every
-    /// consumer but the first): see [`super::backlog`]. Its own pending and
-    /// kept entries it reads whenever.
-    pub standby: bool,
 }
-
-/// How often a consumer on standby looks whether the first fell behind: a
-/// drain starts this much later on its second reader, at most.
-const STANDBY_POLL: Duration = Duration::from_millis(20);
 
 pub struct Consumer {
     name: String,
@@ -158,16 +151,20 @@ enum Outcome {
 impl Handler<ReadNext> for Consumer {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: ReadNext, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: ReadNext, _: &mut Context<Self>) -> Self::Result {
         #[cfg(feature = "fault-injection")]
         crate::fault::panic_once_at("consumer");
         if self.health.is_draining() {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
         let mode = self.state.mode();
-        if self.pacing.standby && matches!(mode, Mode::New) && !self.handover.backlog.is_on() {
-            ctx.notify_later(ReadNext, STANDBY_POLL);
-            return AtomicResponse::new(Box::pin(fut::ready(())));
+        // Its own pending and kept entries a consumer reads whenever.
+        let mut turn = None;
+        if matches!(mode, Mode::New) && !self.handover.backlog.is_on() {
+            match self.handover.pace.turn(Instant::now()) {
+                Turn::Read(mine) => turn = Some(mine),
+                Turn::Wait(wait) => return wait_then_read(self.handover.pace.clone(), wait),
+            }
         }
         let read = self
             .source
@@ -180,7 +177,7 @@ impl Handler<ReadNext> for Consumer {
                     let ids: Vec<StreamId> = page.entries.iter().map(|e| e.id).collect();
                     let next = page.next.clone();
                     let unloaded = std::mem::take(&mut page.unloaded);
-                    let handed = handover.hand(page, reservation).await;
+                    let handed = handover.hand(page, reservation, turn).await;
                     Outcome::Page {
                         next,
                         ids,
@@ -214,6 +211,12 @@ impl Handler<ReadNext> for Consumer {
             },
         )))
     }
+}
+
+/// Looks again after `wait`, or sooner once the first writer's commit ends.
+fn wait_then_read(pace: ReadPace, wait: Duration) -> AtomicResponse<Consumer, ()> {
+    let waited = fut::wrap_future::<_, Consumer>(async move { pace.wait(wait).await });
+    AtomicResponse::new(Box::pin(waited.map(|(), _, ctx| ctx.notify(ReadNext))))
 }
 
 /// The state's answer to what became of a page.

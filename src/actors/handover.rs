@@ -8,6 +8,7 @@ use actix::{MailboxError, Recipient};
 use futures_util::future::join_all;
 
 use super::backlog::Backlog;
+use super::read_pace::{ReadPace, ReadTurn};
 use super::writer::{WriteEntries, WriteError};
 use crate::batch_span::BatchSpan;
 use crate::config::LimitSettings;
@@ -47,30 +48,38 @@ pub struct Handover {
     /// The replica's writers: a full page is split over them by trace (see
     /// [`spread_over`] and [`part_of`]), a short one goes to the first.
     pub writers: Vec<Recipient<WriteEntries>>,
-    /// Set by each page a consumer reads (full or not), read by the
-    /// consumers on standby.
+    /// Set by each page a consumer reads (full or not): during a backlog
+    /// the consumers read at will.
     pub backlog: Backlog,
+    /// When consumers read new entries outside a backlog.
+    pub pace: ReadPace,
 }
 
 impl Handover {
     /// Parses the page's entries and has the writer store them; the writer
     /// gives the reservation back once no entry of it is in hand. `None`
-    /// when the page has no entries (only trimmed ids, or nothing).
-    pub async fn hand(&self, page: Page, reservation: Reservation) -> Option<Handed> {
+    /// when the page has no entries (only trimmed ids, or nothing). The
+    /// turn the page was read with, if any, is given back once it is parsed.
+    pub async fn hand(
+        &self,
+        page: Page,
+        reservation: Reservation,
+        turn: Option<ReadTurn>,
+    ) -> Option<Handed> {
         report_trimmed(&page.deleted);
         let entries = page.entries.len();
         if entries == 0 {
             return None;
         }
         if !self.claims {
-            // Before parsing and storing it: a consumer on standby starts
-            // reading while this page is in hand.
+            // Before parsing and storing it: during a backlog the next
+            // consumer reads at once.
             self.backlog.saw_page(entries, self.batch_size);
         }
-        Some(self.store(page, reservation).await)
+        Some(self.store(page, reservation, turn).await)
     }
 
-    async fn store(&self, page: Page, reservation: Reservation) -> Handed {
+    async fn store(&self, page: Page, reservation: Reservation, turn: Option<ReadTurn>) -> Handed {
         let entries = page.entries.len();
         let batch = BatchSpan::read(
             &self.stream,
@@ -88,6 +97,7 @@ impl Handover {
                 self.limits.max_deliveries,
             )
             .await;
+        let mut turn = turn.map(|turn| turn.parsed(std::time::Instant::now()));
         let Ok(items) = items else {
             let _in_batch = batch.entered();
             // A bug in parsing: the entries stay pending and are read again,
@@ -101,14 +111,19 @@ impl Handover {
             reservation,
             spread_over(full_page, self.writers.len()),
         );
-        let sends = parts.into_iter().map(|(writer, items, reservation)| {
-            self.writers[writer].send(WriteEntries {
-                items,
-                reservation: Some(reservation),
-                span: batch.clone(),
-                full_page,
+        let sends: Vec<_> = parts
+            .into_iter()
+            .map(|(writer, items, reservation)| {
+                self.writers[writer].send(WriteEntries {
+                    items,
+                    reservation: Some(reservation),
+                    span: batch.clone(),
+                    full_page,
+                    // The first writer's transactions time the reads.
+                    turn: if writer == 0 { turn.take() } else { None },
+                })
             })
-        });
+            .collect();
         let sent = worst(join_all(sends).await);
         // Log lines below carry the batch; a refusal or a lost writer ends it.
         let _in_batch = batch.answered(&sent);

@@ -9,8 +9,8 @@
 //! - [`consumer::Consumer`] × N: reads within the memory budget on its own connection, hands each
 //!   batch to the writer and waits for it to be committed before reading more
 //!   (backpressure; what is in hand is bounded by [`crate::memory_budget`]).
-//!   All but the first read new entries only while one reader falls behind
-//!   ([`backlog`]).
+//!   Outside a backlog ([`backlog`]) they take turns to read new entries,
+//!   the next page read while the last one commits ([`read_pace`]).
 //! - [`claimer::Claimer`]: claims entries idle too long (their consumer
 //!   died) and sends them through the same writer.
 //! - [`writer::Writer`] × W: gathers the batches of the consumers it serves
@@ -26,6 +26,7 @@ pub mod commit;
 pub mod consumer;
 pub mod handover;
 pub mod lag_monitor;
+pub mod read_pace;
 pub mod retention;
 pub mod stream_source;
 pub mod supervisor;

@@ -18,6 +18,7 @@ use super::commit::PostgresStore;
 use super::consumer::{Consumer, Pacing, StopReading};
 use super::handover::Handover;
 use super::lag_monitor::LagMonitor;
+use super::read_pace::ReadPace;
 use super::retention::RetentionWorker;
 use super::stream_source::RedisSource;
 use super::writer::{Flush, Writer};
@@ -117,8 +118,10 @@ pub struct Supervisor {
     /// Where consumers and the claimer parse what they read.
     parse_pool: ParsePool,
     /// Whether one reader falls behind, from the pages the consumers read;
-    /// consumers beyond the first read new entries only then.
+    /// consumers read at will only then.
     backlog: Backlog,
+    /// Otherwise they take turns, timed by the first writer's commits.
+    pace: ReadPace,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
     /// Each commits one transaction at a time. Readers split a full page
@@ -179,6 +182,7 @@ impl Supervisor {
             budget,
             parse_pool,
             backlog: Backlog::default(),
+            pace: ReadPace::default(),
             writer_arbiters,
             writers: Vec::new(),
             consumers: Vec::new(),
@@ -213,6 +217,8 @@ impl Supervisor {
             batching,
             pipeline.write_linger(),
             self.writer_arbiters.get(index).map(|a| a.handle()).as_ref(),
+            // Short pages, the steady state's, go to the first.
+            (index == 0).then(|| self.pace.clone()),
         )
     }
 
@@ -226,6 +232,7 @@ impl Supervisor {
             batch_size: self.read.pipeline.batch_size as usize,
             writers: writers.iter().map(|w| w.clone().recipient()).collect(),
             backlog: self.backlog.clone(),
+            pace: self.pace.clone(),
         }
     }
 
@@ -236,7 +243,6 @@ impl Supervisor {
             batch_size: self.read.pipeline.batch_size as usize,
             kept_retry: (self.read.claim.idle() / 3)
                 .clamp(Duration::from_millis(50), Duration::from_secs(5)),
-            standby: index > 0,
         };
         Consumer::new(
             name.clone(),
@@ -291,11 +297,6 @@ impl Supervisor {
         let mut consumers = std::mem::take(&mut self.consumers);
         for (index, consumer) in consumers.iter_mut().enumerate() {
             consumer.revive(now, || self.start_consumer(index, &writer_addrs));
-        }
-        // Up to MAX_RESTART_DELAY without the first consumer: the others
-        // must not stand by meanwhile, or nothing reads new entries.
-        if consumers.first().is_some_and(|c| !c.addr.connected()) {
-            self.backlog.first_reader_down();
         }
         self.consumers = consumers;
 

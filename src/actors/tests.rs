@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::backlog::Backlog;
 use super::consumer::{Consumer, Pacing, StopReading};
 use super::handover::Handover;
+use super::read_pace::ReadPace;
 use super::stream_source::{SourceError, StreamSource};
 use super::writer::{BatchStore, WriteEntries, WriteError, Writer};
 use crate::batcher::BatcherSettings;
@@ -156,7 +157,6 @@ struct ConsumerUnderTest {
     source: FakeSource,
     received: Rc<RefCell<Vec<Vec<u64>>>>,
     health: Arc<Health>,
-    backlog: Backlog,
 }
 
 /// A consumer's handover (parsing on its own thread) to these writers.
@@ -170,20 +170,13 @@ fn consumer_handover(batch_size: usize, writers: Vec<Recipient<WriteEntries>>) -
         batch_size,
         writers,
         backlog: Backlog::default(),
+        pace: ReadPace::default(),
     }
 }
 
 fn start_consumer(
     script: Vec<Scripted>,
     replies: Vec<Result<(), WriteError>>,
-) -> ConsumerUnderTest {
-    start_consumer_on(script, replies, false)
-}
-
-fn start_consumer_on(
-    script: Vec<Scripted>,
-    replies: Vec<Result<(), WriteError>>,
-    standby: bool,
 ) -> ConsumerUnderTest {
     let received = Rc::<RefCell<Vec<Vec<u64>>>>::default();
     let writer = FakeWriter {
@@ -194,28 +187,34 @@ fn start_consumer_on(
     let source = FakeSource::new(script);
     let health = Health::new();
     let handover = consumer_handover(100, vec![writer.clone().recipient()]);
-    let backlog = handover.backlog.clone();
-    let pacing = Pacing {
-        batch_size: 10,
-        kept_retry: Duration::from_millis(1),
-        standby,
-    };
-    let consumer = Consumer::new(
-        "c-0".into(),
-        Box::new(source.clone()),
-        handover,
-        health.clone(),
-        pacing,
-    )
-    .start();
+    let consumer = start_reading("c-0", &source, handover, &health);
     ConsumerUnderTest {
         consumer,
         writer,
         source,
         received,
         health,
-        backlog,
     }
+}
+
+fn start_reading(
+    name: &str,
+    source: &FakeSource,
+    handover: Handover,
+    health: &Arc<Health>,
+) -> Addr<Consumer> {
+    let pacing = Pacing {
+        batch_size: 10,
+        kept_retry: Duration::from_millis(1),
+    };
+    Consumer::new(
+        name.into(),
+        Box::new(source.clone()),
+        handover,
+        health.clone(),
+        pacing,
+    )
+    .start()
 }
 
 /// Lets the actors run until the source has been asked `reads` times.
@@ -251,28 +250,6 @@ async fn a_consumer_reads_its_pending_entries_then_new_ones() {
         ["pending after 0-0", "pending after 1-2", "new", "new"]
     );
     assert_eq!(*test.received.borrow(), [vec![1, 2], vec![3]]);
-}
-
-#[actix_rt::test]
-async fn a_consumer_on_standby_reads_new_entries_only_during_a_backlog() {
-    let test = start_consumer_on(pending_then_new(), vec![], true);
-    until_reads(&test.source, 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        test.source.modes(3),
-        ["pending after 0-0", "pending after 1-2"],
-        "its own pending entries, then nothing new while no backlog"
-    );
-
-    test.backlog.saw_page(100, 100);
-    until_reads(&test.source, 3).await;
-    assert_eq!(test.source.modes(3)[2], "new");
-    assert_eq!(*test.received.borrow(), [vec![1, 2], vec![3]]);
-    // Its short page (1 of 100) ended the backlog: it stands by again.
-    assert!(!test.backlog.is_on());
-    let reads = test.source.modes.borrow().len();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(test.source.modes.borrow().len(), reads);
 }
 
 #[actix_rt::test]
@@ -408,10 +385,19 @@ fn batch(seqs: &[u64], budget: Option<crate::memory_budget::Reservation>) -> Wri
         reservation: budget,
         span: Default::default(),
         full_page: false,
+        turn: None,
     }
 }
 
 fn start_writer(store: &GatedStore, poison_run: u64) -> (Addr<Writer>, Arc<Health>) {
+    start_writer_paced(store, poison_run, None)
+}
+
+fn start_writer_paced(
+    store: &GatedStore,
+    poison_run: u64,
+    pace: Option<ReadPace>,
+) -> (Addr<Writer>, Arc<Health>) {
     let health = Health::new();
     let settings = BatcherSettings {
         read_batch_size: 100,
@@ -427,8 +413,58 @@ fn start_writer(store: &GatedStore, poison_run: u64) -> (Addr<Writer>, Arc<Healt
         settings,
         Duration::ZERO,
         None,
+        pace,
     );
     (writer, health)
+}
+
+/// Two consumers and the first writer timed by one pace: while the writer
+/// commits one consumer's page, the other reads and hands the next one,
+/// which the writer starts once that commit ends.
+#[actix_rt::test]
+async fn the_next_page_is_read_while_the_last_one_commits() {
+    let store = GatedStore::default();
+    let pace = ReadPace::default();
+    let (writer, health) = start_writer_paced(&store, 0, Some(pace.clone()));
+    let mut handover = consumer_handover(100, vec![writer.recipient()]);
+    handover.pace = pace;
+    let sources: Vec<FakeSource> = [1, 2]
+        .into_iter()
+        .map(|seq| {
+            FakeSource::new(vec![
+                Scripted::Empty("0-0"),
+                Scripted::Page(vec![seq], "1-9"),
+            ])
+        })
+        .collect();
+    let _consumers: Vec<Addr<Consumer>> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| start_reading(&format!("c-{i}"), source, handover.clone(), &health))
+        .collect();
+    for source in &sources {
+        until_reads(source, 2).await;
+    }
+    // Both pages read while the first transaction is held at the gate.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.stored.lock().unwrap().is_empty());
+    for source in &sources {
+        assert_eq!(source.modes(2), ["pending after 0-0", "new"]);
+    }
+    store.gate.add_permits(2);
+    for _ in 0..2000 {
+        if store.stored.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut stored = store.stored.lock().unwrap().clone();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [vec![1], vec![2]],
+        "two transactions, one after the other"
+    );
 }
 
 #[actix_rt::test]
@@ -504,6 +540,7 @@ fn open_starts(
         reservation: Some(budget),
         span: Default::default(),
         full_page: false,
+        turn: None,
     }
 }
 
@@ -583,7 +620,9 @@ async fn a_full_page_is_split_over_the_writers_and_a_short_one_goes_whole_to_the
     };
     let received_by = |writer: usize| received[writer].borrow().concat();
 
-    let short = handover.hand(page(0..19), budget.acquire(1024).await).await;
+    let short = handover
+        .hand(page(0..19), budget.acquire(1024).await, None)
+        .await;
     assert!(matches!(short, Some(super::handover::Handed::Stored)));
     assert_eq!(
         received_by(0),
@@ -594,7 +633,7 @@ async fn a_full_page_is_split_over_the_writers_and_a_short_one_goes_whole_to_the
 
     received[0].borrow_mut().clear();
     let full = handover
-        .hand(page(100..120), budget.acquire(1024).await)
+        .hand(page(100..120), budget.acquire(1024).await, None)
         .await;
     assert!(matches!(full, Some(super::handover::Handed::Stored)));
     let (first, second) = (received_by(0), received_by(1));

@@ -12,6 +12,7 @@ use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
+use super::read_pace::{ReadPace, ReadTurn};
 use crate::batch_span::{self, BatchSpan, Pages};
 use crate::batcher::{Arrival, Batcher, BatcherSettings, Poison, Transaction};
 use crate::event::BatchItem;
@@ -33,6 +34,10 @@ pub struct WriteEntries {
     pub span: BatchSpan,
     /// The page read was full (a backlog), whatever share of it this is.
     pub full_page: bool,
+    /// The turn the page was read with (crate::actors::read_pace): given
+    /// back once the page is in this writer's hands, its transaction
+    /// started or queued, so that the next read is timed by it.
+    pub turn: Option<ReadTurn>,
 }
 
 /// Write whatever is gathered or held now; replies when it is committed.
@@ -77,17 +82,21 @@ pub struct Writer {
     linger_timer: Option<SpawnHandle>,
     /// Spans of the pages with entries in hand (crate::batch_span).
     pages: Pages,
+    /// The first writer times the consumers' reads by its transactions.
+    pace: Option<ReadPace>,
 }
 
 impl Writer {
     /// Starts the writer on `arbiter`'s thread, or on the caller's;
-    /// `linger` is how long an idle writer waits when `settings.lingers`.
+    /// `linger` is how long an idle writer waits when `settings.lingers`;
+    /// `pace` is told when each transaction starts and ends.
     pub fn start(
         store: Box<dyn BatchStore>,
         health: Arc<Health>,
         settings: BatcherSettings,
         linger: Duration,
         arbiter: Option<&ArbiterHandle>,
+        pace: Option<ReadPace>,
     ) -> Addr<Self> {
         let create = move |ctx: &mut Context<Self>| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
@@ -98,6 +107,7 @@ impl Writer {
                 linger,
                 linger_timer: None,
                 pages: Pages::default(),
+                pace,
             }
         };
         match arbiter {
@@ -129,6 +139,7 @@ impl Writer {
             }
             Arrival::Wait => {}
         }
+        drop(batch.turn);
         receiver
     }
 
@@ -174,8 +185,14 @@ impl Writer {
         } = transaction;
         let spans = self.pages.transaction(&items);
         let span = spans.span();
+        if let Some(pace) = &self.pace {
+            pace.write_started(Instant::now());
+        }
         let stored = self.store.store(items, spans).instrument(span);
         ctx.spawn(stored.into_actor(self).map(move |(), writer, ctx| {
+            if let Some(pace) = &writer.pace {
+                pace.write_ended(Instant::now());
+            }
             drop(release);
             for waiter in waiters {
                 let _ = waiter.send(Ok(()));
@@ -212,6 +229,7 @@ impl Handler<Flush> for Writer {
             reservation: None,
             span: BatchSpan::default(),
             full_page: false,
+            turn: None,
         };
         let done = self.arrive(empty, ctx);
         self.start_next(ctx);
