@@ -59,7 +59,9 @@ impl Handover {
     /// Parses the page's entries and has the writer store them; the writer
     /// gives the reservation back once no entry of it is in hand. `None`
     /// when the page has no entries (only trimmed ids, or nothing). The
-    /// turn the page was read with, if any, is given back once it is parsed.
+    /// turn the page was read with, if any, goes with it to the first
+    /// writer, which gives it back once it has the page (dropped with the
+    /// page if it never gets there).
     pub async fn hand(
         &self,
         page: Page,
