@@ -42,15 +42,7 @@ for bin in "${bins[@]}"; do
     # The drain starts with the service: count from before it.
     psql "$url" -qAtc "SELECT pg_stat_statements_reset()" >/dev/null
   fi
-  DATABASE_URL=$url OBSERVABILITY_STREAM_NAME=statements OBSERVABILITY_GROUP_NAME=statements \
-    OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
-    OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
-  svc_pid=$!
-  for try in $(seq 1 300); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    ((try < 300)) || { echo "statements.sh: $bin not ready after 30 s; log: $work/service.log" >&2; tail -5 "$work/service.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  serve "$bin" "$url" statements
   if [[ -n $BACKLOG ]]; then
     what="a drain of $BACKLOG events"
   else

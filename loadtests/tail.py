@@ -32,13 +32,14 @@ def busy_seconds():
     return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
 
 
-def cpu_of(pid):
+def cpu_of(pid, gone=0.0):
+    """CPU seconds of a live process; `gone` once it has ended."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICK
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return gone
 
 
 def children(pid):
@@ -50,7 +51,7 @@ def children(pid):
 
 
 def sample(out, service, postmaster, redis, publisher_file):
-    publisher = None
+    publisher, publisher_cpu = None, 0.0
     with open(out, "w") as f:
         f.write("t,busy,service,postgres,redis,publisher\n")
         while os.path.exists(f"/proc/{service}"):
@@ -64,9 +65,12 @@ def sample(out, service, postmaster, redis, publisher_file):
             except OSError:
                 pg = 0.0
             pg += sum(cpu_of(c) for c in children(postmaster))
+            if publisher:
+                # Its last figure once it has ended.
+                publisher_cpu = cpu_of(publisher, publisher_cpu)
             f.write(
                 f"{time.time():.3f},{busy_seconds():.2f},{cpu_of(service):.2f},{pg:.2f},"
-                f"{cpu_of(redis):.2f},{cpu_of(publisher) if publisher else 0:.2f}\n"
+                f"{cpu_of(redis):.2f},{publisher_cpu:.2f}\n"
             )
             f.flush()
             time.sleep(0.1)

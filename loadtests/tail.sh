@@ -40,15 +40,7 @@ for run in $(seq 1 "$RUNS"); do
   redis-cli -u "$OBSERVABILITY_REDIS_URL" DEL tail >/dev/null
   psql "$admin" -qc "CHECKPOINT"
   log_from=$(stat -c %s "$services/pg.log")
-  DATABASE_URL=$url OBSERVABILITY_STREAM_NAME=tail OBSERVABILITY_GROUP_NAME=tail \
-    OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
-    OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
-  svc_pid=$!
-  for try in $(seq 1 300); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    ((try < 300)) || { echo "tail.sh: $bin not ready after 30 s; log: $work/service.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  serve "$bin" "$url" tail
   rm -f "$work/publisher.pid"
   python3 loadtests/tail.py sample "$work/cpu.csv" "$svc_pid" "$postmaster" "$redis" "$work/publisher.pid" &
   sampler=$!

@@ -22,3 +22,21 @@ start_services() {
   admin=${DATABASE_URL%/*}/postgres
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 }
+
+# serve BIN DATABASE_URL STREAM: runs BIN serve on $port for STREAM (its
+# group named the same) into that database, logging to $work/service.log;
+# sets svc_pid and returns once it is ready (30 s at most).
+serve() {
+  local bin=$1 url=$2 stream=$3
+  DATABASE_URL=$url OBSERVABILITY_STREAM_NAME=$stream OBSERVABILITY_GROUP_NAME=$stream \
+    OBSERVABILITY_HTTP_ADDR=127.0.0.1:$port \
+    OBSERVABILITY_SKIP_MIGRATIONS=true RUST_LOG=warn "$bin" serve >>"$work/service.log" 2>&1 &
+  svc_pid=$!
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$bin not ready after 30 s; log: $work/service.log" >&2
+  tail -5 "$work/service.log" >&2
+  return 1
+}
