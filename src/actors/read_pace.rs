@@ -1,10 +1,10 @@
 //! When a consumer reads new entries outside a backlog. A consumer awaits
 //! its page's commit before it reads again, so with one reader the page
 //! after a commit was read and parsed only once the commit ended, and the
-//! writer sat idle meanwhile (17% of the time at 5,000 events/s): every
-//! transaction came later and longer. With two readers reading at will,
-//! the one not waiting on a commit took the first few entries that arrived
-//! into a transaction of their own.
+//! next transaction started that much later (and, taking what arrived
+//! meanwhile, lasted longer). With two readers reading at will, the one
+//! not waiting on a commit took the first few entries that arrived into a
+//! transaction of their own.
 //!
 //! So the consumers take turns: one reads new entries at a time, and while
 //! the first writer commits a page the next one is read when the commit is
