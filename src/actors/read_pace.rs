@@ -31,9 +31,10 @@ const AVERAGE_SHIFT: u32 = 3;
 
 /// Shared by a replica's consumers and its first writer (the one short
 /// pages go to).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ReadPace(Arc<Shared>);
 
+#[derive(Debug)]
 struct Shared {
     epoch: Instant,
     /// One consumer reads new entries at a time.
@@ -67,16 +68,6 @@ impl Default for ReadPace {
             read_ns: AtomicU64::new(0),
             write_ended: Notify::new(),
         }))
-    }
-}
-
-impl std::fmt::Debug for ReadPace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadPace")
-            .field("turn_taken", &self.0.turn_taken.load(Ordering::Relaxed))
-            .field("write_ns", &self.0.write_ns.load(Ordering::Relaxed))
-            .field("read_ns", &self.0.read_ns.load(Ordering::Relaxed))
-            .finish()
     }
 }
 
