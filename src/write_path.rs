@@ -1,15 +1,9 @@
 //! One batch of stream entries to one committed transaction: parse, lock
 //! the studio rows it touches, settle each event's project, merge, write the
 //! rows, record SDK heartbeats, dead-letter what cannot be stored, COMMIT.
-//! When Postgres rejects the data, the batch is split in halves until the
-//! entry at fault is alone, and only that entry becomes a dead letter. A
-//! statement timeout splits the batch the same way; a single entry that
-//! still times out is dead-lettered only when entries of its kind were
-//! stored meanwhile (its own fault), never when nothing could be (a held
-//! lock or a slow disk is not the entry's fault).
+//! What Postgres will not take is isolated in [`isolate`], so that only the
+//! entry at fault becomes a dead letter, and never for the database's fault.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -18,14 +12,17 @@ use tokio_postgres::{GenericClient, Transaction};
 use crate::config::{CreateProjects, ToastCompression};
 use crate::cost::Prices;
 pub use crate::event::BatchItem;
-use crate::event::{Heartbeat, Parsed, Reason, Rejection, TraceEvent};
+use crate::event::{Heartbeat, Parsed, TraceEvent};
 use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
 use crate::store::{compression, copy, heartbeats, planner, rows, Pool, StoreError};
 
+mod isolate;
 mod tenancy;
+
+pub use isolate::commit_isolating;
 
 /// What writing into the studio's tables needs beyond the rows: this
 /// replica's price cache, whether unknown projects are created and how long
@@ -70,22 +67,21 @@ impl Studio {
         Ok(*self.resolved.get_or_init(|| creates))
     }
 
-    /// Sets this transaction's planner costs and compression of long
-    /// values, in one round trip.
-    async fn configure(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
-        let settings = match self.settings.get() {
-            Some(settings) => settings,
-            None => {
-                let settings = if self.toast_compression.resolve(tx).await? {
-                    format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
-                } else {
-                    planner::INDEX_PROBES.to_owned()
-                };
-                self.settings.get_or_init(|| settings)
-            }
+    /// This transaction's `SET LOCAL`s: the planner's costs, and lz4 when
+    /// asked for and the server has it. The server is asked once, in a round
+    /// trip of its own: not inside the pipeline that follows, where its
+    /// answer would come after the locks and a lock's failure would turn it
+    /// into "transaction aborted", hiding the lock's own error.
+    async fn settings(&self, tx: &Transaction<'_>) -> Result<&str, StoreError> {
+        if let Some(settings) = self.settings.get() {
+            return Ok(settings);
+        }
+        let settings = if self.toast_compression.resolve(tx).await? {
+            format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
+        } else {
+            planner::INDEX_PROBES.to_owned()
         };
-        tx.batch_execute(settings).await?;
-        Ok(())
+        Ok(self.settings.get_or_init(|| settings))
     }
 }
 
@@ -132,6 +128,7 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     let prices = to.studio.prices.current(&*tx).await?;
     metrics::gauge!(crate::metrics::PRICES).set(prices.len() as f64);
     let creates_projects = to.studio.creates_projects(&*tx).await?;
+    let settings = to.studio.settings(&tx).await?;
 
     let events: Vec<(usize, &TraceEvent)> = items
         .iter()
@@ -150,9 +147,12 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     // busy (a BEGIN took 0.45 ms at 5,000 events/s): the settings, the row
     // locks, the projects the studio lacks and the COPY statements go in one
     // (pipelined, run in the order sent; answers looked at in that order, so
-    // that the first failure is the one returned).
+    // that the first failure is the one returned). Each future sends its one
+    // statement when first polled: one that waited for an answer before
+    // sending would run after the others, and fail as "transaction aborted"
+    // when one of them failed.
     let (configured, locked, missing, copies) = futures_util::join!(
-        to.studio.configure(&tx),
+        tx.batch_execute(settings),
         rows::lock(&tx, &trace_ids, &observation_ids),
         projects::missing(&tx, &projects),
         copy::Statements::prepare(&tx),
@@ -247,151 +247,6 @@ fn record_costs(plan: &rows::Plan<'_>) {
         };
         metrics::counter!(crate::metrics::COSTS, "outcome" => outcome).increment(1);
     }
-}
-
-/// Like [`commit`], but an entry that Postgres refuses becomes a dead letter
-/// instead of failing its neighbours. Returns how many entries were isolated.
-///
-/// A statement timeout splits the batch the same way. A single entry that
-/// still times out is set aside while the rest is written; then, if entries
-/// of its kind (trace or observation rows) were stored meanwhile, the fault
-/// is the entry's: it is tried alone a few more times and then dead-lettered
-/// (`statement_timeout`), so that one entry never stops a writer. If nothing
-/// of its kind could be stored, the database is the problem (a held lock, a
-/// slow disk): the error goes back to the caller, which retries with
-/// backoff, and nothing is dead-lettered.
-pub async fn commit_isolating(
-    to: Destination<'_>,
-    items: &mut [BatchItem],
-) -> Result<usize, StoreError> {
-    let mut round = Round::default();
-    isolate(to, items, 0, &mut round).await?;
-    for index in std::mem::take(&mut round.timed_out) {
-        let kind = Kind::of(&items[index]);
-        if !round.committed.contains(&kind) {
-            return Err(StoreError::StatementTimeout(format!(
-                "entry {} times out and no {kind:?} row could be stored either",
-                items[index].entry.id
-            )));
-        }
-        if !retry_alone(to, &mut items[index..=index]).await? {
-            let detail = format!(
-                "writing this entry alone ran past statement_timeout {} times while other entries were stored; replay it once the database can take it (a higher statement_timeout)",
-                SINGLE_TIMEOUT_ATTEMPTS + 1
-            );
-            tracing::warn!(entry = %items[index].entry.id, %detail, "entry isolated as dead letter");
-            items[index].parsed = Err(Rejection::new(Reason::StatementTimeout, detail));
-            commit(to, &mut items[index..=index]).await?;
-            round.isolated += 1;
-        }
-    }
-    Ok(round.isolated)
-}
-
-/// Tries to write an entry that timed out once more on its own, with a
-/// short backoff; false when it kept timing out.
-async fn retry_alone(to: Destination<'_>, item: &mut [BatchItem]) -> Result<bool, StoreError> {
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    for _ in 0..SINGLE_TIMEOUT_ATTEMPTS {
-        tokio::time::sleep(backoff.next_delay()).await;
-        match commit(to, item).await {
-            Ok(()) => return Ok(true),
-            Err(StoreError::StatementTimeout(_)) => continue,
-            Err(other) => return Err(other),
-        }
-    }
-    Ok(false)
-}
-
-/// Retries of an entry that timed out alone before it is dead-lettered.
-const SINGLE_TIMEOUT_ATTEMPTS: usize = 2;
-
-/// What a batch's rows are written to: the studio table a timeout is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Trace,
-    Observation,
-    Other,
-}
-
-impl Kind {
-    fn of(item: &BatchItem) -> Self {
-        match &item.parsed {
-            Ok(Parsed::Trace(event)) if event.observation_id().is_some() => Kind::Observation,
-            Ok(Parsed::Trace(_)) => Kind::Trace,
-            _ => Kind::Other,
-        }
-    }
-}
-
-/// One isolation round over a batch.
-#[derive(Default)]
-struct Round {
-    isolated: usize,
-    /// Kinds of rows stored in this round.
-    committed: Vec<Kind>,
-    /// Indices (in the whole batch) of single entries that timed out.
-    timed_out: Vec<usize>,
-}
-
-fn isolate<'a>(
-    to: Destination<'a>,
-    items: &'a mut [BatchItem],
-    offset: usize,
-    round: &'a mut Round,
-) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + 'a>> {
-    Box::pin(async move {
-        match commit(to, items).await {
-            Ok(()) => {
-                for item in items.iter() {
-                    let kind = Kind::of(item);
-                    if !round.committed.contains(&kind) {
-                        round.committed.push(kind);
-                    }
-                }
-                Ok(())
-            }
-            Err(StoreError::Data(message)) if items.len() == 1 => {
-                let detail = format!("postgres rejected this entry: {message}");
-                tracing::warn!(entry = %items[0].entry.id, %detail, "entry isolated as dead letter");
-                items[0].parsed = Err(Rejection::new(Reason::RejectedByPostgres, detail));
-                commit(to, items).await?;
-                round.isolated += 1;
-                Ok(())
-            }
-            Err(StoreError::Data(message)) => {
-                tracing::debug!(size = items.len(), error = %message, "splitting rejected batch");
-                split(to, items, offset, round).await
-            }
-            Err(StoreError::StatementTimeout(message)) => {
-                metrics::counter!(crate::metrics::POSTGRES_ERRORS, "kind" => "statement_timeout")
-                    .increment(1);
-                if items.len() == 1 {
-                    tracing::debug!(entry = %items[0].entry.id, %message, "statement timeout of a single entry; set aside");
-                    round.timed_out.push(offset);
-                    return Ok(());
-                }
-                tracing::warn!(size = items.len(), %message, "statement timeout; splitting the batch");
-                split(to, items, offset, round).await
-            }
-            Err(other) => Err(other),
-        }
-    })
-}
-
-/// Commits each half on its own; the halves that committed stay committed
-/// when a later one fails (their entries are rewritten idempotently on retry).
-async fn split(
-    to: Destination<'_>,
-    items: &mut [BatchItem],
-    offset: usize,
-    round: &mut Round,
-) -> Result<(), StoreError> {
-    let middle = items.len() / 2;
-    let (left, right) = items.split_at_mut(middle);
-    isolate(to, left, offset, round).await?;
-    isolate(to, right, offset + middle, round).await
 }
 
 /// The ids sorted and each once. A sort of a vector, not a tree: the tree's

@@ -437,6 +437,67 @@ async fn statement_timeouts_split_then_retry_without_dead_letters() {
     .await;
 }
 
+/// A held lock stops every entry of a kind, and the service must say so
+/// (unready, counted) after a few timeouts whatever the batch's size. It
+/// used to split the whole batch down to single entries first, one
+/// statement_timeout per subset (2N − 1 for a batch of N): a 69-entry batch
+/// stayed "ready" for over a minute at 500 ms, a full one of 128 for over
+/// two hours at a 30 s statement_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_is_reported_after_a_few_timeouts_whatever_the_batch() {
+    let tenant = Tenant::new("pg_held_lock").await;
+    tenant
+        .sql("ALTER ROLE ROLE_ SET statement_timeout = '300ms'")
+        .await;
+    let first = tenant.spawn("held", &[]);
+    warm_up(&tenant, &first).await;
+    drop(first);
+    let locker = tenant.env.db().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE public.observations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Waiting while stopped, the backlog is read in full pages.
+    let mut redis = tenant.env.redis();
+    tenant.env.publish_backlog(
+        &mut redis,
+        (10..40).flat_map(|t| seed_trace(&format!("trace-{t}"), "p")),
+    );
+    let service = tenant.spawn("held-again", &[]);
+    // Unready also while starting: the write must have failed first.
+    let reported = wait_for(LONG, || {
+        errors(&service, "statement_timeout") >= 1.0 && unready(&service)
+    });
+    let timeouts = errors(&service, "statement_timeout");
+    assert!(
+        reported,
+        "still ready after a minute behind a held lock ({timeouts} timeouts); log: {}",
+        service.log()
+    );
+    // Per writer and round: the batch, two entries tried alone, the round's
+    // error; two writers, and a retry that may have begun.
+    assert!(
+        timeouts <= 12.0,
+        "{timeouts} statement timeouts before the held lock was reported"
+    );
+    assert_eq!(acked(&service), 0.0, "acked while nothing could be stored");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let db = tenant.env.db().await;
+    assert!(
+        wait_for_ended_observations(&db, 40 * 3, LONG).await,
+        "not everything stored once the lock was released; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0,
+        "a held lock caused dead letters"
+    );
+    report_figure(&format!(
+        "held lock, 210 entries waiting: unready after {timeouts} statement timeouts, 0 dead letters"
+    ));
+}
+
 /// Ids are the studio's keys: a trace id reused by another project stays
 /// the row of the project stored first (the oldest event's, by publish time
 /// then entry id, when both arrive together), and the other project's
