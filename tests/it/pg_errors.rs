@@ -124,21 +124,33 @@ async fn cannot_write_then_recover(
         0
     );
     fault_ends.await;
-    assert!(
-        wait_for_ended_observations(&db, 20 * 3, LONG).await,
-        "not everything stored after the {kind} fault; log: {}",
-        service.log()
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
-        0,
-        "the {kind} fault caused dead letters"
-    );
+    all_stored_without_dead_letters(env, service, 20, kind).await;
     service.wait_ready(LONG);
     report_figure(&format!(
         "postgres {kind}: {} failed attempts counted, 0 acked while failing, 0 dead letters, all 20 traces stored after",
         errors(service, kind)
     ));
+}
+
+/// Once a fault has ended: every one of the `traces` seed traces stored
+/// (3 ended observations each), and none of their entries a dead letter.
+async fn all_stored_without_dead_letters(
+    env: &TestEnv,
+    service: &Service,
+    traces: usize,
+    fault: &str,
+) {
+    let db = env.db().await;
+    assert!(
+        wait_for_ended_observations(&db, traces * 3, LONG).await,
+        "not everything stored after the {fault} fault; log: {}",
+        service.log()
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
+        0,
+        "the {fault} fault caused dead letters"
+    );
 }
 
 /// Stores ten traces and waits until they are acked.
@@ -482,17 +494,7 @@ async fn a_held_lock_is_reported_after_a_few_timeouts_whatever_the_batch() {
     );
     assert_eq!(acked(&service), 0.0, "acked while nothing could be stored");
     locker.batch_execute("ROLLBACK").await.unwrap();
-    let db = tenant.env.db().await;
-    assert!(
-        wait_for_ended_observations(&db, 40 * 3, LONG).await,
-        "not everything stored once the lock was released; log: {}",
-        service.log()
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await,
-        0,
-        "a held lock caused dead letters"
-    );
+    all_stored_without_dead_letters(&tenant.env, &service, 40, "held lock").await;
     report_figure(&format!(
         "held lock, 210 entries waiting: unready after {timeouts} statement timeouts, 0 dead letters"
     ));
