@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{CreateProjects, ToastCompression};
 use crate::cost::Prices;
@@ -17,6 +17,7 @@ use crate::merge;
 use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
+use crate::store::transaction::Pipelined;
 use crate::store::{compression, copy, heartbeats, planner, rows, Pool, StoreError};
 
 mod isolate;
@@ -72,11 +73,11 @@ impl Studio {
     /// trip of its own: not inside the pipeline that follows, where its
     /// answer would come after the locks and a lock's failure would turn it
     /// into "transaction aborted", hiding the lock's own error.
-    async fn settings(&self, tx: &Transaction<'_>) -> Result<&str, StoreError> {
+    async fn settings(&self, client: &Client) -> Result<&str, StoreError> {
         if let Some(settings) = self.settings.get() {
             return Ok(settings);
         }
-        let settings = if self.toast_compression.resolve(tx).await? {
+        let settings = if self.toast_compression.resolve(client).await? {
             format!("{}; {}", planner::INDEX_PROBES, compression::USE_LZ4)
         } else {
             planner::INDEX_PROBES.to_owned()
@@ -123,12 +124,14 @@ pub async fn commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), 
 }
 
 async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<(), StoreError> {
-    let mut client = to.pool.get().await?;
-    let tx = client.transaction().await?;
-    let prices = to.studio.prices.current(&*tx).await?;
+    let pooled = to.pool.get().await?;
+    let client: &Client = &pooled;
+    // Outside the transaction, each a round trip only when its cache is
+    // empty or due.
+    let prices = to.studio.prices.current(client).await?;
     metrics::gauge!(crate::metrics::PRICES).set(prices.len() as f64);
-    let creates_projects = to.studio.creates_projects(&*tx).await?;
-    let settings = to.studio.settings(&tx).await?;
+    let creates_projects = to.studio.creates_projects(client).await?;
+    let settings = to.studio.settings(client).await?;
 
     let events: Vec<(usize, &TraceEvent)> = items
         .iter()
@@ -144,27 +147,30 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     let projects = tenancy::projects_of(&events);
 
     // Round trips cost far more than these statements when the machine is
-    // busy (a BEGIN took 0.45 ms at 5,000 events/s): the settings, the row
-    // locks, the projects the studio lacks and the COPY statements go in one
-    // (pipelined, run in the order sent; answers looked at in that order, so
-    // that the first failure is the one returned). Each future sends its one
-    // statement when first polled: one that waited for an answer before
-    // sending would run after the others, and fail as "transaction aborted"
-    // when one of them failed.
-    let (configured, locked, missing, copies) = futures_util::join!(
-        tx.batch_execute(settings),
-        rows::lock(&tx, &trace_ids, &observation_ids),
-        projects::missing(&tx, &projects),
-        copy::Statements::prepare(&tx),
+    // busy (a BEGIN took 0.45 ms at 5,000 events/s): BEGIN, the settings,
+    // the row locks, the projects the studio lacks and the COPY statements
+    // go in one (pipelined, run in the order sent; answers looked at in that
+    // order, so that the first failure is the one returned). Each future
+    // sends its one statement when first polled: one that waited for an
+    // answer before sending would run after the others, and fail as
+    // "transaction aborted" when one of them failed.
+    let tx = Pipelined::new(client);
+    let (begun, configured, locked, missing, copies) = futures_util::join!(
+        tx.begin(),
+        client.batch_execute(settings),
+        rows::lock(client, &trace_ids, &observation_ids),
+        projects::missing(client, &projects),
+        copy::Statements::prepare(client),
     );
+    begun?;
     configured?;
     let locked = locked?;
     let missing = missing?;
     let copies = copies?;
-    let stored = rows::read(&tx, &locked).await?;
+    let stored = rows::read(client, &locked).await?;
 
     // Decided inside the transaction, applied to the items once written.
-    let refused = settle_projects(&tx, &events, &stored, &missing, creates_projects).await?;
+    let refused = settle_projects(client, &events, &stored, &missing, creates_projects).await?;
 
     let accepted = events
         .iter()
@@ -172,9 +178,7 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
         .map(|(_, event)| *event);
     let merged = merge::merge(accepted);
     let plan = rows::plan(&merged, &stored, &prices);
-    rows::write(&tx, &copies, &plan).await?;
-    // Closed inside the transaction (see copy::Statements).
-    drop(copies);
+    let last = rows::write(client, copies, &plan).await?;
     record_costs(&plan);
 
     let letters: Vec<DeadLetter> = items
@@ -195,14 +199,19 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
             _ => None,
         })
         .collect();
-    heartbeats::upsert(&tx, &beats).await?;
-    dead_letters::insert(&tx, to.stream, &letters).await?;
+    if letters.is_empty() && beats.is_empty() && !to.horizons.active() {
+        // Nothing follows the rows (and nothing was refused: each refused
+        // event is a letter): COMMIT goes with their last statements.
+        return tx.commit_after(last).await;
+    }
+    last.await?;
+    heartbeats::upsert(client, &beats).await?;
+    dead_letters::insert(client, to.stream, &letters).await?;
     for (index, rejection) in refused {
         items[index].parsed = Err(rejection);
     }
-    late::settle(&tx, items, to.horizons).await?;
-    tx.commit().await?;
-    Ok(())
+    late::settle(client, items, to.horizons).await?;
+    tx.commit().await
 }
 
 /// Which events are refused for their project (a mismatch with the stored
@@ -210,7 +219,7 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
 /// on first sight, which happens here). `missing`: the projects of all
 /// events that the studio lacks; only new traces' count.
 async fn settle_projects(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     events: &tenancy::Events<'_>,
     stored: &rows::Stored,
     missing: &[String],

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use super::Horizons;
 use crate::event::{BatchItem, Parsed, Reason, Rejection};
@@ -65,7 +65,7 @@ fn expire(item: &mut BatchItem) {
 /// retention transaction holding it, so this later statement sees its
 /// tombstone (see `store::retention::forget_traces`).
 pub async fn settle(
-    tx: &Transaction<'_>,
+    tx: &Client,
     items: &mut [BatchItem],
     horizons: &Horizons,
 ) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
-use tokio_postgres::{Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 use super::binary_copy::BinaryCopy;
 use super::row_writes::{ObservationWrite, TraceWrite};
@@ -98,7 +98,7 @@ pub struct Statements {
 }
 
 impl Statements {
-    pub async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+    pub async fn prepare(tx: &Client) -> Result<Self, StoreError> {
         let (traces, observations) =
             futures_util::join!(tx.prepare(COPY_TRACES), tx.prepare(COPY_OBSERVATIONS));
         Ok(Self {
@@ -109,7 +109,7 @@ impl Statements {
 }
 
 pub async fn traces(
-    tx: &Transaction<'_>,
+    tx: &Client,
     statement: &Statement,
     rows: &[TraceWrite<'_>],
 ) -> Result<(), StoreError> {
@@ -146,7 +146,7 @@ pub async fn traces(
 }
 
 pub async fn observations(
-    tx: &Transaction<'_>,
+    tx: &Client,
     statement: &Statement,
     rows: &[ObservationWrite<'_>],
 ) -> Result<(), StoreError> {

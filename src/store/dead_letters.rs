@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use super::{JsonbText, StoreError};
 use crate::event::{Rejection, StreamEntry};
@@ -26,7 +26,7 @@ ON CONFLICT (stream, stream_entry_id) DO NOTHING";
 
 /// Inserts dead letters; a redelivered entry that is already dead changes nothing.
 pub async fn insert(
-    tx: &Transaction<'_>,
+    tx: &Client,
     stream: &str,
     letters: &[DeadLetter<'_>],
 ) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use super::{JsonbText, Pool, StoreError};
 use crate::event::Heartbeat;
@@ -23,7 +23,7 @@ struct Seen<'a> {
     last: &'a Heartbeat,
 }
 
-pub async fn upsert(tx: &Transaction<'_>, heartbeats: &[&Heartbeat]) -> Result<(), StoreError> {
+pub async fn upsert(tx: &Client, heartbeats: &[&Heartbeat]) -> Result<(), StoreError> {
     if heartbeats.is_empty() {
         return Ok(());
     }

@@ -17,6 +17,7 @@ pub mod retention;
 pub mod row_writes;
 pub mod rows;
 pub mod studio_schema;
+pub mod transaction;
 
 pub use crate::connect::postgres::connect_pool;
 pub use jsonb::JsonbText;

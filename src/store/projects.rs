@@ -3,7 +3,7 @@
 //! alone, the service creates the projects it sees (name = id).
 
 use tokio_postgres::types::Type;
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use super::StoreError;
 use crate::config::CreateProjects;
@@ -32,7 +32,7 @@ pub async fn standalone(client: &impl GenericClient) -> Result<bool, StoreError>
 
 /// The projects among `ids` (sorted, distinct) that are missing from the
 /// studio's `projects`.
-pub async fn missing(tx: &Transaction<'_>, ids: &[&str]) -> Result<Vec<String>, StoreError> {
+pub async fn missing(tx: &Client, ids: &[&str]) -> Result<Vec<String>, StoreError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -48,7 +48,7 @@ pub async fn missing(tx: &Transaction<'_>, ids: &[&str]) -> Result<Vec<String>, 
 }
 
 /// Creates these projects (named by their id) unless they exist meanwhile.
-pub async fn create(tx: &Transaction<'_>, ids: &[String]) -> Result<u64, StoreError> {
+pub async fn create(tx: &Client, ids: &[String]) -> Result<u64, StoreError> {
     if ids.is_empty() {
         return Ok(0);
     }

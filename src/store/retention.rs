@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use super::StoreError;
 use crate::config::DatabaseSettings;
@@ -156,7 +156,7 @@ pub async fn forget_traces(
         tx.commit().await?;
         return Ok(Forgotten::default());
     }
-    let observations = delete_traces(&tx, &ids).await?;
+    let observations = delete_traces(tx.client(), &ids).await?;
     let traces = ids.len() as u64;
     tx.execute(
         "INSERT INTO swisper_ingest.retention_tombstones (trace_id, project_id)
@@ -176,7 +176,7 @@ pub async fn forget_traces(
 /// DELETE itself before anything else), their observations and the merge
 /// state of both; returns how many observations went.
 async fn delete_traces<S: AsRef<str> + tokio_postgres::types::ToSql + Sync>(
-    tx: &Transaction<'_>,
+    tx: &Client,
     ids: &[S],
 ) -> Result<u64, StoreError> {
     // The trace rows first: deleting one locks it, and the studio's foreign
@@ -271,7 +271,7 @@ impl OldRows {
 /// In the write path's transaction: of these (trace id, project) pairs,
 /// those forgotten.
 pub async fn forgotten_among(
-    tx: &Transaction<'_>,
+    tx: &Client,
     traces: &[(&str, &str)],
 ) -> Result<HashSet<(String, String)>, StoreError> {
     if traces.is_empty() {
@@ -298,7 +298,7 @@ fn unzip<'a>(traces: &[(&'a str, &'a str)]) -> (Vec<&'a str>, Vec<&'a str>) {
 
 /// In the write path's transaction: the trace of an event older than its
 /// horizon is forgotten as a whole (tombstone, and whatever rows it has).
-pub async fn forget_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Result<(), StoreError> {
+pub async fn forget_in_tx(tx: &Client, traces: &[(&str, &str)]) -> Result<(), StoreError> {
     if traces.is_empty() {
         return Ok(());
     }
@@ -316,7 +316,7 @@ pub async fn forget_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Resu
 /// In the write path's transaction: removes the rows of forgotten traces
 /// that this very transaction wrote (a writer racing the retention batch).
 /// A trace id stored under another project is not touched.
-pub async fn remove_in_tx(tx: &Transaction<'_>, traces: &[(&str, &str)]) -> Result<(), StoreError> {
+pub async fn remove_in_tx(tx: &Client, traces: &[(&str, &str)]) -> Result<(), StoreError> {
     if traces.is_empty() {
         return Ok(());
     }

@@ -18,11 +18,12 @@
 //! transaction again, when the row is found and merged instead.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use super::arrays::column;
 use super::row_writes::{ObservationWrite, TraceWrite};
@@ -81,11 +82,7 @@ fn version_of(bytes: Option<&[u8]>) -> Option<Version> {
 /// but a table joined in the same statement would still be read as it was
 /// before the wait (PostgreSQL re-checks only the locked row), so the state
 /// is read by the next statement, which sees every commit before the lock.
-async fn lock_ids(
-    tx: &Transaction<'_>,
-    sql: &str,
-    ids: &[&str],
-) -> Result<Vec<String>, StoreError> {
+async fn lock_ids(tx: &Client, sql: &str, ids: &[&str]) -> Result<Vec<String>, StoreError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -114,7 +111,7 @@ pub struct Locked {
 /// after it ("transaction aborted"), so callers look at the answers in the
 /// order sent and return the first failure.
 pub async fn lock(
-    tx: &Transaction<'_>,
+    tx: &Client,
     trace_ids: &[&str],
     observation_ids: &[&str],
 ) -> Result<Locked, StoreError> {
@@ -130,7 +127,7 @@ pub async fn lock(
 
 /// Reads the locked rows with their merge state, both tables in one round
 /// trip (see [`lock_ids`] for why after the locks, not with them).
-pub async fn read(tx: &Transaction<'_>, locked: &Locked) -> Result<Stored, StoreError> {
+pub async fn read(tx: &Client, locked: &Locked) -> Result<Stored, StoreError> {
     let (traces, observations) = futures_util::join!(
         read_traces(tx, &locked.traces),
         read_observations(tx, &locked.observations),
@@ -148,7 +145,7 @@ const LOCK_OBSERVATIONS: &str =
 
 /// The locked traces with their merge state.
 async fn read_traces(
-    tx: &Transaction<'_>,
+    tx: &Client,
     locked: &[String],
 ) -> Result<BTreeMap<String, StoredTrace>, StoreError> {
     if locked.is_empty() {
@@ -195,7 +192,7 @@ impl StoredTrace {
 
 /// The locked observations with their merge state.
 async fn read_observations(
-    tx: &Transaction<'_>,
+    tx: &Client,
     locked: &[String],
 ) -> Result<BTreeMap<String, StoredObservation>, StoreError> {
     if locked.is_empty() {
@@ -512,40 +509,43 @@ fn observation_costs(
 }
 
 /// Executes the plan: inserts first (traces before the observations that
-/// refer to them), then updates, then the merge state. The last updates
-/// and both state upserts go in one round trip (pipelined: run in the order
-/// sent, the first failure in that order returned; see [`lock`]); the
-/// updates before them, when a batch holds more than a statement's worth,
-/// one statement at a time.
-pub async fn write(
-    tx: &Transaction<'_>,
-    copies: &super::copy::Statements,
-    plan: &Plan<'_>,
-) -> Result<(), StoreError> {
+/// refer to them, by COPY), then updates, then the merge state. The updates
+/// before the last, when a batch holds more than a statement's worth, go one
+/// statement at a time. The last statements (the last updates and both
+/// state upserts) are returned unsent: the future sends them all when first
+/// polled (pipelined: run in the order sent) and ends at the first failure,
+/// which is the first in that order, so that the caller can send COMMIT in
+/// the same round trip.
+pub async fn write<'p>(
+    tx: &'p Client,
+    copies: super::copy::Statements,
+    plan: &'p Plan<'p>,
+) -> Result<impl Future<Output = Result<(), StoreError>> + 'p, StoreError> {
     super::copy::traces(tx, &copies.traces, &plan.new_traces).await?;
     update_traces(tx, &plan.changed_traces).await?;
     super::copy::observations(tx, &copies.observations, &plan.new_observations).await?;
+    // Closed inside the transaction (see copy::Statements).
+    drop(copies);
     let mut updates: Vec<&[ObservationWrite]> =
         chunks(&plan.changed_observations, observation_bytes).collect();
     let last_updates = updates.pop().unwrap_or_default();
     for chunk in updates {
         update_observations(tx, chunk).await?;
     }
-    let traces: Vec<&TraceWrite> = plan.new_traces.iter().chain(&plan.changed_traces).collect();
-    let observations: Vec<&ObservationWrite> = plan
-        .new_observations
-        .iter()
-        .chain(&plan.changed_observations)
-        .collect();
-    let (updated, traces_state, observations_state) = futures_util::join!(
-        update_observations(tx, last_updates),
-        upsert_trace_state(tx, &traces),
-        upsert_observation_state(tx, &observations),
-    );
-    updated?;
-    traces_state?;
-    observations_state?;
-    Ok(())
+    Ok(async move {
+        let traces: Vec<&TraceWrite> = plan.new_traces.iter().chain(&plan.changed_traces).collect();
+        let observations: Vec<&ObservationWrite> = plan
+            .new_observations
+            .iter()
+            .chain(&plan.changed_observations)
+            .collect();
+        futures_util::try_join!(
+            update_observations(tx, last_updates),
+            upsert_trace_state(tx, &traces),
+            upsert_observation_state(tx, &observations),
+        )?;
+        Ok(())
+    })
 }
 
 /// Boxed column arrays with their types, for `query_typed` (one round trip,
@@ -581,7 +581,7 @@ const TRACE_UNNEST: &str = "unnest($1::text[], $2::text[], $3::bool[], $4::text[
      $6::text[], $7::text[], $8::text[], $9::timestamp[]) \
      AS u(id, project_id, started, name, user_id, session_id, meta, tags, ts)";
 
-async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
+async fn update_traces(tx: &Client, rows: &[TraceWrite<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -601,10 +601,7 @@ async fn update_traces(tx: &Transaction<'_>, rows: &[TraceWrite<'_>]) -> Result<
     Ok(())
 }
 
-async fn upsert_trace_state(
-    tx: &Transaction<'_>,
-    rows: &[&TraceWrite<'_>],
-) -> Result<(), StoreError> {
+async fn upsert_trace_state(tx: &Client, rows: &[&TraceWrite<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -737,10 +734,7 @@ const OBSERVATION_UNNEST: &str = "unnest($1::text[], $2::text[], $3::text[], $4:
      model, prompt_tokens, completion_tokens, total_tokens, level, status_message, \
      input_cost, output_cost, total_cost, seen, started, ended)";
 
-async fn update_observations(
-    tx: &Transaction<'_>,
-    rows: &[ObservationWrite<'_>],
-) -> Result<(), StoreError> {
+async fn update_observations(tx: &Client, rows: &[ObservationWrite<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -773,7 +767,7 @@ async fn update_observations(
 }
 
 async fn upsert_observation_state(
-    tx: &Transaction<'_>,
+    tx: &Client,
     rows: &[&ObservationWrite<'_>],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {

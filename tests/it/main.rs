@@ -30,5 +30,6 @@ mod store_merge;
 mod studio;
 mod studio_schema;
 mod tls;
+mod transaction;
 mod version;
 mod weighed_read;

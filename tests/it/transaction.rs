@@ -1,0 +1,98 @@
+//! The write path's transaction (`store::transaction::Pipelined`) on a real
+//! Postgres: BEGIN goes with the first statements and COMMIT with the last,
+//! and the last statements must be committed all or none.
+
+use std::future::Future;
+
+use swisper_ingest::store::transaction::Pipelined;
+use swisper_ingest::store::StoreError;
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+
+use crate::harness::*;
+
+async fn numbers_table(env: &TestEnv) -> Client {
+    let db = connect(&env.database_url).await;
+    db.batch_execute("CREATE TABLE numbers (n int PRIMARY KEY)")
+        .await
+        .unwrap();
+    db
+}
+
+/// One statement, sent when first polled.
+fn insert(client: &Client, n: i32) -> impl Future<Output = Result<(), StoreError>> + '_ {
+    async move {
+        client
+            .query_typed("INSERT INTO numbers VALUES ($1)", &[(&n, Type::INT4)])
+            .await?;
+        Ok(())
+    }
+}
+
+/// Seen from another session: only what was committed.
+async fn committed(env: &TestEnv) -> i64 {
+    let other = connect(&env.database_url).await;
+    count(&other, "SELECT count(*) FROM numbers").await
+}
+
+/// Begins, inserts 1, then commits after `last`.
+async fn write_then_commit_after(
+    client: &Client,
+    last: impl Future<Output = Result<(), StoreError>>,
+) -> Result<(), StoreError> {
+    let tx = Pipelined::new(client);
+    let (begun, first) = futures_util::join!(tx.begin(), insert(client, 1));
+    begun?;
+    first?;
+    tx.commit_after(last).await
+}
+
+#[tokio::test]
+async fn the_last_statements_commit_with_the_rest() {
+    let env = TestEnv::new("tx_commit_after").await;
+    let client = numbers_table(&env).await;
+    write_then_commit_after(&client, async {
+        futures_util::try_join!(insert(&client, 2), insert(&client, 3))?;
+        Ok(())
+    })
+    .await
+    .expect("committed");
+    assert_eq!(committed(&env).await, 3);
+}
+
+/// A statement that fails before it is sent (a value that cannot be
+/// encoded) must keep COMMIT from going out: sent beside the other
+/// statements, COMMIT would have committed 1 and 2 without it.
+#[tokio::test]
+async fn a_statement_failing_before_it_is_sent_keeps_commit_from_going_out() {
+    let env = TestEnv::new("tx_unsent").await;
+    let client = numbers_table(&env).await;
+    let unsent = async { Err::<(), _>(StoreError::Data("cannot be encoded".into())) };
+    let result = write_then_commit_after(&client, async {
+        futures_util::try_join!(insert(&client, 2), unsent)?;
+        Ok(())
+    })
+    .await;
+    assert!(matches!(result, Err(StoreError::Data(_))), "{result:?}");
+    assert_eq!(committed(&env).await, 0, "committed without a statement");
+    // Rolled back when dropped: the connection is out of the transaction.
+    insert(&client, 9).await.unwrap();
+    assert_eq!(committed(&env).await, 1);
+}
+
+/// Postgres refusing one of the last statements aborts the transaction:
+/// the COMMIT behind it rolls everything back, and the refusal is returned.
+#[tokio::test]
+async fn a_statement_postgres_refuses_rolls_everything_back() {
+    let env = TestEnv::new("tx_refused").await;
+    let client = numbers_table(&env).await;
+    let result = write_then_commit_after(&client, async {
+        futures_util::try_join!(insert(&client, 2), insert(&client, 1))?;
+        Ok(())
+    })
+    .await;
+    assert!(matches!(result, Err(StoreError::Data(_))), "{result:?}");
+    assert_eq!(committed(&env).await, 0);
+    insert(&client, 9).await.unwrap();
+    assert_eq!(committed(&env).await, 1);
+}
