@@ -153,6 +153,17 @@ async fn all_stored_without_dead_letters(
     );
 }
 
+/// Another session holding the studio's observations table until it rolls
+/// back: every write of an observation waits.
+async fn lock_observations(env: &TestEnv) -> tokio_postgres::Client {
+    let locker = env.db().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE public.observations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
 /// Stores ten traces and waits until they are acked.
 async fn warm_up(tenant: &Tenant, service: &Service) {
     service.wait_ready(LONG);
@@ -438,11 +449,7 @@ async fn statement_timeouts_split_then_retry_without_dead_letters() {
     // Another session holds a lock on the studio's observations: every
     // merge of an observation waits past the role's statement_timeout, and
     // since no observation can be stored, no entry is the one at fault.
-    let locker = tenant.env.db().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE public.observations IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = lock_observations(&tenant.env).await;
     cannot_write_then_recover(&tenant.env, &service, "statement_timeout", async {
         locker.batch_execute("ROLLBACK").await.unwrap();
     })
@@ -464,11 +471,7 @@ async fn a_held_lock_is_reported_after_a_few_timeouts_whatever_the_batch() {
     let first = tenant.spawn("held", &[]);
     warm_up(&tenant, &first).await;
     drop(first);
-    let locker = tenant.env.db().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE public.observations IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = lock_observations(&tenant.env).await;
     // Waiting while stopped, the backlog is read in full pages.
     let mut redis = tenant.env.redis();
     tenant.env.publish_backlog(

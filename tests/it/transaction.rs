@@ -20,13 +20,11 @@ async fn numbers_table(env: &TestEnv) -> Client {
 }
 
 /// One statement, sent when first polled.
-fn insert(client: &Client, n: i32) -> impl Future<Output = Result<(), StoreError>> + '_ {
-    async move {
-        client
-            .query_typed("INSERT INTO numbers VALUES ($1)", &[(&n, Type::INT4)])
-            .await?;
-        Ok(())
-    }
+async fn insert(client: &Client, n: i32) -> Result<(), StoreError> {
+    client
+        .query_typed("INSERT INTO numbers VALUES ($1)", &[(&n, Type::INT4)])
+        .await?;
+    Ok(())
 }
 
 /// Seen from another session: only what was committed.
