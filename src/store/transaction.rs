@@ -29,11 +29,6 @@ impl<'a> Pipelined<'a> {
         }
     }
 
-    /// The connection, for the statements inside the transaction.
-    pub fn client(&self) -> &'a Client {
-        self.client
-    }
-
     /// BEGIN. Must be the first future polled of the first pipeline:
     /// statements go out in the order their futures are first polled.
     pub async fn begin(&self) -> Result<(), StoreError> {

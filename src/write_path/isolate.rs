@@ -98,8 +98,7 @@ struct Round {
 
 impl Round {
     fn stored(&mut self, items: &[BatchItem]) {
-        for item in items {
-            let kind = Kind::of(item);
+        for kind in kinds(items) {
             if !self.storable.contains(&kind) {
                 self.storable.push(kind);
             }
