@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{CreateProjects, ToastCompression};
@@ -18,7 +19,7 @@ use crate::retention::{late, Horizons};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::projects;
 use crate::store::transaction::Pipelined;
-use crate::store::{compression, copy, heartbeats, planner, rows, Pool, StoreError};
+use crate::store::{compression, copy, heartbeats, planner, retention, rows, Pool, StoreError};
 
 mod isolate;
 mod tenancy;
@@ -172,11 +173,12 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     // Decided inside the transaction, applied to the items once written.
     let refused = settle_projects(client, &events, &stored, &missing, creates_projects).await?;
 
-    let accepted = events
+    let accepted: Vec<&TraceEvent> = events
         .iter()
         .filter(|(index, _)| !refused.contains_key(index))
-        .map(|(_, event)| *event);
-    let merged = merge::merge(accepted);
+        .map(|(_, event)| *event)
+        .collect();
+    let merged = merge::merge(accepted.iter().copied());
     let plan = rows::plan(&merged, &stored, &prices);
     let last = rows::write(client, copies, &plan).await?;
     record_costs(&plan);
@@ -199,19 +201,52 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
             _ => None,
         })
         .collect();
-    if letters.is_empty() && beats.is_empty() && !to.horizons.active() {
-        // Nothing follows the rows (and nothing was refused: each refused
-        // event is a letter): COMMIT goes with their last statements.
-        return tx.commit_after(last).await;
+    // With retention on, whether a trace written here was forgotten
+    // meanwhile is asked after the rows (see `late::settle`), in their round
+    // trip; an expired event forgets its trace first, in `late::settle`.
+    let retention_on = to.horizons.active();
+    let expired = late::any_expired(items);
+    let checked = if retention_on && !expired {
+        late::traces_of(accepted.iter().copied())
+    } else {
+        Vec::new()
+    };
+    // The last statements, heartbeats, dead letters and the tombstone check
+    // in one round trip: each sends its statement when first polled.
+    // Boxed: on the stack, this future made a debug build's writer thread
+    // overflow its stack when the isolation probe nests a commit.
+    let tail = Box::pin(async {
+        let ((), (), (), gone) = futures_util::try_join!(
+            last,
+            heartbeats::upsert(client, &beats),
+            dead_letters::insert(client, to.stream, &letters),
+            retention::forgotten_among(client, &checked),
+        )?;
+        Ok(gone)
+    });
+    if !retention_on {
+        // No answer decides anything more: COMMIT goes in the same round trip.
+        tx.commit_after(tail.map_ok(drop)).await?;
+        mark_refused(items, refused);
+        return Ok(());
     }
-    last.await?;
-    heartbeats::upsert(client, &beats).await?;
-    dead_letters::insert(client, to.stream, &letters).await?;
+    let gone = tail.await?;
+    drop(letters);
+    mark_refused(items, refused);
+    if expired {
+        late::settle(client, items, to.horizons).await?;
+    } else {
+        late::remove_forgotten(client, items, &gone).await?;
+    }
+    tx.commit().await
+}
+
+/// Events refused for their project become rejections once decided, so
+/// that they are acked as dead letters.
+fn mark_refused(items: &mut [BatchItem], refused: tenancy::Refused) {
     for (index, rejection) in refused {
         items[index].parsed = Err(rejection);
     }
-    late::settle(client, items, to.horizons).await?;
-    tx.commit().await
 }
 
 /// Which events are refused for their project (a mismatch with the stored

@@ -20,13 +20,13 @@
 //! merge's "same rows in any order, with duplicates" holds for them as
 //! before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::Horizons;
-use crate::event::{BatchItem, Parsed, Reason, Rejection};
+use crate::event::{BatchItem, Parsed, Reason, Rejection, TraceEvent};
 use crate::store::{retention, StoreError};
 
 /// Marks events whose entry Redis received before their project's horizon
@@ -63,7 +63,9 @@ fn expire(item: &mut BatchItem) {
 /// Checking after writing is what makes it safe against a retention batch
 /// running at the same moment: writing the trace row waits for the
 /// retention transaction holding it, so this later statement sees its
-/// tombstone (see `store::retention::forget_traces`).
+/// tombstone (see `store::retention::forget_traces`). The write path sends
+/// the check itself in the round trip of its last statements when no event
+/// expired ([`remove_forgotten`] then does the rest).
 pub async fn settle(
     tx: &Client,
     items: &mut [BatchItem],
@@ -72,27 +74,44 @@ pub async fn settle(
     if !horizons.active() {
         return Ok(());
     }
-    let old: BTreeSet<(&str, &str)> = items
-        .iter()
-        .filter_map(|item| match &item.parsed {
-            Ok(Parsed::Expired(event)) => {
-                Some((event.trace_id.as_str(), event.project_id.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    let old: Vec<(&str, &str)> = old.into_iter().collect();
+    let old = traces_of(items.iter().filter_map(|item| match &item.parsed {
+        Ok(Parsed::Expired(event)) => Some(event),
+        _ => None,
+    }));
     retention::forget_in_tx(tx, &old).await?;
 
-    let written: BTreeSet<(&str, &str)> = items
-        .iter()
-        .filter_map(|item| match &item.parsed {
-            Ok(Parsed::Trace(event)) => Some((event.trace_id.as_str(), event.project_id.as_str())),
-            _ => None,
-        })
-        .collect();
-    let written: Vec<(&str, &str)> = written.into_iter().collect();
+    let written = traces_of(items.iter().filter_map(|item| match &item.parsed {
+        Ok(Parsed::Trace(event)) => Some(event),
+        _ => None,
+    }));
     let gone = retention::forgotten_among(tx, &written).await?;
+    remove_forgotten(tx, items, &gone).await
+}
+
+/// Whether an event of the batch expired: its trace is forgotten in the
+/// batch's own transaction, before the tombstone check.
+pub fn any_expired(items: &[BatchItem]) -> bool {
+    items
+        .iter()
+        .any(|item| matches!(item.parsed, Ok(Parsed::Expired(_))))
+}
+
+/// The events' (trace id, project) pairs, sorted and each once.
+pub fn traces_of<'a>(events: impl IntoIterator<Item = &'a TraceEvent>) -> Vec<(&'a str, &'a str)> {
+    let traces: BTreeSet<(&str, &str)> = events
+        .into_iter()
+        .map(|event| (event.trace_id.as_str(), event.project_id.as_str()))
+        .collect();
+    traces.into_iter().collect()
+}
+
+/// Removes what this batch wrote for `gone`, traces forgotten while it was
+/// written, and marks their events expired.
+pub async fn remove_forgotten(
+    tx: &Client,
+    items: &mut [BatchItem],
+    gone: &HashSet<(String, String)>,
+) -> Result<(), StoreError> {
     if gone.is_empty() {
         return Ok(());
     }

@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::{JsonbText, StoreError};
@@ -62,20 +63,19 @@ pub async fn insert(
         .iter()
         .map(|l| readable(l.entry, "trace_id"))
         .collect();
-    tx.execute(
-        INSERT,
-        &[
-            &stream,
-            &ids,
-            &fields,
-            &codes,
-            &reasons,
-            &deliveries,
-            &event_types,
-            &trace_ids,
-        ],
-    )
-    .await?;
+    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+        (&stream, Type::TEXT),
+        (&ids, Type::TEXT_ARRAY),
+        (&fields, Type::JSONB_ARRAY),
+        (&codes, Type::TEXT_ARRAY),
+        (&reasons, Type::TEXT_ARRAY),
+        (&deliveries, Type::INT4_ARRAY),
+        (&event_types, Type::TEXT_ARRAY),
+        (&trace_ids, Type::TEXT_ARRAY),
+    ];
+    // Typed, so that it goes out on the first poll, in the round trip of the
+    // transaction's last statements (no prepare round trip of its own).
+    tx.query_typed(INSERT, &params).await?;
     Ok(())
 }
 

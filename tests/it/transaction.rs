@@ -3,6 +3,7 @@
 //! and the last statements must be committed all or none.
 
 use std::future::Future;
+use std::time::Duration;
 
 use swisper_ingest::store::transaction::Pipelined;
 use swisper_ingest::store::StoreError;
@@ -10,6 +11,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn numbers_table(env: &TestEnv) -> Client {
     let db = connect(&env.database_url).await;
@@ -93,4 +96,85 @@ async fn a_statement_postgres_refuses_rolls_everything_back() {
     assert_eq!(committed(&env).await, 0);
     insert(&client, 9).await.unwrap();
     assert_eq!(committed(&env).await, 1);
+}
+
+/// The transaction ids that wrote the rows of one page: its trace, its
+/// SDK heartbeat and its dead letter.
+async fn writers_of_one_page(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<String> {
+    let mut redis = env.redis();
+    env.publish_each(&mut redis, seed_trace("t", "p"));
+    env.publish(
+        &mut redis,
+        &[
+            ("event_type", "heartbeat"),
+            ("project_id", "p"),
+            (
+                "data",
+                r#"{"project_id":"p","sdk_version":"0.14.3","timestamp":"2026-12-07T10:00:00+00:00"}"#,
+            ),
+        ],
+    );
+    env.publish(
+        &mut redis,
+        &[
+            ("event_type", "no_such_event"),
+            ("trace_id", "t"),
+            ("project_id", "p"),
+        ],
+    );
+    // One reader and one writer: the page published before the start is
+    // read whole and written in one transaction.
+    let mut vars = vec![
+        ("OBSERVABILITY_CONSUMERS", "1"),
+        ("OBSERVABILITY_WRITERS", "1"),
+    ];
+    vars.extend_from_slice(extra);
+    let service = env.spawn("replica-a", &vars);
+    let db = env.db().await;
+    let stored = wait_for_async(WAIT, || async {
+        count(&db, "SELECT count(*) FROM swisper_ingest.dead_letters").await == 1
+            && count(&db, "SELECT count(*) FROM swisper_ingest.sdk_heartbeats").await == 1
+            && count(
+                &db,
+                "SELECT count(*) FROM public.observations WHERE end_time IS NOT NULL",
+            )
+            .await
+                == 3
+    })
+    .await;
+    assert!(stored, "page not stored; log: {}", service.log());
+    let mut writers = Vec::new();
+    for sql in [
+        "SELECT xmin::text FROM public.traces",
+        "SELECT DISTINCT xmin::text FROM public.observations",
+        "SELECT xmin::text FROM swisper_ingest.sdk_heartbeats",
+        "SELECT xmin::text FROM swisper_ingest.dead_letters",
+    ] {
+        for row in db.query(sql, &[]).await.unwrap() {
+            writers.push(row.get(0));
+        }
+    }
+    writers
+}
+
+/// Rows, heartbeats and dead letters of one page go in its one transaction
+/// (its last round trip carries them all, with COMMIT when retention is
+/// off and with the tombstone check when it is on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_rows_a_heartbeat_and_a_dead_letter_is_one_transaction() {
+    for (name, extra) in [
+        ("tx_one_page", &[][..]),
+        (
+            "tx_one_page_retention",
+            &[("OBSERVABILITY_RETENTION_DAYS", "30")][..],
+        ),
+    ] {
+        let env = TestEnv::new(name).await;
+        let writers = writers_of_one_page(&env, extra).await;
+        assert_eq!(writers.len(), 4, "{name}: {writers:?}");
+        assert!(
+            writers.iter().all(|w| *w == writers[0]),
+            "{name}: written by several transactions: {writers:?}"
+        );
+    }
 }
