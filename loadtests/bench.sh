@@ -335,9 +335,9 @@ for wl in "${workloads[@]}"; do
   wanted 1 || break
   sc="1 drain ${BACKLOG} ($wl)"
   wl_events=$(j .events "$work/backlog_$wl.json")
-  # Not recorded: the first drain after a backlog is published ran up to
-  # 17% slower, with a quarter more service CPU, in two of four drain_ab
-  # sets, whichever build went first
+  # Not recorded: the first drain after a backlog is published ran 15-24%
+  # slower, with a quarter more service CPU, in 4 of 6 drain_ab sets,
+  # whichever build went first
   # (loadtests/results/2026-12-07-drain-ab-first-after-publish.txt), and
   # run 1 starts with this build.
   log "scenario 1 ($wl): warm-up drain (not recorded)"
