@@ -183,24 +183,8 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
     let last = rows::write(client, copies, &plan).await?;
     record_costs(&plan);
 
-    let letters: Vec<DeadLetter> = items
-        .iter()
-        .enumerate()
-        .filter_map(|(index, item)| {
-            let rejection = refused.get(&index).or(item.parsed.as_ref().err())?;
-            Some(DeadLetter {
-                entry: &item.entry,
-                rejection,
-            })
-        })
-        .collect();
-    let beats: Vec<&Heartbeat> = items
-        .iter()
-        .filter_map(|item| match &item.parsed {
-            Ok(Parsed::Heartbeat(beat)) => Some(beat),
-            _ => None,
-        })
-        .collect();
+    let letters = dead_letters_of(items, &refused);
+    let beats = heartbeats_of(items);
     // With retention on, whether a trace written here was forgotten
     // meanwhile is asked after the rows (see `late::settle`), in their round
     // trip; an expired event forgets its trace first, in `late::settle`.
@@ -239,6 +223,35 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
         late::remove_forgotten(client, items, &gone).await?;
     }
     tx.commit().await
+}
+
+/// The batch's dead letters: entries that could not be parsed, and events
+/// refused for their project.
+fn dead_letters_of<'a>(
+    items: &'a [BatchItem],
+    refused: &'a tenancy::Refused,
+) -> Vec<DeadLetter<'a>> {
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            let rejection = refused.get(&index).or(item.parsed.as_ref().err())?;
+            Some(DeadLetter {
+                entry: &item.entry,
+                rejection,
+            })
+        })
+        .collect()
+}
+
+fn heartbeats_of(items: &[BatchItem]) -> Vec<&Heartbeat> {
+    items
+        .iter()
+        .filter_map(|item| match &item.parsed {
+            Ok(Parsed::Heartbeat(beat)) => Some(beat),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Events refused for their project become rejections once decided, so
