@@ -215,7 +215,6 @@ async fn attempt_commit(to: Destination<'_>, items: &mut [BatchItem]) -> Result<
         return Ok(());
     }
     let gone = tail.await?;
-    drop(letters);
     mark_refused(items, refused);
     if expired {
         late::settle(client, items, to.horizons).await?;
