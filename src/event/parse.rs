@@ -1,12 +1,14 @@
 //! From raw fields to a typed event. Every way an entry can be wrong ends in
 //! a [`Rejection`] that names the field and the problem.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::payload::{kind, raw, tree, RawObject, REPAIRS_KEY};
+use super::payload::{borrowed_object, kind, owned_object, raw, tree, RawObject, REPAIRS_KEY};
 use super::{
     expand_data, parse_epoch_seconds, parse_iso_time, EventBody, Heartbeat, Json, Limits,
     ObservationEnd, ObservationStart, Parsed, Reason, Rejection, StreamEntry, TraceEvent,
@@ -52,8 +54,10 @@ pub fn parse_entry(entry: &StreamEntry, limits: &Limits) -> Result<Parsed, Rejec
     }
     let fields = text_fields(entry)?;
     let event_type = required(&fields, "event_type")?;
+    // Declared before `data`, which may borrow it.
+    let mut inflated = String::new();
     let data = match fields.get("data") {
-        Some(text) => expand_data(text, limits.max_expanded_bytes)?,
+        Some(text) => expand_data(text, limits.max_expanded_bytes, &mut inflated)?,
         None => RawObject::new(),
     };
     let mut event = EventFields { fields, data };
@@ -149,7 +153,7 @@ fn truncate(text: &str) -> &str {
 /// what remains is kept as metadata.
 struct EventFields<'a> {
     fields: BTreeMap<&'a str, &'a str>,
-    data: RawObject,
+    data: RawObject<'a>,
 }
 
 impl<'a> EventFields<'a> {
@@ -304,8 +308,7 @@ impl<'a> EventFields<'a> {
             return Ok(given.unwrap_or_else(|| default_level.to_owned()));
         }
         if let Some(other) = given.filter(|level| level != "ERROR") {
-            self.data
-                .insert("level".to_owned(), raw(&Value::String(other)));
+            self.keep("level", raw(&Value::String(other)));
         }
         Ok("ERROR".to_owned())
     }
@@ -364,8 +367,7 @@ impl<'a> EventFields<'a> {
             return Ok(Some(text));
         }
         metrics::counter!(crate::metrics::UNKNOWN_TYPES).increment(1);
-        self.data
-            .insert(ORIGINAL_TYPE_KEY.to_owned(), raw(&Value::String(text)));
+        self.keep(ORIGINAL_TYPE_KEY, raw(&Value::String(text)));
         Ok(None)
     }
 
@@ -423,7 +425,12 @@ impl<'a> EventFields<'a> {
         if let Value::Array(list) = &mut repairs {
             list.push(Value::String(repair.to_owned()));
         }
-        self.data.insert(REPAIRS_KEY.to_owned(), raw(&repairs));
+        self.keep(REPAIRS_KEY, raw(&repairs));
+    }
+
+    /// A value of this service's own for the metadata.
+    fn keep(&mut self, key: &'static str, value: Box<RawValue>) {
+        self.data.insert(Cow::Borrowed(key), Cow::Owned(value));
     }
 
     /// The studio's `meta`: data.meta's keys (a meta that is not an object
@@ -431,12 +438,10 @@ impl<'a> EventFields<'a> {
     /// plus unknown top-level fields under `_fields`, so that nothing a
     /// producer sends is thrown away. The rest wins a clash.
     fn metadata(&mut self) -> Json {
-        let meta = self.data.remove("meta");
-        let mut rest = match meta {
+        let mut rest = match self.data.remove("meta") {
             None => RawObject::new(),
             Some(meta) if meta.get() == "null" => RawObject::new(),
-            Some(meta) => serde_json::from_str::<RawObject>(meta.get())
-                .unwrap_or_else(|_| RawObject::from_iter([("_meta".to_owned(), meta)])),
+            Some(meta) => object_in(meta),
         };
         rest.extend(std::mem::take(&mut self.data));
         let extra: Map<String, Value> = self
@@ -446,8 +451,20 @@ impl<'a> EventFields<'a> {
             .map(|(name, value)| ((*name).to_owned(), Value::String((*value).to_owned())))
             .collect();
         if !extra.is_empty() {
-            rest.insert("_fields".to_owned(), raw(&Value::Object(extra)));
+            rest.insert(
+                Cow::Borrowed("_fields"),
+                Cow::Owned(raw(&Value::Object(extra))),
+            );
         }
         Json::from_object(&rest)
     }
+}
+
+/// data.meta's keys, or data.meta under `_meta` when it is not an object.
+fn object_in(meta: Cow<'_, RawValue>) -> RawObject<'_> {
+    let object = match &meta {
+        Cow::Borrowed(text) => borrowed_object(text.get()),
+        Cow::Owned(text) => borrowed_object(text.get()).map(owned_object),
+    };
+    object.unwrap_or_else(|| RawObject::from_iter([(Cow::Borrowed("_meta"), meta)]))
 }

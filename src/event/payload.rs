@@ -11,15 +11,20 @@
 //! The object's values are kept as their JSON text ([`RawObject`]): input
 //! and output, most of an entry's bytes, go to their columns as the SDK
 //! wrote them (key order, spacing and escapes of its `json.dumps`, numbers
-//! exact), never built into a tree and written out again. Text that needs
+//! exact), never built into a tree and written out again. Keys and values
+//! borrow the text parsed (the entry's field, or the inflated payload), so
+//! the one copy of a value is the one into its column. Text that needs
 //! more than a validating read (a NUL escape, a surrogate escape, deep
 //! nesting, Python's NaN, anything invalid) takes the tree parse with its
 //! repairs and errors, exactly as before.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::LazyLock;
 
 use base64::Engine;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -42,7 +47,7 @@ impl Json {
         Self(raw.get().to_owned())
     }
 
-    pub fn from_object(object: &RawObject) -> Self {
+    pub fn from_object(object: &RawObject<'_>) -> Self {
         // Serializing strings and raw values cannot fail.
         Self(serde_json::to_string(object).unwrap_or_else(|_| "{}".to_owned()))
     }
@@ -58,9 +63,69 @@ impl Default for Json {
     }
 }
 
-/// A JSON object with each value as its JSON text; keys sorted, the last
-/// of a duplicated key kept (as a tree parse keeps it).
-pub type RawObject = BTreeMap<String, Box<RawValue>>;
+/// A JSON object with each value as its JSON text, borrowed from the text
+/// parsed where it can be (a key with an escape is unescaped, so owned);
+/// keys sorted, the last of a duplicated key kept (as a tree parse keeps it).
+pub type RawObject<'a> = BTreeMap<Cow<'a, str>, Cow<'a, RawValue>>;
+
+/// The object of `text` with its keys and values borrowed from it; None
+/// when `text` is not a JSON object.
+pub fn borrowed_object(text: &str) -> Option<RawObject<'_>> {
+    serde_json::from_str::<Borrowing>(text).ok().map(|b| b.0)
+}
+
+/// An object that outlives the text it was parsed from.
+pub fn owned_object(object: RawObject<'_>) -> RawObject<'static> {
+    object
+        .into_iter()
+        .map(|(key, value)| (Cow::Owned(key.into_owned()), Cow::Owned(value.into_owned())))
+        .collect()
+}
+
+/// serde's own `Cow` and `BTreeMap` impls always copy: these borrow.
+struct Borrowing<'a>(RawObject<'a>);
+
+impl<'de> Deserialize<'de> for Borrowing<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Borrowing<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut object = RawObject::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    object.insert(key, Cow::Borrowed(value));
+                }
+                Ok(Borrowing(object))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
 
 /// A value's JSON text (compact, object keys sorted).
 pub fn raw(value: &Value) -> Box<RawValue> {
@@ -76,30 +141,31 @@ pub fn tree(raw: &RawValue) -> Value {
 }
 
 /// Parses `data` into its object, expanding `{"_compressed": true, "_data":
-/// base64(gzip(json))}` first, and refuses anything jsonb would refuse.
-pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<RawObject, Rejection> {
+/// base64(gzip(json))}` first (into `inflated`, which the object then
+/// borrows), and refuses anything jsonb would refuse.
+pub fn expand_data<'a>(
+    text: &'a str,
+    max_expanded_bytes: usize,
+    inflated: &'a mut String,
+) -> Result<RawObject<'a>, Rejection> {
     let (mut object, mut nul) = parse_object(text, "data")?;
     if object.get("_compressed").is_some_and(|v| v.get() == "true") {
-        let encoded = object
-            .remove("_data")
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-        let encoded = match encoded {
-            Some(s) => s,
-            None => {
-                return Err(Rejection::new(
-                    Reason::Decompression,
-                    "data is marked _compressed but has no _data text",
-                ))
-            }
+        let data = object.remove("_data");
+        let Some(encoded) = data.as_deref().and_then(json_text) else {
+            return Err(Rejection::new(
+                Reason::Decompression,
+                "data is marked _compressed but has no _data text",
+            ));
         };
-        let inflated = inflate(text, &encoded, max_expanded_bytes as u64)?;
-        let text = String::from_utf8(inflated).map_err(|e| {
+        let bytes = inflate(text, &encoded, max_expanded_bytes as u64)?;
+        *inflated = String::from_utf8(bytes).map_err(|e| {
             Rejection::new(
                 Reason::InvalidUtf8,
                 format!("expanded data is not valid UTF-8: {e}"),
             )
         })?;
-        (object, nul) = parse_object(&text, "expanded data")?;
+        let inflated: &'a String = inflated;
+        (object, nul) = parse_object(inflated, "expanded data")?;
     }
     if let Some(path) = nul.take() {
         return Err(Rejection::new(
@@ -110,21 +176,35 @@ pub fn expand_data(text: &str, max_expanded_bytes: usize) -> Result<RawObject, R
     Ok(object)
 }
 
+/// A JSON string's text, borrowed unless it has escapes.
+fn json_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<&str>(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
+        .ok()
+}
+
 /// Key under which repairs of Python's non-standard JSON are recorded; it
 /// lands in the row's metadata like any key without a column.
 pub const REPAIRS_KEY: &str = "_ingest_repairs";
 
 /// The object, and the path of a NUL in it (jsonb refuses those; whether
 /// that matters depends on whether this object is the data that is kept).
-fn parse_object(text: &str, what: &str) -> Result<(RawObject, Option<String>), Rejection> {
+fn parse_object<'a>(
+    text: &'a str,
+    what: &str,
+) -> Result<(RawObject<'a>, Option<String>), Rejection> {
     if raw_parse_suffices(text) {
-        if let Ok(object) = serde_json::from_str::<RawObject>(text) {
+        if let Some(object) = borrowed_object(text) {
             return Ok((object, None));
         }
     }
     let object = parse_tree(text, what)?;
     let nul = find_nul(&object);
-    let object = object.iter().map(|(k, v)| (k.clone(), raw(v))).collect();
+    let object = object
+        .into_iter()
+        .map(|(k, v)| (Cow::Owned(k), Cow::Owned(raw(&v))))
+        .collect();
     Ok((object, nul))
 }
 
@@ -337,6 +417,25 @@ mod tests {
 
     fn gzip_base64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(gzip(text.as_bytes()))
+    }
+
+    /// The object, owned (the tests keep it past the text).
+    fn expand_data(text: &str, limit: usize) -> Result<RawObject<'static>, Rejection> {
+        let mut inflated = String::new();
+        super::expand_data(text, limit, &mut inflated).map(owned_object)
+    }
+
+    #[test]
+    fn plain_keys_and_values_borrow_the_text_and_escaped_keys_are_unescaped() {
+        let text = r#"{"input": {"a": 1}, "k\"ey": "v"}"#;
+        let (object, nul) = parse_object(text, "data").unwrap();
+        assert_eq!(nul, None);
+        assert!(matches!(object["input"], Cow::Borrowed(_)));
+        assert_eq!(object["input"].get(), r#"{"a": 1}"#);
+        assert!(matches!(object.keys().next(), Some(Cow::Borrowed("input"))));
+        let escaped = object.keys().nth(1).unwrap();
+        assert!(matches!(escaped, Cow::Owned(_)));
+        assert_eq!(escaped, "k\"ey");
     }
 
     #[test]

@@ -165,7 +165,8 @@ async fn the_weight_covers_what_the_parser_inflates() {
         assert_eq!(page.entries.len(), 1);
         let raw = raw_size(&fields);
         let weighed_expansion = (page.weight - weights.raw_factor * raw) / weights.expanded_factor;
-        let parsed = expand_data(&data, MAX_EXPANDED as usize);
+        let mut inflated = String::new();
+        let parsed = expand_data(&data, MAX_EXPANDED as usize, &mut inflated);
         let outcome = match &parsed {
             Ok(_) => "parsed".to_owned(),
             Err(e) => format!("{:?}: {}", e.reason, e.detail),
