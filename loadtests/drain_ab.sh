@@ -2,7 +2,7 @@
 # Interleaved drains for A/B comparisons of builds: one backlog is published
 # once, then each round drains it with every given build in turn, each into
 # a fresh database with a fresh consumer group, and prints per drain the
-# service's CPU seconds, minor page faults and peak RSS (from /proc/PID/,
+# service's CPU seconds (all of it, and its parse pool's), minor page faults and peak RSS (from /proc/PID/,
 # read before it stops), Postgres's and Redis's CPU seconds over the drain
 # (all of Postgres's processes) and the drain time. CPU varies with the machine's load;
 # compare builds within a round, over several rounds.
@@ -52,7 +52,7 @@ pg_cpu() {
 }
 redis_pid=$(<"$work/services/redis.pid")
 redis_cpu() { awk -v t="$ticks_per_second" '{print ($14 + $15) / t}' "/proc/$redis_pid/stat"; }
-printf '%-5s %-40s %10s %10s %11s %12s %8s %10s %6s\n' round build cpu_s pg_cpu_s redis_cpu_s minor_faults hwm_mib drain_s load
+printf '%-5s %-40s %10s %10s %10s %11s %12s %8s %10s %6s\n' round build cpu_s parse_cpu_s pg_cpu_s redis_cpu_s minor_faults hwm_mib drain_s load
 for round in $(seq 1 "$ROUNDS"); do
   position=0
   for bin in "$@"; do
@@ -73,6 +73,11 @@ for round in $(seq 1 "$ROUNDS"); do
     perf_pid=
     if [[ -n ${PERF_DIR:-} ]]; then
       mkdir -p "$PERF_DIR"
+      # Attached once the service's threads exist: `perf record -p` follows
+      # only the threads present when it attaches (the writers and the parse
+      # pool start after the process does; attached at once, perf saw ~20%
+      # of the drain's CPU).
+      sleep 0.5
       perf record -q -F 300 --call-graph dwarf,16384 -o "$PERF_DIR/$round-$((++position)).data" -p "$svc_pid" 2>/dev/null &
       perf_pid=$!
     fi
@@ -85,14 +90,17 @@ for round in $(seq 1 "$ROUNDS"); do
     drained=$(date +%s.%N)
     [[ -n $perf_pid ]] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
     read -r faults cpu_ticks < <(awk '{print $10, $14 + $15}' "/proc/$svc_pid/stat")
+    # The parse pool's threads alone: a lever on parsing shows here, apart
+    # from the noise of the rest.
+    parse_ticks=$(cat /proc/"$svc_pid"/task/*/stat | awk '$2 ~ /^\(parse-/ {t += $14 + $15} END {print t + 0}')
     redis_s=$(bc -l <<<"$(redis_cpu) - $redis0")
     hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$svc_pid/status")
     kill -TERM "$svc_pid"; wait "$svc_pid" || true; svc_pid=
     sleep 0.5 # the service's backends end after it
     pg=$(bc -l <<<"$(pg_cpu) - $pg0")
     redis-cli -p "$REDIS_PORT" XGROUP DESTROY backlog "$group" >/dev/null
-    printf '%-5s %-40s %10.2f %10.2f %11.2f %12s %8s %10.2f %6s\n' "$round" "$bin" \
-      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$pg" "$redis_s" "$faults" "$hwm" "$(bc -l <<<"$drained - $start")" \
+    printf '%-5s %-40s %10.2f %10.2f %10.2f %11.2f %12s %8s %10.2f %6s\n' "$round" "$bin" \
+      "$(bc -l <<<"$cpu_ticks / $ticks_per_second")" "$(bc -l <<<"$parse_ticks / $ticks_per_second")" "$pg" "$redis_s" "$faults" "$hwm" "$(bc -l <<<"$drained - $start")" \
       "$(cut -d' ' -f1 /proc/loadavg)"
   done
 done
