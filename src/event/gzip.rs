@@ -55,12 +55,8 @@ pub fn inflate_member(member: &[u8], limit: u64) -> Result<Vec<u8>, GzipError> {
     let body = skip_header(member)?;
     let room = usize::try_from(limit).map_err(|_| GzipError::PastLimit(limit))?;
     let mut out = vec![0; room];
-    let (consumed, written) = INFLATER
-        .with(|inflater| inflater.borrow_mut().inflate(body, &mut out))
-        .map_err(|error| match error {
-            InflateError::NoRoom => GzipError::PastLimit(limit),
-            InflateError::BadData => GzipError::Deflate,
-        })?;
+    let (consumed, written) =
+        INFLATER.with(|inflater| inflater.borrow_mut().inflate(body, &mut out))?;
     out.truncate(written);
     let rest = &body[consumed..];
     let Some((trailer, after)) = rest.split_first_chunk::<8>() else {
@@ -83,14 +79,6 @@ pub fn inflate_member(member: &[u8], limit: u64) -> Result<Vec<u8>, GzipError> {
     Ok(out)
 }
 
-/// libdeflate's two refusals of raw deflate data.
-enum InflateError {
-    /// It inflates past the room given.
-    NoRoom,
-    /// Corrupt, or cut short (libdeflate does not tell the two apart).
-    BadData,
-}
-
 /// A libdeflate decompressor, freed with its thread.
 struct Inflater(NonNull<libdeflate_decompressor>);
 
@@ -101,10 +89,11 @@ impl Inflater {
         Self(NonNull::new(raw).expect("libdeflate could not allocate a decompressor"))
     }
 
-    /// Inflates the raw deflate data at the start of `input` into `out`;
-    /// returns the input bytes it took (up to the end of its last block)
-    /// and the bytes written.
-    fn inflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), InflateError> {
+    /// Inflates the raw deflate data at the start of `input` into `out`
+    /// (its whole length is the room); returns the input bytes it took (up
+    /// to the end of its last block) and the bytes written. libdeflate does
+    /// not tell data cut short from corrupt data: both are `Deflate`.
+    fn inflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), GzipError> {
         let (mut consumed, mut written) = (0, 0);
         // SAFETY: the decompressor is live (freed only on drop); libdeflate
         // reads at most `input.len()` bytes from `input`, writes at most
@@ -122,8 +111,8 @@ impl Inflater {
         };
         match result {
             SUCCESS => Ok((consumed, written)),
-            NO_ROOM => Err(InflateError::NoRoom),
-            _ => Err(InflateError::BadData),
+            NO_ROOM => Err(GzipError::PastLimit(out.len() as u64)),
+            _ => Err(GzipError::Deflate),
         }
     }
 }
