@@ -2,10 +2,11 @@
 # Interleaved drains for A/B comparisons of builds: one backlog is published
 # once, then each round drains it with every given build in turn, each into
 # a fresh database with a fresh consumer group, and prints per drain the
-# service's CPU seconds (all of it, and its parse pool's), minor page faults and peak RSS (from /proc/PID/,
-# read before it stops), Postgres's and Redis's CPU seconds over the drain
-# (all of Postgres's processes) and the drain time. CPU varies with the machine's load;
-# compare builds within a round, over several rounds.
+# service's CPU seconds (all of it, and its parse pool's), minor page
+# faults and peak RSS (from /proc/PID/, read before it stops), Postgres's
+# and Redis's CPU seconds over the drain (all of Postgres's processes) and
+# the drain time. CPU varies with the machine's load; compare builds within
+# a round, over several rounds.
 # Starts its own Redis and PostgreSQL on loopback (scripts/services.sh, in a
 # temp folder removed at the end).
 #

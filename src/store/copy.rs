@@ -108,23 +108,6 @@ impl Statements {
     }
 }
 
-/// What a row's short values take encoded, about: its ids, name, times
-/// and numbers with their lengths.
-const ROW_BYTES: usize = 256;
-
-/// About what an observation row takes encoded: its JSON values and the rest.
-fn observation_bytes(row: &ObservationWrite<'_>) -> usize {
-    let input = row
-        .start
-        .and_then(|s| s.input.as_ref())
-        .map_or(0, |j| j.as_str().len());
-    let output = row
-        .end
-        .and_then(|e| e.output.as_ref())
-        .map_or(0, |j| j.as_str().len());
-    ROW_BYTES + input + output + row.meta.as_deref().map_or(0, str::len)
-}
-
 pub async fn traces(
     tx: &Client,
     statement: &Statement,
@@ -144,10 +127,7 @@ pub async fn traces(
         Type::JSON,
         Type::TIMESTAMP,
     ];
-    let expected = rows
-        .iter()
-        .map(|r| ROW_BYTES + r.meta.map_or(0, str::len) + r.tags.len())
-        .sum();
+    let expected = rows.iter().map(TraceWrite::encoded_bytes).sum();
     let mut copy = BinaryCopy::new(sink, &types, expected);
     for row in rows {
         copy.row(&[
@@ -196,7 +176,7 @@ pub async fn observations(
         Type::NUMERIC,
         Type::NUMERIC,
     ];
-    let expected = rows.iter().map(observation_bytes).sum();
+    let expected = rows.iter().map(ObservationWrite::encoded_bytes).sum();
     let mut copy = BinaryCopy::new(sink, &types, expected);
     for row in rows {
         let start = row.start;

@@ -12,6 +12,10 @@ use crate::merge::Version;
 const UNNAMED_OBSERVATION: &str = "unnamed_observation";
 const DEFAULT_LEVEL: &str = "DEFAULT";
 
+/// What a row's short values take encoded, about: its ids, name, times and
+/// numbers with their lengths.
+const SHORT_VALUES_BYTES: usize = 256;
+
 /// A trace row to insert or update: its final studio columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceWrite<'a> {
@@ -61,7 +65,24 @@ pub struct ObservationWrite<'a> {
     pub end_meta: Option<&'a str>,
 }
 
+impl TraceWrite<'_> {
+    /// About what the row takes encoded (a COPY's or a statement's bytes).
+    pub fn encoded_bytes(&self) -> usize {
+        SHORT_VALUES_BYTES + self.meta.map_or(0, str::len) + self.tags.len()
+    }
+}
+
 impl ObservationWrite<'_> {
+    /// About what the row takes encoded: its JSON values and the rest.
+    pub fn encoded_bytes(&self) -> usize {
+        let json_len = |json: Option<&crate::event::Json>| json.map_or(0, |j| j.as_str().len());
+        SHORT_VALUES_BYTES
+            + self.id.len()
+            + json_len(self.start.and_then(|s| s.input.as_ref()))
+            + json_len(self.end.and_then(|e| e.output.as_ref()))
+            + self.meta.as_deref().map_or(0, str::len)
+    }
+
     /// The start's name, the studio's default when it has none; NULL before
     /// the start arrives.
     pub fn name(&self) -> Option<&str> {

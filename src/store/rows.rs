@@ -527,7 +527,7 @@ pub async fn write<'p>(
     // Closed inside the transaction (see copy::Statements).
     drop(copies);
     let mut updates: Vec<&[ObservationWrite]> =
-        chunks(&plan.changed_observations, observation_bytes).collect();
+        chunks(&plan.changed_observations, ObservationWrite::encoded_bytes).collect();
     let last_updates = updates.pop().unwrap_or_default();
     for chunk in updates {
         update_observations(tx, chunk).await?;
@@ -843,18 +843,6 @@ fn chunks<R>(rows: &[R], bytes: fn(&R) -> usize) -> impl Iterator<Item = &[R]> {
         rest = tail;
         Some(chunk)
     })
-}
-
-fn json_len(json: Option<&crate::event::Json>) -> usize {
-    json.map_or(0, |j| j.as_str().len())
-}
-
-/// About what an observation row weighs in a statement's parameters.
-fn observation_bytes(row: &ObservationWrite<'_>) -> usize {
-    256 + row.id.len()
-        + json_len(row.start.and_then(|s| s.input.as_ref()))
-        + json_len(row.end.and_then(|e| e.output.as_ref()))
-        + row.meta.as_ref().map_or(0, String::len)
 }
 
 #[cfg(test)]
