@@ -174,6 +174,9 @@ pg_cpu() {
   for child in $(pgrep -P "$postmaster_pid"); do total=$(echo "$total + $(cpu_of "$child")" | bc); done
   echo "$total"
 }
+# CPU seconds the whole machine spent busy (every core, every job: user, nice,
+# system, irq, softirq, steal), from /proc/stat.
+machine_cpu() { awk -v t="$tck" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / t}' /proc/stat; }
 hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 fresh_db() {
@@ -460,14 +463,21 @@ steady() {
   local pg0 r0
   steady_load=$(cut -d' ' -f1 /proc/loadavg)
   pg0=$(pg_cpu) r0=$(cpu_of "$redis_pid")
-  local s0
-  s0=$(cpu_of "$svc_pid")
+  local s0 m0 t0
+  s0=$(cpu_of "$svc_pid") m0=$(machine_cpu) t0=$(date +%s.%N)
   if $profile && [[ -z ${profiled_steady:-} ]]; then
     profiled_steady=1
     profile_run steady "$name" 10 &
   fi
   publish --stream "$name" --rate "$rate" --duration "$secs" --seed 7 --in-flight "$in_flight" \
     --summary "$work/$name-publish.json" >/dev/null
+  # CPU over the publish window alone (scenario 3's cores): verify's own
+  # work and the drain of what is left come after.
+  window_cpu_service=$(echo "$(cpu_of "$svc_pid") - $s0" | bc)
+  window_cpu_pg=$(echo "$(pg_cpu) - $pg0" | bc)
+  window_cpu_redis=$(echo "$(cpu_of "$redis_pid") - $r0" | bc)
+  window_cpu_machine=$(echo "$(machine_cpu) - $m0" | bc)
+  window_secs=$(echo "$(date +%s.%N) - $t0" | bc)
   verify --database-url "$base/$name" --group "$name" --summary "$work/$name-publish.json" \
     --metrics-url "$svc_url" --timeout 120 >"$work/$name.json"
   steady_cpu_service=$(echo "$(cpu_of "$svc_pid") - $s0" | bc)
@@ -551,6 +561,13 @@ if wanted 3; then
     ok=$(j .ok "$work/s3_$i.json")
     record "3 peak ladder" "p99 at $rate events/s" "ms" "$p99"
     record "3 peak ladder" "write conflicts at $rate events/s" "" "$(j '.service[0].write_conflicts' "$work/s3_$i.json")"
+    record "3 peak ladder" "publish rate achieved at $rate events/s" "events/s" "$(j .publish_rate "$work/s3_$i-publish.json")"
+    # Where the 2 cores went while the step published: what limits the
+    # peak on this machine (the publisher shares it).
+    for part in "service:$window_cpu_service" "postgres:$window_cpu_pg" "redis:$window_cpu_redis" \
+      "loadgen:$(j .publish_cpu_seconds "$work/s3_$i-publish.json")" "the machine (all jobs, of 2):$window_cpu_machine"; do
+      record "3 peak ladder" "cores used at $rate events/s: ${part%%:*}" "cores" "$(echo "${part##*:} / $window_secs" | bc -l)"
+    done
     if [[ $ok == true ]] && (($(echo "$p99 < 1000" | bc))); then
       peak=$rate peak_run=s3_$i peak_hwm=$steady_hwm
       rate=$((rate + step))
