@@ -15,12 +15,12 @@ use swisper_ingest::{admin, app, check, store, telemetry};
 /// Parsing allocates and frees many small values per entry; glibc's malloc
 /// spent a third of the service's CPU on that (docs/benchmarks.md).
 ///
-/// mimalloc keeps freed pages 10 ms before giving them back to the OS (its
-/// default, `MIMALLOC_PURGE_DELAY`): a batch's buffers are freed and
-/// allocated again well within that. Giving them back at once
-/// (`MIMALLOC_PURGE_DELAY=0`) cost 10-17% more CPU draining, in page
-/// faults, for 30-50 MiB less peak RSS: pages a parse thread allocated and
-/// the writer freed linger those 10 ms (docs/benchmarks.md, fifth session).
+/// mimalloc (v3, what the crate builds) keeps freed pages 1 s before giving
+/// them back to the OS (its default, `MIMALLOC_PURGE_DELAY=1000`): a batch's
+/// buffers are freed and allocated again well within that. Giving them back
+/// at once (0) cost 10-17% more CPU draining, in page faults; 10 ms, 4-11%
+/// more on SDK-like entries (docs/benchmarks.md, fifth and sixteenth
+/// sessions). Its huge pages are turned off: see [`no_transparent_huge_pages`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -103,6 +103,32 @@ fn parse_cli() -> Cli {
     })
 }
 
+/// Transparent huge pages off for this process, unless the operator chose
+/// with `MIMALLOC_ALLOW_THP` (mimalloc reads it at start; at 0 it does the
+/// same). mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), and
+/// every 2 MiB page that a batch's buffers touch is then faulted in whole:
+/// draining, the peak RSS was 35-70 MiB higher (1,000,000 small entries:
+/// 117 MiB against 73), for no CPU saved (docs/benchmarks.md, sixteenth
+/// session). The kernel checks the flag at each fault, so the arenas that
+/// mimalloc reserved before `main` are covered too.
+#[cfg(target_os = "linux")]
+fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory
+    // of this process; it sets a flag on the process's address space.
+    let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if status != 0 {
+        // Not fatal: the service runs as before, with a higher peak RSS.
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "could not turn transparent huge pages off");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_transparent_huge_pages() {}
+
 fn main() -> ExitCode {
     let cli = parse_cli();
     let report_on_stdout = matches!(
@@ -113,6 +139,7 @@ fn main() -> ExitCode {
     // only the service exports spans.
     let serving = matches!(cli.command, Command::Serve(_));
     let telemetry = telemetry::init(&cli.log_format, report_on_stdout, serving);
+    no_transparent_huge_pages();
     let result = actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve(settings) => app::serve(*settings, app::shutdown_signal()).await,

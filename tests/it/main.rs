@@ -12,6 +12,7 @@
 
 mod harness;
 
+mod allocator;
 mod bad_input;
 mod command_line_secrets;
 mod compression;
