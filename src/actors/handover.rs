@@ -2,17 +2,16 @@
 //! claimer: parse it on the parse pool, send each writer the entries of its
 //! traces, await their commits.
 
-use std::hash::BuildHasher;
-
 use actix::{MailboxError, Recipient};
 use futures_util::future::join_all;
 
 use super::backlog::Backlog;
 use super::read_pace::{ReadPace, ReadTurn};
+use super::routing::Routing;
 use super::writer::{WriteEntries, WriteError};
 use crate::batch_span::BatchSpan;
 use crate::config::LimitSettings;
-use crate::event::{BatchItem, Parsed, StreamId};
+use crate::event::{BatchItem, StreamId};
 use crate::memory_budget::Reservation;
 use crate::metrics as m;
 use crate::parse_pool::ParsePool;
@@ -45,9 +44,11 @@ pub struct Handover {
     /// How many entries a read asks for: a page this long is a backlog,
     /// split over the writers.
     pub batch_size: usize,
-    /// The replica's writers: a full page is split over them by trace (see
-    /// [`spread_over`] and [`part_of`]), a short one goes to the first.
+    /// The replica's writers: a full page is split over them by trace, a
+    /// short one goes to the first ([`Routing`]).
     pub writers: Vec<Recipient<WriteEntries>>,
+    /// Which writer has which trace in hand, shared by the replica's readers.
+    pub routing: Routing,
     /// Set by each page a consumer reads (full or not): during a backlog
     /// the consumers read at will.
     pub backlog: Backlog,
@@ -108,11 +109,10 @@ impl Handover {
             return Handed::NotStored;
         };
         let full_page = entries >= self.batch_size;
-        let parts = split_by_trace(
-            items,
-            reservation,
-            spread_over(full_page, self.writers.len()),
-        );
+        // Held until every part is answered: the page's traces stay with
+        // their writers meanwhile.
+        let routed = self.routing.route(&items, full_page, self.writers.len());
+        let parts = split_by_writer(items, reservation, &routed.writers);
         let sends: Vec<_> = parts
             .into_iter()
             .map(|(writer, items, reservation)| {
@@ -127,6 +127,7 @@ impl Handover {
             })
             .collect();
         let sent = worst(join_all(sends).await);
+        drop(routed);
         // Log lines below carry the batch; a refusal or a lost writer ends it.
         let _in_batch = batch.answered(&sent);
         match sent {
@@ -144,51 +145,21 @@ impl Handover {
     }
 }
 
-/// How many writers a page is split over: all of them for a full page (a
-/// backlog: each writer's transaction is still long, and Postgres works on
-/// as many at once), the first alone for a short one (steady state: one
-/// transaction of the whole page beats two of half of it, which cost
-/// Postgres about 30% more CPU for the same rows, docs/benchmarks.md).
-/// A trace whose entries arrive on both kinds of pages may meet itself in
-/// two writers: the merge takes rows in any order, and a row inserted by
-/// both makes one transaction run again ([`crate::store::StoreError::Conflict`]).
-fn spread_over(full_page: bool, writers: usize) -> usize {
-    if full_page {
-        writers
-    } else {
-        1
-    }
-}
-
-/// Which of `writers` stores an item: the same for every entry of a trace,
-/// so that the writers of a full page never lock the same rows and each
-/// trace's entries keep their order. Entries with no trace (heartbeats,
-/// refusals) go to the first, where poison protection counts runs of bad
-/// entries as before.
-fn part_of(item: &BatchItem, writers: usize) -> usize {
-    match &item.parsed {
-        Ok(Parsed::Trace(event)) if writers > 1 => {
-            // Fixed seed: the same writer for a trace on every page.
-            let hash = foldhash::fast::FixedState::with_seed(0).hash_one(&event.trace_id);
-            (hash % writers as u64) as usize
-        }
-        _ => 0,
-    }
-}
-
-/// The page's items per writer (in their order), each part with its share
-/// of the reservation by entry bytes. One writer: the page whole.
-fn split_by_trace(
+/// The page's items per writer (in their order; `writers[i]` is item i's),
+/// each part with its share of the reservation by entry bytes. One part:
+/// the page whole.
+fn split_by_writer(
     items: Vec<BatchItem>,
     mut reservation: Reservation,
-    writers: usize,
+    writers: &[usize],
 ) -> Vec<(usize, Vec<BatchItem>, Reservation)> {
-    if writers <= 1 {
+    let count = writers.iter().max().map_or(1, |&w| w + 1);
+    if writers.iter().all(|&w| w == 0) {
         return vec![(0, items, reservation)];
     }
-    let mut parts: Vec<Vec<BatchItem>> = (0..writers).map(|_| Vec::new()).collect();
-    for item in items {
-        parts[part_of(&item, writers)].push(item);
+    let mut parts: Vec<Vec<BatchItem>> = (0..count).map(|_| Vec::new()).collect();
+    for (item, &writer) in items.into_iter().zip(writers) {
+        parts[writer].push(item);
     }
     let bytes =
         |items: &[BatchItem]| -> u64 { items.iter().map(|i| i.entry.byte_size() as u64).sum() };
@@ -245,7 +216,7 @@ fn report_trimmed(deleted: &[StreamId]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventBody, Reason, Rejection, StreamEntry, TraceEvent, TraceStart};
+    use crate::event::{EventBody, Parsed, Reason, Rejection, StreamEntry, TraceEvent, TraceStart};
     use crate::memory_budget::MemoryBudget;
     use chrono::Utc;
 
@@ -286,7 +257,8 @@ mod tests {
             })
             .collect();
         let reservation = budget.acquire(1 << 20).await;
-        let parts = split_by_trace(items, reservation, 3);
+        let routed = Routing::default().route(&items, true, 3);
+        let parts = split_by_writer(items, reservation, &routed.writers);
 
         assert_eq!(parts.len(), 3, "37 traces reach every writer");
         let mut writer_of_trace = std::collections::BTreeMap::new();
@@ -318,7 +290,8 @@ mod tests {
     async fn one_writer_gets_the_page_whole() {
         let budget = MemoryBudget::new(64 << 20);
         let items: Vec<BatchItem> = (0..10).map(|seq| item(seq, Some("t"))).collect();
-        let parts = split_by_trace(items, budget.acquire(4096).await, 1);
+        let routed = Routing::default().route(&items, true, 1);
+        let parts = split_by_writer(items, budget.acquire(4096).await, &routed.writers);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].1.len(), 10);
         assert_eq!(parts[0].2.bytes(), budget.in_hand_bytes());

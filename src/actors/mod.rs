@@ -28,6 +28,7 @@ pub mod handover;
 pub mod lag_monitor;
 pub mod read_pace;
 pub mod retention;
+pub mod routing;
 pub mod stream_source;
 pub mod supervisor;
 pub mod writer;

@@ -20,6 +20,7 @@ use super::handover::Handover;
 use super::lag_monitor::LagMonitor;
 use super::read_pace::ReadPace;
 use super::retention::RetentionWorker;
+use super::routing::Routing;
 use super::stream_source::RedisSource;
 use super::writer::{Flush, Writer};
 use super::{MonitorSettings, ReadSettings, RetentionWorkerSettings, WriteSettings};
@@ -122,12 +123,14 @@ pub struct Supervisor {
     backlog: Backlog,
     /// Otherwise they take turns, timed by the first writer's commits.
     pace: ReadPace,
+    /// Which writer has which trace in hand, for every reader's pages.
+    routing: Routing,
     /// Writer `i` runs on arbiter `i` (a thread each), restarts included.
     writer_arbiters: Vec<Arbiter>,
     /// Each commits one transaction at a time. Readers split a full page
     /// among them by trace, so that Postgres works on several batches of a
     /// backlog at once without two locking the same rows; a short page goes
-    /// whole to the first.
+    /// whole to the first, but for the traces another writer has in hand.
     writers: Vec<Child<Writer>>,
     consumers: Vec<Child<Consumer>>,
     claimer: Option<Child<Claimer>>,
@@ -183,6 +186,7 @@ impl Supervisor {
             parse_pool,
             backlog: Backlog::default(),
             pace: ReadPace::default(),
+            routing: Routing::default(),
             writer_arbiters,
             writers: Vec::new(),
             consumers: Vec::new(),
@@ -233,6 +237,7 @@ impl Supervisor {
             writers: writers.iter().map(|w| w.clone().recipient()).collect(),
             backlog: self.backlog.clone(),
             pace: self.pace.clone(),
+            routing: self.routing.clone(),
         }
     }
 

@@ -16,6 +16,7 @@ use super::backlog::Backlog;
 use super::consumer::{Consumer, Pacing, StopReading};
 use super::handover::Handover;
 use super::read_pace::ReadPace;
+use super::routing::Routing;
 use super::stream_source::{SourceError, StreamSource};
 use super::writer::{BatchStore, WriteEntries, WriteError, Writer};
 use crate::batcher::BatcherSettings;
@@ -171,6 +172,7 @@ fn consumer_handover(batch_size: usize, writers: Vec<Recipient<WriteEntries>>) -
         writers,
         backlog: Backlog::default(),
         pace: ReadPace::default(),
+        routing: Routing::default(),
     }
 }
 
