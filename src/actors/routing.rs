@@ -4,8 +4,8 @@
 //! Postgres less than two of its halves (docs/benchmarks.md). Either way,
 //! a trace that a writer has in hand (sent, not yet answered) goes to that
 //! writer again: two writers inserting the same trace's rows at once made
-//! one transaction fail on the unique key and run again (13–16 times in 20
-//! s at 13,000–15,000 events/s, where full and short pages mix).
+//! one transaction fail on the unique key and run again (1–24 times per
+//! 20 s at 13,000–15,000 events/s, where full and short pages mix).
 //!
 //! Traces are known by a hash of their id: a collision only sends a trace
 //! to a writer it did not need, never two writers at once. Not counted as
