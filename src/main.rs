@@ -107,7 +107,7 @@ fn parse_cli() -> Cli {
 /// with `MIMALLOC_ALLOW_THP` (mimalloc reads it at start; at 0 it does the
 /// same). mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), and
 /// every 2 MiB page that a batch's buffers touch is then faulted in whole:
-/// draining, the peak RSS was 35-70 MiB higher (1,000,000 small entries:
+/// draining, the peak RSS was 30-45 MiB higher (1,000,000 small entries:
 /// 117 MiB against 73), for no CPU saved (docs/benchmarks.md, sixteenth
 /// session). The kernel checks the flag at each fault, so the arenas that
 /// mimalloc reserved before `main` are covered too.

@@ -1,6 +1,6 @@
 //! The service turns transparent huge pages off for itself (src/main.rs:
 //! with them, mimalloc's arenas were faulted in 2 MiB at a time and a drain
-//! peaked 35-70 MiB higher), unless the operator chose otherwise with
+//! peaked 30-45 MiB higher), unless the operator chose otherwise with
 //! mimalloc's own `MIMALLOC_ALLOW_THP`. The kernel shows the process's
 //! choice in /proc/PID/status (`THP_enabled`).
 
