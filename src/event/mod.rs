@@ -7,6 +7,7 @@ mod lenient;
 mod llm;
 pub mod parse;
 mod payload;
+mod raw_object;
 mod reject;
 mod time;
 pub mod weight;
