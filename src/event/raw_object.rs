@@ -28,12 +28,12 @@ impl<'a> RawObject<'a> {
     }
 
     /// Appends a member while building; [`Self::settle`] before any lookup.
-    pub fn push(&mut self, key: Cow<'a, str>, value: Cow<'a, RawValue>) {
+    pub(super) fn push(&mut self, key: Cow<'a, str>, value: Cow<'a, RawValue>) {
         self.0.push((key, value));
     }
 
     /// Sorts the members pushed by key, keeping the last of each key.
-    pub fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         if self.0.len() < 2 {
             return;
         }
